@@ -1,0 +1,961 @@
+-- luamp.lua: the Python-shaped API, built on the C core.
+--
+-- The C core (passed in as `core`) moves bytes and waits: the codec,
+-- shared-memory queues, pipes, fork and child handles.  This file keeps
+-- the books: Process objects, Pools with their jobs and AsyncResults,
+-- errors as values with a kind.
+--
+-- How a Pool works.  Every pool has two shared-memory queues: tasks
+-- (parent -> any worker) and results (workers -> parent).  A put copies
+-- the message into shared memory and returns, so tasks already submitted
+-- run, and their results are taken out of the workers, while the script
+-- computes and never calls luamp; the parent reads the results queue only
+-- when it waits (get, wait, map, join, iteration).  That is also where
+-- callbacks run.  A task message carries the function's encoded bytes and
+-- an id: the function is encoded once per call (once per pool for a
+-- function without upvalues of its own), and each worker decodes it once.
+
+local core = ...
+
+local mp = { version = core.version }
+local getpid, now = core.getpid, core.now
+local pack, unpack = table.pack, table.unpack
+local tointeger = math.tointeger
+
+--------------------------------------------------------------------------
+-- Errors
+
+local Error = {}
+Error.__index = Error
+Error.__name = "luamp.Error"
+mp.Error = Error
+
+function Error.__tostring(e)
+  if e.traceback then return e.message .. "\n" .. e.traceback end
+  return e.message
+end
+
+function Error.is(e, kind)
+  return getmetatable(e) == Error and (kind == nil or e.kind == kind)
+end
+
+local function new_error(kind, message, fields)
+  local e = fields or {}
+  e.kind, e.message = kind, message
+  return setmetatable(e, Error)
+end
+
+local function raise(kind, message, level)
+  error(new_error(kind, message), level or 2)
+end
+
+debug.getregistry()["luamp.raise"] = function(kind, message)
+  error(new_error(kind, message), 3)
+end
+
+-- A readable sentence for any error value.
+local function errmsg(e)
+  if type(e) == "string" then return e end
+  local mt = getmetatable(e)
+  if mt and mt.__tostring then
+    local ok, s = pcall(tostring, e)
+    if ok and type(s) == "string" then return s end
+  end
+  return "(error object is a " .. type(e) .. " value)"
+end
+
+--------------------------------------------------------------------------
+-- Argument checks, Lua style: bad argument #1 to 'Pool' (...)
+
+local function argerror(n, fname, msg)
+  error(string.format("bad argument #%d to '%s' (%s)", n, fname, msg), 3)
+end
+
+local function typename(v)
+  if math.type(v) == "float" then return "number" end
+  return type(v)
+end
+
+local function check_callable(v, n, fname)
+  if type(v) == "function" then return end
+  local mt = getmetatable(v)
+  if mt and mt.__call then return end
+  argerror(n, fname, "function expected, got " .. typename(v))
+end
+
+local function check_timeout(v, n, fname)
+  if v ~= nil and type(v) ~= "number" then
+    argerror(n, fname, "number expected, got " .. typename(v))
+  end
+end
+
+local function check_posint(v, n, fname, allow_nil)
+  if v == nil and allow_nil then return nil end
+  local i = tointeger(v)
+  if not i or i < 1 then
+    argerror(n, fname, "positive integer expected, got " ..
+      (type(v) == "number" and tostring(v) or typename(v)))
+  end
+  return i
+end
+
+local function deadline_of(timeout)
+  if timeout == nil then return nil end
+  return now() + (timeout > 0 and timeout or 0)
+end
+
+local function remaining(deadline)
+  if deadline == nil then return nil end
+  local left = deadline - now()
+  return left > 0 and left or 0
+end
+
+--------------------------------------------------------------------------
+-- The current process, children
+
+local current = { name = "MainProcess", pid = getpid() }
+local children = {}        -- live Process objects started here -> true
+local pools = setmetatable({}, { __mode = "k" })   -- live pools started here
+
+function mp.current_process()
+  return { name = current.name, pid = current.pid }
+end
+
+function mp.cpu_count() return core.cpu_count() end
+
+-- What a forked child forgets of its parent: it has no children and
+-- owns no pools of its own yet.
+local function become_child(name)
+  current = { name = name, pid = getpid() }
+  children = {}
+  pools = setmetatable({}, { __mode = "k" })
+end
+
+local function traceback_handler(e)
+  return { value = e, message = errmsg(e), traceback = debug.traceback(errmsg(e), 2) }
+end
+
+--------------------------------------------------------------------------
+-- Process
+
+local Process = {}
+local process_count = 0
+
+local function process_index(self, k)
+  if k == "exitcode" then
+    local h = rawget(self, "_h")
+    if h and rawget(self, "_exitcode") == nil then
+      local code = h:poll(0)
+      if code then self._exitcode = code; children[self] = nil end
+    end
+    return rawget(self, "_exitcode")
+  end
+  return Process[k]
+end
+
+local ProcessMT = { __index = process_index, __name = "luamp.Process" }
+
+function ProcessMT.__tostring(self)
+  return string.format("Process %s (pid %s)", self.name, tostring(self.pid))
+end
+
+function mp.Process(opts)
+  if type(opts) ~= "table" then argerror(1, "Process", "table expected, got " .. typename(opts)) end
+  check_callable(opts.target, 1, "Process")
+  local args = opts.args or {}
+  if type(args) ~= "table" then argerror(1, "Process", "args must be a table, got " .. typename(args)) end
+  process_count = process_count + 1
+  local name = opts.name
+  if name == nil then name = "Process-" .. process_count end
+  if type(name) ~= "string" then argerror(1, "Process", "name must be a string, got " .. typename(name)) end
+  return setmetatable({ target = opts.target, args = args, name = name,
+                        daemon = not not opts.daemon }, ProcessMT)
+end
+
+function Process:start()
+  if rawget(self, "_h") then error("cannot start a Process twice", 2) end
+  local h = core.fork(false)
+  if h == 0 then
+    become_child(self.name)
+    local args = self.args
+    local ok, info = xpcall(self.target, traceback_handler, unpack(args, 1, args.n or #args))
+    if not ok then
+      io.stderr:write(string.format("Process %s (pid %d):\n%s\n", self.name, getpid(), info.traceback))
+      core._exit(1)
+    end
+    core._exit(0)
+  end
+  self._h = h
+  self.pid = h.pid
+  children[self] = true
+end
+
+local function started(self, what)
+  local h = rawget(self, "_h")
+  if not h then error("cannot " .. what .. " a Process that was not started", 3) end
+  return h
+end
+
+function Process:join(timeout)
+  check_timeout(timeout, 1, "join")
+  local h = started(self, "join")
+  local code = h:poll(timeout == nil and -1 or timeout)
+  if code then self._exitcode = code; children[self] = nil; return true end
+  return false
+end
+
+function Process:is_alive()
+  if not rawget(self, "_h") then return false end
+  return self.exitcode == nil
+end
+
+function Process:terminate() started(self, "terminate"):signal(15) end
+function Process:kill() started(self, "kill"):signal(9) end
+
+function mp.active_children()
+  local list = {}
+  for p in pairs(children) do
+    if p:is_alive() then list[#list + 1] = p end
+  end
+  table.sort(list, function(a, b) return a.pid < b.pid end)
+  return list
+end
+
+--------------------------------------------------------------------------
+-- Queue and Pipe: C objects; these check arguments the Lua way.
+
+function mp.Queue(maxsize)
+  if maxsize ~= nil then
+    local i = tointeger(maxsize)
+    if not i or i < 0 then
+      argerror(1, "Queue", "non-negative integer expected, got " ..
+        (type(maxsize) == "number" and tostring(maxsize) or typename(maxsize)))
+    end
+    maxsize = i
+  end
+  return core.queue(maxsize or 0)
+end
+
+function mp.Pipe(duplex)
+  if duplex ~= nil and type(duplex) ~= "boolean" then
+    argerror(1, "Pipe", "boolean expected, got " .. typename(duplex))
+  end
+  return core.pipe(duplex ~= false)
+end
+
+mp._encode = core.encode
+mp._decode = core.decode
+mp._now = core.now
+mp._sleep = core.sleep
+
+--------------------------------------------------------------------------
+-- Pool: the worker side
+
+local MAX_CACHED_FUNCTIONS = 256
+
+-- Runs one task message; returns results (a sequence, holes allowed),
+-- errors by position (or false).
+local function run_task(f, kind, items, count)
+  if kind == "apply" then
+    local r = pack(xpcall(f, traceback_handler, unpack(items, 1, items.n or #items)))
+    if r[1] then return pack(unpack(r, 2, r.n)), false end
+    return {}, { r[2] }
+  end
+  local results, errs = {}, false
+  local pos = 1
+  local body
+  if kind == "map" then
+    body = function()
+      for i = pos, count do pos = i; results[i] = f(items[i]) end
+      pos = count + 1
+    end
+  else
+    body = function()
+      for i = pos, count do
+        pos = i
+        local a = items[i]
+        results[i] = f(unpack(a, 1, a.n or #a))
+      end
+      pos = count + 1
+    end
+  end
+  while pos <= count do
+    local ok, info = xpcall(body, traceback_handler)
+    if not ok then
+      errs = errs or {}
+      errs[pos] = info
+      pos = pos + 1
+    end
+  end
+  return results, errs
+end
+
+-- The result message, or a degraded one when some result cannot travel:
+-- that item fails with kind "serialize", the others are kept.
+local function put_result(rq, jobid, start, count, results, errs, elapsed)
+  local pid = getpid()
+  local ok, err = pcall(rq.put, rq, { jobid, start, results, errs, elapsed, count, pid })
+  if ok then return end
+  if not Error.is(err, "serialize") then error(err, 0) end
+  errs = errs or {}
+  for i = 1, count do
+    if errs[i] then
+      if not core.encode(errs[i]) then
+        errs[i] = { message = errs[i].message, traceback = errs[i].traceback }
+      end
+    else
+      local root = "result[" .. (start + i - 1) .. "]"
+      local bytes, why = core.encode(results[i], root)
+      if not bytes then
+        errs[i] = { message = why, serialize = true }
+        results[i] = nil
+      end
+    end
+  end
+  rq:put({ jobid, start, results, errs, elapsed, count, pid })
+end
+
+local function worker_main(pool, index)
+  become_child("PoolWorker-" .. index)
+  local tq, rq = pool._tq, pool._rq
+  if pool._initializer then
+    local a = pool._initargs
+    local ok, info = xpcall(pool._initializer, traceback_handler, unpack(a, 1, a.n or #a))
+    if not ok then
+      pcall(rq.put, rq, { 0, "init_failed", { message = info.message, traceback = info.traceback } })
+      core._exit(1)
+    end
+  end
+  local fcache, ncached = {}, 0
+  local left = pool._maxtasks
+  while true do
+    local task = tq:get()
+    if task == nil then core._exit(0) end     -- the pool was closed
+    local jobid, fid, fbytes, kind, start, items, count = unpack(task, 1, 7)
+    local f = fcache[fid]
+    if not f then
+      local ok, fn = pcall(core.decode, fbytes)
+      if ok then
+        if ncached >= MAX_CACHED_FUNCTIONS then fcache, ncached = {}, 0 end
+        fcache[fid], ncached = fn, ncached + 1
+        f = fn
+      else
+        f = function() error(new_error("serialize", "cannot receive the task's function: " .. errmsg(fn)), 0) end
+      end
+    end
+    local t0 = now()
+    local results, errs = run_task(f, kind, items, count)
+    put_result(rq, jobid, start, count, results, errs, now() - t0)
+    if left then
+      left = left - 1
+      if left == 0 then core._exit(0) end
+    end
+  end
+end
+
+--------------------------------------------------------------------------
+-- Pool: the parent side
+
+local Pool = {}
+local PoolMT = { __index = Pool, __name = "luamp.Pool" }
+local pool_count = 0
+
+function mp.Pool(opts)
+  local n, init, initargs, maxtasks
+  if type(opts) == "table" then
+    n = check_posint(opts.processes, 1, "Pool", true)
+    init, initargs, maxtasks = opts.initializer, opts.initargs or {}, opts.maxtasksperchild
+    if init ~= nil then check_callable(init, 1, "Pool") end
+    if type(initargs) ~= "table" then argerror(1, "Pool", "initargs must be a table") end
+    maxtasks = check_posint(maxtasks, 1, "Pool", true)
+  elseif opts ~= nil then
+    n = check_posint(opts, 1, "Pool")
+  end
+  n = n or core.default_processes() or core.cpu_count()
+  pool_count = pool_count + 1
+  local self = setmetatable({
+    processes = n,
+    _owner = getpid(),
+    _id = pool_count,
+    _tq = core.queue(0),
+    _rq = core.queue(0),
+    _workers = {},          -- child handles, in spawn order
+    _spawned = 0,
+    _jobs = {},             -- id -> job not finished yet
+    _nextjob = 0,
+    _fcache = setmetatable({}, { __mode = "k" }),
+    _nextfid = 0,
+    _state = "run",
+    _initializer = init,
+    _initargs = initargs,
+    _maxtasks = maxtasks,
+    _cost = nil,            -- observed seconds per item, for chunk sizes
+  }, PoolMT)
+  for _ = 1, n do self:_spawn() end
+  pools[self] = true
+  return self
+end
+
+function Pool:_spawn()
+  self._spawned = self._spawned + 1
+  local h = core.fork(true)
+  if h == 0 then
+    local ok, err = xpcall(worker_main, debug.traceback, self, self._spawned)
+    if not ok then
+      io.stderr:write(string.format("luamp: %s (pid %d) failed: %s\n", current.name, getpid(), errmsg(err)))
+    end
+    core._exit(ok and 0 or 70)
+  end
+  self._workers[#self._workers + 1] = h
+end
+
+local function check_pool(self, fname)
+  if getmetatable(self) ~= PoolMT then
+    error(string.format("bad argument #1 to '%s' (Pool expected, got %s)", fname, typename(self)), 3)
+  end
+  if self._owner ~= getpid() then
+    error(string.format("cannot use a Pool of process %d in process %d", self._owner, getpid()), 3)
+  end
+end
+
+local function check_running(self, fname)
+  check_pool(self, fname)
+  if self._state ~= "run" then
+    raise("closed", "cannot " .. fname .. ": the Pool is " ..
+      (self._state == "close" and "closed" or "terminated"), 3)
+  end
+  if self._broken then error(self._broken, 3) end
+end
+
+-- Encoded function for this pool: (fid, bytes).  A function whose only
+-- upvalue is the global environment cannot change, so it is encoded once
+-- per pool; any other is encoded once per call.
+local function encode_function(self, f, fname)
+  local c = self._fcache[f]
+  if c then return c[1], c[2] end
+  local bytes, why = core.encode(f, "function")
+  if not bytes then raise("serialize", why, 4) end
+  self._nextfid = self._nextfid + 1
+  local fid = self._nextfid
+  local cacheable = type(f) == "function"
+  if cacheable then
+    for i = 1, math.huge do
+      local name, v = debug.getupvalue(f, i)
+      if name == nil then break end
+      if not (name == "_ENV" and v == _G) then cacheable = false; break end
+    end
+  end
+  if cacheable then self._fcache[f] = { fid, bytes } end
+  return fid, bytes
+end
+
+local function remote_error(info, pid)
+  if info.serialize then
+    return new_error("serialize", info.message)
+  end
+  local value = info.value
+  if value == nil then value = info.message end
+  local tb = info.traceback and ("remote traceback (pid " .. tostring(pid) .. "):\n" .. info.traceback)
+  return new_error("remote", info.message, { value = value, traceback = tb, pid = pid })
+end
+
+local function run_callback(fn, ...)
+  local ok, err = xpcall(fn, debug.traceback, ...)
+  if not ok then
+    io.stderr:write("luamp: error in a callback (ignored): ", errmsg(err), "\n")
+  end
+end
+
+-- Marks a job finished and runs its callback.
+local function finish(self, job)
+  job.ready = true
+  self._jobs[job.id] = nil
+  if job.progress then job.progress(true) end
+  if job.err then
+    if job.error_callback then run_callback(job.error_callback, job.err) end
+  elseif job.callback then
+    if job.kind == "apply" then
+      run_callback(job.callback, unpack(job.values, 1, job.values.n))
+    else
+      run_callback(job.callback, job.results)
+    end
+  end
+end
+
+-- Feeds the next chunks of a lazily read job.  What is read from the
+-- source but not yet yielded to the loop stays under a bound, so memory
+-- stays bounded however long the input and however slow the loop.
+local function feed(self, job)
+  while job.source and job.inflight < job.maxinflight
+        and (job.next_index - 1) - job.yielded < job.window do
+    if not self:_submit_chunk(job) then break end
+  end
+end
+
+function Pool:_handle(msg)
+  local jobid = msg[1]
+  if jobid == 0 then                          -- a worker's initializer failed
+    if not self._broken then
+      self._broken = new_error("remote", "the Pool's initializer failed: " .. msg[3].message,
+        { traceback = msg[3].traceback })
+    end
+    for _, job in pairs(self._jobs) do
+      job.err = job.err or self._broken
+      finish(self, job)
+    end
+    return
+  end
+  local job = self._jobs[jobid]
+  if not job then return end                  -- a cancelled job
+  local start, results, errs, elapsed, count, pid = msg[2], msg[3], msg[4], msg[5], msg[6], msg[7]
+  if count > 0 then
+    local cost = elapsed / count
+    self._cost = self._cost and (self._cost * 0.7 + cost * 0.3) or cost
+  end
+  if job.kind == "apply" then
+    if errs then job.err = remote_error(errs[1], pid)
+    else job.values = results end
+    return finish(self, job)
+  end
+  local out = job.results
+  table.move(results, 1, count, start, out)
+  if errs then
+    for i = 1, count do
+      local info = errs[i]
+      if info then
+        local idx = start + i - 1
+        local e = remote_error(info, pid)
+        job.errs = job.errs or {}
+        job.errs[idx] = e
+        if not job.first_err or idx < job.first_err then job.first_err, job.err = idx, e end
+      end
+    end
+  end
+  if job.have then
+    local have = job.have
+    for i = start, start + count - 1 do have[i] = true end
+  end
+  if job.arrived then
+    local a, t = job.arrived, job.atail
+    for i = 1, count do a[t + i] = start + i - 1 end
+    job.atail = t + count
+  end
+  job.done = job.done + count
+  job.inflight = job.inflight - 1
+  if job.progress then job.progress(false) end
+  if job.source then feed(self, job) end
+  if job.done == job.total then finish(self, job) end
+end
+
+-- A worker exited: reap it and start another while there is work.
+function Pool:_reap(i)
+  local h = table.remove(self._workers, i)
+  h:poll(-1)
+  if self._state == "terminate" then return end
+  if self._state == "run" or next(self._jobs) ~= nil then self:_spawn() end
+end
+
+-- Waits until a message arrives (handling all that are waiting) or a
+-- worker exits, or the deadline passes.  Returns false at the deadline.
+function Pool:_pump(deadline)
+  local rq = self._rq
+  local got, v, i = rq:get_or_event(remaining(deadline), self._workers)
+  if got then
+    self:_handle(v)
+    repeat
+      got, v = rq:get_or_event(0)
+      if got then self:_handle(v) end
+    until not got
+    return true
+  end
+  if v == "event" then self:_reap(i); return true end
+  return false
+end
+
+function Pool:_wait_for(job, deadline)
+  while not job.ready do
+    if not self:_pump(deadline) and deadline and now() >= deadline then return false end
+  end
+  return true
+end
+
+local function new_job(self, kind, opts)
+  self._nextjob = self._nextjob + 1
+  local job = { id = self._nextjob, kind = kind, done = 0, inflight = 0, ready = false,
+                callback = opts and opts.callback, error_callback = opts and opts.error_callback }
+  self._jobs[job.id] = job
+  return job
+end
+
+-- Puts one task; an item that cannot travel raises "serialize" naming it.
+function Pool:_put_task(job, kind, start, items, count, root)
+  local ok, err = pcall(self._tq.put, self._tq, { job.id, job.fid, job.fbytes, kind, start, items, count })
+  if ok then job.inflight = job.inflight + 1; return end
+  self._jobs[job.id] = nil
+  if Error.is(err, "serialize") and root then
+    if kind == "apply" then
+      local _, why = core.encode(items, root)
+      if why then err.message = why end
+    else
+      for i = 1, count do
+        local _, why = core.encode(items[i], root .. "[" .. (start + i - 1) .. "]")
+        if why then err.message = why; break end
+      end
+    end
+  end
+  error(err, 0)
+end
+
+local function check_opts(opts, n, fname)
+  if opts == nil then return {} end
+  if type(opts) == "number" then
+    return { chunksize = check_posint(opts, n, fname) }
+  end
+  if type(opts) ~= "table" then argerror(n, fname, "chunksize or options table expected, got " .. typename(opts)) end
+  if opts.chunksize ~= nil then check_posint(opts.chunksize, n, fname) end
+  if opts.callback ~= nil then check_callable(opts.callback, n, fname) end
+  if opts.error_callback ~= nil then check_callable(opts.error_callback, n, fname) end
+  return opts
+end
+
+--------------------------------------------------------------------------
+-- AsyncResult
+
+local AsyncResult = {}
+AsyncResult.__index = AsyncResult
+AsyncResult.__name = "luamp.AsyncResult"
+
+local function new_async(pool, job)
+  return setmetatable({ _pool = pool, _job = job }, AsyncResult)
+end
+
+function AsyncResult:wait(timeout)
+  check_timeout(timeout, 1, "wait")
+  local job = self._job
+  if job.ready then return true end
+  return self._pool:_wait_for(job, deadline_of(timeout))
+end
+
+function AsyncResult:ready()
+  local job = self._job
+  if not job.ready and self._pool._owner == getpid() then
+    -- take what has arrived, without waiting
+    self._pool:_pump(now())
+  end
+  return job.ready
+end
+
+function AsyncResult:successful()
+  if not self:ready() then error("the result is not ready", 2) end
+  return self._job.err == nil
+end
+
+function AsyncResult:get(timeout)
+  check_timeout(timeout, 1, "get")
+  local job = self._job
+  if not job.ready and not self._pool:_wait_for(job, deadline_of(timeout)) then
+    raise("timeout", string.format("timed out after %gs waiting for a result", timeout), 2)
+  end
+  if job.err then error(job.err, 2) end
+  if job.kind == "apply" then return unpack(job.values, 1, job.values.n) end
+  return job.results
+end
+
+--------------------------------------------------------------------------
+-- Pool: submitting
+
+function Pool:apply_async(f, args, opts)
+  check_running(self, "apply_async")
+  check_callable(f, 1, "apply_async")
+  if args ~= nil and type(args) ~= "table" then argerror(2, "apply_async", "table expected, got " .. typename(args)) end
+  if opts ~= nil and type(opts) ~= "table" then argerror(3, "apply_async", "table expected, got " .. typename(opts)) end
+  opts = check_opts(opts, 3, "apply_async")
+  local job = new_job(self, "apply", opts)
+  job.fid, job.fbytes = encode_function(self, f, "apply_async")
+  job.total = 1
+  self:_put_task(job, "apply", 1, args or {}, 1, "args")
+  return new_async(self, job)
+end
+
+function Pool:apply(f, args)
+  check_running(self, "apply")
+  return self:apply_async(f, args):get()
+end
+
+local function auto_chunksize(self, n)
+  local by_size = math.ceil(n / (self.processes * 4))
+  if self._cost and self._cost > 0 then
+    -- about 20 ms of work per chunk when tasks are known to be slow
+    local by_cost = math.max(1, math.floor(0.02 / self._cost))
+    if by_cost < by_size then return by_cost end
+  end
+  return math.max(1, math.min(by_size, 100000))
+end
+
+-- A progress bar on stderr (done/total, rate, ETA), when it is a terminal.
+local function progress_bar(job)
+  if not core.isatty(2) then return nil end
+  local t0, last = now(), 0
+  return function(final)
+    local t = now()
+    if not final and t - last < 0.1 then return end
+    last = t
+    local done, total = job.done, job.total
+    local rate = done / math.max(t - t0, 1e-9)
+    local line
+    if total then
+      local width = 30
+      local filled = math.floor(width * done / math.max(total, 1))
+      local eta = rate > 0 and (total - done) / rate or 0
+      line = string.format("\r[%s%s] %d/%d %.1f/s ETA %ds", string.rep("#", filled),
+        string.rep(".", width - filled), done, total, rate, math.floor(eta + 0.5))
+    else
+      line = string.format("\r%d done %.1f/s", done, rate)
+    end
+    io.stderr:write(line, final and "\n" or "")
+    io.stderr:flush()
+  end
+end
+
+-- Starts a map-like job over a sequence: all chunks are put at once.
+function Pool:_start_map(fname, kind, f, items, opts)
+  check_running(self, fname)
+  check_callable(f, 1, fname)
+  if type(items) ~= "table" then argerror(2, fname, "table expected, got " .. typename(items)) end
+  opts = check_opts(opts, 3, fname)
+  local n = items.n or #items
+  local job = new_job(self, kind, opts)
+  job.fid, job.fbytes = encode_function(self, f, fname)
+  job.total = n
+  job.results = { n = n }
+  if opts.progress then job.progress = progress_bar(job) end
+  local cs = opts.chunksize or auto_chunksize(self, n)
+  for start = 1, n, cs do
+    local count = math.min(cs, n - start + 1)
+    self:_put_task(job, kind, start, table.move(items, start, start + count - 1, 1, {}), count, "items")
+  end
+  if n == 0 then finish(self, job) end
+  return job
+end
+
+function Pool:map_async(f, items, opts)
+  return new_async(self, self:_start_map("map_async", "map", f, items, opts))
+end
+
+function Pool:starmap_async(f, items, opts)
+  return new_async(self, self:_start_map("starmap_async", "star", f, items, opts))
+end
+
+function Pool:map(f, items, opts)
+  local job = self:_start_map("map", "map", f, items, opts)
+  self:_wait_for(job)
+  if job.err then error(job.err, 2) end
+  return job.results
+end
+
+function Pool:starmap(f, items, opts)
+  local job = self:_start_map("starmap", "star", f, items, opts)
+  self:_wait_for(job)
+  if job.err then error(job.err, 2) end
+  return job.results
+end
+
+local MAX_LAZY_CHUNK = 1024   -- largest chunk read from an iterator
+
+-- Reads the next chunk of a lazy job from its source; false at its end.
+-- An iterator is never called again once it returned nil (io.lines
+-- raises if it is).
+function Pool:_submit_chunk(job)
+  local cs = job.chunksize
+  if not cs then   -- unknown length: from the observed cost per item
+    cs = self._cost and math.max(1, math.min(MAX_LAZY_CHUNK, math.floor(0.02 / math.max(self._cost, 1e-9)))) or 1
+  end
+  local chunk, count = {}, 0
+  local items, src = job.items, job.source
+  while count < cs and not job.exhausted do
+    local v
+    if items then
+      local i = job.next_index
+      if i > job.total then job.exhausted = true; break end
+      v = items[i]
+    else
+      v = src()
+      if v == nil then job.exhausted = true; break end
+    end
+    count = count + 1
+    chunk[count] = v
+    job.next_index = job.next_index + 1
+  end
+  if count > 0 then
+    self:_put_task(job, job.kind, job.next_index - count, chunk, count, "items")
+  end
+  if job.exhausted then
+    job.source = nil
+    job.total = job.next_index - 1
+    if job.done == job.total and not job.ready then finish(self, job) end
+  end
+  return count > 0
+end
+
+local function start_imap(self, fname, f, items, opts)
+  check_running(self, fname)
+  check_callable(f, 1, fname)
+  local ti = type(items)
+  if ti ~= "table" and ti ~= "function" then
+    argerror(2, fname, "table or iterator function expected, got " .. typename(items))
+  end
+  opts = check_opts(opts, 3, fname)
+  local job = new_job(self, "map", opts)
+  job.fid, job.fbytes = encode_function(self, f, fname)
+  job.results = {}
+  job.next_index = 1
+  job.yielded = 0
+  job.maxinflight = self.processes * 4
+  if ti == "table" then
+    job.items = items
+    job.total = items.n or #items
+    job.source = true
+    job.chunksize = opts.chunksize or auto_chunksize(self, job.total)
+  else
+    job.source = items
+    job.total = nil
+    job.chunksize = opts.chunksize
+  end
+  job.window = job.maxinflight * (job.chunksize or MAX_LAZY_CHUNK)
+  if opts.progress then job.progress = progress_bar(job) end
+  feed(self, job)
+  return job
+end
+
+-- Yields (index, result) in input order; results are dropped once yielded
+-- so memory stays bounded.
+function Pool:imap(f, items, opts)
+  local job = start_imap(self, "imap", f, items, opts)
+  job.have = {}
+  local nexti = 1
+  return function()
+    local have = job.have
+    while not have[nexti] do
+      if job.total and nexti > job.total then return nil end
+      self:_pump()
+    end
+    local i = nexti
+    have[i] = nil
+    nexti = nexti + 1
+    job.yielded = job.yielded + 1
+    feed(self, job)
+    local e = job.errs and job.errs[i]
+    if e then job.errs[i] = nil; error(e, 2) end
+    local v = job.results[i]
+    job.results[i] = nil
+    return i, v
+  end
+end
+
+-- Yields (index, result) as results arrive.
+function Pool:imap_unordered(f, items, opts)
+  local job = start_imap(self, "imap_unordered", f, items, opts)
+  job.arrived, job.atail = {}, 0
+  local pos = 1
+  return function()
+    while pos > job.atail do
+      if job.total and job.done >= job.total then return nil end
+      self:_pump()
+    end
+    local i = job.arrived[pos]
+    job.arrived[pos] = nil
+    pos = pos + 1
+    job.yielded = job.yielded + 1
+    feed(self, job)
+    local e = job.errs and job.errs[i]
+    if e then job.errs[i] = nil; error(e, 2) end
+    local v = job.results[i]
+    job.results[i] = nil
+    return i, v
+  end
+end
+
+--------------------------------------------------------------------------
+-- Pool: ending
+
+function Pool:close()
+  check_pool(self, "close")
+  if self._state == "run" then
+    self._state = "close"
+    self._tq:shutdown()
+  end
+end
+
+-- Waits for every worker to exit, handling results meanwhile, so every
+-- task has finished and every callback has run when it returns.
+function Pool:join()
+  check_pool(self, "join")
+  if self._state == "run" then error("cannot join a running Pool: close or terminate it first", 2) end
+  while #self._workers > 0 do self:_pump() end
+  -- results that were put just before the last worker exited
+  while self:_pump(now()) do end
+end
+
+function Pool:terminate()
+  check_pool(self, "terminate")
+  if self._state == "terminate" then return end
+  self._state = "terminate"
+  self._tq:shutdown()
+  for _, h in ipairs(self._workers) do h:signal(9) end
+  for _, h in ipairs(self._workers) do h:poll(-1) end
+  self._workers = {}
+  local jobs = self._jobs
+  self._jobs = {}
+  local ids = {}
+  for id in pairs(jobs) do ids[#ids + 1] = id end
+  table.sort(ids)
+  for _, id in ipairs(ids) do
+    local job = jobs[id]
+    job.err = job.err or new_error("cancelled", "the task was cancelled: the Pool was terminated")
+    finish(self, job)
+  end
+  pools[self] = nil
+end
+
+PoolMT.__close = function(self, err)
+  if self._owner ~= getpid() then return end
+  if err ~= nil then
+    self:terminate()
+  else
+    self:close()
+    self:join()
+  end
+  pools[self] = nil
+end
+
+PoolMT.__gc = function(self)
+  if self._owner == getpid() and self._state ~= "terminate" then
+    pcall(Pool.terminate, self)
+  end
+end
+
+PoolMT.__tostring = function(self)
+  return string.format("Pool %d (%d processes, %s)", self._id, self.processes, self._state)
+end
+
+--------------------------------------------------------------------------
+-- The end of the main script (luamp_close calls this): nothing is left
+-- running.  Closed pools finish their work, others are terminated;
+-- non-daemon Processes are joined, daemon ones terminated.
+
+function mp._shutdown()
+  for pool in pairs(pools) do
+    if pool._owner == getpid() then
+      if pool._state == "close" then pcall(Pool.join, pool) end
+      pcall(Pool.terminate, pool)
+    end
+  end
+  local list = {}
+  for p in pairs(children) do list[#list + 1] = p end
+  for _, p in ipairs(list) do
+    if p.daemon then p:terminate() end
+  end
+  for _, p in ipairs(list) do p:join() end
+end
+
+return mp

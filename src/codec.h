@@ -1,0 +1,64 @@
+/*
+ * codec.h - Lua values <-> MessagePack.
+ *
+ * A message is exactly one MessagePack object.  Plain values (nil,
+ * booleans, integers, floats, strings, tables without metatables, cycles or
+ * shared parts) are standard MessagePack any implementation reads; the
+ * rest uses extension types described in doc/format.md.
+ *
+ * The encoder writes with msgpack-c's packer into a luamp_buf.  The
+ * decoder is luamp's own reader: it bounds nesting explicitly, reads
+ * strings straight out of the input and rejects every malformed or
+ * truncated input with a message instead of crashing.
+ */
+#ifndef LUAMP_CODEC_H
+#define LUAMP_CODEC_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <lua.h>
+
+/* Deepest nesting of tables (and functions' upvalues) in one message. */
+#define LUAMP_MAX_DEPTH 200
+/* Largest message that is encoded, sent or decoded: 1 GiB. */
+#define LUAMP_MAX_MESSAGE ((size_t)1 << 30)
+
+typedef struct luamp_buf {
+    char *data;
+    size_t len;
+    size_t cap;
+} luamp_buf;
+
+void luamp_buf_init(luamp_buf *b);
+/* Makes room for `extra` more bytes; 0, or -1 when out of memory. */
+int luamp_buf_reserve(luamp_buf *b, size_t extra);
+int luamp_buf_append(luamp_buf *b, const void *p, size_t n);
+void luamp_buf_free(luamp_buf *b);
+
+/* Decoder options. */
+#define LUAMP_DECODE_NO_CODE 0x1   /* refuse functions (untrusted input) */
+
+/*
+ * Appends the value at stack index `idx` to `out` as one message.
+ * `root` names the value in error paths ("args", "item", "result[1]").
+ * Returns 0; on failure returns -1 with `out` restored to its previous
+ * length and an error message pushed, such as
+ *   "cannot send args[2].handler: a coroutine".
+ * Raises only for Lua memory errors (out is then left as it was too).
+ */
+int luamp_encode(lua_State *L, int idx, const char *root, luamp_buf *out);
+
+/*
+ * Decodes one message of exactly `len` bytes and pushes its value.
+ * Returns 0; on malformed input returns -1 with an error message pushed
+ * instead ("truncated message", "nesting deeper than 200 levels", ...).
+ * Raises only for Lua memory errors.
+ */
+int luamp_decode(lua_State *L, const char *data, size_t len, int flags);
+
+/* Lua bindings: core.encode(v [, root]) -> string | nil, msg;
+ * core.decode(s) -> v, raising on malformed input. */
+int luamp_l_encode(lua_State *L);
+int luamp_l_decode(lua_State *L);
+
+#endif

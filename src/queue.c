@@ -1,0 +1,271 @@
+/*
+ * queue.c - mp.Queue, the Lua face of shmq.
+ *
+ * Values are encoded in the caller (an unsendable item raises there, it is
+ * never dropped later) and decoded in the getter, each process with its
+ * own scratch buffers.  A Queue made before a fork is usable in the child:
+ * the shared memory and eventfds are inherited.  Pools use the same type
+ * for their task and result queues, with get_or_event() to also wake up
+ * when a worker dies.
+ */
+#include "shmq.h"
+#include "sys.h"
+
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <lauxlib.h>
+
+typedef struct queue {
+    shmq *q;
+    int closed;          /* this process called close() */
+    luamp_buf buf;
+    char id[48];
+} queue;
+
+static queue *check_queue(lua_State *L)
+{
+    queue *u = luaL_checkudata(L, 1, LUAMP_QUEUE_MT);
+    if (u->q == NULL)
+        luaL_error(L, "the Queue was destroyed");
+    return u;
+}
+
+static queue *open_queue(lua_State *L, const char *op)
+{
+    queue *u = check_queue(L);
+    if (u->closed)
+        luamp_raise(L, "closed", "cannot %s: the Queue was closed in this process", op);
+    return u;
+}
+
+static int new_queue(lua_State *L)
+{
+    lua_Integer maxsize = luaL_optinteger(L, 1, 0);
+    luaL_argcheck(L, maxsize >= 0, 1, "maxsize must be 0 or positive");
+    queue *u = lua_newuserdatauv(L, sizeof *u, 0);
+    memset(u, 0, sizeof *u);
+    luamp_buf_init(&u->buf);
+    luaL_setmetatable(L, LUAMP_QUEUE_MT);
+    u->q = shmq_create((uint64_t)maxsize);
+    if (u->q == NULL)
+        return luamp_sys_error(L, "cannot create a Queue");
+    luamp_new_object_id(u->id, sizeof u->id, "queue");
+    luamp_register_object(L, -1, u->id);
+    return 1;
+}
+
+/* Encodes the item at index 2 into the scratch buffer, or raises. */
+static void encode_item(lua_State *L, queue *u, const char *fname)
+{
+    if (lua_isnoneornil(L, 2))
+        luaL_error(L, "bad argument #1 to '%s' (nil cannot be put on a queue)", fname);
+    u->buf.len = 0;
+    if (luamp_encode(L, 2, "item", &u->buf) != 0)
+        luamp_raise(L, "serialize", "%s", lua_tostring(L, -1));
+}
+
+static int do_put(lua_State *L, queue *u, double deadline)
+{
+    int r = shmq_put(u->q, u->buf.data, u->buf.len, deadline);
+    luamp_buf_trim(&u->buf);
+    if (r == SHMQ_ERROR) {
+        if (errno == EMSGSIZE)
+            return luamp_raise(L, "serialize", "cannot put an item larger than 1 GiB on a queue");
+        return luamp_sys_error(L, "Queue:put");
+    }
+    lua_pushboolean(L, r == SHMQ_OK);
+    return 1;
+}
+
+static int q_put(lua_State *L)
+{
+    queue *u = open_queue(L, "put");
+    double deadline = luamp_opt_deadline(L, 3);
+    encode_item(L, u, "put");
+    return do_put(L, u, deadline);
+}
+
+static int q_put_nowait(lua_State *L)
+{
+    queue *u = open_queue(L, "put");
+    encode_item(L, u, "put_nowait");
+    return do_put(L, u, 0);
+}
+
+/* Pushes the message in the scratch buffer as a value. */
+static int push_item(lua_State *L, queue *u)
+{
+    int r = luamp_decode(L, u->buf.data, u->buf.len, 0);
+    luamp_buf_trim(&u->buf);
+    if (r != 0)
+        return lua_error(L);
+    return 1;
+}
+
+static int do_get(lua_State *L, queue *u, double deadline, const char *why_empty)
+{
+    int r = shmq_get(u->q, &u->buf, deadline, NULL, 0, NULL);
+    switch (r) {
+    case SHMQ_OK:
+        return push_item(L, u);
+    case SHMQ_TIMEOUT:
+        lua_pushnil(L);
+        lua_pushstring(L, why_empty);
+        return 2;
+    case SHMQ_SHUTDOWN:
+        lua_pushnil(L);
+        lua_pushliteral(L, "closed");
+        return 2;
+    default:
+        return luamp_sys_error(L, "Queue:get");
+    }
+}
+
+static int q_get(lua_State *L)
+{
+    queue *u = open_queue(L, "get");
+    return do_get(L, u, luamp_opt_deadline(L, 2), "timeout");
+}
+
+static int q_get_nowait(lua_State *L)
+{
+    queue *u = open_queue(L, "get");
+    return do_get(L, u, 0, "empty");
+}
+
+/*
+ * q:get_or_event(timeout, waitables) -> true, v | false, "event", i |
+ * false, "timeout" | false, "closed".  Like get, but also returns when the
+ * i-th of `waitables` (child handles) becomes ready.
+ */
+static int q_get_or_event(lua_State *L)
+{
+    int fds[SHMQ_MAX_EXTRA], map[SHMQ_MAX_EXTRA], n = 0, which = -1;
+    queue *u = check_queue(L);
+    double deadline = luamp_opt_deadline(L, 2);
+    if (!lua_isnoneornil(L, 3)) {
+        luaL_checktype(L, 3, LUA_TTABLE);
+        lua_Integer len = luaL_len(L, 3);
+        for (lua_Integer i = 1; i <= len; i++) {
+            lua_geti(L, 3, i);
+            int fd = luamp_waitable_fd(L, -1);
+            lua_pop(L, 1);
+            if (fd == -2) {    /* already finished */
+                lua_pushboolean(L, 0);
+                lua_pushliteral(L, "event");
+                lua_pushinteger(L, i);
+                return 3;
+            }
+            if (fd < 0)
+                continue;
+            if (n == SHMQ_MAX_EXTRA)
+                return luaL_error(L, "get_or_event: too many objects");
+            fds[n] = fd;
+            map[n++] = (int)i;
+        }
+    }
+    int r = shmq_get(u->q, &u->buf, deadline, fds, n, &which);
+    switch (r) {
+    case SHMQ_OK:
+        lua_pushboolean(L, 1);
+        push_item(L, u);
+        return 2;
+    case SHMQ_EVENT:
+        lua_pushboolean(L, 0);
+        lua_pushliteral(L, "event");
+        lua_pushinteger(L, map[which]);
+        return 3;
+    case SHMQ_TIMEOUT:
+    case SHMQ_SHUTDOWN:
+        lua_pushboolean(L, 0);
+        lua_pushstring(L, r == SHMQ_TIMEOUT ? "timeout" : "closed");
+        return 2;
+    default:
+        return luamp_sys_error(L, "Queue:get");
+    }
+}
+
+static int q_qsize(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)shmq_count(check_queue(L)->q));
+    return 1;
+}
+
+static int q_empty(lua_State *L)
+{
+    lua_pushboolean(L, shmq_count(check_queue(L)->q) == 0);
+    return 1;
+}
+
+static int q_full(lua_State *L)
+{
+    lua_pushboolean(L, shmq_full(check_queue(L)->q));
+    return 1;
+}
+
+static int q_close(lua_State *L)
+{
+    check_queue(L)->closed = 1;
+    return 0;
+}
+
+static int q_shutdown(lua_State *L)
+{
+    if (shmq_shutdown(check_queue(L)->q) != 0)
+        return luamp_sys_error(L, "Queue:shutdown");
+    return 0;
+}
+
+static int q_gc(lua_State *L)
+{
+    queue *u = luaL_checkudata(L, 1, LUAMP_QUEUE_MT);
+    shmq_destroy(u->q);
+    u->q = NULL;
+    luamp_buf_free(&u->buf);
+    return 0;
+}
+
+static int q_ref(lua_State *L)
+{
+    lua_pushstring(L, check_queue(L)->id);
+    return 1;
+}
+
+static int q_tostring(lua_State *L)
+{
+    lua_pushfstring(L, "Queue (%s)", check_queue(L)->id);
+    return 1;
+}
+
+void luamp_open_queue(lua_State *L)
+{
+    static const luaL_Reg methods[] = {
+        {"put", q_put},
+        {"put_nowait", q_put_nowait},
+        {"get", q_get},
+        {"get_nowait", q_get_nowait},
+        {"get_or_event", q_get_or_event},
+        {"qsize", q_qsize},
+        {"empty", q_empty},
+        {"full", q_full},
+        {"close", q_close},
+        {"shutdown", q_shutdown},
+        {NULL, NULL}
+    };
+    static const luaL_Reg meta[] = {
+        {"__gc", q_gc},
+        {"__luamp_ref", q_ref},
+        {"__tostring", q_tostring},
+        {NULL, NULL}
+    };
+    if (luaL_newmetatable(L, LUAMP_QUEUE_MT)) {
+        luaL_setfuncs(L, meta, 0);
+        luaL_newlib(L, methods);
+        lua_setfield(L, -2, "__index");
+    }
+    lua_pop(L, 1);
+    lua_pushcfunction(L, new_queue);
+    lua_setfield(L, -2, "queue");
+}

@@ -1,0 +1,397 @@
+/*
+ * shmq.c - a multi-producer, multi-consumer message queue in shared memory.
+ *
+ * Why not a pipe, as Python's Queue uses?  A pipe holds 64 KiB-1 MiB; a
+ * producer that puts more waits for a reader, so Python hands items to a
+ * feeder thread, which loses them when the producer exits and deadlocks a
+ * parent that joins the producer before reading.  Here a put copies the
+ * message into memory shared by every process that inherited the queue
+ * and returns: once put returns, the item is in the queue, whatever
+ * happens to the producer next.  An unbounded queue never blocks its
+ * producer; a bounded one (maxsize, counted in items as in Python) makes
+ * put wait for room.
+ *
+ * Layout: one memfd.  Its first page holds the header (a robust,
+ * process-shared mutex and the ring's bookkeeping); the rest is a ring of
+ * records [u32 length][bytes], a record may wrap around the end.  The
+ * header is mapped once at a fixed address (the kernel's robust-futex list
+ * points into it); the ring is mapped separately because it grows: a put
+ * that does not fit doubles the file and moves the wrapped part behind the
+ * old end, and every process remaps when it sees, under the lock, a
+ * capacity different from the one it mapped.  An empty ring that grew big
+ * shrinks back so one 256 MiB message does not pin 256 MiB for ever.
+ *
+ * Waiting: consumers and producers that must wait count themselves in the
+ * header and sleep in poll() on an eventfd (semaphore mode) that the other
+ * side writes after it changes the queue.  An eventfd is an ordinary file
+ * descriptor, so a Pool's parent waits on "a result arrived" and "a worker
+ * died" in one poll().  A wakeup is a hint: the woken side rechecks under
+ * the lock, so a stolen item or a stale wakeup costs a loop, never an item.
+ *
+ * A process that dies holding the lock leaves the queue consistent: every
+ * change is committed by the last store (count/used) before unlock, and
+ * the next locker gets EOWNERDEAD and marks the mutex consistent.
+ */
+#include "shmq.h"
+#include "sys.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+
+#define HDR_SIZE 4096
+#define INITIAL_CAP ((size_t)256 << 10)
+#define SHRINK_ABOVE ((size_t)16 << 20)
+#define REC_HDR 4
+
+struct shmq_hdr {
+    pthread_mutex_t lock;
+    uint64_t cap;        /* ring bytes */
+    uint64_t head;       /* offset of the oldest record */
+    uint64_t used;       /* bytes held */
+    uint64_t count;      /* records held */
+    uint64_t maxsize;    /* 0: unbounded */
+    uint32_t getters;    /* consumers sleeping on ev_get */
+    uint32_t putters;    /* producers sleeping on ev_put */
+    uint32_t shutdown;
+};
+
+struct shmq {
+    int memfd;
+    int ev_get;          /* written when an item arrives */
+    int ev_put;          /* written when room appears */
+    struct shmq_hdr *hdr;
+    char *ring;
+    size_t mapped;       /* ring bytes this process has mapped */
+};
+
+static int map_ring(shmq *q, size_t cap)
+{
+    if (q->ring && munmap(q->ring, q->mapped) != 0)
+        return -1;
+    q->ring = NULL;
+    q->mapped = 0;
+    void *p = mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_SHARED, q->memfd, HDR_SIZE);
+    if (p == MAP_FAILED)
+        return -1;
+    q->ring = p;
+    q->mapped = cap;
+    return 0;
+}
+
+shmq *shmq_create(uint64_t maxsize)
+{
+    shmq *q = calloc(1, sizeof *q);
+    if (!q)
+        return NULL;
+    q->ev_get = q->ev_put = -1;
+    q->memfd = memfd_create("luamp-queue", MFD_CLOEXEC);
+    if (q->memfd < 0)
+        goto fail;
+    if (ftruncate(q->memfd, HDR_SIZE + INITIAL_CAP) != 0)
+        goto fail;
+    void *h = mmap(NULL, HDR_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, q->memfd, 0);
+    if (h == MAP_FAILED)
+        goto fail;
+    q->hdr = h;
+    if (map_ring(q, INITIAL_CAP) != 0)
+        goto fail;
+    q->ev_get = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK | EFD_SEMAPHORE);
+    q->ev_put = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK | EFD_SEMAPHORE);
+    if (q->ev_get < 0 || q->ev_put < 0)
+        goto fail;
+
+    pthread_mutexattr_t a;
+    int e = pthread_mutexattr_init(&a);
+    if (!e) e = pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+    if (!e) e = pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+    if (!e) e = pthread_mutex_init(&q->hdr->lock, &a);
+    pthread_mutexattr_destroy(&a);
+    if (e) {
+        errno = e;
+        goto fail;
+    }
+    q->hdr->cap = INITIAL_CAP;
+    q->hdr->maxsize = maxsize;
+    return q;
+fail:
+    e = errno;
+    shmq_destroy(q);
+    errno = e;
+    return NULL;
+}
+
+void shmq_destroy(shmq *q)
+{
+    if (!q)
+        return;
+    if (q->ring)
+        munmap(q->ring, q->mapped);
+    if (q->hdr)
+        munmap(q->hdr, HDR_SIZE);
+    if (q->memfd >= 0)
+        close(q->memfd);
+    if (q->ev_get >= 0)
+        close(q->ev_get);
+    if (q->ev_put >= 0)
+        close(q->ev_put);
+    free(q);
+}
+
+/* Locks and brings this process's ring mapping up to date.  On failure the
+ * lock is not held. */
+static int lock(shmq *q)
+{
+    int e = pthread_mutex_lock(&q->hdr->lock);
+    if (e == EOWNERDEAD)
+        e = pthread_mutex_consistent(&q->hdr->lock);
+    if (e) {
+        errno = e;
+        return -1;
+    }
+    if (q->mapped != q->hdr->cap && map_ring(q, q->hdr->cap) != 0) {
+        e = errno;
+        pthread_mutex_unlock(&q->hdr->lock);
+        errno = e;
+        return -1;
+    }
+    return 0;
+}
+
+static void unlock(shmq *q)
+{
+    pthread_mutex_unlock(&q->hdr->lock);
+}
+
+static void ring_write(shmq *q, uint64_t off, const void *p, size_t n)
+{
+    uint64_t cap = q->hdr->cap;
+    off %= cap;
+    size_t first = n < cap - off ? n : (size_t)(cap - off);
+    memcpy(q->ring + off, p, first);
+    memcpy(q->ring, (const char *)p + first, n - first);
+}
+
+static void ring_read(shmq *q, uint64_t off, void *p, size_t n)
+{
+    uint64_t cap = q->hdr->cap;
+    off %= cap;
+    size_t first = n < cap - off ? n : (size_t)(cap - off);
+    memcpy(p, q->ring + off, first);
+    memcpy((char *)p + first, q->ring, n - first);
+}
+
+/* Resizes the ring to `cap` bytes, keeping its records; under the lock.
+ * Growing moves the part that wrapped around to behind the old end;
+ * shrinking is only done when the ring is empty. */
+static int resize(shmq *q, uint64_t cap)
+{
+    struct shmq_hdr *h = q->hdr;
+    uint64_t old = h->cap;
+    if (cap > old) {
+        if (ftruncate(q->memfd, (off_t)(HDR_SIZE + cap)) != 0)
+            return -1;
+        if (map_ring(q, cap) != 0)
+            return -1;
+        if (h->head + h->used > old)
+            memcpy(q->ring + old, q->ring, h->head + h->used - old);
+    } else {
+        if (map_ring(q, cap) != 0)
+            return -1;
+        if (ftruncate(q->memfd, (off_t)(HDR_SIZE + cap)) != 0)
+            return -1;
+        h->head = 0;
+    }
+    h->cap = cap;   /* last: a death before this leaves the old layout valid */
+    return 0;
+}
+
+static void ring(int fd)
+{
+    uint64_t one = 1;
+    /* EAGAIN: the counter is saturated, sleepers have plenty to wake on. */
+    while (write(fd, &one, sizeof one) < 0 && errno == EINTR)
+        ;
+}
+
+static void drain_one(int fd)
+{
+    uint64_t v;
+    while (read(fd, &v, sizeof v) < 0 && errno == EINTR)
+        ;
+}
+
+/* Sleeps on `fd` until it is written, one of the `nx` extra descriptors
+ * becomes readable (*which is set to its index) or the deadline passes;
+ * the caller registered itself as a sleeper under the lock and released it. */
+static int sleep_on(int fd, const int *extra, int nx, int *which, double deadline)
+{
+    struct pollfd p[1 + SHMQ_MAX_EXTRA];
+    p[0].fd = fd;
+    p[0].events = POLLIN;
+    for (int i = 0; i < nx; i++) {
+        p[1 + i].fd = extra[i];
+        p[1 + i].events = POLLIN;
+    }
+    for (;;) {
+        int r = poll(p, (nfds_t)(1 + nx), luamp_poll_ms(deadline));
+        if (r > 0) {
+            for (int i = 0; i < nx; i++) {
+                if (p[1 + i].revents) {
+                    *which = i;
+                    return SHMQ_EVENT;
+                }
+            }
+            drain_one(fd);
+            return SHMQ_OK;
+        }
+        if (r == 0)
+            return SHMQ_TIMEOUT;
+        if (errno != EINTR)
+            return SHMQ_ERROR;
+    }
+}
+
+int shmq_put(shmq *q, const void *p, size_t n, double deadline)
+{
+    struct shmq_hdr *h = q->hdr;
+    uint64_t need = REC_HDR + (uint64_t)n;
+    if (n > LUAMP_MAX_MESSAGE) {
+        errno = EMSGSIZE;
+        return SHMQ_ERROR;
+    }
+    if (lock(q) != 0)
+        return SHMQ_ERROR;
+    while (h->maxsize && h->count >= h->maxsize) {
+        h->putters++;
+        unlock(q);
+        int r = sleep_on(q->ev_put, NULL, 0, NULL, deadline);
+        if (lock(q) != 0)
+            return SHMQ_ERROR;
+        h->putters--;
+        if (r != SHMQ_OK && (r != SHMQ_TIMEOUT || h->count >= h->maxsize)) {
+            int e = errno;
+            unlock(q);
+            errno = e;
+            return r;
+        }
+    }
+    if (h->cap - h->used < need) {
+        uint64_t cap = h->cap * 2;
+        while (cap - h->used < need)
+            cap *= 2;
+        if (resize(q, cap) != 0) {
+            int e = errno;
+            unlock(q);
+            errno = e;
+            return SHMQ_ERROR;
+        }
+    }
+    uint32_t len = (uint32_t)n;
+    uint64_t tail = h->head + h->used;
+    ring_write(q, tail, &len, REC_HDR);
+    ring_write(q, tail + REC_HDR, p, n);
+    h->used += need;
+    h->count++;
+    if (h->getters)
+        ring(q->ev_get);
+    unlock(q);
+    return SHMQ_OK;
+}
+
+int shmq_get(shmq *q, luamp_buf *out, double deadline,
+             const int *extra, int nextra, int *which)
+{
+    struct shmq_hdr *h = q->hdr;
+    if (lock(q) != 0)
+        return SHMQ_ERROR;
+    while (h->count == 0) {
+        if (h->shutdown || deadline == 0 || (deadline > 0 && luamp_now() >= deadline)) {
+            int r = h->shutdown ? SHMQ_SHUTDOWN : SHMQ_TIMEOUT;
+            unlock(q);
+            return r;
+        }
+        h->getters++;
+        unlock(q);
+        int r = sleep_on(q->ev_get, extra, nextra, which, deadline);
+        if (lock(q) != 0)
+            return SHMQ_ERROR;
+        h->getters--;
+        if (r == SHMQ_EVENT && h->count == 0) {
+            unlock(q);
+            return r;
+        }
+        if (r == SHMQ_ERROR) {
+            int e = errno;
+            unlock(q);
+            errno = e;
+            return r;
+        }
+        if (r == SHMQ_TIMEOUT && h->count == 0) {
+            unlock(q);
+            return SHMQ_TIMEOUT;
+        }
+    }
+    uint32_t len;
+    ring_read(q, h->head, &len, REC_HDR);
+    out->len = 0;
+    if (luamp_buf_reserve(out, len) != 0) {
+        unlock(q);
+        errno = ENOMEM;
+        return SHMQ_ERROR;
+    }
+    ring_read(q, h->head + REC_HDR, out->data, len);
+    out->len = len;
+    h->head = (h->head + REC_HDR + len) % h->cap;
+    h->used -= REC_HDR + (uint64_t)len;
+    h->count--;
+    if (h->used == 0) {
+        h->head = 0;
+        if (h->cap > SHRINK_ABOVE)
+            resize(q, INITIAL_CAP);   /* failure just keeps the big ring */
+    }
+    if (h->putters)
+        ring(q->ev_put);
+    unlock(q);
+    return SHMQ_OK;
+}
+
+uint64_t shmq_count(shmq *q)
+{
+    if (lock(q) != 0)
+        return 0;
+    uint64_t n = q->hdr->count;
+    unlock(q);
+    return n;
+}
+
+int shmq_full(shmq *q)
+{
+    if (lock(q) != 0)
+        return 0;
+    int full = q->hdr->maxsize && q->hdr->count >= q->hdr->maxsize;
+    unlock(q);
+    return full;
+}
+
+int shmq_shutdown(shmq *q)
+{
+    if (lock(q) != 0)
+        return -1;
+    q->hdr->shutdown = 1;
+    /* Wake every sleeper; each finds the queue empty and shut down. */
+    for (uint32_t i = 0; i < q->hdr->getters; i++)
+        ring(q->ev_get);
+    unlock(q);
+    return 0;
+}
+
+int shmq_get_fd(shmq *q)
+{
+    return q->ev_get;
+}

@@ -1,0 +1,466 @@
+/*
+ * sys.c - processes and waiting.
+ *
+ * Every child luamp makes (a Pool worker, a Process) comes from
+ * core.fork().  The child asks the kernel for SIGKILL when its parent dies
+ * (PR_SET_PDEATHSIG) and then checks that the parent has not died already,
+ * so no child outlives the main script, however that script ends.
+ *
+ * The parent keeps a pidfd for each child.  A pidfd becomes readable when
+ * the child exits, so "wait for a result, or a worker death, or the
+ * timeout" is one poll() over ordinary file descriptors: queue doorbells
+ * (eventfds), pipe ends and pidfds alike.  No helper thread, no SIGCHLD
+ * handler: children are reaped by the call that notices their exit.
+ */
+#include "sys.h"
+#include "codec.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+
+#include <lauxlib.h>
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+
+double luamp_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+int luamp_poll_ms(double deadline)
+{
+    if (deadline < 0)
+        return -1;
+    double left = deadline - luamp_now();
+    if (left <= 0)
+        return 0;
+    if (left > 86400.0 * 24)
+        left = 86400.0 * 24;
+    return (int)(left * 1000.0) + 1;
+}
+
+int luamp_read_full(int fd, void *p, size_t n)
+{
+    char *c = p;
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = read(fd, c + got, n - got);
+        if (r > 0) {
+            got += (size_t)r;
+        } else if (r == 0) {
+            if (got == 0)
+                return 1;
+            errno = EPIPE;
+            return -1;
+        } else if (errno != EINTR) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int luamp_write_full(int fd, const void *p, size_t n)
+{
+    const char *c = p;
+    while (n > 0) {
+        ssize_t w = write(fd, c, n);
+        if (w >= 0) {
+            c += w;
+            n -= (size_t)w;
+        } else if (errno != EINTR) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int luamp_sys_error(lua_State *L, const char *what)
+{
+    return luaL_error(L, "%s: %s", what, strerror(errno));
+}
+
+void luamp_new_object_id(char *out, size_t n, const char *kind)
+{
+    static unsigned long counter;
+    snprintf(out, n, "%s:%ld:%lu", kind, (long)getpid(), ++counter);
+}
+
+void luamp_register_object(lua_State *L, int idx, const char *id)
+{
+    idx = lua_absindex(L, idx);
+    if (lua_getfield(L, LUA_REGISTRYINDEX, "luamp.objects") != LUA_TTABLE) {
+        lua_pop(L, 1);
+        lua_newtable(L);
+        lua_newtable(L);
+        lua_pushliteral(L, "v");
+        lua_setfield(L, -2, "__mode");
+        lua_setmetatable(L, -2);
+        lua_pushvalue(L, -1);
+        lua_setfield(L, LUA_REGISTRYINDEX, "luamp.objects");
+    }
+    lua_pushvalue(L, idx);
+    lua_setfield(L, -2, id);
+    lua_pop(L, 1);
+}
+
+/* ---- children ---------------------------------------------------------- */
+
+typedef struct child {
+    pid_t pid;
+    int pidfd;      /* -1 once reaped */
+    int status;     /* wait status once reaped */
+    int reaped;
+    pid_t parent;   /* the process that forked it: only it may reap */
+} child;
+
+static child *check_child(lua_State *L, int idx)
+{
+    return luaL_checkudata(L, idx, LUAMP_CHILD_MT);
+}
+
+/* core.fork(worker) -> 0 in the child; in the parent a child handle.
+ * worker: the child ignores SIGINT (the terminal's Ctrl-C is the main
+ * script's business; workers stop when it tells them or when it dies). */
+static int l_fork(lua_State *L)
+{
+    int worker = lua_toboolean(L, 1);
+    child *c = lua_newuserdatauv(L, sizeof *c, 0);
+    c->pid = -1;
+    c->pidfd = -1;
+    c->reaped = 0;
+    c->status = 0;
+    c->parent = getpid();
+    luaL_setmetatable(L, LUAMP_CHILD_MT);
+
+    fflush(NULL);   /* or buffered output would be written twice */
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0)
+        return luamp_sys_error(L, "cannot start a child process: fork");
+    if (pid == 0) {
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent)
+            _exit(70);
+        if (worker)
+            signal(SIGINT, SIG_IGN);
+        lua_pushinteger(L, 0);
+        return 1;
+    }
+    c->pid = pid;
+    c->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (c->pidfd < 0) {
+        int e = errno;
+        kill(pid, SIGKILL);
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+            ;
+        errno = e;
+        return luamp_sys_error(L, "cannot watch a child process: pidfd_open");
+    }
+    return 1;
+}
+
+/* Reaps the child if it has exited; wait: block until it has. */
+static int child_reap(child *c, int wait)
+{
+    if (c->reaped)
+        return 1;
+    if (c->parent != getpid())
+        return 0;
+    for (;;) {
+        pid_t r = waitpid(c->pid, &c->status, wait ? 0 : WNOHANG);
+        if (r == c->pid)
+            break;
+        if (r == 0)
+            return 0;
+        if (errno == EINTR)
+            continue;
+        /* ECHILD: someone else reaped it (a SIG_IGN'd SIGCHLD, a host
+         * application's own waitpid); it is gone, its status unknown. */
+        c->status = 0;
+        break;
+    }
+    c->reaped = 1;
+    if (c->pidfd >= 0) {
+        close(c->pidfd);
+        c->pidfd = -1;
+    }
+    return 1;
+}
+
+/* Exit code in Python's convention: the status, or -N for signal N. */
+static void push_exitcode(lua_State *L, child *c)
+{
+    if (WIFSIGNALED(c->status))
+        lua_pushinteger(L, -WTERMSIG(c->status));
+    else
+        lua_pushinteger(L, WEXITSTATUS(c->status));
+}
+
+/* h:poll(timeout) -> exitcode once exited (reaped), or nil while running. */
+static int l_child_poll(lua_State *L)
+{
+    child *c = check_child(L, 1);
+    double timeout = luaL_optnumber(L, 2, 0);
+    double deadline = timeout < 0 ? -1 : luamp_now() + timeout;
+    while (!c->reaped && c->parent == getpid()) {
+        struct pollfd p = { .fd = c->pidfd, .events = POLLIN };
+        int r = poll(&p, 1, luamp_poll_ms(deadline));
+        if (r < 0 && errno != EINTR)
+            return luamp_sys_error(L, "poll");
+        if (r > 0) {
+            child_reap(c, 1);
+            break;
+        }
+        if (r == 0)
+            break;
+    }
+    if (!c->reaped)
+        return 0;
+    push_exitcode(L, c);
+    return 1;
+}
+
+/* h:signal(sig) -> true, or false if already reaped. */
+static int l_child_signal(lua_State *L)
+{
+    child *c = check_child(L, 1);
+    int sig = (int)luaL_checkinteger(L, 2);
+    if (c->reaped || c->parent != getpid()) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    /* pidfd_send_signal would be exact; kill() is safe too because the pid
+     * cannot be reused before we reap it. */
+    if (kill(c->pid, sig) != 0 && errno != ESRCH)
+        return luamp_sys_error(L, "kill");
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int l_child_index(lua_State *L)
+{
+    child *c = check_child(L, 1);
+    const char *k = luaL_checkstring(L, 2);
+    if (strcmp(k, "pid") == 0) {
+        lua_pushinteger(L, c->pid);
+        return 1;
+    }
+    luaL_getmetatable(L, LUAMP_CHILD_MT);
+    lua_getfield(L, -1, k);
+    return 1;
+}
+
+/* Collected without being reaped: kill and reap, so no zombie stays. */
+static int l_child_gc(lua_State *L)
+{
+    child *c = check_child(L, 1);
+    if (!c->reaped && c->parent == getpid()) {
+        kill(c->pid, SIGKILL);
+        child_reap(c, 1);
+    }
+    return 0;
+}
+
+/* ---- waiting ----------------------------------------------------------- */
+
+int luamp_waitable_fd(lua_State *L, int idx)
+{
+    child *c = luaL_testudata(L, idx, LUAMP_CHILD_MT);
+    if (c)
+        return c->reaped ? -2 : c->pidfd;
+    if (lua_getmetatable(L, idx)) {
+        lua_getfield(L, -1, "__luamp_fd");
+        if (lua_iscfunction(L, -1)) {
+            lua_pushvalue(L, idx);
+            lua_call(L, 1, 1);
+            int fd = (int)luaL_optinteger(L, -1, -1);
+            lua_pop(L, 2);
+            return fd;
+        }
+        lua_pop(L, 2);
+    }
+    return luaL_error(L, "core.wait: object %d cannot be waited on", idx);
+}
+
+/*
+ * core.wait(list, timeout) -> the 1-based index of a ready object, or nil
+ * at the timeout.  Objects: child handles (ready once exited; an already
+ * reaped child is ready at once), queues (ready when an item may be
+ * waiting) and pipe ends.  Readiness is a hint: callers check again.
+ */
+static int l_wait(lua_State *L)
+{
+    enum { MAXW = 512 };
+    struct pollfd p[MAXW];
+    int map[MAXW];
+    luaL_checktype(L, 1, LUA_TTABLE);
+    double timeout = luaL_optnumber(L, 2, -1);
+    double deadline = lua_isnoneornil(L, 2) ? -1 : luamp_now() + (timeout < 0 ? 0 : timeout);
+    int n = (int)luaL_len(L, 1), np = 0;
+    for (int i = 1; i <= n; i++) {
+        lua_geti(L, 1, i);
+        int fd = luamp_waitable_fd(L, -1);
+        lua_pop(L, 1);
+        if (fd == -2) {
+            lua_pushinteger(L, i);
+            return 1;
+        }
+        if (fd < 0)
+            continue;
+        if (np == MAXW)
+            return luaL_error(L, "core.wait: more than %d objects", MAXW);
+        p[np].fd = fd;
+        p[np].events = POLLIN;
+        p[np].revents = 0;
+        map[np++] = i;
+    }
+    for (;;) {
+        int r = poll(p, (nfds_t)np, luamp_poll_ms(deadline));
+        if (r > 0)
+            break;
+        if (r == 0)
+            return 0;
+        if (errno != EINTR)
+            return luamp_sys_error(L, "poll");
+    }
+    for (int i = 0; i < np; i++) {
+        if (p[i].revents) {
+            lua_pushinteger(L, map[i]);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static int l_now(lua_State *L)
+{
+    lua_pushnumber(L, luamp_now());
+    return 1;
+}
+
+static int l_getpid(lua_State *L)
+{
+    lua_pushinteger(L, getpid());
+    return 1;
+}
+
+static int l_cpu_count(lua_State *L)
+{
+    cpu_set_t set;
+    long n = 0;
+    if (sched_getaffinity(0, sizeof set, &set) == 0)
+        n = CPU_COUNT(&set);
+    if (n <= 0)
+        n = sysconf(_SC_NPROCESSORS_ONLN);
+    lua_pushinteger(L, n > 0 ? n : 1);
+    return 1;
+}
+
+/* core._exit(code): leave a child without running the parent's cleanup
+ * (atexit handlers, Lua finalizers of objects it inherited). */
+static int l_exit(lua_State *L)
+{
+    int code = (int)luaL_optinteger(L, 1, 0);
+    fflush(NULL);
+    _exit(code);
+    return 0;
+}
+
+static int l_sleep(lua_State *L)
+{
+    double s = luaL_checknumber(L, 1);
+    double deadline = luamp_now() + s;
+    int ms;
+    while ((ms = luamp_poll_ms(deadline)) > 0)
+        poll(NULL, 0, ms);
+    return 0;
+}
+
+static int l_isatty(lua_State *L)
+{
+    lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)));
+    return 1;
+}
+
+static int l_default_processes(lua_State *L)
+{
+    lua_getfield(L, LUA_REGISTRYINDEX, "luamp.default_processes");
+    return 1;
+}
+
+void luamp_open_sys(lua_State *L)
+{
+    static const luaL_Reg child_methods[] = {
+        {"poll", l_child_poll},
+        {"signal", l_child_signal},
+        {"__index", l_child_index},
+        {"__gc", l_child_gc},
+        {NULL, NULL}
+    };
+    static const luaL_Reg funcs[] = {
+        {"fork", l_fork},
+        {"wait", l_wait},
+        {"now", l_now},
+        {"getpid", l_getpid},
+        {"cpu_count", l_cpu_count},
+        {"_exit", l_exit},
+        {"sleep", l_sleep},
+        {"isatty", l_isatty},
+        {"default_processes", l_default_processes},
+        {"encode", luamp_l_encode},
+        {"decode", luamp_l_decode},
+        {NULL, NULL}
+    };
+    if (luaL_newmetatable(L, LUAMP_CHILD_MT))
+        luaL_setfuncs(L, child_methods, 0);
+    lua_pop(L, 1);
+    luaL_setfuncs(L, funcs, 0);
+}
+
+int luamp_raise(lua_State *L, const char *kind, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    lua_pushvfstring(L, fmt, ap);
+    va_end(ap);
+    if (lua_getfield(L, LUA_REGISTRYINDEX, "luamp.raise") != LUA_TFUNCTION) {
+        lua_pop(L, 1);
+        return lua_error(L);
+    }
+    lua_pushstring(L, kind);
+    lua_pushvalue(L, -3);
+    lua_call(L, 2, 0);      /* raises */
+    return 0;
+}
+
+double luamp_opt_deadline(lua_State *L, int idx)
+{
+    if (lua_isnoneornil(L, idx))
+        return -1;
+    double t = luaL_checknumber(L, idx);
+    luaL_argcheck(L, t == t, idx, "timeout is NaN");
+    return luamp_now() + (t > 0 ? t : 0);
+}
+
+void luamp_buf_trim(luamp_buf *b)
+{
+    if (b->cap > ((size_t)1 << 20)) {
+        luamp_buf_free(b);
+        luamp_buf_init(b);
+    }
+    b->len = 0;
+}

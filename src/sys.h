@@ -1,0 +1,61 @@
+/*
+ * sys.h - the small POSIX layer under luamp's Lua types: monotonic time,
+ * waiting on several file descriptors with a timeout, forking children
+ * that die with their parent, and child handles built on pidfds.
+ */
+#ifndef LUAMP_SYS_H
+#define LUAMP_SYS_H
+
+#include <stddef.h>
+#include <sys/types.h>
+#include <lua.h>
+#include "codec.h"
+
+/* Seconds on the monotonic clock. */
+double luamp_now(void);
+
+/* Milliseconds left until `deadline` (a luamp_now() time) for poll():
+ * -1 when deadline < 0 (wait forever), 0 once passed. */
+int luamp_poll_ms(double deadline);
+
+/* Reads and writes that retry on EINTR and partial transfers.  Return 0,
+ * 1 for end of file before the first byte (read only), -1 with errno. */
+int luamp_read_full(int fd, void *p, size_t n);
+int luamp_write_full(int fd, const void *p, size_t n);
+
+/* Lua: pushes "what: strerror(errno)" and raises it. */
+int luamp_sys_error(lua_State *L, const char *what);
+
+/* Registers the core functions of this layer into the table on top. */
+void luamp_open_sys(lua_State *L);
+
+/* Metatable names. */
+#define LUAMP_CHILD_MT "luamp.child"
+#define LUAMP_CONN_MT  "luamp.Connection"
+#define LUAMP_QUEUE_MT "luamp.Queue"
+
+/* From pipe.c and shmq.c: register their constructors into the table on top. */
+void luamp_open_pipe(lua_State *L);
+void luamp_open_queue(lua_State *L);
+
+/* A file descriptor a waitable object exposes to core.wait(). */
+int luamp_waitable_fd(lua_State *L, int idx);
+
+/* Remembers a luamp object under `id` in registry["luamp.objects"] (weak
+ * values) so that the codec can send it by reference to a forked child. */
+void luamp_register_object(lua_State *L, int idx, const char *id);
+/* A process-unique id for a new object: "<kind>:<pid>:<counter>". */
+void luamp_new_object_id(char *out, size_t n, const char *kind);
+
+#endif
+
+/* Raises an mp.Error of `kind` with a formatted message (through the
+ * function the Lua layer stored as registry["luamp.raise"]; a plain error
+ * before that). */
+int luamp_raise(lua_State *L, const char *kind, const char *fmt, ...);
+
+/* Timeout argument at `idx`: nil/none -> -1 (forever), else a deadline. */
+double luamp_opt_deadline(lua_State *L, int idx);
+
+/* Shrinks a scratch buffer that a big message left large. */
+void luamp_buf_trim(luamp_buf *b);

@@ -1,0 +1,173 @@
+-- Pool: map, starmap, apply, errors, closures, chunking, lifecycle.
+local t = require "tap"
+local mp = require "luamp"
+
+local function square(x) return x * x end
+
+do
+  local pool <close> = mp.Pool(2)
+  t.is(pool.processes, 2, "processes is the pool size")
+  local r = pool:map(square, {1, 2, 3, 4, 5})
+  t.same(r, {1, 4, 9, 16, 25, n = 5}, "map returns results in input order with n")
+
+  local xs = {}
+  for i = 1, 1000 do xs[i] = i end
+  for _, cs in ipairs({1, 7, 1000}) do
+    local out = pool:map(square, xs, cs)
+    local ok = out.n == 1000
+    for i = 1, 1000 do if out[i] ~= i * i then ok = false end end
+    t.ok(ok, "map keeps input order with chunksize " .. cs)
+  end
+  t.same(pool:map(square, {}), {n = 0}, "map over an empty table returns an empty result")
+
+  -- closures travel with their upvalues
+  local k = 10
+  t.same(pool:map(function(x) return x * k end, {1, 2, 3}), {10, 20, 30, n = 3},
+    "a closure's upvalue travels with it")
+  k = 100
+  t.same(pool:map(function(x) return x * k end, {1}), {100, n = 1},
+    "a closure's upvalue is read at call time, not cached")
+  -- C functions by name
+  t.same(pool:map(math.sqrt, {4, 9}), {2.0, 3.0, n = 2}, "a C function travels by name")
+  t.same(pool:map(string.upper, {"a", "b"}), {"A", "B", n = 2}, "string.upper travels by name")
+
+  -- holes: items.n, nil results
+  local r2 = pool:map(function(x) if x then return x end end, {1, nil, 3, n = 3})
+  t.is(r2.n, 3, "items.n is honoured")
+  t.ok(r2[1] == 1 and r2[2] == nil and r2[3] == 3, "nil items and results keep their places")
+
+  -- math.type survives, multiple returns keep the first in map
+  local r3 = pool:map(function(x) return x, "second" end, {1, 1.0})
+  t.is(math.type(r3[1]), "integer", "an integer result stays an integer")
+  t.is(math.type(r3[2]), "float", "a float result stays a float")
+
+  -- starmap
+  t.same(pool:starmap(function(a, b) return a + b end, {{1, 2}, {3, 4}}), {3, 7, n = 2},
+    "starmap unpacks each argument list")
+  t.same(pool:starmap(function(a, b, c) return c end, {{1, nil, 3, n = 3}}), {3, n = 1},
+    "starmap honours n in argument lists")
+
+  -- apply: all return values
+  local a, b, c = pool:apply(function(x, y) return x + y, x * y, nil end, {3, 4})
+  t.ok(a == 7 and b == 12 and c == nil, "apply returns every return value")
+  t.is(select("#", pool:apply(function() return 1, nil, nil end)), 3, "apply keeps trailing nils")
+  t.is(pool:apply(function() return mp.current_process().name end):match("^PoolWorker%-%d+$") ~= nil, true,
+    "a task runs in a PoolWorker and can use the luamp module upvalue")
+  t.ok(pool:apply(function() return mp.current_process().pid end) ~= mp.current_process().pid,
+    "a task runs in another process")
+
+  -- errors: a task's error fails that task only
+  local err = t.raises(function()
+    pool:map(function(x) if x == 3 then error("three is bad") end return x end, {1, 2, 3, 4, 5}, 1)
+  end, "three is bad", "map raises the task's error")
+  t.ok(mp.Error.is(err, "remote"), "the error has kind remote")
+  t.like(err.message, "three is bad", "the error's message is the task's message")
+  t.like(err.traceback or "", "remote traceback %(pid %d+%)", "the error carries the remote traceback")
+  t.ok(type(err.pid) == "number", "the error names the worker's pid")
+  t.same(pool:map(square, {6}), {36, n = 1}, "the pool stays usable after a task error")
+
+  local e2 = t.raises(function() pool:apply(function() error({code = 42}) end) end,
+    "error object is a table", "a table error value is described")
+  t.same(e2.value, {code = 42}, "the original error value is carried")
+
+  local e3 = t.raises(function()
+    pool:map(function(x) if x % 2 == 0 then error("even " .. x) end return x end, {1, 2, 3, 4}, 1)
+  end, "even 2", "map raises the first failing item's error in input order")
+
+  -- unsendable arguments raise in the caller, naming the path
+  local e4 = t.raises(function() pool:apply(print, {1, {f = coroutine.create(print)}}) end,
+    "cannot send args%[2%]%.f: a coroutine", "an unsendable argument names its path")
+  t.ok(mp.Error.is(e4, "serialize"), "that error has kind serialize")
+  t.raises(function() pool:map(square, {1, 2, io.stdout}) end,
+    "cannot send items%[3%]: a userdata", "an unsendable map item names its index")
+  t.raises(function() pool:map(function() return coroutine.create(print) end, {1}) end,
+    "cannot send result%[1%]: a coroutine", "an unsendable result fails that task with its path")
+  t.same(pool:map(square, {7}), {49, n = 1}, "the pool stays usable after a result that cannot travel")
+  local e5 = t.raises(function() pool:apply(function() return coroutine.create(print) end) end,
+    "coroutine", "apply of an unsendable result raises")
+  t.ok(mp.Error.is(e5, "serialize"), "an unsendable result has kind serialize")
+
+  -- argument checks
+  t.raises(function() pool:map(5, {}) end, "bad argument #1 to 'map' %(function expected, got number%)",
+    "map checks its function")
+  t.raises(function() pool:map(square, 5) end, "bad argument #2 to 'map' %(table expected, got number%)",
+    "map checks its items")
+  t.raises(function() pool:map(square, {1}, 0) end, "positive integer expected", "map checks chunksize")
+end
+
+t.raises(function() mp.Pool("x") end, "bad argument #1 to 'Pool' %(positive integer expected, got string%)",
+  "Pool checks its size")
+t.raises(function() mp.Pool(0) end, "positive integer expected", "Pool refuses 0 processes")
+
+-- default size, initializer and globals
+do
+  local pool <close> = mp.Pool{processes = 2, initializer = function(v) WORKER_STATE = v end, initargs = {"init!"}}
+  t.is(pool:apply(function() return WORKER_STATE end), "init!", "the initializer runs in each worker with initargs")
+end
+do
+  local pool <close> = mp.Pool()
+  t.is(pool.processes, mp.cpu_count(), "Pool() defaults to cpu_count (or -j)")
+end
+do
+  local pool <close> = mp.Pool{processes = 1, initializer = function() error("init broke") end}
+  t.raises(function() pool:apply(square, {2}) end, "initializer failed.*init broke",
+    "a failing initializer fails the tasks with its message")
+end
+
+-- maxtasksperchild: workers are replaced, results are still all there
+do
+  local pool <close> = mp.Pool{processes = 2, maxtasksperchild = 2}
+  local r = pool:map(function() return mp.current_process().pid end, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, 1)
+  local pids = {}
+  local count = 0
+  for i = 1, 10 do if not pids[r[i]] then pids[r[i]] = true; count = count + 1 end end
+  t.ok(count >= 5, "maxtasksperchild=2 used at least 5 workers for 10 tasks (" .. count .. ")")
+end
+
+-- close, join, terminate, use after close
+do
+  local pool = mp.Pool(2)
+  local ar = pool:apply_async(function() mp._sleep(0.2); return "done" end)
+  pool:close()
+  local e = t.raises(function() pool:apply(square, {1}) end, "closed", "a closed pool refuses tasks")
+  t.ok(mp.Error.is(e, "closed"), "that error has kind closed")
+  pool:join()
+  t.is(ar:ready(), true, "join waits for submitted tasks")
+  t.is(ar:get(), "done", "a task submitted before close completes")
+  t.raises(function() mp.Pool(1):join() end, "running Pool", "join on a running pool raises")
+end
+
+do
+  local pool = mp.Pool(2)
+  local ar = pool:apply_async(function() mp._sleep(30) end)
+  pool:terminate()
+  local e = t.raises(function() ar:get(5) end, "cancelled", "terminate cancels unfinished tasks")
+  t.ok(mp.Error.is(e, "cancelled"), "their error has kind cancelled")
+  pool:join()
+end
+
+-- <close> terminates when the scope is left by an error
+do
+  local ar
+  local ok = pcall(function()
+    local pool <close> = mp.Pool(1)
+    ar = pool:apply_async(function() mp._sleep(30) end)
+    error("leave")
+  end)
+  t.ok(not ok, "the scope was left by an error")
+  t.raises(function() ar:get(5) end, "cancelled", "<close> terminated the pool on error")
+end
+
+-- a pool cannot be used from a child process
+do
+  local pool <close> = mp.Pool(1)
+  local q = mp.Queue()
+  local p = mp.Process{target = function()
+    local ok, e = pcall(pool.map, pool, square, {1})
+    q:put(tostring(e))
+  end}
+  p:start(); p:join()
+  t.like(q:get(5), "cannot use a Pool of process", "a pool refuses to be used from a forked child")
+end
+
+t.done()

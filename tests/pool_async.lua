@@ -1,0 +1,102 @@
+-- AsyncResult, callbacks, map_async, and work going on while the script computes.
+local t = require "tap"
+local mp = require "luamp"
+
+local function square(x) return x * x end
+
+do
+  local pool <close> = mp.Pool(2)
+  local r = pool:apply_async(square, {7})
+  t.is(r:get(10), 49, "apply_async result by get")
+  t.is(r:ready(), true, "ready after get")
+  t.is(r:successful(), true, "successful after a good task")
+  t.is(r:wait(0), true, "wait on a ready result is true")
+
+  local slow = pool:apply_async(function() mp._sleep(0.3) return 1 end)
+  t.is(slow:wait(0.01), false, "wait(timeout) is false before the task ends")
+  t.is(slow:ready(), false, "ready is false before the task ends")
+  t.raises(function() slow:successful() end, "not ready", "successful raises when not ready")
+  local e = t.raises(function() slow:get(0.01) end, "timed out", "get(timeout) raises before the task ends")
+  t.ok(mp.Error.is(e, "timeout"), "that error has kind timeout")
+  t.is(slow:get(), 1, "the same result can still be got after a timeout")
+
+  local bad = pool:apply_async(function() error("nope") end)
+  t.raises(function() bad:get() end, "nope", "get raises the task's error")
+  t.is(bad:successful(), false, "successful is false after a failed task")
+
+  -- callbacks run in the parent before get returns
+  local seen = {}
+  local r2 = pool:apply_async(function(a) return a, a + 1 end, {1},
+    {callback = function(x, y) seen.cb = {x, y, mp.current_process().name} end})
+  r2:get()
+  t.same(seen.cb, {1, 2, "MainProcess"}, "callback gets all return values, in the main process, before get returns")
+
+  local r3 = pool:apply_async(function() error("cb-err") end, {},
+    {error_callback = function(err) seen.ecb = err end})
+  r3:wait()
+  t.ok(mp.Error.is(seen.ecb, "remote") and seen.ecb.message:find("cb%-err"), "error_callback gets the error")
+
+  -- a callback that raises harms nothing
+  local r4 = pool:apply_async(square, {3}, {callback = function() error("callback broke") end})
+  t.is(r4:get(), 9, "a raising callback does not reach get")
+  t.is(pool:apply(square, {4}), 16, "a raising callback does not harm the pool")
+
+  -- map_async with callback
+  local got
+  local m = pool:map_async(square, {1, 2, 3}, {callback = function(res) got = res end})
+  t.same(m:get(), {1, 4, 9, n = 3}, "map_async get returns the results table")
+  t.same(got, {1, 4, 9, n = 3}, "map_async callback got the results table")
+  t.same(pool:starmap_async(math.max, {{1, 5}, {7, 2}}):get(), {5, 7, n = 2}, "starmap_async works")
+
+  -- many async results
+  local rs = {}
+  for i = 1, 2000 do rs[i] = pool:apply_async(square, {i}) end
+  local ok = true
+  for i = 1, 2000 do if rs[i]:get() ~= i * i then ok = false end end
+  t.ok(ok, "2000 apply_async results are all correct")
+end
+
+-- callbacks have run by pool:join at the latest
+do
+  local count = 0
+  local pool = mp.Pool(2)
+  for i = 1, 50 do pool:apply_async(square, {i}, {callback = function() count = count + 1 end}) end
+  pool:close()
+  pool:join()
+  t.is(count, 50, "every callback has run when join returns")
+end
+
+-- Work goes on while the script computes: tasks return 4 MiB each (more
+-- than any pipe holds); later tasks leave marker files.  The main script
+-- never calls luamp while it waits for the markers: they only appear if
+-- the big results left the workers without the parent reading them.
+do
+  local dir = os.tmpname()
+  os.remove(dir)
+  assert(os.execute("mkdir " .. dir))
+  local pool <close> = mp.Pool(2)
+  local big = {}
+  for i = 1, 8 do big[i] = pool:apply_async(function() return string.rep("r", 4 << 20) end) end
+  for i = 1, 4 do
+    pool:apply_async(function(path) local f = assert(io.open(path, "w")); f:close() end, {dir .. "/m" .. i})
+  end
+  local found = 0
+  local deadline = os.time() + 30
+  while found < 4 and os.time() <= deadline do
+    found = 0
+    for i = 1, 4 do
+      local f = io.open(dir .. "/m" .. i)
+      if f then f:close(); found = found + 1 end
+    end
+    local x = 0
+    for j = 1, 1e5 do x = x + j end   -- the script computes, no luamp call
+  end
+  t.is(found, 4, "tasks run to completion, large results drained, while the script computes")
+  local ok = true
+  for i = 1, 8 do if #big[i]:get() ~= 4 << 20 then ok = false end end
+  t.ok(ok, "the large results are all intact afterwards")
+  for i = 1, 4 do os.remove(dir .. "/m" .. i) end
+  os.remove(dir)
+end
+
+t.done()

@@ -1,0 +1,139 @@
+-- Process: start, join with timeout, exit codes, names, tracebacks, children.
+local t = require "tap"
+local mp = require "luamp"
+
+local function tmpfile()
+  local path = os.tmpname()
+  return path
+end
+
+-- a target that writes to a file proves it ran in the child
+do
+  local path = tmpfile()
+  local p = mp.Process{target = function(a, b)
+    local f = assert(io.open(path, "w"))
+    f:write(a, " ", b, " ", mp.current_process().name)
+    f:close()
+  end, args = {"hello", 42}, name = "w1"}
+  t.is(p.exitcode, nil, "exitcode is nil before start")
+  t.is(p:is_alive(), false, "a Process that was not started is not alive")
+  p:start()
+  t.ok(type(p.pid) == "number" and p.pid > 0, "start sets pid")
+  t.is(p:join(), true, "join without timeout returns true")
+  t.is(p.exitcode, 0, "exitcode is 0 after a clean target")
+  local f = assert(io.open(path))
+  t.is(f:read("a"), "hello 42 w1", "the target got its args and its name")
+  f:close()
+  os.remove(path)
+  t.is(p.name, "w1", "name is kept")
+  t.is(p.daemon, false, "daemon defaults to false")
+end
+
+-- default names
+do
+  local p = mp.Process{target = function() end}
+  t.like(p.name, "^Process%-%d+$", "default name is Process-N")
+end
+
+-- join with a timeout on a child that sleeps; then terminate gives -15
+do
+  local p = mp.Process{target = function() mp._sleep(30) end}
+  p:start()
+  t.is(p:join(0.05), false, "join(timeout) returns false while the child runs")
+  t.is(p:is_alive(), true, "is_alive is true while running")
+  t.is(p.exitcode, nil, "exitcode is nil while running")
+  p:terminate()
+  t.is(p:join(5), true, "join returns true after terminate")
+  t.is(p.exitcode, -15, "exitcode is -15 after SIGTERM")
+  t.is(p:is_alive(), false, "is_alive is false after exit")
+end
+
+do
+  local p = mp.Process{target = function() mp._sleep(30) end}
+  p:start()
+  p:kill()
+  p:join()
+  t.is(p.exitcode, -9, "exitcode is -9 after kill")
+end
+
+-- os.exit code is the exitcode
+do
+  local p = mp.Process{target = function() os.exit(7) end}
+  p:start(); p:join()
+  t.is(p.exitcode, 7, "exitcode is the code passed to os.exit")
+end
+
+-- a target that raises: exitcode 1, traceback on stderr with the header
+do
+  local errpath = tmpfile()
+  -- run in a separate luamp so that we can capture its stderr
+  local script = [[
+    local mp = require "luamp"
+    local p = mp.Process{target = function() error("kaboom") end, name = "bad"}
+    p:start(); p:join()
+    io.write(p.exitcode, " ", p.pid)
+  ]]
+  local cmd = string.format("%q -e %q 2>%q", os.getenv("LUAMP") or arg[-1], script, errpath)
+  local h = io.popen(cmd)
+  local out = h:read("a")
+  h:close()
+  local code, pid = out:match("^(%d+) (%d+)$")
+  t.is(code, "1", "exitcode is 1 when the target raised")
+  local f = assert(io.open(errpath)); local err = f:read("a"); f:close()
+  os.remove(errpath)
+  t.like(err, "^Process bad %(pid " .. (pid or "?") .. "%):\n", "stderr starts with 'Process name (pid N):'")
+  t.like(err, "kaboom", "stderr has the error message")
+  t.like(err, "stack traceback:", "stderr has the child's traceback")
+end
+
+-- start twice, join before start
+do
+  local p = mp.Process{target = function() end}
+  t.raises(function() p:join() end, "not started", "join before start raises")
+  p:start()
+  t.raises(function() p:start() end, "twice", "start twice raises")
+  p:join()
+end
+
+-- argument checks
+t.raises(function() mp.Process(5) end, "bad argument #1 to 'Process' %(table expected, got number%)", "Process checks its argument")
+t.raises(function() mp.Process{target = 1} end, "function expected, got number", "Process checks target")
+
+-- active_children and current_process
+do
+  t.is(mp.current_process().name, "MainProcess", "current_process is MainProcess in the host")
+  local q = mp.Queue()
+  local p = mp.Process{target = function() q:get() end}
+  p:start()
+  local kids = mp.active_children()
+  local found = false
+  for _, k in ipairs(kids) do if k == p then found = true end end
+  t.ok(found, "active_children lists a running child")
+  q:put("go")
+  p:join()
+  found = false
+  for _, k in ipairs(mp.active_children()) do if k == p then found = true end end
+  t.ok(not found, "active_children drops a finished child")
+end
+
+-- a child sees the parent's globals as they were at fork time
+do
+  GLOBAL_AT_FORK = "before"
+  local q = mp.Queue()
+  local p = mp.Process{target = function() q:put(GLOBAL_AT_FORK) end}
+  p:start()
+  GLOBAL_AT_FORK = "after"
+  t.is(q:get(5), "before", "the child sees globals as they were at fork time")
+  p:join()
+end
+
+-- the child's pid is reported by current_process in the child
+do
+  local q = mp.Queue()
+  local p = mp.Process{target = function() q:put(mp.current_process().pid) end}
+  p:start()
+  t.is(q:get(5), p.pid, "current_process().pid in the child is p.pid")
+  p:join()
+end
+
+t.done()

@@ -1,0 +1,125 @@
+-- Queue: FIFO, timeouts, bounded size, many producers/consumers, big items,
+-- nothing lost when a producer exits.
+local t = require "tap"
+local mp = require "luamp"
+
+do
+  local q = mp.Queue()
+  t.is(q:empty(), true, "a new queue is empty")
+  t.is(q:put(1), true, "put returns true")
+  q:put("two"); q:put({3}); q:put(4.5)
+  t.is(q:qsize(), 4, "qsize counts the items")
+  t.is(q:get(), 1, "get returns items in FIFO order (1)")
+  t.is(q:get(), "two", "get returns items in FIFO order (2)")
+  t.same(q:get(), {3}, "get returns items in FIFO order (3)")
+  t.is(q:get(), 4.5, "get returns items in FIFO order (4)")
+  local v, why = q:get(0.05)
+  t.is(v, nil, "get returns nil at the timeout")
+  t.is(why, "timeout", "get says timeout")
+  v, why = q:get_nowait()
+  t.is(why, "empty", "get_nowait says empty")
+  t.is(q:full(), false, "an unbounded queue is never full")
+end
+
+do
+  local q = mp.Queue(2)
+  t.is(q:put_nowait("a"), true, "put_nowait succeeds with room")
+  q:put("b")
+  t.is(q:full(), true, "a bounded queue is full at maxsize")
+  t.is(q:put_nowait("c"), false, "put_nowait returns false when full")
+  t.is(q:put("c", 0.05), false, "put with a timeout returns false when still full")
+  t.is(q:get(), "a", "the queue kept its first item")
+  t.is(q:put("c", 1), true, "put succeeds once there is room")
+  t.is(q:qsize(), 2, "qsize is exact")
+end
+
+do
+  local q = mp.Queue()
+  t.raises(function() q:put(nil) end, "nil cannot be put", "nil cannot be put on a queue")
+  local err = t.raises(function() q:put({1, {f = coroutine.create(print)}}) end,
+    "cannot send item%[2%]%.f: a coroutine", "an unsendable item raises in put, naming its path")
+  t.ok(mp.Error.is(err, "serialize"), "that error has kind serialize")
+  t.is(q:qsize(), 0, "a refused item is not half-put")
+  q:close()
+  t.raises(function() q:put(1) end, "closed", "put after close raises")
+  t.raises(function() q:get() end, "closed", "get after close raises")
+  t.raises(function() mp.Queue(-1) end, "bad argument #1 to 'Queue'", "Queue checks maxsize")
+  t.raises(function() mp.Queue():get("x") end, "number expected", "get checks its timeout")
+end
+
+-- items are put just before the producers exit: none is lost
+do
+  local q = mp.Queue()
+  local producers = {}
+  for p = 1, 4 do
+    producers[p] = mp.Process{target = function()
+      for i = 1, 500 do q:put({p, i}) end
+    end}
+    producers[p]:start()
+  end
+  for _, p in ipairs(producers) do p:join() end
+  t.is(q:qsize(), 2000, "items put by exited producers are all still there")
+  local last, inorder, count = {0, 0, 0, 0}, true, 0
+  while true do
+    local v = q:get_nowait()
+    if v == nil then break end
+    count = count + 1
+    if v[2] ~= last[v[1]] + 1 then inorder = false end
+    last[v[1]] = v[2]
+  end
+  t.is(count, 2000, "every item of every producer arrives")
+  t.ok(inorder, "items are FIFO per producer")
+end
+
+-- several consumers in child processes share the work, nothing twice
+do
+  local q, out = mp.Queue(), mp.Queue()
+  local consumers = {}
+  for c = 1, 3 do
+    consumers[c] = mp.Process{target = function()
+      local sum, n = 0, 0
+      while true do
+        local v = q:get()
+        if v == "END" then break end
+        sum, n = sum + v, n + 1
+      end
+      out:put({sum, n})
+    end}
+    consumers[c]:start()
+  end
+  for i = 1, 3000 do q:put(i) end
+  for _ = 1, 3 do q:put("END") end
+  local sum, n = 0, 0
+  for _ = 1, 3 do local r = out:get(20); sum, n = sum + r[1], n + r[2] end
+  for _, c in ipairs(consumers) do c:join() end
+  t.is(n, 3000, "consumers got every item exactly once (count)")
+  t.is(sum, 3000 * 3001 // 2, "consumers got every item exactly once (sum)")
+end
+
+-- a 64 MiB item through a queue between processes
+do
+  local q = mp.Queue()
+  local p = mp.Process{target = function()
+    q:put(string.rep("x", 64 << 20))
+    q:put("after")
+  end}
+  p:start()
+  p:join()   -- joining the producer before reading never deadlocks
+  local big = q:get(30)
+  t.is(#big, 64 << 20, "a 64 MiB item arrives whole")
+  t.ok(big:find("[^x]") == nil, "a 64 MiB item arrives intact")
+  t.is(q:get(5), "after", "the item after a big one follows")
+end
+
+-- a bounded queue blocks a producer until a consumer makes room
+do
+  local q = mp.Queue(1)
+  local p = mp.Process{target = function() for i = 1, 50 do q:put(i) end end}
+  p:start()
+  local sum = 0
+  for _ = 1, 50 do sum = sum + q:get(10) end
+  p:join()
+  t.is(sum, 1275, "a bounded queue passes every item through a producer that waits")
+end
+
+t.done()
