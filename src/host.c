@@ -1,0 +1,214 @@
+/*
+ * host.c - the luamp host as a library: create a state, run scripts with
+ * tracebacks, close it once the children are reaped.
+ *
+ * The luamp binary is a thin command-line layer over these functions, so an
+ * application that embeds Lua gets exactly what the binary does.  Three
+ * decisions shape the file:
+ *
+ *  - luamp is preloaded, not opened: the module starts when a script first
+ *    requires it, and then sits in package.loaded like any module (which is
+ *    how a module table travels by name to the workers).
+ *  - Every chunk runs under one message handler that turns whatever was
+ *    raised into a string with a traceback, so a caller prints one string
+ *    and never has to know what the script threw.
+ *  - Each entry point does its work inside lua_pcall, so running out of
+ *    memory becomes an error status instead of a panic that aborts the
+ *    embedding application.
+ *
+ * Settings such as the default pool size live in the state's registry, not
+ * in C globals, so that two states in one process do not share them.
+ */
+#include "luamp.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lualib.h>
+
+/* Read by the module when a Pool is created without a size. */
+#define DEFAULT_PROCESSES_KEY "luamp.default_processes"
+
+/* The message handler: error object in, message with a traceback out.
+ * Objects that are not strings are described rather than lost, so that
+ * error({code = 1}) still tells the user something. */
+static int msghandler(lua_State *L)
+{
+    const char *msg = lua_tostring(L, 1);
+
+    if (msg == NULL) {
+        if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
+            msg = lua_tostring(L, -1);
+        else
+            msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+    }
+    luaL_traceback(L, L, msg, 1);
+    return 1;
+}
+
+/* Calls the function below its nargs arguments with msghandler in place;
+ * lua_pcall's return convention. */
+static int docall(lua_State *L, int nargs, int nresults)
+{
+    int base = lua_gettop(L) - nargs;
+    int status;
+
+    lua_pushcfunction(L, msghandler);
+    lua_insert(L, base);
+    status = lua_pcall(L, nargs, nresults, base);
+    lua_remove(L, base);
+    return status;
+}
+
+static int open_host(lua_State *L)
+{
+    luaL_openlibs(L);
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+    lua_pushcfunction(L, luaopen_luamp);
+    lua_setfield(L, -2, "luamp");
+    return 0;
+}
+
+lua_State *luamp_newstate(void)
+{
+    lua_State *L = luaL_newstate();
+
+    if (L == NULL)
+        return NULL;
+    lua_pushcfunction(L, open_host);
+    if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
+        lua_close(L);
+        return NULL;
+    }
+    return L;
+}
+
+void luamp_set_default_processes(lua_State *L, int n)
+{
+    if (n > 0)
+        lua_pushinteger(L, n);
+    else
+        lua_pushnil(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, DEFAULT_PROCESSES_KEY);
+}
+
+/* What one run needs: a file with its arguments, or a string. */
+struct chunk {
+    const char *path;   /* file to run, NULL for stdin (when code is NULL) */
+    int argc;
+    char **argv;
+    const char *code;   /* source to run instead of a file */
+    const char *name;   /* chunk name of code */
+};
+
+/* Replaces the global `arg` with argv, keeping the negative indices of the
+ * old table: that is where a host such as the luamp binary keeps the
+ * interpreter and its options, which a script may still want to read. */
+static void set_arg_table(lua_State *L, int argc, char **argv)
+{
+    int i;
+
+    lua_createtable(L, argc - 1, 0);
+    if (lua_getglobal(L, "arg") == LUA_TTABLE) {
+        for (i = -1; lua_rawgeti(L, -1, i) != LUA_TNIL; i--)
+            lua_rawseti(L, -3, i);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    for (i = 0; i < argc; i++) {
+        lua_pushstring(L, argv[i]);
+        lua_rawseti(L, -2, i);
+    }
+    lua_setglobal(L, "arg");
+}
+
+/* The chunk's error or results, preceded by its status (an integer):
+ * a status travels back from here as a value, because a load error must
+ * stay LUA_ERRSYNTAX or LUA_ERRFILE rather than become a raised error. */
+static int run_chunk(lua_State *L)
+{
+    const struct chunk *c = lua_touserdata(L, 1);
+    int status, i;
+
+    lua_settop(L, 0);
+    lua_pushinteger(L, LUA_OK);
+    if (c->code != NULL) {
+        status = luaL_loadbuffer(L, c->code, strlen(c->code), c->name);
+        if (status == LUA_OK)
+            status = docall(L, 0, LUA_MULTRET);
+    } else {
+        if (c->argc > 0)
+            set_arg_table(L, c->argc, c->argv);
+        status = luaL_loadfile(L, c->path);
+        if (status == LUA_OK) {
+            luaL_checkstack(L, c->argc, "too many arguments to script");
+            for (i = 1; i < c->argc; i++)
+                lua_pushstring(L, c->argv[i]);
+            status = docall(L, c->argc > 0 ? c->argc - 1 : 0, LUA_MULTRET);
+        }
+    }
+    lua_pushinteger(L, status);
+    lua_replace(L, 1);
+    return lua_gettop(L);
+}
+
+/* Runs run_chunk protected and unwraps its status.  Only a failure outside
+ * the chunk itself (memory, while building `arg`) reaches the outer
+ * lua_pcall's status. */
+static int run(lua_State *L, struct chunk *c)
+{
+    int base = lua_gettop(L);
+    int status;
+
+    lua_pushcfunction(L, run_chunk);
+    lua_pushlightuserdata(L, c);
+    status = lua_pcall(L, 1, LUA_MULTRET, 0);
+    if (status != LUA_OK)
+        return status;
+    status = (int)lua_tointeger(L, base + 1);
+    lua_remove(L, base + 1);
+    return status;
+}
+
+int luamp_dofile(lua_State *L, const char *path, int argc, char **argv)
+{
+    struct chunk c = {path, argc, argv, NULL, NULL};
+
+    return run(L, &c);
+}
+
+int luamp_dostring(lua_State *L, const char *code, const char *chunkname)
+{
+    struct chunk c = {NULL, 0, NULL, code, chunkname != NULL ? chunkname : code};
+
+    return run(L, &c);
+}
+
+/* Calls package.loaded.luamp._shutdown if the module was loaded; a state
+ * that never required luamp has nothing to stop. */
+static int shutdown_module(lua_State *L)
+{
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    if (lua_getfield(L, -1, "luamp") != LUA_TTABLE)
+        return 0;
+    if (lua_getfield(L, -1, "_shutdown") != LUA_TFUNCTION)
+        return 0;
+    if (docall(L, 0, 0) != LUA_OK)
+        return lua_error(L);
+    return 0;
+}
+
+/* The module shuts down before lua_close rather than from a __gc
+ * metamethod: finalizers run in an unspecified order, and reaping children
+ * needs the module's tables intact. */
+void luamp_close(lua_State *L)
+{
+    lua_pushcfunction(L, shutdown_module);
+    if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
+        const char *msg = lua_tostring(L, -1);
+
+        fprintf(stderr, "luamp: %s\n", msg != NULL ? msg : "error while shutting down");
+    }
+    lua_close(L);
+}

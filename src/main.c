@@ -1,0 +1,488 @@
+/*
+ * main.c - the luamp binary: luamp [options] [script [args...]].
+ *
+ * It is shaped like lua.c so that a Lua user meets no surprise: main() runs
+ * everything inside one protected call (pmain); the command line is first
+ * collected and checked, then acted on, so a usage error runs nothing; every
+ * message leaves through l_message as "luamp: ...".  The real work (states,
+ * tracebacks, reaping children at the end) is the host API of luamp.h, in
+ * host.c; this file only drives it from the command line.
+ *
+ * Exit status: 0 when all went well, 1 when a chunk raised an error (its
+ * message and traceback are on stderr), 2 on bad usage.  A script calling
+ * os.exit chooses its own.
+ */
+#include "luamp.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <lauxlib.h>
+#include <msgpack.h>
+
+#define PROGNAME "luamp"
+#define EXIT_USAGE 2
+
+/* LUA_INIT_5_4 takes precedence over LUA_INIT, as in lua. */
+#define INIT_VAR_VERSION "LUA_INIT_" LUA_VERSION_MAJOR "_" LUA_VERSION_MINOR
+#define INIT_VAR "LUA_INIT"
+
+static const char usage_text[] =
+    "usage: " PROGNAME " [options] [script [args...]]\n"
+    "Available options are:\n"
+    "  -e code     run code\n"
+    "  -l mod      require mod into global mod\n"
+    "  -l g=mod    require mod into global g\n"
+    "  -j N        default pool size (a positive integer)\n"
+    "  -i          interactive mode after the script\n"
+    "  -v          show version information\n"
+    "  -h          show this help\n"
+    "  --          stop handling options\n"
+    "  -           stop handling options and run standard input\n"
+    "Before the options act, " INIT_VAR_VERSION " (or else " INIT_VAR ") runs:\n"
+    "Lua code, or @file to run a file.\n";
+
+/* The command line as collect_options understood it. */
+struct options {
+    int script;        /* argv index of the script; argc when there is none */
+    int has_e;         /* some -e: without a script, stdin is not run */
+    int interactive;   /* -i */
+    int version;       /* -v */
+    int help;          /* -h */
+    int processes;     /* -j N; 0 when not given */
+};
+
+static void l_message(const char *msg)
+{
+    fprintf(stderr, "%s: %s\n", PROGNAME, msg);
+}
+
+/* Prints the error on top of the stack, if status says there is one, and
+ * pops it.  Returns whether all went well. */
+static int report(lua_State *L, int status)
+{
+    if (status != LUA_OK) {
+        const char *msg = lua_tostring(L, -1);
+
+        l_message(msg != NULL ? msg : "(error object is not a string)");
+        lua_pop(L, 1);
+    }
+    return status == LUA_OK;
+}
+
+static void print_version(void)
+{
+    printf("%s %s (%s, msgpack-c %s)\n", PROGNAME, LUAMP_VERSION, LUA_RELEASE,
+           msgpack_version());
+    fflush(stdout);
+}
+
+/* N of -j N: digits only, and a positive int; 0 when it is not one. */
+static int parse_processes(const char *s)
+{
+    char *end;
+    long n;
+
+    if (*s < '0' || *s > '9')
+        return 0;
+    errno = 0;
+    n = strtol(s, &end, 10);
+    if (errno != 0 || *end != '\0' || n <= 0 || n > INT_MAX)
+        return 0;
+    return (int)n;
+}
+
+/* The argument of the option at argv[*i]: attached (-jN) or the next
+ * word, which is then consumed.  NULL when there is none. */
+static const char *option_argument(int argc, char **argv, int *i)
+{
+    if (argv[*i][2] != '\0')
+        return argv[*i] + 2;
+    if (*i + 1 >= argc)
+        return NULL;
+    return argv[++*i];
+}
+
+/* Fills o from argv.  On bad usage pushes what is wrong and returns 0. */
+static int collect_options(lua_State *L, int argc, char **argv, struct options *o)
+{
+    int i;
+
+    memset(o, 0, sizeof *o);
+    for (i = 1; i < argc && argv[i][0] == '-'; i++) {
+        const char *opt = argv[i], *value;
+
+        if (strcmp(opt, "--") == 0) {
+            i++;
+            break;
+        }
+        if (opt[1] == '\0')             /* "-": the script is stdin */
+            break;
+        switch (opt[1]) {
+        case 'e': case 'l': case 'j':
+            value = option_argument(argc, argv, &i);
+            if (value == NULL) {
+                lua_pushfstring(L, "'-%c' needs argument", opt[1]);
+                return 0;
+            }
+            if (opt[1] == 'e')
+                o->has_e = 1;
+            if (opt[1] == 'j' && (o->processes = parse_processes(value)) == 0) {
+                lua_pushfstring(L, "'-j' needs a positive integer, got '%s'", value);
+                return 0;
+            }
+            continue;
+        case 'i': case 'v': case 'h':
+            if (opt[2] == '\0') {
+                o->interactive |= opt[1] == 'i';
+                o->version |= opt[1] == 'v';
+                o->help |= opt[1] == 'h';
+                continue;
+            }
+            break;
+        }
+        lua_pushfstring(L, "unrecognized option '%s'", opt);
+        return 0;
+    }
+    o->script = i;
+    return 1;
+}
+
+/* The global `arg`, as lua makes it: the script at index 0, its arguments
+ * after it, the interpreter and options at negative indices.  Without a
+ * script, the interpreter's name is at 0 and the options after it. */
+static void create_arg_table(lua_State *L, int argc, char **argv, int script)
+{
+    int i;
+
+    if (script >= argc)
+        script = 0;
+    lua_newtable(L);
+    for (i = 0; i < argc; i++) {
+        lua_pushstring(L, argv[i]);
+        lua_rawseti(L, -2, i - script);
+    }
+    lua_setglobal(L, "arg");
+}
+
+/* Runs LUA_INIT_5_4 or LUA_INIT: Lua code, or @file. */
+static int run_init(lua_State *L)
+{
+    const char *name = "=" INIT_VAR_VERSION;
+    const char *init = getenv(name + 1);
+
+    if (init == NULL) {
+        name = "=" INIT_VAR;
+        init = getenv(name + 1);
+    }
+    if (init == NULL)
+        return 1;
+    if (init[0] == '@')
+        return report(L, luamp_dofile(L, init + 1, 0, NULL));
+    return report(L, luamp_dostring(L, init, name));
+}
+
+/* Adds s to b as a Lua string literal.  Every byte that could end or bend
+ * the literal is written as a decimal escape, so any name stays a name. */
+static void add_quoted(luaL_Buffer *b, const char *s)
+{
+    char escape[8];
+
+    luaL_addchar(b, '"');
+    for (; *s != '\0'; s++) {
+        unsigned char c = (unsigned char)*s;
+
+        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')
+            || c == '_' || c == '.' || c == '-') {
+            luaL_addchar(b, (char)c);
+        } else {
+            snprintf(escape, sizeof escape, "\\%03u", (unsigned)c);
+            luaL_addstring(b, escape);
+        }
+    }
+    luaL_addchar(b, '"');
+}
+
+/* -l g=mod: g = require "mod".  The require runs as a chunk, so that its
+ * errors get the same traceback as any other. */
+static int run_library(lua_State *L, const char *spec)
+{
+    const char *eq = strchr(spec, '=');
+    int base = lua_gettop(L), status, ok;
+    luaL_Buffer b;
+
+    if (eq != NULL)
+        lua_pushlstring(L, spec, (size_t)(eq - spec));
+    else
+        lua_pushstring(L, spec);
+    luaL_buffinit(L, &b);
+    luaL_addstring(&b, "return require(");
+    add_quoted(&b, eq != NULL ? eq + 1 : spec);
+    luaL_addchar(&b, ')');
+    luaL_pushresult(&b);
+    status = luamp_dostring(L, lua_tostring(L, base + 2), "=(command line)");
+    if (status == LUA_OK) {
+        lua_settop(L, base + 3);            /* require's first result */
+        lua_setglobal(L, lua_tostring(L, base + 1));
+    }
+    ok = report(L, status);
+    lua_settop(L, base);
+    return ok;
+}
+
+/* Runs the -e and -l options, in their order on the command line. */
+static int run_options(lua_State *L, int argc, char **argv, int script)
+{
+    int i;
+
+    for (i = 1; i < script; i++) {
+        char option = argv[i][1];
+        const char *value;
+        int base = lua_gettop(L), ok = 1;
+
+        if (option != 'e' && option != 'l' && option != 'j')
+            continue;
+        value = option_argument(argc, argv, &i);
+        if (option == 'e')
+            ok = report(L, luamp_dostring(L, value, "=(command line)"));
+        else if (option == 'l')
+            ok = run_library(L, value);
+        lua_settop(L, base);            /* what the chunk returned */
+        if (!ok)
+            return 0;
+    }
+    return 1;
+}
+
+/* Runs argv[script] with the words after it as arguments.  "-" is
+ * standard input, unless "--" came just before (then it is a file). */
+static int run_script(lua_State *L, int argc, char **argv, int script)
+{
+    const char *path = argv[script];
+    int base = lua_gettop(L), ok;
+
+    if (strcmp(path, "-") == 0 && strcmp(argv[script - 1], "--") != 0)
+        path = NULL;
+    ok = report(L, luamp_dofile(L, path, argc - script, argv + script));
+    lua_settop(L, base);
+    return ok;
+}
+
+/* Pushes the next line of standard input without its newline, read in
+ * pieces so that no line is too long.  Returns 0 at the end of input, and
+ * on a read error, which it reports. */
+static int push_line(lua_State *L, const char *prompt)
+{
+    char piece[512];
+    luaL_Buffer b;
+    int got = 0;
+
+    if (prompt != NULL) {
+        fputs(prompt, stdout);
+        fflush(stdout);
+    }
+    luaL_buffinit(L, &b);
+    while (fgets(piece, sizeof piece, stdin) != NULL) {
+        size_t len = strlen(piece);
+
+        got = 1;
+        if (len > 0 && piece[len - 1] == '\n') {
+            luaL_addlstring(&b, piece, len - 1);
+            break;
+        }
+        luaL_addlstring(&b, piece, len);
+    }
+    luaL_pushresult(&b);
+    if (!got) {
+        if (ferror(stdin))
+            l_message(lua_pushfstring(L, "cannot read standard input: %s", strerror(errno)));
+        lua_pop(L, 1);
+    }
+    return got;
+}
+
+/* Whether the error on top of the stack says the chunk ended too soon:
+ * then the statement goes on on the next line. */
+static int incomplete(lua_State *L)
+{
+    size_t len;
+    const char *msg = lua_tolstring(L, -1, &len);
+    static const char eof_mark[] = "<eof>";
+
+    return msg != NULL && len >= sizeof eof_mark - 1
+        && strcmp(msg + len - (sizeof eof_mark - 1), eof_mark) == 0;
+}
+
+/* Runs the statement on top of the stack, reading lines while it is
+ * incomplete.  The status is luamp_dostring's; the results or the error
+ * are above the (possibly longer) statement. */
+static int run_statement(lua_State *L, const char *prompt)
+{
+    int status;
+
+    while ((status = luamp_dostring(L, lua_tostring(L, -1), "=stdin")) == LUA_ERRSYNTAX
+           && incomplete(L)) {
+        if (!push_line(L, prompt))
+            break;
+        lua_remove(L, -2);              /* the "<eof>" error */
+        lua_pushliteral(L, "\n");
+        lua_insert(L, -2);
+        lua_concat(L, 3);
+    }
+    return status;
+}
+
+/* Prints the values from index first to the top with the global print,
+ * as lua's REPL does. */
+static void print_results(lua_State *L, int first)
+{
+    int n = lua_gettop(L) - first + 1;
+
+    if (n <= 0)
+        return;
+    luaL_checkstack(L, LUA_MINSTACK, "too many results to print");
+    lua_getglobal(L, "print");
+    lua_insert(L, first);
+    if (lua_pcall(L, n, 0, 0) != LUA_OK)
+        l_message(lua_pushfstring(L, "error calling 'print' (%s)", lua_tostring(L, -1)));
+}
+
+/* The line on top of the stack: an expression is printed (it is first
+ * tried as "return <line>"), anything else is run as a statement. */
+static void do_line(lua_State *L, int tty)
+{
+    int line = lua_gettop(L), first;
+    int status;
+
+    lua_pushfstring(L, "return %s", lua_tostring(L, line));
+    status = luamp_dostring(L, lua_tostring(L, -1), "=stdin");
+    first = line + 2;
+    if (status == LUA_ERRSYNTAX) {
+        lua_settop(L, line);
+        status = run_statement(L, tty ? ">> " : NULL);
+        first = line + 1;
+    }
+    if (report(L, status))
+        print_results(L, first);
+    lua_settop(L, line - 1);
+}
+
+/* The read-eval-print loop.  Prompts and the banner are for a person at
+ * a terminal; piped input gets only the results.  banner is 0 when -v
+ * already printed it. */
+static int repl(lua_State *L, int banner)
+{
+    int tty = isatty(STDIN_FILENO);
+
+    if (tty && banner)
+        print_version();
+    while (push_line(L, tty ? "> " : NULL))
+        do_line(L, tty);
+    if (tty)
+        fputs("\n", stdout);
+    fflush(stdout);
+    return !ferror(stdin);
+}
+
+/* Everything the command line asks for, in lua's order: options checked,
+ * LUA_INIT, -e and -l in order, the script, then the REPL.  Returns the
+ * exit status as an integer. */
+static int pmain(lua_State *L)
+{
+    int argc = (int)lua_tointeger(L, 1);
+    char **argv = lua_touserdata(L, 2);
+    struct options o;
+
+    if (!collect_options(L, argc, argv, &o)) {
+        l_message(lua_tostring(L, -1));
+        fputs(usage_text, stderr);
+        lua_pushinteger(L, EXIT_USAGE);
+        return 1;
+    }
+    if (o.help) {
+        fputs(usage_text, stdout);
+        lua_pushinteger(L, EXIT_SUCCESS);
+        return 1;
+    }
+    if (o.version)
+        print_version();
+    if (o.processes > 0)
+        luamp_set_default_processes(L, o.processes);
+    create_arg_table(L, argc, argv, o.script);
+    if (!run_init(L) || !run_options(L, argc, argv, o.script)
+        || (o.script < argc && !run_script(L, argc, argv, o.script))) {
+        lua_pushinteger(L, EXIT_FAILURE);
+        return 1;
+    }
+    if (o.interactive)
+        lua_pushinteger(L, repl(L, !o.version) ? EXIT_SUCCESS : EXIT_FAILURE);
+    else if (o.script < argc || o.has_e || o.version)
+        lua_pushinteger(L, EXIT_SUCCESS);
+    else if (isatty(STDIN_FILENO))
+        lua_pushinteger(L, repl(L, 1) ? EXIT_SUCCESS : EXIT_FAILURE);
+    else
+        lua_pushinteger(L, report(L, luamp_dofile(L, NULL, 0, NULL)) ? EXIT_SUCCESS : EXIT_FAILURE);
+    return 1;
+}
+
+static void on_sigpipe(int sig)
+{
+    (void)sig;
+}
+
+/* Writing to a pipe whose reader is gone must fail with EPIPE, which Lua
+ * reports (io.write returns nil, "Broken pipe"), instead of killing luamp.
+ * A handler that does nothing gets that as SIG_IGN would, but an ignored
+ * signal stays ignored across exec, and the commands a script starts with
+ * os.execute or io.popen expect the default: with a handler, they get it. */
+static int catch_sigpipe(void)
+{
+    struct sigaction sa;
+
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_sigpipe;
+    sa.sa_flags = SA_RESTART;
+    if (sigemptyset(&sa.sa_mask) != 0 || sigaction(SIGPIPE, &sa, NULL) != 0) {
+        fprintf(stderr, "%s: cannot handle SIGPIPE: %s\n", PROGNAME, strerror(errno));
+        return 0;
+    }
+    return 1;
+}
+
+/* Output still buffered at the end is luamp's to deliver; a failure here
+ * (a full disk, a reader gone) must not pass in silence. */
+static int flush_stdout(int status)
+{
+    if (fflush(stdout) != 0) {
+        fprintf(stderr, "%s: cannot write to standard output: %s\n", PROGNAME, strerror(errno));
+        return EXIT_FAILURE;
+    }
+    return status;
+}
+
+int main(int argc, char **argv)
+{
+    lua_State *L;
+    int status;
+
+    if (!catch_sigpipe())
+        return EXIT_FAILURE;
+    L = luamp_newstate();
+    if (L == NULL) {
+        l_message("cannot create state: not enough memory");
+        return EXIT_FAILURE;
+    }
+    luamp_catch_interrupts(L);
+    lua_pushcfunction(L, pmain);
+    lua_pushinteger(L, argc);
+    lua_pushlightuserdata(L, argv);
+    status = lua_pcall(L, 2, 1, 0);
+    status = report(L, status) ? (int)lua_tointeger(L, -1) : EXIT_FAILURE;
+    luamp_close(L);
+    return flush_stdout(status);
+}

@@ -1,0 +1,31 @@
+# stock_lua.sh: require "luamp" from the stock lua5.4 interpreter, loading
+# the C module luamp.so from package.cpath (what an installed luamp offers).
+. "$top_srcdir/tests/tap.sh"
+
+if [ -n "$SANITIZERS" ]; then
+    skip "require \"luamp\" from stock lua5.4" \
+        "sanitizer build: the ASan runtime cannot be loaded into an uninstrumented lua5.4 by dlopen"
+    done_testing
+fi
+if [ -z "$LUA54" ] || [ ! -x "$LUA54" ]; then
+    skip "require \"luamp\" from stock lua5.4" "lua5.4 not found (install the Debian package lua5.4)"
+    done_testing
+fi
+
+tab=$(printf '\t')
+tmp=$(mktemp -d) || exit 1
+trap 'rm -rf "$tmp"' EXIT
+LUA_CPATH="$LUAMP_MODULE_DIR/?.so;;" "$LUA54" -e '
+    local mp = require "luamp"
+    local n = mp.cpu_count()
+    print(package.searchpath("luamp", package.cpath))
+    print(mp.version)
+    print(math.type(n), n > 0)' >"$tmp/out" 2>"$tmp/err"
+rc=$?
+out=$(cat "$tmp/out")
+is "$rc:$(cat "$tmp/err")" "0:" "stock lua5.4 runs require \"luamp\" and the calls without error"
+is "$(printf '%s\n' "$out" | sed -n 1p)" "$LUAMP_MODULE_DIR/luamp.so" "the module comes from the built luamp.so on LUA_CPATH"
+is "$(printf '%s\n' "$out" | sed -n 2p)" "0.1.0" "mp.version is \"0.1.0\""
+is "$(printf '%s\n' "$out" | sed -n 3p)" "integer${tab}true" "mp.cpu_count() is a positive integer"
+
+done_testing

@@ -1,0 +1,243 @@
+/*
+ * test_embed.c: the host API of luamp.h, used the way an application that
+ * embeds luamp uses it: only luamp.h and the Lua API are needed.
+ */
+#include "luamp.h"
+#include "ctap.h"
+
+#include <lauxlib.h>           /* LUA_ERRFILE */
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* The string on top of the stack, "" when it is not one. */
+static const char *top(lua_State *L)
+{
+    const char *s = lua_tostring(L, -1);
+
+    return s != NULL ? s : "";
+}
+
+static int contains(const char *s, const char *part)
+{
+    return strstr(s, part) != NULL;
+}
+
+/* A new temporary file holding text; its name goes to path. */
+static int make_file(char *path, size_t size, const char *text)
+{
+    int fd;
+    size_t len = strlen(text);
+
+    snprintf(path, size, "%s/luamp-embed-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+    fd = mkstemp(path);
+    if (fd < 0) {
+        diag("mkstemp %s: %s", path, strerror(errno));
+        return 0;
+    }
+    if (write(fd, text, len) != (ssize_t)len) {
+        diag("write %s: %s", path, strerror(errno));
+        close(fd);
+        return 0;
+    }
+    return close(fd) == 0;
+}
+
+/* The contents of a small file, "" when it cannot be read. */
+static const char *slurp(const char *path)
+{
+    static char buf[4096];
+    size_t n = 0;
+    FILE *f = fopen(path, "r");
+
+    if (f != NULL) {
+        n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+    }
+    buf[n] = '\0';
+    return buf;
+}
+
+static void test_dostring(lua_State *L)
+{
+    int base = lua_gettop(L);
+    int status;
+
+    status = luamp_dostring(L, "return string.rep('ab', 2), 2 + 1", "=ok");
+    ok(status == LUA_OK && lua_gettop(L) == base + 2, "dostring returns LUA_OK and leaves the chunk's 2 results");
+    ok(lua_isinteger(L, -1) && lua_tointeger(L, -1) == 3 && strcmp(lua_tostring(L, -2), "abab") == 0,
+       "dostring runs with the standard libraries open (string.rep gave 'abab', 3)");
+    lua_settop(L, base);
+
+    status = luamp_dostring(L, "x = = 1", "=chunky");
+    ok(status == LUA_ERRSYNTAX && lua_gettop(L) == base + 1, "a syntax error returns LUA_ERRSYNTAX with one message");
+    ok(contains(top(L), "chunky:1:"), "a syntax error message names the chunk: %s", top(L));
+    lua_settop(L, base);
+
+    status = luamp_dostring(L, "x = = 1", NULL);
+    ok(contains(top(L), "[string \"x = = 1\"]:1:"), "without a chunk name, the code names the chunk: %s", top(L));
+    lua_settop(L, base);
+
+    status = luamp_dostring(L, "local t = nil\nerror('boom')", "=rt");
+    ok(status == LUA_ERRRUN && contains(top(L), "rt:2: boom"), "a runtime error returns LUA_ERRRUN with its position");
+    ok(contains(top(L), "stack traceback:") && contains(top(L), "rt:2: in main chunk"),
+       "a runtime error message carries a traceback");
+    lua_settop(L, base);
+
+    luamp_dostring(L, "error(setmetatable({}, {__tostring = function() return 'as text' end}))", "=obj");
+    ok(strncmp(top(L), "as text\nstack traceback:", 24) == 0, "an error object is shown through __tostring, with a traceback");
+    lua_settop(L, base);
+
+    luamp_dostring(L, "error(true)", "=obj");
+    ok(strncmp(top(L), "(error object is a boolean value)", 33) == 0, "an error object without __tostring is described");
+    lua_settop(L, base);
+}
+
+static void test_dofile(lua_State *L)
+{
+    char path[256];
+    char *argv[] = {path, "a", "b"};
+    int base = lua_gettop(L);
+    int status;
+
+    if (!make_file(path, sizeof path, "return arg[0], arg[1], arg[2], #arg, select('#', ...), ...\n"))
+        return;
+    status = luamp_dofile(L, path, 3, argv);
+    ok(status == LUA_OK && lua_gettop(L) == base + 7, "dofile returns LUA_OK and leaves the script's results");
+    ok(strcmp(lua_tostring(L, base + 1), path) == 0 && strcmp(lua_tostring(L, base + 2), "a") == 0
+       && strcmp(lua_tostring(L, base + 3), "b") == 0 && lua_tointeger(L, base + 4) == 2,
+       "dofile sets arg[0] to argv[0] and arg[1..] to the arguments");
+    ok(lua_tointeger(L, base + 5) == 2 && strcmp(lua_tostring(L, base + 6), "a") == 0
+       && strcmp(lua_tostring(L, base + 7), "b") == 0, "the script receives its arguments as ...");
+    lua_settop(L, base);
+
+    luamp_dostring(L, "arg = {[-1] = 'host', [0] = 'old', 'stale', 'stale', 'stale'}", "=setup");
+    luamp_dofile(L, path, 2, argv);
+    lua_settop(L, base);
+    luamp_dostring(L, "return arg[-1], #arg, arg[1]", "=check");
+    ok(strcmp(lua_tostring(L, -3), "host") == 0 && lua_tointeger(L, -2) == 1 && strcmp(top(L), "a") == 0,
+       "dofile replaces arg but keeps its negative indices (the host's options)");
+    lua_settop(L, base);
+
+    luamp_dostring(L, "arg = {[0] = 'kept'}", "=setup");
+    luamp_dofile(L, path, 0, NULL);
+    ok(strcmp(lua_tostring(L, base + 1), "kept") == 0 && lua_tointeger(L, base + 5) == 0,
+       "dofile with argc 0 leaves arg alone and passes no arguments");
+    lua_settop(L, base);
+    unlink(path);
+
+    status = luamp_dofile(L, path, 0, NULL);
+    ok(status == LUA_ERRFILE && contains(top(L), "cannot open") && contains(top(L), path),
+       "dofile of a missing file returns LUA_ERRFILE naming it: %s", top(L));
+    lua_settop(L, base);
+
+    if (!make_file(path, sizeof path, "\nerror('in file')\n"))
+        return;
+    status = luamp_dofile(L, path, 0, NULL);
+    ok(status == LUA_ERRRUN && contains(top(L), ":2: in file") && contains(top(L), "stack traceback:"),
+       "a script's runtime error has its line and a traceback");
+    lua_settop(L, base);
+    unlink(path);
+}
+
+static void test_dofile_stdin(lua_State *L)
+{
+    char path[256];
+    char *argv[] = {"-", "x"};
+    int saved;
+
+    if (!make_file(path, sizeof path, "return arg[0], ...\n"))
+        return;
+    saved = dup(STDIN_FILENO);
+    if (saved < 0 || freopen(path, "r", stdin) == NULL) {
+        diag("cannot redirect stdin: %s", strerror(errno));
+        return;
+    }
+    luamp_dofile(L, NULL, 2, argv);
+    ok(strcmp(lua_tostring(L, -2), "-") == 0 && strcmp(top(L), "x") == 0, "dofile with path NULL runs standard input");
+    lua_settop(L, 0);
+    if (dup2(saved, STDIN_FILENO) < 0)
+        diag("cannot restore stdin: %s", strerror(errno));
+    clearerr(stdin);
+    close(saved);
+    unlink(path);
+}
+
+static void test_default_processes(lua_State *L)
+{
+    luamp_set_default_processes(L, 4);
+    lua_getfield(L, LUA_REGISTRYINDEX, "luamp.default_processes");
+    ok(lua_isinteger(L, -1) && lua_tointeger(L, -1) == 4,
+       "set_default_processes(4) stores the integer 4 in the registry");
+    lua_pop(L, 1);
+    luamp_set_default_processes(L, 0);
+    ok(lua_getfield(L, LUA_REGISTRYINDEX, "luamp.default_processes") == LUA_TNIL,
+       "set_default_processes(0) restores the default (nothing stored)");
+    lua_pop(L, 1);
+}
+
+static void test_require(lua_State *L)
+{
+    int status = luamp_dostring(L, "local mp = require 'luamp'; return mp.version, package.loaded.luamp == mp", "=req");
+
+    ok(status == LUA_OK && strcmp(lua_tostring(L, -2), LUAMP_VERSION) == 0 && lua_toboolean(L, -1),
+       "require 'luamp' loads the preloaded module (version %s): %s", LUAMP_VERSION, lua_tostring(L, -2));
+    lua_settop(L, 0);
+}
+
+/* luamp_close's contract, pinned with a stand-in module: it calls
+ * package.loaded.luamp._shutdown, and reports its error on stderr. */
+static void test_close(void)
+{
+    char marker[256], errpath[256], code[600];
+    lua_State *L = luamp_newstate();
+    int saved;
+
+    if (L == NULL || !make_file(marker, sizeof marker, "") || !make_file(errpath, sizeof errpath, ""))
+        return;
+    snprintf(code, sizeof code,
+             "package.loaded.luamp = {_shutdown = function()"
+             " local f = assert(io.open('%s', 'w')); f:write('shut down'); f:close() end}",
+             marker);
+    luamp_dostring(L, code, "=fake");
+    luamp_close(L);
+    ok(strcmp(slurp(marker), "shut down") == 0, "luamp_close calls package.loaded.luamp._shutdown");
+
+    L = luamp_newstate();
+    luamp_dostring(L, "package.loaded.luamp = {_shutdown = function() error('cannot stop') end}", "=fake");
+    fflush(stderr);
+    saved = dup(STDERR_FILENO);
+    if (saved < 0 || freopen(errpath, "w", stderr) == NULL) {
+        diag("cannot redirect stderr: %s", strerror(errno));
+        return;
+    }
+    luamp_close(L);
+    fflush(stderr);
+    if (dup2(saved, STDERR_FILENO) < 0)
+        diag("cannot restore stderr: %s", strerror(errno));
+    close(saved);
+    ok(strncmp(slurp(errpath), "luamp: fake:1: cannot stop\nstack traceback:", 43) == 0,
+       "an error in _shutdown is printed on stderr with a traceback");
+    unlink(marker);
+    unlink(errpath);
+}
+
+int main(void)
+{
+    lua_State *L = luamp_newstate();
+
+    ok(L != NULL, "luamp_newstate returns a state");
+    if (L == NULL)
+        return done_testing();
+    test_dostring(L);
+    test_dofile(L);
+    test_dofile_stdin(L);
+    test_default_processes(L);
+    test_require(L);
+    luamp_close(L);
+    test_close();
+    return done_testing();
+}
