@@ -292,9 +292,9 @@ end
 
 -- The result message, or a degraded one when some result cannot travel:
 -- that item fails with kind "serialize", the others are kept.
-local function put_result(rq, jobid, start, count, results, errs, elapsed)
+local function put_result(rq, seq, jobid, start, count, results, errs, elapsed)
   local pid = getpid()
-  local ok, err = pcall(rq.put, rq, { jobid, start, results, errs, elapsed, count, pid })
+  local ok, err = pcall(rq.put, rq, { jobid, start, results, errs, elapsed, count, pid, seq })
   if ok then return end
   if not Error.is(err, "serialize") then error(err, 0) end
   errs = errs or {}
@@ -312,10 +312,10 @@ local function put_result(rq, jobid, start, count, results, errs, elapsed)
       end
     end
   end
-  rq:put({ jobid, start, results, errs, elapsed, count, pid })
+  rq:put({ jobid, start, results, errs, elapsed, count, pid, seq })
 end
 
-local function worker_main(pool, index)
+local function worker_main(pool, index, slot)
   become_child("PoolWorker-" .. index)
   local tq, rq = pool._tq, pool._rq
   if pool._initializer then
@@ -329,8 +329,8 @@ local function worker_main(pool, index)
   local fcache, ncached = {}, 0
   local left = pool._maxtasks
   while true do
-    local task = tq:get()
-    if task == nil then core._exit(0) end     -- the pool was closed
+    local got, task, seq = tq:get_or_event(nil, nil, slot)
+    if not got then core._exit(0) end          -- the pool was closed
     local jobid, fid, fbytes, kind, start, items, count = unpack(task, 1, 7)
     local f = fcache[fid]
     if not f then
@@ -345,7 +345,7 @@ local function worker_main(pool, index)
     end
     local t0 = now()
     local results, errs = run_task(f, kind, items, count)
-    put_result(rq, jobid, start, count, results, errs, now() - t0)
+    put_result(rq, seq, jobid, start, count, results, errs, now() - t0)
     if left then
       left = left - 1
       if left == 0 then core._exit(0) end
@@ -358,6 +358,7 @@ end
 
 local Pool = {}
 local PoolMT = { __index = Pool, __name = "luamp.Pool" }
+local MAX_POOL = 256        -- claim slots in a task queue
 local pool_count = 0
 
 function mp.Pool(opts)
@@ -372,6 +373,7 @@ function mp.Pool(opts)
     n = check_posint(opts, 1, "Pool")
   end
   n = n or core.default_processes() or core.cpu_count()
+  if n > MAX_POOL then argerror(1, "Pool", "at most " .. MAX_POOL .. " processes") end
   pool_count = pool_count + 1
   local self = setmetatable({
     processes = n,
@@ -390,7 +392,14 @@ function mp.Pool(opts)
     _initargs = initargs,
     _maxtasks = maxtasks,
     _cost = nil,            -- observed seconds per item, for chunk sizes
+    _slot = {},             -- worker handle -> its claim slot in the task queue
+    _wname = {},            -- worker handle -> its name
+    _free_slots = {},
+    _inflight = {},         -- task sequence number -> {job, start, count, timeout}
+    _ntimed = 0,            -- tasks in flight that have a deadline
+    _killed = {},           -- slot -> sequence number of a task past its deadline
   }, PoolMT)
+  for slot = n - 1, 0, -1 do self._free_slots[#self._free_slots + 1] = slot end
   for _ = 1, n do self:_spawn() end
   pools[self] = true
   return self
@@ -398,15 +407,18 @@ end
 
 function Pool:_spawn()
   self._spawned = self._spawned + 1
+  local slot = table.remove(self._free_slots)
   local h = core.fork(true)
   if h == 0 then
-    local ok, err = xpcall(worker_main, debug.traceback, self, self._spawned)
+    local ok, err = xpcall(worker_main, debug.traceback, self, self._spawned, slot)
     if not ok then
       io.stderr:write(string.format("luamp: %s (pid %d) failed: %s\n", current.name, getpid(), errmsg(err)))
     end
     core._exit(ok and 0 or 70)
   end
   self._workers[#self._workers + 1] = h
+  self._slot[h] = slot
+  self._wname[h] = "PoolWorker-" .. self._spawned
 end
 
 local function check_pool(self, fname)
@@ -492,43 +504,20 @@ local function feed(self, job)
   end
 end
 
-function Pool:_handle(msg)
-  local jobid = msg[1]
-  if jobid == 0 then                          -- a worker's initializer failed
-    if not self._broken then
-      self._broken = new_error("remote", "the Pool's initializer failed: " .. msg[3].message,
-        { traceback = msg[3].traceback })
-    end
-    for _, job in pairs(self._jobs) do
-      job.err = job.err or self._broken
-      finish(self, job)
-    end
-    return
-  end
-  local job = self._jobs[jobid]
-  if not job then return end                  -- a cancelled job
-  local start, results, errs, elapsed, count, pid = msg[2], msg[3], msg[4], msg[5], msg[6], msg[7]
-  if count > 0 then
-    local cost = elapsed / count
-    self._cost = self._cost and (self._cost * 0.7 + cost * 0.3) or cost
-  end
+-- Records the outcome of `count` items from `start` of a job: results
+-- (a sequence, holes allowed) and errors (index in the chunk -> Error).
+function Pool:_complete(job, start, count, results, errors)
   if job.kind == "apply" then
-    if errs then job.err = remote_error(errs[1], pid)
-    else job.values = results end
+    if errors then job.err = errors[1] else job.values = results end
     return finish(self, job)
   end
-  local out = job.results
-  table.move(results, 1, count, start, out)
-  if errs then
-    for i = 1, count do
-      local info = errs[i]
-      if info then
-        local idx = start + i - 1
-        local e = remote_error(info, pid)
-        job.errs = job.errs or {}
-        job.errs[idx] = e
-        if not job.first_err or idx < job.first_err then job.first_err, job.err = idx, e end
-      end
+  table.move(results, 1, count, start, job.results)
+  if errors then
+    job.errs = job.errs or {}
+    for i, e in pairs(errors) do
+      local idx = start + i - 1
+      job.errs[idx] = e
+      if not job.first_err or idx < job.first_err then job.first_err, job.err = idx, e end
     end
   end
   if job.have then
@@ -547,19 +536,122 @@ function Pool:_handle(msg)
   if job.done == job.total then finish(self, job) end
 end
 
--- A worker exited: reap it and start another while there is work.
+-- Takes a task out of the books; nil if it was settled already.
+function Pool:_settle(seq)
+  local rec = self._inflight[seq]
+  if not rec then return nil end
+  self._inflight[seq] = nil
+  if rec.timeout then self._ntimed = self._ntimed - 1 end
+  return rec
+end
+
+function Pool:_handle(msg)
+  local jobid = msg[1]
+  if jobid == 0 then                          -- a worker's initializer failed
+    if not self._broken then
+      self._broken = new_error("remote", "the Pool's initializer failed: " .. msg[3].message,
+        { traceback = msg[3].traceback })
+    end
+    for seq in pairs(self._inflight) do self:_settle(seq) end
+    for _, job in pairs(self._jobs) do
+      job.err = job.err or self._broken
+      finish(self, job)
+    end
+    return
+  end
+  local start, results, errs, elapsed, count, pid, seq =
+    msg[2], msg[3], msg[4], msg[5], msg[6], msg[7], msg[8]
+  local rec = self:_settle(seq)
+  if not rec then return end                  -- cancelled, or its worker was killed
+  local job = rec.job
+  if count > 0 then
+    local cost = elapsed / count
+    self._cost = self._cost and (self._cost * 0.7 + cost * 0.3) or cost
+  end
+  local errors
+  if errs then
+    errors = {}
+    for i, info in pairs(errs) do errors[i] = remote_error(info, pid) end
+  end
+  self:_complete(job, start, count, results, errors)
+end
+
+local signames = { [1] = "SIGHUP", [2] = "SIGINT", [3] = "SIGQUIT", [4] = "SIGILL", [6] = "SIGABRT",
+  [7] = "SIGBUS", [8] = "SIGFPE", [9] = "SIGKILL", [11] = "SIGSEGV", [13] = "SIGPIPE", [15] = "SIGTERM" }
+
+local function describe_exit(code)
+  if code < 0 then
+    return string.format("killed by signal %d (%s)", -code, signames[-code] or "?")
+  end
+  return "exited with status " .. code
+end
+
+-- A worker exited: fail the task it held (if any), reap it, and start
+-- another while there is work.  Results it put before dying were handled
+-- first (_pump drains the results queue before it reaps).
 function Pool:_reap(i)
   local h = table.remove(self._workers, i)
-  h:poll(-1)
-  if self._state == "terminate" then return end
+  local code = h:poll(-1)
+  local slot = self._slot[h]
+  self._slot[h] = nil
+  local seq = self._tq:claim(slot)
+  local rec = seq ~= 0 and self:_settle(seq)
+  if rec then
+    local e
+    if self._killed[slot] == seq then
+      e = new_error("task_timeout", string.format(
+        "the task ran past its %gs timeout; its worker %s (pid %d) was killed and replaced",
+        rec.timeout, self._wname[h], h.pid), { pid = h.pid })
+    else
+      e = new_error("worker_lost", string.format(
+        "the worker %s (pid %d) running this task died: %s",
+        self._wname[h], h.pid, describe_exit(code)), { pid = h.pid, exitcode = code })
+    end
+    local errors = {}
+    for k = 1, rec.count do errors[k] = e end
+    self:_complete(rec.job, rec.start, rec.count, {}, errors)
+  end
+  self._killed[slot] = nil
+  self._wname[h] = nil
+  self._tq:release(slot)
+  self._free_slots[#self._free_slots + 1] = slot
+  if self._state == "terminate" or self._broken then return end
   if self._state == "run" or next(self._jobs) ~= nil then self:_spawn() end
+end
+
+-- The earliest deadline of a running task; kills the workers of tasks
+-- already past theirs (their exit then fails the task).
+function Pool:_check_deadlines()
+  local first
+  local t = now()
+  for _, h in ipairs(self._workers) do
+    local slot = self._slot[h]
+    local seq, since = self._tq:claim(slot)
+    local rec = seq ~= 0 and self._inflight[seq]
+    if rec and rec.timeout and self._killed[slot] ~= seq then
+      local dl = since + rec.timeout
+      if dl <= t then
+        self._killed[slot] = seq
+        h:signal(9)
+      elseif not first or dl < first then
+        first = dl
+      end
+    end
+  end
+  return first
 end
 
 -- Waits until a message arrives (handling all that are waiting) or a
 -- worker exits, or the deadline passes.  Returns false at the deadline.
 function Pool:_pump(deadline)
+  if self._ended then return false end
   local rq = self._rq
-  local got, v, i = rq:get_or_event(remaining(deadline), self._workers)
+  local wait_until = deadline
+  if self._ntimed > 0 then
+    local dl = self:_check_deadlines()
+    if dl and (not wait_until or dl < wait_until) then wait_until = dl end
+  end
+  local got, v, i = rq:get_or_event(remaining(wait_until), self._workers)
   if got then
     self:_handle(v)
     repeat
@@ -568,12 +660,20 @@ function Pool:_pump(deadline)
     until not got
     return true
   end
-  if v == "event" then self:_reap(i); return true end
-  return false
+  if v == "event" then
+    repeat                           -- what the worker put before it died
+      got, v = rq:get_or_event(0)
+      if got then self:_handle(v) end
+    until not got
+    self:_reap(i)
+    return true
+  end
+  return wait_until ~= deadline      -- a task deadline, not the caller's
 end
 
 function Pool:_wait_for(job, deadline)
   while not job.ready do
+    if self._ended then error("the Pool has ended", 3) end
     if not self:_pump(deadline) and deadline and now() >= deadline then return false end
   end
   return true
@@ -582,15 +682,22 @@ end
 local function new_job(self, kind, opts)
   self._nextjob = self._nextjob + 1
   local job = { id = self._nextjob, kind = kind, done = 0, inflight = 0, ready = false,
-                callback = opts and opts.callback, error_callback = opts and opts.error_callback }
+                callback = opts and opts.callback, error_callback = opts and opts.error_callback,
+                timeout = opts and opts.timeout }
   self._jobs[job.id] = job
   return job
 end
 
 -- Puts one task; an item that cannot travel raises "serialize" naming it.
 function Pool:_put_task(job, kind, start, items, count, root)
-  local ok, err = pcall(self._tq.put, self._tq, { job.id, job.fid, job.fbytes, kind, start, items, count })
-  if ok then job.inflight = job.inflight + 1; return end
+  local ok, err, seq = pcall(self._tq.put, self._tq, { job.id, job.fid, job.fbytes, kind, start, items, count })
+  if ok then
+    job.inflight = job.inflight + 1
+    local timeout = job.timeout and job.timeout * count
+    self._inflight[seq] = { job = job, start = start, count = count, timeout = timeout }
+    if timeout then self._ntimed = self._ntimed + 1 end
+    return
+  end
   self._jobs[job.id] = nil
   if Error.is(err, "serialize") and root then
     if kind == "apply" then
@@ -615,6 +722,9 @@ local function check_opts(opts, n, fname)
   if opts.chunksize ~= nil then check_posint(opts.chunksize, n, fname) end
   if opts.callback ~= nil then check_callable(opts.callback, n, fname) end
   if opts.error_callback ~= nil then check_callable(opts.error_callback, n, fname) end
+  if opts.timeout ~= nil and (type(opts.timeout) ~= "number" or not (opts.timeout > 0)) then
+    argerror(n, fname, "timeout must be a positive number, got " .. tostring(opts.timeout))
+  end
   return opts
 end
 
@@ -729,7 +839,7 @@ function Pool:_start_map(fname, kind, f, items, opts)
   job.total = n
   job.results = { n = n }
   if opts.progress then job.progress = progress_bar(job) end
-  local cs = opts.chunksize or auto_chunksize(self, n)
+  local cs = opts.chunksize or (opts.timeout and 1) or auto_chunksize(self, n)
   for start = 1, n, cs do
     local count = math.min(cs, n - start + 1)
     self:_put_task(job, kind, start, table.move(items, start, start + count - 1, 1, {}), count, "items")
@@ -815,11 +925,11 @@ local function start_imap(self, fname, f, items, opts)
     job.items = items
     job.total = items.n or #items
     job.source = true
-    job.chunksize = opts.chunksize or auto_chunksize(self, job.total)
+    job.chunksize = opts.chunksize or (opts.timeout and 1) or auto_chunksize(self, job.total)
   else
     job.source = items
     job.total = nil
-    job.chunksize = opts.chunksize
+    job.chunksize = opts.chunksize or (opts.timeout and 1)
   end
   job.window = job.maxinflight * (job.chunksize or MAX_LAZY_CHUNK)
   if opts.progress then job.progress = progress_bar(job) end
@@ -894,6 +1004,17 @@ function Pool:join()
   while #self._workers > 0 do self:_pump() end
   -- results that were put just before the last worker exited
   while self:_pump(now()) do end
+  self:_end()
+end
+
+-- Gives back the queues' shared memory and descriptors now: a script that
+-- makes and closes thousands of pools does not wait for the collector.
+function Pool:_end()
+  if self._ended then return end
+  self._ended = true
+  self._tq:destroy()
+  self._rq:destroy()
+  pools[self] = nil
 end
 
 function Pool:terminate()
@@ -904,6 +1025,7 @@ function Pool:terminate()
   for _, h in ipairs(self._workers) do h:signal(9) end
   for _, h in ipairs(self._workers) do h:poll(-1) end
   self._workers = {}
+  self._inflight, self._ntimed = {}, 0
   local jobs = self._jobs
   self._jobs = {}
   local ids = {}
@@ -914,7 +1036,7 @@ function Pool:terminate()
     job.err = job.err or new_error("cancelled", "the task was cancelled: the Pool was terminated")
     finish(self, job)
   end
-  pools[self] = nil
+  self:_end()
 end
 
 PoolMT.__close = function(self, err)
@@ -925,7 +1047,6 @@ PoolMT.__close = function(self, err)
     self:close()
     self:join()
   end
-  pools[self] = nil
 end
 
 PoolMT.__gc = function(self)
@@ -941,19 +1062,23 @@ end
 --------------------------------------------------------------------------
 -- The end of the main script (luamp_close calls this): nothing is left
 -- running.  Closed pools finish their work, others are terminated;
--- non-daemon Processes are joined, daemon ones terminated.
+-- non-daemon Processes are joined, daemon ones terminated.  After a
+-- SIGINT or SIGTERM, everything is stopped at once.
 
 function mp._shutdown()
-  for pool in pairs(pools) do
+  local hard = core.interrupted()
+  local list = {}
+  for pool in pairs(pools) do list[#list + 1] = pool end
+  for _, pool in ipairs(list) do
     if pool._owner == getpid() then
-      if pool._state == "close" then pcall(Pool.join, pool) end
+      if pool._state == "close" and not hard then pcall(Pool.join, pool) end
       pcall(Pool.terminate, pool)
     end
   end
-  local list = {}
+  list = {}
   for p in pairs(children) do list[#list + 1] = p end
   for _, p in ipairs(list) do
-    if p.daemon then p:terminate() end
+    if p.daemon or hard then p:kill() end
   end
   for _, p in ipairs(list) do p:join() end
 end

@@ -57,6 +57,12 @@ int luamp_dofile(lua_State *L, const char *path, int argc, char **argv);
  * itself, [string "..."]); same return convention as luamp_dofile. */
 int luamp_dostring(lua_State *L, const char *code, const char *chunkname);
 
+/* Turns SIGINT and SIGTERM into a catchable Lua error of kind
+ * "interrupted" in the script running in L (the luamp binary does this;
+ * an application that handles those signals itself should not).  Once
+ * one arrived, luamp_close stops every child at once instead of waiting. */
+void luamp_catch_interrupts(lua_State *L);
+
 /* Reaps and stops what the scripts left running (non-daemon Processes are
  * joined, daemon ones and open pools terminated) by calling the loaded
  * module's _shutdown, then closes the state.  An error while shutting down

@@ -127,6 +127,7 @@ static int wait_readable(lua_State *L, conn *c, double deadline)
             return 0;
         if (errno != EINTR)
             return luamp_sys_error(L, "Pipe:recv: poll");
+        luamp_raise_interrupt(L);
     }
 }
 

@@ -66,17 +66,24 @@ static void encode_item(lua_State *L, queue *u, const char *fname)
         luamp_raise(L, "serialize", "%s", lua_tostring(L, -1));
 }
 
+/* -> true, sequence number | false (still full at the deadline) */
 static int do_put(lua_State *L, queue *u, double deadline)
 {
-    int r = shmq_put(u->q, u->buf.data, u->buf.len, deadline);
+    uint64_t seq = 0;
+    int r = shmq_put(u->q, u->buf.data, u->buf.len, deadline, &seq);
     luamp_buf_trim(&u->buf);
     if (r == SHMQ_ERROR) {
         if (errno == EMSGSIZE)
             return luamp_raise(L, "serialize", "cannot put an item larger than 1 GiB on a queue");
         return luamp_sys_error(L, "Queue:put");
     }
+    if (r == SHMQ_INTERRUPTED)
+        luamp_raise_interrupt(L);
     lua_pushboolean(L, r == SHMQ_OK);
-    return 1;
+    if (r != SHMQ_OK)
+        return 1;
+    lua_pushinteger(L, (lua_Integer)seq);
+    return 2;
 }
 
 static int q_put(lua_State *L)
@@ -106,7 +113,7 @@ static int push_item(lua_State *L, queue *u)
 
 static int do_get(lua_State *L, queue *u, double deadline, const char *why_empty)
 {
-    int r = shmq_get(u->q, &u->buf, deadline, NULL, 0, NULL);
+    int r = shmq_get(u->q, &u->buf, deadline, NULL);
     switch (r) {
     case SHMQ_OK:
         return push_item(L, u);
@@ -118,6 +125,9 @@ static int do_get(lua_State *L, queue *u, double deadline, const char *why_empty
         lua_pushnil(L);
         lua_pushliteral(L, "closed");
         return 2;
+    case SHMQ_INTERRUPTED:
+        luamp_raise_interrupt(L);
+        /* fallthrough */
     default:
         return luamp_sys_error(L, "Queue:get");
     }
@@ -135,16 +145,26 @@ static int q_get_nowait(lua_State *L)
     return do_get(L, u, 0, "empty");
 }
 
+/* The slot argument at `idx`, or -1. */
+static int opt_slot(lua_State *L, int idx)
+{
+    lua_Integer slot = luaL_optinteger(L, idx, -1);
+    luaL_argcheck(L, slot >= -1 && slot < SHMQ_MAX_CLAIMS, idx, "claim slot out of range");
+    return (int)slot;
+}
+
 /*
- * q:get_or_event(timeout, waitables) -> true, v | false, "event", i |
- * false, "timeout" | false, "closed".  Like get, but also returns when the
- * i-th of `waitables` (child handles) becomes ready.
+ * q:get_or_event(timeout, waitables, slot) -> true, v, seq |
+ * false, "event", i | false, "timeout" | false, "closed".  Like get, but
+ * also returns when the i-th of `waitables` (child handles) becomes ready,
+ * and claims the message in `slot` (see shmq.h) when one is given.
  */
 static int q_get_or_event(lua_State *L)
 {
-    int fds[SHMQ_MAX_EXTRA], map[SHMQ_MAX_EXTRA], n = 0, which = -1;
+    int fds[SHMQ_MAX_EXTRA], map[SHMQ_MAX_EXTRA], n = 0;
     queue *u = check_queue(L);
     double deadline = luamp_opt_deadline(L, 2);
+    shmq_wait w = { .extra = fds, .claim = opt_slot(L, 4) };
     if (!lua_isnoneornil(L, 3)) {
         luaL_checktype(L, 3, LUA_TTABLE);
         lua_Integer len = luaL_len(L, 3);
@@ -166,25 +186,63 @@ static int q_get_or_event(lua_State *L)
             map[n++] = (int)i;
         }
     }
-    int r = shmq_get(u->q, &u->buf, deadline, fds, n, &which);
+    w.nextra = n;
+    int r = shmq_get(u->q, &u->buf, deadline, &w);
     switch (r) {
     case SHMQ_OK:
         lua_pushboolean(L, 1);
         push_item(L, u);
-        return 2;
+        lua_pushinteger(L, (lua_Integer)w.seq);
+        return 3;
     case SHMQ_EVENT:
         lua_pushboolean(L, 0);
         lua_pushliteral(L, "event");
-        lua_pushinteger(L, map[which]);
+        lua_pushinteger(L, map[w.which]);
         return 3;
     case SHMQ_TIMEOUT:
     case SHMQ_SHUTDOWN:
         lua_pushboolean(L, 0);
         lua_pushstring(L, r == SHMQ_TIMEOUT ? "timeout" : "closed");
         return 2;
+    case SHMQ_INTERRUPTED:
+        luamp_raise_interrupt(L);
+        /* fallthrough */
     default:
         return luamp_sys_error(L, "Queue:get");
     }
+}
+
+/* q:claim(slot) -> seq (0: nothing), since */
+static int q_claim(lua_State *L)
+{
+    queue *u = check_queue(L);
+    uint64_t seq;
+    double since;
+    if (shmq_claim(u->q, opt_slot(L, 2), &seq, &since) != 0)
+        return luamp_sys_error(L, "Queue:claim");
+    lua_pushinteger(L, (lua_Integer)seq);
+    lua_pushnumber(L, since);
+    return 2;
+}
+
+static int q_release(lua_State *L)
+{
+    queue *u = check_queue(L);
+    if (shmq_release(u->q, opt_slot(L, 2)) != 0)
+        return luamp_sys_error(L, "Queue:release");
+    return 0;
+}
+
+/* q:destroy(): gives back this process's memory and descriptors now
+ * rather than at garbage collection (a Pool does it when it ends). */
+static int q_destroy(lua_State *L)
+{
+    queue *u = luaL_checkudata(L, 1, LUAMP_QUEUE_MT);
+    shmq_destroy(u->q);
+    u->q = NULL;
+    luamp_buf_free(&u->buf);
+    luamp_buf_init(&u->buf);
+    return 0;
 }
 
 static int q_qsize(lua_State *L)
@@ -218,15 +276,6 @@ static int q_shutdown(lua_State *L)
     return 0;
 }
 
-static int q_gc(lua_State *L)
-{
-    queue *u = luaL_checkudata(L, 1, LUAMP_QUEUE_MT);
-    shmq_destroy(u->q);
-    u->q = NULL;
-    luamp_buf_free(&u->buf);
-    return 0;
-}
-
 static int q_ref(lua_State *L)
 {
     lua_pushstring(L, check_queue(L)->id);
@@ -247,6 +296,9 @@ void luamp_open_queue(lua_State *L)
         {"get", q_get},
         {"get_nowait", q_get_nowait},
         {"get_or_event", q_get_or_event},
+        {"claim", q_claim},
+        {"release", q_release},
+        {"destroy", q_destroy},
         {"qsize", q_qsize},
         {"empty", q_empty},
         {"full", q_full},
@@ -255,7 +307,7 @@ void luamp_open_queue(lua_State *L)
         {NULL, NULL}
     };
     static const luaL_Reg meta[] = {
-        {"__gc", q_gc},
+        {"__gc", q_destroy},
         {"__luamp_ref", q_ref},
         {"__tostring", q_tostring},
         {NULL, NULL}

@@ -21,6 +21,10 @@
  * capacity different from the one it mapped.  An empty ring that grew big
  * shrinks back so one 256 MiB message does not pin 256 MiB for ever.
  *
+ * Claims: a consumer that names a slot records in it, under the lock
+ * that moves the message out, which message it took; nothing can be
+ * taken and lost between the two.
+ *
  * Waiting: consumers and producers that must wait count themselves in the
  * header and sleep in poll() on an eventfd (semaphore mode) that the other
  * side writes after it changes the queue.  An eventfd is an ordinary file
@@ -44,10 +48,10 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 
-#define HDR_SIZE 4096
+#define HDR_SIZE 8192
 #define INITIAL_CAP ((size_t)256 << 10)
 #define SHRINK_ABOVE ((size_t)16 << 20)
-#define REC_HDR 4
+#define REC_HDR 12     /* u32 length, u64 sequence number */
 
 struct shmq_hdr {
     pthread_mutex_t lock;
@@ -59,7 +63,11 @@ struct shmq_hdr {
     uint32_t getters;    /* consumers sleeping on ev_get */
     uint32_t putters;    /* producers sleeping on ev_put */
     uint32_t shutdown;
+    uint64_t next_seq;
+    struct { uint64_t seq; double since; } claims[SHMQ_MAX_CLAIMS];
 };
+
+_Static_assert(sizeof(struct shmq_hdr) <= HDR_SIZE, "the queue header fits its pages");
 
 struct shmq {
     int memfd;
@@ -254,10 +262,12 @@ static int sleep_on(int fd, const int *extra, int nx, int *which, double deadlin
             return SHMQ_TIMEOUT;
         if (errno != EINTR)
             return SHMQ_ERROR;
+        if (luamp_interrupt_pending())
+            return SHMQ_INTERRUPTED;
     }
 }
 
-int shmq_put(shmq *q, const void *p, size_t n, double deadline)
+int shmq_put(shmq *q, const void *p, size_t n, double deadline, uint64_t *seq)
 {
     struct shmq_hdr *h = q->hdr;
     uint64_t need = REC_HDR + (uint64_t)n;
@@ -292,10 +302,16 @@ int shmq_put(shmq *q, const void *p, size_t n, double deadline)
             return SHMQ_ERROR;
         }
     }
+    unsigned char rec[REC_HDR];
     uint32_t len = (uint32_t)n;
+    uint64_t s = ++h->next_seq;
+    memcpy(rec, &len, 4);
+    memcpy(rec + 4, &s, 8);
     uint64_t tail = h->head + h->used;
-    ring_write(q, tail, &len, REC_HDR);
+    ring_write(q, tail, rec, REC_HDR);
     ring_write(q, tail + REC_HDR, p, n);
+    if (seq)
+        *seq = s;
     h->used += need;
     h->count++;
     if (h->getters)
@@ -304,12 +320,16 @@ int shmq_put(shmq *q, const void *p, size_t n, double deadline)
     return SHMQ_OK;
 }
 
-int shmq_get(shmq *q, luamp_buf *out, double deadline,
-             const int *extra, int nextra, int *which)
+int shmq_get(shmq *q, luamp_buf *out, double deadline, shmq_wait *w)
 {
     struct shmq_hdr *h = q->hdr;
+    shmq_wait none = { .claim = -1 };
+    if (!w)
+        w = &none;
     if (lock(q) != 0)
         return SHMQ_ERROR;
+    if (w->claim >= 0)
+        h->claims[w->claim].seq = 0;    /* what it held before is done */
     while (h->count == 0) {
         if (h->shutdown || deadline == 0 || (deadline > 0 && luamp_now() >= deadline)) {
             int r = h->shutdown ? SHMQ_SHUTDOWN : SHMQ_TIMEOUT;
@@ -318,11 +338,11 @@ int shmq_get(shmq *q, luamp_buf *out, double deadline,
         }
         h->getters++;
         unlock(q);
-        int r = sleep_on(q->ev_get, extra, nextra, which, deadline);
+        int r = sleep_on(q->ev_get, w->extra, w->nextra, &w->which, deadline);
         if (lock(q) != 0)
             return SHMQ_ERROR;
         h->getters--;
-        if (r == SHMQ_EVENT && h->count == 0) {
+        if ((r == SHMQ_EVENT || r == SHMQ_INTERRUPTED) && h->count == 0) {
             unlock(q);
             return r;
         }
@@ -337,8 +357,11 @@ int shmq_get(shmq *q, luamp_buf *out, double deadline,
             return SHMQ_TIMEOUT;
         }
     }
+    unsigned char rec[REC_HDR];
     uint32_t len;
-    ring_read(q, h->head, &len, REC_HDR);
+    ring_read(q, h->head, rec, REC_HDR);
+    memcpy(&len, rec, 4);
+    memcpy(&w->seq, rec + 4, 8);
     out->len = 0;
     if (luamp_buf_reserve(out, len) != 0) {
         unlock(q);
@@ -347,6 +370,10 @@ int shmq_get(shmq *q, luamp_buf *out, double deadline,
     }
     ring_read(q, h->head + REC_HDR, out->data, len);
     out->len = len;
+    if (w->claim >= 0) {
+        h->claims[w->claim].seq = w->seq;
+        h->claims[w->claim].since = luamp_now();
+    }
     h->head = (h->head + REC_HDR + len) % h->cap;
     h->used -= REC_HDR + (uint64_t)len;
     h->count--;
@@ -387,6 +414,25 @@ int shmq_shutdown(shmq *q)
     /* Wake every sleeper; each finds the queue empty and shut down. */
     for (uint32_t i = 0; i < q->hdr->getters; i++)
         ring(q->ev_get);
+    unlock(q);
+    return 0;
+}
+
+int shmq_claim(shmq *q, int slot, uint64_t *seq, double *since)
+{
+    if (lock(q) != 0)
+        return -1;
+    *seq = q->hdr->claims[slot].seq;
+    *since = q->hdr->claims[slot].since;
+    unlock(q);
+    return 0;
+}
+
+int shmq_release(shmq *q, int slot)
+{
+    if (lock(q) != 0)
+        return -1;
+    q->hdr->claims[slot].seq = 0;
     unlock(q);
     return 0;
 }

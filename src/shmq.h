@@ -16,6 +16,7 @@ enum shmq_status {
     SHMQ_TIMEOUT,   /* nothing to get, or still full, at the deadline */
     SHMQ_SHUTDOWN,  /* get: empty and shut down, nothing more will come */
     SHMQ_EVENT,     /* get: one of the extra descriptors became readable */
+    SHMQ_INTERRUPTED, /* a SIGINT/SIGTERM reached the main script */
     SHMQ_ERROR      /* errno says why */
 };
 
@@ -24,15 +25,32 @@ shmq *shmq_create(uint64_t maxsize);
 /* Unmaps and closes this process's view; the queue lives on elsewhere. */
 void shmq_destroy(shmq *q);
 
+/* Each message put gets a sequence number (1, 2, ...).  A consumer may
+ * "claim" what it gets in a slot of the queue's shared header: the slot
+ * then holds the message's sequence number and the time it was taken
+ * until the consumer gets again (or sleeps), so if the consumer dies, its
+ * parent knows which message it held.  A Pool's workers each own a slot. */
+#define SHMQ_MAX_CLAIMS 256
+
+typedef struct shmq_wait {
+    const int *extra;   /* also wake when one of these becomes readable */
+    int nextra;         /* at most SHMQ_MAX_EXTRA */
+    int which;          /* out: index into extra, with SHMQ_EVENT */
+    int claim;          /* slot to claim the message in, or -1 */
+    uint64_t seq;       /* out: the message's sequence number */
+} shmq_wait;
+
 /* deadline: a luamp_now() time, or < 0 to wait forever.
- * put copies `n` bytes in; get copies the next message out into `out`
- * (replacing its contents).  While get waits for an item it also watches
- * the `nextra` descriptors in `extra` (pidfds of workers, say): when one
- * becomes readable first it returns SHMQ_EVENT with *which its index. */
-int shmq_put(shmq *q, const void *p, size_t n, double deadline);
+ * put copies `n` bytes in (*seq, if not NULL, gets its sequence number);
+ * get copies the next message out into `out` (replacing its contents). */
+int shmq_put(shmq *q, const void *p, size_t n, double deadline, uint64_t *seq);
 #define SHMQ_MAX_EXTRA 256
-int shmq_get(shmq *q, luamp_buf *out, double deadline,
-             const int *extra, int nextra, int *which);
+int shmq_get(shmq *q, luamp_buf *out, double deadline, shmq_wait *w);
+
+/* What slot `slot` holds: the sequence number (0: nothing) and when it
+ * was taken (luamp_now() time).  release empties the slot. */
+int shmq_claim(shmq *q, int slot, uint64_t *seq, double *since);
+int shmq_release(shmq *q, int slot);
 
 /* Number of messages held now; whether a put would wait. */
 uint64_t shmq_count(shmq *q);

@@ -118,6 +118,75 @@ void luamp_register_object(lua_State *L, int idx, const char *id)
     lua_pop(L, 1);
 }
 
+/* ---- interrupts -------------------------------------------------------- */
+
+static volatile sig_atomic_t pending_signal;   /* not yet raised */
+static volatile sig_atomic_t seen_signal;      /* ever received */
+static lua_State *main_state;
+static int interrupts_caught;
+
+int luamp_interrupt_pending(void)
+{
+    return pending_signal != 0;
+}
+
+void luamp_raise_interrupt(lua_State *L)
+{
+    int sig = pending_signal;
+    if (!sig)
+        return;
+    pending_signal = 0;
+    lua_sethook(L, NULL, 0, 0);
+    luamp_raise(L, "interrupted", "interrupted by %s", sig == SIGINT ? "SIGINT" : "SIGTERM");
+}
+
+static void interrupt_hook(lua_State *L, lua_Debug *ar)
+{
+    (void)ar;
+    luamp_raise_interrupt(L);
+}
+
+/* Async-signal-safe: lua_sethook is meant for this (lua.c does the same). */
+static void on_interrupt(int sig)
+{
+    pending_signal = sig;
+    seen_signal = sig;
+    if (main_state)
+        lua_sethook(main_state, interrupt_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+}
+
+void luamp_catch_interrupts(lua_State *L)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_interrupt;
+    sigemptyset(&sa.sa_mask);
+    main_state = L;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    interrupts_caught = 1;
+}
+
+/* In a new child: the parent's interrupt handling is not the child's. */
+static void reset_child_signals(int worker)
+{
+    main_state = NULL;
+    pending_signal = 0;
+    seen_signal = 0;
+    if (interrupts_caught) {
+        signal(SIGTERM, SIG_DFL);
+        signal(SIGINT, SIG_DFL);
+    }
+    if (worker)
+        signal(SIGINT, SIG_IGN);
+}
+
+static int l_interrupted(lua_State *L)
+{
+    lua_pushboolean(L, seen_signal != 0);
+    return 1;
+}
+
 /* ---- children ---------------------------------------------------------- */
 
 typedef struct child {
@@ -155,8 +224,7 @@ static int l_fork(lua_State *L)
     if (pid == 0) {
         if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent)
             _exit(70);
-        if (worker)
-            signal(SIGINT, SIG_IGN);
+        reset_child_signals(worker);
         lua_pushinteger(L, 0);
         return 1;
     }
@@ -221,6 +289,8 @@ static int l_child_poll(lua_State *L)
         int r = poll(&p, 1, luamp_poll_ms(deadline));
         if (r < 0 && errno != EINTR)
             return luamp_sys_error(L, "poll");
+        if (r < 0)
+            luamp_raise_interrupt(L);
         if (r > 0) {
             child_reap(c, 1);
             break;
@@ -336,6 +406,7 @@ static int l_wait(lua_State *L)
             return 0;
         if (errno != EINTR)
             return luamp_sys_error(L, "poll");
+        luamp_raise_interrupt(L);
     }
     for (int i = 0; i < np; i++) {
         if (p[i].revents) {
@@ -385,8 +456,10 @@ static int l_sleep(lua_State *L)
     double s = luaL_checknumber(L, 1);
     double deadline = luamp_now() + s;
     int ms;
-    while ((ms = luamp_poll_ms(deadline)) > 0)
-        poll(NULL, 0, ms);
+    while ((ms = luamp_poll_ms(deadline)) > 0) {
+        if (poll(NULL, 0, ms) < 0)
+            luamp_raise_interrupt(L);
+    }
     return 0;
 }
 
@@ -420,6 +493,7 @@ void luamp_open_sys(lua_State *L)
         {"_exit", l_exit},
         {"sleep", l_sleep},
         {"isatty", l_isatty},
+        {"interrupted", l_interrupted},
         {"default_processes", l_default_processes},
         {"encode", luamp_l_encode},
         {"decode", luamp_l_decode},

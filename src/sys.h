@@ -10,6 +10,7 @@
 #include <sys/types.h>
 #include <lua.h>
 #include "codec.h"
+#include "luamp.h"
 
 /* Seconds on the monotonic clock. */
 double luamp_now(void);
@@ -48,6 +49,18 @@ void luamp_register_object(lua_State *L, int idx, const char *id);
 void luamp_new_object_id(char *out, size_t n, const char *kind);
 
 #endif
+
+/*
+ * Interruption.  luamp_catch_interrupts() (the luamp binary calls it)
+ * turns SIGINT and SIGTERM into a Lua error of kind "interrupted" in the
+ * main script: raised at once by the luamp call that was waiting, or by a
+ * hook at the script's next instruction when it was computing.  Forked
+ * children go back to the default actions.
+ */
+/* A signal arrived that nobody has raised yet (waits check this on EINTR). */
+int luamp_interrupt_pending(void);
+/* Raises the pending interrupt as a Lua error; returns if there is none. */
+void luamp_raise_interrupt(lua_State *L);
 
 /* Raises an mp.Error of `kind` with a formatted message (through the
  * function the Lua layer stored as registry["luamp.raise"]; a plain error

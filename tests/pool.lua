@@ -74,6 +74,22 @@ do
     pool:map(function(x) if x % 2 == 0 then error("even " .. x) end return x end, {1, 2, 3, 4}, 1)
   end, "even 2", "map raises the first failing item's error in input order")
 
+  local e6 = t.raises(function() pool:apply(function() error({co = coroutine.create(print)}) end) end,
+    "error object is a table", "an error value that cannot travel still fails the task")
+  t.is(type(e6.value), "string", "an error value that cannot travel degrades to its description")
+
+  -- automatic chunksize batches small tasks: 800 items on 2 workers go in
+  -- chunks of 100, each run by one worker from start to end
+  local pids = pool:map(function() return mp.current_process().pid end, (function()
+    local xs = {} for i = 1, 800 do xs[i] = i end return xs end)())
+  local blocks_ok = true
+  for b = 0, 7 do
+    for i = b * 100 + 2, b * 100 + 100 do
+      if pids[i] ~= pids[b * 100 + 1] then blocks_ok = false end
+    end
+  end
+  t.ok(blocks_ok, "the automatic chunksize sends 800 items to 2 workers in chunks of 100")
+
   -- unsendable arguments raise in the caller, naming the path
   local e4 = t.raises(function() pool:apply(print, {1, {f = coroutine.create(print)}}) end,
     "cannot send args%[2%]%.f: a coroutine", "an unsendable argument names its path")

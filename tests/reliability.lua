@@ -1,0 +1,113 @@
+-- Faults: dead workers, per-task deadlines.  Only the task concerned fails;
+-- the pool goes on; nothing hangs.
+local t = require "tap"
+local mp = require "luamp"
+
+local function square(x) return x * x end
+
+local pool <close> = mp.Pool(2)
+
+do
+  local e = t.raises(function() pool:apply(function() os.exit(3) end) end,
+    "died: exited with status 3", "apply of a task that calls os.exit fails instead of hanging")
+  t.ok(mp.Error.is(e, "worker_lost"), "its error has kind worker_lost")
+  t.ok(type(e.pid) == "number" and e.pid > 0, "the error names the worker's pid")
+  t.like(e.message, "pid " .. tostring(e.pid), "the message names the pid")
+  t.is(e.exitcode, 3, "the error carries the exit status")
+  t.is(pool:apply(square, {5}), 25, "the pool goes on after a worker died")
+end
+
+do
+  local e = t.raises(function()
+    pool:apply(function() require("luamp")._sleep(0.05); local pid = mp.current_process().pid; os.execute("kill -9 " .. pid); mp._sleep(5) end)
+  end, "killed by signal 9 %(SIGKILL%)", "a worker killed by SIGKILL fails its task naming the signal")
+  t.ok(mp.Error.is(e, "worker_lost"), "a SIGKILLed worker gives worker_lost")
+end
+
+do
+  local e = t.raises(function()
+    pool:apply(function() local pid = mp.current_process().pid; os.execute("kill -SEGV " .. pid); mp._sleep(5) end)
+  end, "signal 11 %(SIGSEGV%)", "a crashed worker (SIGSEGV) fails its task naming the signal")
+end
+
+-- in a map, only the items of the chunk the dead worker held fail
+do
+  local xs = {}
+  for i = 1, 20 do xs[i] = i end
+  local r = pool:map_async(function(x) if x == 7 then os.exit(1) end return x * 10 end, xs, 1)
+  local ok, e = pcall(r.get, r, 20)
+  t.ok(not ok and mp.Error.is(e, "worker_lost"), "map with a dying item raises worker_lost")
+  local res = {}
+  local ok2, e2 = pcall(function()
+    for _, v in pool:imap_unordered(function(x) if x == 3 then os.exit(1) end return x end, {1, 2, 3, 4, 5}, 1) do
+      res[#res + 1] = v
+    end
+  end)
+  t.ok(not ok2 and mp.Error.is(e2, "worker_lost"), "imap_unordered raises worker_lost for the lost item")
+  local bad = false
+  for _, v in ipairs(res) do if v == 3 then bad = true end end
+  t.ok(not bad and #res < 5, "imap_unordered yielded only items that were not lost")
+end
+
+do
+  local got, errs = {}, {}
+  local ok, e = pcall(function()
+    for i, v in pool:imap(function(x) if x == 3 then os.exit(1) end return x end, {1, 2, 3, 4, 5}, 1) do
+      got[#got + 1] = v
+    end
+  end)
+  t.same(got, {1, 2}, "imap yields the items before a lost one")
+  t.ok(mp.Error.is(e, "worker_lost"), "imap raises worker_lost at the lost item")
+end
+
+do
+  local r = pool:map_async(function(x) if x == 2 then os.exit(9) end return x end, {1, 2, 3, 4}, 1)
+  r:wait(20)
+  t.is(r:ready(), true, "a map with a lost item still completes")
+  t.is(pool:apply(square, {3}), 9, "the pool goes on after a lost map item")
+end
+
+-- per-task deadlines
+do
+  local r = pool:apply_async(function() mp._sleep(30) end, {}, {timeout = 0.2})
+  local fast = pool:apply_async(square, {4})
+  local e = t.raises(function() r:get(20) end, "ran past its 0.2s timeout", "a task past its deadline fails")
+  t.ok(mp.Error.is(e, "task_timeout"), "its error has kind task_timeout")
+  t.is(fast:get(20), 16, "other tasks are unaffected by a timeout")
+  t.is(pool:apply(square, {6}), 36, "the pool goes on after a timeout")
+  local ok = pool:apply_async(function() mp._sleep(0.05); return "in time" end, {}, {timeout = 10})
+  t.is(ok:get(), "in time", "a task within its deadline succeeds")
+end
+
+do
+  local res = pool:map_async(function(x) if x == 2 then mp._sleep(30) end return x end, {1, 2, 3}, {timeout = 0.2})
+  local e = t.raises(function() res:get(20) end, "timeout", "map with a timeout fails the slow item")
+  t.ok(mp.Error.is(e, "task_timeout"), "the slow map item fails with task_timeout")
+end
+
+t.raises(function() pool:apply_async(square, {1}, {timeout = -1}) end,
+  "bad argument #3 to 'apply_async' %(timeout must be a positive number", "timeout is checked")
+
+-- a Process whose child dies by a signal still joins
+do
+  local p = mp.Process{target = function() os.execute("kill -9 " .. mp.current_process().pid); mp._sleep(5) end}
+  p:start()
+  t.is(p:join(20), true, "join returns when the child was killed")
+  t.is(p.exitcode, -9, "exitcode says which signal")
+end
+
+-- 1,000 pools leave no descriptor behind
+do
+  local function fds()
+    local n = 0
+    for _ in io.popen("ls /proc/" .. mp.current_process().pid .. "/fd"):lines() do n = n + 1 end
+    return n
+  end
+  local before = fds()
+  for _ = 1, 1000 do
+    local p <close> = mp.Pool(1)
+  end
+  t.is(fds(), before, "creating and closing 1,000 pools leaves the descriptor count flat")
+end
+
+t.done()
