@@ -67,8 +67,15 @@ end
 --------------------------------------------------------------------------
 -- Argument checks, Lua style: bad argument #1 to 'Pool' (...)
 
+-- The error points at the first caller outside this file: the user's line.
 local function argerror(n, fname, msg)
-  error(string.format("bad argument #%d to '%s' (%s)", n, fname, msg), 3)
+  local level = 2
+  while true do
+    local info = debug.getinfo(level, "S")
+    if not info or info.source ~= "=luamp.lua" then break end
+    level = level + 1
+  end
+  error(string.format("bad argument #%d to '%s' (%s)", n, fname, msg), level)
 end
 
 local function typename(v)
@@ -789,7 +796,7 @@ end
 
 function Pool:apply(f, args)
   check_running(self, "apply")
-  return self:apply_async(f, args):get()
+  return Pool.apply_async(self, f, args):get()
 end
 
 local function auto_chunksize(self, n)
@@ -849,22 +856,22 @@ function Pool:_start_map(fname, kind, f, items, opts)
 end
 
 function Pool:map_async(f, items, opts)
-  return new_async(self, self:_start_map("map_async", "map", f, items, opts))
+  return new_async(self, Pool._start_map(self, "map_async", "map", f, items, opts))
 end
 
 function Pool:starmap_async(f, items, opts)
-  return new_async(self, self:_start_map("starmap_async", "star", f, items, opts))
+  return new_async(self, Pool._start_map(self, "starmap_async", "star", f, items, opts))
 end
 
 function Pool:map(f, items, opts)
-  local job = self:_start_map("map", "map", f, items, opts)
+  local job = Pool._start_map(self, "map", "map", f, items, opts)
   self:_wait_for(job)
   if job.err then error(job.err, 2) end
   return job.results
 end
 
 function Pool:starmap(f, items, opts)
-  local job = self:_start_map("starmap", "star", f, items, opts)
+  local job = Pool._start_map(self, "starmap", "star", f, items, opts)
   self:_wait_for(job)
   if job.err then error(job.err, 2) end
   return job.results
