@@ -88,6 +88,9 @@ getdefault='print(debug.getregistry()["luamp.default_processes"], math.type(debu
 run "$LUAMP" -j 3 -e "$getdefault"
 is "$out" "3${tab}integer" "-j 3 stores the integer 3 as the default pool size"
 
+run "$LUAMP" -j 3 -e 'local mp = require "luamp"; local p <close> = mp.Pool(); print(p.processes, #p:map(function(x) return x end, {1, 2, 3, 4}))'
+is "$out" "3${tab}4" "-j 3 makes Pool() start 3 workers"
+
 run "$LUAMP" -j12 -e "$getdefault"
 is "$out" "12${tab}integer" "-jN works attached"
 
