@@ -300,7 +300,7 @@ end
 -- The result message, or a degraded one when some result cannot travel:
 -- that item fails with kind "serialize", the others are kept.
 local function put_result(rq, seq, jobid, start, count, results, errs, elapsed)
-  local pid = getpid()
+  local pid = current.pid
   local ok, err = pcall(rq.put, rq, { jobid, start, results, errs, elapsed, count, pid, seq })
   if ok then return end
   if not Error.is(err, "serialize") then error(err, 0) end
@@ -432,8 +432,8 @@ local function check_pool(self, fname)
   if getmetatable(self) ~= PoolMT then
     error(string.format("bad argument #1 to '%s' (Pool expected, got %s)", fname, typename(self)), 3)
   end
-  if self._owner ~= getpid() then
-    error(string.format("cannot use a Pool of process %d in process %d", self._owner, getpid()), 3)
+  if self._owner ~= current.pid then   -- (every luamp fork updates current)
+    error(string.format("cannot use a Pool of process %d in process %d", self._owner, current.pid), 3)
   end
 end
 
@@ -755,7 +755,7 @@ end
 
 function AsyncResult:ready()
   local job = self._job
-  if not job.ready and self._pool._owner == getpid() then
+  if not job.ready and self._pool._owner == current.pid then
     -- take what has arrived, without waiting
     self._pool:_pump(now())
   end
