@@ -336,7 +336,12 @@ local function worker_main(pool, index, slot)
   local fcache, ncached = {}, 0
   local left = pool._maxtasks
   while true do
-    local got, task, seq = tq:get_or_event(nil, nil, slot)
+    local got, task, seq, why = tq:get_or_event(nil, nil, slot)
+    if got == false and task == "undecodable" then
+      -- e.g. a Queue created after this worker started: fail the task
+      rq:put({ -1, why, seq })
+      goto continue
+    end
     if not got then core._exit(0) end          -- the pool was closed
     local jobid, fid, fbytes, kind, start, items, count = unpack(task, 1, 7)
     local f = fcache[fid]
@@ -357,6 +362,7 @@ local function worker_main(pool, index, slot)
       left = left - 1
       if left == 0 then core._exit(0) end
     end
+    ::continue::
   end
 end
 
@@ -566,6 +572,16 @@ function Pool:_handle(msg)
     end
     return
   end
+  if jobid == -1 then                         -- a worker could not decode a task
+    local rec = self:_settle(msg[3])
+    if rec then
+      local e = new_error("serialize", "cannot receive the task: " .. msg[2])
+      local errors = {}
+      for k = 1, rec.count do errors[k] = e end
+      self:_complete(rec.job, rec.start, rec.count, {}, errors)
+    end
+    return
+  end
   local start, results, errs, elapsed, count, pid, seq =
     msg[2], msg[3], msg[4], msg[5], msg[6], msg[7], msg[8]
   local rec = self:_settle(seq)
@@ -627,23 +643,34 @@ function Pool:_reap(i)
 end
 
 -- The earliest deadline of a running task; kills the workers of tasks
--- already past theirs (their exit then fails the task).
+-- already past theirs (their exit then fails the task).  A deadline runs
+-- from when a worker takes the task: while a timed task still waits in the
+-- queue, look again soon, as nothing else would wake the parent then.
+local UNCLAIMED_RECHECK = 0.05
+
 function Pool:_check_deadlines()
   local first
   local t = now()
+  local claimed_timed = 0
   for _, h in ipairs(self._workers) do
     local slot = self._slot[h]
     local seq, since = self._tq:claim(slot)
     local rec = seq ~= 0 and self._inflight[seq]
-    if rec and rec.timeout and self._killed[slot] ~= seq then
-      local dl = since + rec.timeout
-      if dl <= t then
-        self._killed[slot] = seq
-        h:signal(9)
-      elseif not first or dl < first then
-        first = dl
+    if rec and rec.timeout then
+      claimed_timed = claimed_timed + 1
+      if self._killed[slot] ~= seq then
+        local dl = since + rec.timeout
+        if dl <= t then
+          self._killed[slot] = seq
+          h:signal(9)
+        elseif not first or dl < first then
+          first = dl
+        end
       end
     end
+  end
+  if claimed_timed < self._ntimed and (not first or first > t + UNCLAIMED_RECHECK) then
+    first = t + UNCLAIMED_RECHECK
   end
   return first
 end

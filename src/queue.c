@@ -155,9 +155,12 @@ static int opt_slot(lua_State *L, int idx)
 
 /*
  * q:get_or_event(timeout, waitables, slot) -> true, v, seq |
- * false, "event", i | false, "timeout" | false, "closed".  Like get, but
- * also returns when the i-th of `waitables` (child handles) becomes ready,
- * and claims the message in `slot` (see shmq.h) when one is given.
+ * false, "event", i | false, "timeout" | false, "closed" |
+ * false, "undecodable", seq, message.  Like get, but also returns when the
+ * i-th of `waitables` (child handles) becomes ready, and claims the
+ * message in `slot` (see shmq.h) when one is given.  A message that cannot
+ * be decoded here (it names an object this process does not know) is
+ * reported rather than raised, so that a worker can fail just that task.
  */
 static int q_get_or_event(lua_State *L)
 {
@@ -190,8 +193,17 @@ static int q_get_or_event(lua_State *L)
     int r = shmq_get(u->q, &u->buf, deadline, &w);
     switch (r) {
     case SHMQ_OK:
+        r = luamp_decode(L, u->buf.data, u->buf.len, 0);
+        luamp_buf_trim(&u->buf);
+        if (r != 0) {
+            lua_pushboolean(L, 0);
+            lua_pushliteral(L, "undecodable");
+            lua_pushinteger(L, (lua_Integer)w.seq);
+            lua_rotate(L, -4, -1);   /* the decoder's message goes last */
+            return 4;
+        }
         lua_pushboolean(L, 1);
-        push_item(L, u);
+        lua_insert(L, -2);
         lua_pushinteger(L, (lua_Integer)w.seq);
         return 3;
     case SHMQ_EVENT:

@@ -69,6 +69,15 @@ end
 
 -- per-task deadlines
 do
+  -- the deadline of a task that no worker has taken yet when the parent
+  -- starts waiting is still enforced
+  local fresh <close> = mp.Pool(1)
+  local r = fresh:apply_async(function() mp._sleep(30) end, {}, {timeout = 0.3})
+  local e = t.raises(function() r:get(10) end, "ran past its 0.3s timeout",
+    "a deadline is enforced when the parent waits before the worker took the task")
+end
+
+do
   local r = pool:apply_async(function() mp._sleep(30) end, {}, {timeout = 0.2})
   local fast = pool:apply_async(square, {4})
   local e = t.raises(function() r:get(20) end, "ran past its 0.2s timeout", "a task past its deadline fails")
@@ -88,6 +97,24 @@ end
 t.raises(function() pool:apply_async(square, {1}, {timeout = -1}) end,
   "bad argument #3 to 'apply_async' %(timeout must be a positive number", "timeout is checked")
 
+-- a Queue made after the pool cannot reach its workers yet: that task
+-- fails with kind serialize, the worker lives on
+do
+  local before = pool:apply(function() return mp.current_process().pid end)
+  local late = mp.Queue()
+  local e = t.raises(function() pool:apply(function(q) q:put(1) end, {late}) end,
+    "cannot receive the task", "a task naming a Queue made after the pool fails")
+  t.ok(mp.Error.is(e, "serialize"), "that failure has kind serialize")
+  local pids = pool:map(function() mp._sleep(0.05) return mp.current_process().pid end, {1, 2, 3, 4}, 1)
+  local same = false
+  for i = 1, 4 do if pids[i] == before then same = true end end
+  t.ok(same, "the worker that could not decode the task lives on")
+  local early = mp.Queue()
+  local p2 <close> = mp.Pool(1)
+  p2:apply(function(q) q:put("from a worker") end, {early})
+  t.is(early:get(5), "from a worker", "a Queue made before the pool can be passed to its tasks")
+end
+
 -- a Process whose child dies by a signal still joins
 do
   local p = mp.Process{target = function() os.execute("kill -9 " .. mp.current_process().pid); mp._sleep(5) end}
@@ -100,14 +127,31 @@ end
 do
   local function fds()
     local n = 0
-    for _ in io.popen("ls /proc/" .. mp.current_process().pid .. "/fd"):lines() do n = n + 1 end
+    local h = io.popen("ls /proc/" .. mp.current_process().pid .. "/fd")
+    for _ in h:lines() do n = n + 1 end
+    h:close()
     return n
   end
+  collectgarbage(); collectgarbage()   -- queues of earlier tests hold descriptors until collected
   local before = fds()
   for _ = 1, 1000 do
     local p <close> = mp.Pool(1)
   end
   t.is(fds(), before, "creating and closing 1,000 pools leaves the descriptor count flat")
+  local function rss_kib()
+    for line in io.lines("/proc/self/status") do
+      local kb = line:match("^VmRSS:%s+(%d+) kB")
+      if kb then return tonumber(kb) end
+    end
+  end
+  collectgarbage(); collectgarbage()
+  local rss0 = rss_kib()
+  for _ = 1, 1000 do
+    local p <close> = mp.Pool(1)
+  end
+  collectgarbage(); collectgarbage()
+  local grown = rss_kib() - rss0
+  t.ok(grown < 2048, "1,000 more pools leave the resident memory flat (grew " .. grown .. " KiB)")
 end
 
 t.done()

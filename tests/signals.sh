@@ -6,7 +6,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
 # children of a pid (direct), one per line
-kids() { ps -o pid= --ppid "$1" 2>/dev/null | tr -d ' '; }
+kids() { tr ' ' '\n' < "/proc/$1/task/$1/children" 2>/dev/null | grep .; }
 alive() { kill -0 "$1" 2>/dev/null; }
 
 # wait up to $2 tenths of a second for file $1 to have content
@@ -86,7 +86,7 @@ setsid "$LUAMP" "$tmp/group.lua" "$tmp/ready4" > "$tmp/out4" 2>&1 &
 pid=$!
 wait_file "$tmp/ready4" 100
 sleep 0.1
-pgid=$(ps -o pgid= -p $pid | tr -d ' ')
+pgid=$(cut -d' ' -f5 "/proc/$pid/stat")
 kill -INT -- -"$pgid"
 wait $pid
 is "$(cat "$tmp/out4")" "true	true" "a terminal SIGINT interrupts the script and leaves the worker alive"
