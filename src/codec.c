@@ -969,6 +969,30 @@ static int encode_main(lua_State *L)
     return 1;
 }
 
+/* Scalars cannot need a table, a name or a Lua allocation: they skip the
+ * protected call, which costs more than encoding them.  -1: not a scalar,
+ * or refused (the protected path then says why). */
+static int encode_scalar(encoder *e, int idx)
+{
+    lua_State *L = e->L;
+    int r;
+
+    switch (lua_type(L, idx)) {
+    case LUA_TNIL:
+        return msgpack_pack_nil(&e->pk) ? -1 : 0;
+    case LUA_TBOOLEAN:
+        return (lua_toboolean(L, idx) ? msgpack_pack_true(&e->pk) : msgpack_pack_false(&e->pk)) ? -1 : 0;
+    case LUA_TNUMBER:
+    case LUA_TSTRING:
+        lua_pushvalue(L, idx);
+        r = lua_type(L, idx) == LUA_TNUMBER ? enc_number(e) : enc_string(e);
+        lua_pop(L, 1);
+        return r;
+    default:
+        return -1;
+    }
+}
+
 int luamp_encode(lua_State *L, int idx, const char *root, luamp_buf *out)
 {
     encoder e;
@@ -981,6 +1005,9 @@ int luamp_encode(lua_State *L, int idx, const char *root, luamp_buf *out)
     msgpack_packer_init(&e.pk, &e, enc_write);
     idx = lua_absindex(L, idx);
     luaL_checkstack(L, 4, NULL);
+    if (encode_scalar(&e, idx) == 0)
+        return 0;
+    out->len = e.start;
     lua_pushcfunction(L, encode_main);
     lua_pushvalue(L, idx);
     lua_pushlightuserdata(L, &e);
