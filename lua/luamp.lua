@@ -524,23 +524,23 @@ function Pool:_complete(job, start, count, results, errors)
     if errors then job.err = errors[1] else job.values = results end
     return finish(self, job)
   end
-  table.move(results, 1, count, start, job.results)
   if errors then
-    job.errs = job.errs or {}
     for i, e in pairs(errors) do
       local idx = start + i - 1
-      job.errs[idx] = e
       if not job.first_err or idx < job.first_err then job.first_err, job.err = idx, e end
     end
   end
-  if job.have then
-    local have = job.have
-    for i = start, start + count - 1 do have[i] = true end
-  end
-  if job.arrived then
-    local a, t = job.arrived, job.atail
-    for i = 1, count do a[t + i] = start + i - 1 end
-    job.atail = t + count
+  local chunks = job.chunks
+  if chunks then          -- imap: the loop takes results chunk by chunk
+    local rec = { start = start, count = count, results = results, errors = errors }
+    if job.ordered then
+      chunks[start] = rec
+    else
+      job.ctail = job.ctail + 1
+      chunks[job.ctail] = rec
+    end
+  else
+    table.move(results, 1, count, start, job.results)
   end
   job.done = job.done + count
   job.inflight = job.inflight - 1
@@ -971,52 +971,63 @@ local function start_imap(self, fname, f, items, opts)
   return job
 end
 
+-- imap's loop: yields (index, result) from whole chunks as they come.
+-- `take` returns the next chunk to yield, or nil when none is waiting.
+-- A failed item raises at its turn; the loop may go on after it.
+local function chunk_iterator(self, job, take)
+  local rec, k = nil, 0
+  return function()
+    while not rec or k >= rec.count do
+      if rec then
+        job.yielded = job.yielded + rec.count
+        rec = nil
+        feed(self, job)
+      end
+      rec = take()
+      if rec then
+        k = 0
+      elseif job.total and job.taken >= job.total then
+        return nil
+      else
+        self:_pump()
+      end
+    end
+    k = k + 1
+    local e = rec.errors and rec.errors[k]
+    if e then error(e, 2) end
+    return rec.start + k - 1, rec.results[k]
+  end
+end
+
 -- Yields (index, result) in input order; results are dropped once yielded
 -- so memory stays bounded.
 function Pool:imap(f, items, opts)
   local job = start_imap(self, "imap", f, items, opts)
-  job.have = {}
-  local nexti = 1
-  return function()
-    local have = job.have
-    while not have[nexti] do
-      if job.total and nexti > job.total then return nil end
-      self:_pump()
+  job.chunks, job.ordered, job.taken = {}, true, 0
+  return chunk_iterator(self, job, function()
+    local rec = job.chunks[job.taken + 1]
+    if rec then
+      job.chunks[job.taken + 1] = nil
+      job.taken = job.taken + rec.count
     end
-    local i = nexti
-    have[i] = nil
-    nexti = nexti + 1
-    job.yielded = job.yielded + 1
-    feed(self, job)
-    local e = job.errs and job.errs[i]
-    if e then job.errs[i] = nil; error(e, 2) end
-    local v = job.results[i]
-    job.results[i] = nil
-    return i, v
-  end
+    return rec
+  end)
 end
 
 -- Yields (index, result) as results arrive.
 function Pool:imap_unordered(f, items, opts)
   local job = start_imap(self, "imap_unordered", f, items, opts)
-  job.arrived, job.atail = {}, 0
-  local pos = 1
-  return function()
-    while pos > job.atail do
-      if job.total and job.done >= job.total then return nil end
-      self:_pump()
+  job.chunks, job.ctail, job.taken = {}, 0, 0
+  local head = 0
+  return chunk_iterator(self, job, function()
+    if head < job.ctail then
+      head = head + 1
+      local rec = job.chunks[head]
+      job.chunks[head] = nil
+      job.taken = job.taken + rec.count
+      return rec
     end
-    local i = job.arrived[pos]
-    job.arrived[pos] = nil
-    pos = pos + 1
-    job.yielded = job.yielded + 1
-    feed(self, job)
-    local e = job.errs and job.errs[i]
-    if e then job.errs[i] = nil; error(e, 2) end
-    local v = job.results[i]
-    job.results[i] = nil
-    return i, v
-  end
+  end)
 end
 
 --------------------------------------------------------------------------

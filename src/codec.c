@@ -77,7 +77,7 @@ static char loaded_key;    /* package.loaded's values in traversal order; [0] th
 static char buffer_key;    /* the bindings' encode buffer */
 
 /* A state keeps its encode buffer between calls up to this size. */
-#define BUFFER_KEEP ((size_t)1 << 20)
+#define BUFFER_KEEP ((size_t)64 << 20)
 
 /* Lua stack slots one nesting level may use, encoding or decoding. */
 #define SLACK 8

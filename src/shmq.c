@@ -18,8 +18,11 @@
  * points into it); the ring is mapped separately because it grows: a put
  * that does not fit doubles the file and moves the wrapped part behind the
  * old end, and every process remaps when it sees, under the lock, a
- * capacity different from the one it mapped.  An empty ring that grew big
- * shrinks back so one 256 MiB message does not pin 256 MiB for ever.
+ * capacity different from the one it mapped.  An empty ring that grew past
+ * 256 MiB shrinks back, so one huge message does not pin its memory for
+ * ever; a smaller ring keeps its size, as growing again costs fresh pages
+ * (shrinking at 16 MiB made 32 MiB result chunks fault in every page of
+ * the ring again for each chunk).
  *
  * Claims: a consumer that names a slot records in it, under the lock
  * that moves the message out, which message it took; nothing can be
@@ -50,7 +53,7 @@
 
 #define HDR_SIZE 8192
 #define INITIAL_CAP ((size_t)256 << 10)
-#define SHRINK_ABOVE ((size_t)16 << 20)
+#define SHRINK_ABOVE ((size_t)256 << 20)
 #define REC_HDR 12     /* u32 length, u64 sequence number */
 
 struct shmq_hdr {

@@ -530,9 +530,11 @@ double luamp_opt_deadline(lua_State *L, int idx)
     return luamp_now() + (t > 0 ? t : 0);
 }
 
+/* Scratch buffers keep up to 64 MiB: growing one again for every big
+ * message costs a realloc chain and fresh page faults each time. */
 void luamp_buf_trim(luamp_buf *b)
 {
-    if (b->cap > ((size_t)1 << 20)) {
+    if (b->cap > ((size_t)64 << 20)) {
         luamp_buf_free(b);
         luamp_buf_init(b);
     }
