@@ -118,6 +118,79 @@ void luamp_register_object(lua_State *L, int idx, const char *id)
     lua_pop(L, 1);
 }
 
+/* ---- reaping as children exit ------------------------------------------ */
+
+/*
+ * With luamp_catch_interrupts (the luamp binary), a SIGCHLD handler reaps
+ * luamp's own children the moment they exit, so none stays a zombie while
+ * the script computes.  It waits only for the pids in this table, never
+ * for children others made (io.popen, os.execute, the host application),
+ * and records their status for the child handle to read.  The main code
+ * changes the table with SIGCHLD blocked.
+ */
+#define MAX_REAPED 4096
+
+static struct {
+    pid_t pid;                      /* 0: free */
+    volatile sig_atomic_t done;
+    int status;
+} reaped[MAX_REAPED];
+static int reaper_on;
+
+static void on_sigchld(int sig)
+{
+    int saved = errno;
+    (void)sig;
+    for (int i = 0; i < MAX_REAPED; i++) {
+        int st;
+        if (reaped[i].pid > 0 && !reaped[i].done && waitpid(reaped[i].pid, &st, WNOHANG) == reaped[i].pid) {
+            reaped[i].status = st;
+            reaped[i].done = 1;
+        }
+    }
+    errno = saved;
+}
+
+static void block_sigchld(sigset_t *old)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &set, old);
+}
+
+static int reaper_add(pid_t pid)
+{
+    sigset_t old;
+    int slot = -1;
+    if (!reaper_on)
+        return -1;
+    block_sigchld(&old);
+    for (int i = 0; i < MAX_REAPED && slot < 0; i++) {
+        if (reaped[i].pid == 0) {
+            reaped[i].pid = pid;
+            reaped[i].done = 0;
+            slot = i;
+        }
+    }
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    /* It may have exited before it was in the table. */
+    if (slot >= 0)
+        on_sigchld(SIGCHLD);
+    return slot;
+}
+
+static void reaper_start(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_sigchld;
+    sa.sa_flags = SA_RESTART | SA_NOCLDSTOP;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGCHLD, &sa, NULL) == 0)
+        reaper_on = 1;
+}
+
 /* ---- interrupts -------------------------------------------------------- */
 
 static volatile sig_atomic_t pending_signal;   /* not yet raised */
@@ -165,6 +238,7 @@ void luamp_catch_interrupts(lua_State *L)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     interrupts_caught = 1;
+    reaper_start();
 }
 
 /* In a new child: the parent's interrupt handling is not the child's. */
@@ -177,6 +251,7 @@ static void reset_child_signals(int worker)
         signal(SIGTERM, SIG_DFL);
         signal(SIGINT, SIG_DFL);
     }
+    memset(reaped, 0, sizeof reaped);   /* the parent's children are not ours */
     if (worker)
         signal(SIGINT, SIG_IGN);
 }
@@ -191,6 +266,7 @@ static int l_interrupted(lua_State *L)
 
 typedef struct child {
     pid_t pid;
+    int slot;       /* in the reaper's table, or -1 */
     int pidfd;      /* -1 once reaped */
     int status;     /* wait status once reaped */
     int reaped;
@@ -210,6 +286,7 @@ static int l_fork(lua_State *L)
     int worker = lua_toboolean(L, 1);
     child *c = lua_newuserdatauv(L, sizeof *c, 0);
     c->pid = -1;
+    c->slot = -1;
     c->pidfd = -1;
     c->reaped = 0;
     c->status = 0;
@@ -229,6 +306,8 @@ static int l_fork(lua_State *L)
         return 1;
     }
     c->pid = pid;
+    /* The pidfd first: until the pid is in the reaper's table, nobody
+     * reaps the child, so pidfd_open finds it even if it exited. */
     c->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
     if (c->pidfd < 0) {
         int e = errno;
@@ -238,28 +317,44 @@ static int l_fork(lua_State *L)
         errno = e;
         return luamp_sys_error(L, "cannot watch a child process: pidfd_open");
     }
+    c->slot = reaper_add(pid);
     return 1;
 }
 
 /* Reaps the child if it has exited; wait: block until it has. */
 static int child_reap(child *c, int wait)
 {
+    sigset_t old;
     if (c->reaped)
         return 1;
     if (c->parent != getpid())
         return 0;
-    for (;;) {
-        pid_t r = waitpid(c->pid, &c->status, wait ? 0 : WNOHANG);
-        if (r == c->pid)
+    if (c->slot >= 0)
+        block_sigchld(&old);
+    if (c->slot >= 0 && reaped[c->slot].done) {
+        c->status = reaped[c->slot].status;
+    } else {
+        for (;;) {
+            pid_t r = waitpid(c->pid, &c->status, wait ? 0 : WNOHANG);
+            if (r == c->pid)
+                break;
+            if (r == 0) {
+                if (c->slot >= 0)
+                    sigprocmask(SIG_SETMASK, &old, NULL);
+                return 0;
+            }
+            if (errno == EINTR)
+                continue;
+            /* ECHILD: someone else reaped it (a SIG_IGN'd SIGCHLD, a host
+             * application's own waitpid); it is gone, its status unknown. */
+            c->status = 0;
             break;
-        if (r == 0)
-            return 0;
-        if (errno == EINTR)
-            continue;
-        /* ECHILD: someone else reaped it (a SIG_IGN'd SIGCHLD, a host
-         * application's own waitpid); it is gone, its status unknown. */
-        c->status = 0;
-        break;
+        }
+    }
+    if (c->slot >= 0) {
+        reaped[c->slot].pid = 0;
+        c->slot = -1;
+        sigprocmask(SIG_SETMASK, &old, NULL);
     }
     c->reaped = 1;
     if (c->pidfd >= 0) {

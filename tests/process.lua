@@ -136,4 +136,21 @@ do
   p:join()
 end
 
+-- a child that exits while the script computes is reaped at once: it is
+-- never a zombie, and its exit code is still known
+do
+  local p = mp.Process{target = function() os.exit(5) end}
+  p:start()
+  local path = "/proc/" .. p.pid .. "/stat"
+  local state, deadline = "?", os.time() + 10
+  repeat           -- pure computation and file reads: no luamp call
+    local f = io.open(path)
+    local text = f and f:read("a")   -- nil too if it was reaped meanwhile
+    state = text and text:match("^%d+ %(.-%) (%a)")
+    if f then f:close() end
+  until state == nil or os.time() > deadline
+  t.is(state, nil, "an exited child disappears without a luamp call (no zombie)")
+  t.is(p.exitcode, 5, "the exit code of a child reaped early is kept")
+end
+
 t.done()
