@@ -136,6 +136,33 @@ do
   p:join()
 end
 
+-- at the end of the script, non-daemon children are joined and daemon
+-- ones terminated
+do
+  local mark = os.tmpname()
+  local script = string.format([[
+    local mp = require "luamp"
+    local d = mp.Process{target = function() mp._sleep(60) end, daemon = true}
+    d:start()
+    local n = mp.Process{target = function()
+      mp._sleep(0.3)
+      local f = io.open(%q, "w"); f:write("finished"); f:close()
+    end}
+    n:start()
+    io.write(d.pid)
+  ]], mark)
+  local h = io.popen(string.format("%q -e %q", os.getenv("LUAMP") or arg[-1], script))
+  local dpid = h:read("a")
+  local ok = h:close()
+  t.ok(ok, "a script leaving children running exits 0")
+  local f = io.open(mark); local text = f and f:read("a"); if f then f:close() end
+  os.remove(mark)
+  t.is(text, "finished", "a non-daemon child is joined when the script ends")
+  local alive = io.open("/proc/" .. dpid .. "/stat")
+  if alive then alive:close() end
+  t.ok(dpid:match("^%d+$") and not alive, "a daemon child is terminated when the script ends")
+end
+
 -- a child that exits while the script computes is reaped at once: it is
 -- never a zombie, and its exit code is still known
 do
