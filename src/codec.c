@@ -1247,8 +1247,20 @@ static int dec_named(decoder *d, const ext *x)
 
     if (x->len == 0 || memchr(name, '\0', x->len) != NULL)
         return fail(d, "bad name in message");
-    if (named_fast(L, name, x->len))
+    if (named_fast(L, name, x->len)) {
+        /* Untrusted bytes must not name a function either: set as a
+         * metamethod (__concat = os.execute), it would run on first use. */
+        if ((d->flags & LUAMP_DECODE_NO_CODE) && lua_type(L, -1) == LUA_TFUNCTION) {
+            lua_pop(L, 1);
+            return fail(d, "refusing a function from an untrusted source");
+        }
         return 0;
+    }
+    /* Nor make this process load a module from disk. */
+    if (d->flags & LUAMP_DECODE_NO_CODE) {
+        lua_pushlstring(L, name, x->len);
+        return fail(d, "cannot receive %s: not loaded here (untrusted source)", lua_tostring(L, -1));
+    }
     lua_pushlstring(L, name, x->len);   /* kept for the message */
     lua_pushcfunction(L, resolve_name);
     lua_pushvalue(L, -2);

@@ -36,7 +36,9 @@ int luamp_buf_append(luamp_buf *b, const void *p, size_t n);
 void luamp_buf_free(luamp_buf *b);
 
 /* Decoder options. */
-#define LUAMP_DECODE_NO_CODE 0x1   /* refuse functions (untrusted input) */
+/* Untrusted input: refuse bytecode and names of functions, and resolve
+ * names only among loaded modules (no require). */
+#define LUAMP_DECODE_NO_CODE 0x1
 
 /*
  * Appends the value at stack index `idx` to `out` as one message.

@@ -5,9 +5,11 @@
  * random and mutated bytes) that must never crash.  Run it under ASan or
  * valgrind to make the "never crash" part mean something.
  */
+#include <dirent.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -322,6 +324,19 @@ static void test_decode_errors(void)
        "LUAMP_DECODE_NO_CODE refuses functions");
     ok(*decode_error(b.data, b.len, 0) == '\0', "without it the same function is accepted");
     luamp_buf_free(&b);
+    /* [META, {}, {__concat = NAMED "os.execute"}]: found by the fuzzer */
+    ok(strcmp(DECODE_ERROR("\x93\xd4\x03\x00\x80\x81\xa8__concat\xc7\x0a\x02os.execute",
+                           LUAMP_DECODE_NO_CODE),
+              "refusing a function from an untrusted source") == 0,
+       "LUAMP_DECODE_NO_CODE refuses a C function by name (a metamethod would run it)");
+    ok(strcmp(DECODE_ERROR("\xc7\x09\x02os.getenv", LUAMP_DECODE_NO_CODE),
+              "refusing a function from an untrusted source") == 0,
+       "LUAMP_DECODE_NO_CODE refuses os.getenv by name");
+    ok(*DECODE_ERROR("\xc7\x06\x02string", LUAMP_DECODE_NO_CODE) == '\0',
+       "LUAMP_DECODE_NO_CODE still accepts a loaded module by name");
+    ok(strcmp(DECODE_ERROR("\xc7\x06\x02socket", LUAMP_DECODE_NO_CODE),
+              "cannot receive socket: not loaded here (untrusted source)") == 0,
+       "LUAMP_DECODE_NO_CODE never requires a module from disk");
 }
 
 /* Surgery on the message {f} where f has one upvalue holding 3: its last
@@ -598,6 +613,129 @@ static void fuzz_mutations(void)
     luamp_buf_free(&b);
 }
 
+/* ---- inputs the fuzzer once crashed on ---- */
+
+/* The state of fuzz/fuzz_decode.c (fz_sandbox in fuzz/fuzz_common.h: change
+ * both together), so that its inputs replay as they ran there: `require`
+ * finds nothing on disk, and no function a decoded metatable can reach
+ * touches files, processes, the locale, the terminal or the collector. */
+static const char fuzz_sandbox[] =
+    "package.path, package.cpath = '', ''\n"
+    "package.loadlib = nil\n"
+    "for _, k in ipairs{'close', 'input', 'lines', 'open', 'output', 'popen',\n"
+    "                   'read', 'tmpfile', 'write'} do io[k] = nil end\n"
+    "for _, k in ipairs{'execute', 'exit', 'remove', 'rename', 'setlocale',\n"
+    "                   'tmpname'} do os[k] = nil end\n"
+    "for _, k in ipairs{'debug', 'sethook', 'setmetatable'} do debug[k] = nil end\n"
+    "dofile, loadfile, load, print, collectgarbage = nil, nil, nil, nil, nil\n"
+    "debug.getregistry()['luamp.objects'] = {['queue:1:1'] = {}, ['lock:1:2'] = io.stdout}\n";
+
+/* (bytes) -> 0 decoded, re-encoded and decoded again; -1 refused at some
+ * step; -3 a step left the stack other than codec.h says. */
+static int replay_one(lua_State *S)
+{
+    size_t n;
+    const char *s = lua_tolstring(S, 1, &n);
+    luamp_buf b;
+    int r;
+
+    if ((r = luamp_decode(S, s, n, LUAMP_DECODE_NO_CODE)) != 0) {
+        lua_pushinteger(S, lua_gettop(S) == 2 && r == -1 && lua_isstring(S, 2) ? -1 : -3);
+        return 1;
+    }
+    if (lua_gettop(S) != 2) {
+        lua_pushinteger(S, -3);
+        return 1;
+    }
+    luamp_buf_init(&b);
+    r = luamp_encode(S, 2, "value", &b);
+    if (r == 0 && lua_gettop(S) == 2)
+        r = luamp_decode(S, b.data, b.len, LUAMP_DECODE_NO_CODE) == 0 ? 0 : -1;
+    else if (r != -1 || lua_gettop(S) != 3)
+        r = -3;
+    luamp_buf_free(&b);
+    lua_pushinteger(S, r);
+    return 1;
+}
+
+/* Reads a whole file into a malloc'd buffer; NULL if it cannot. */
+static char *read_file(const char *path, size_t *n)
+{
+    struct stat st;
+    FILE *f;
+    char *buf;
+
+    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode))
+        return NULL;
+    buf = malloc((size_t)st.st_size + 1);
+    f = fopen(path, "rb");
+    if (buf == NULL || f == NULL || fread(buf, 1, (size_t)st.st_size, f) != (size_t)st.st_size) {
+        free(buf);
+        buf = NULL;
+    }
+    if (f != NULL)
+        fclose(f);
+    *n = (size_t)st.st_size;
+    return buf;
+}
+
+/* Every file in $FUZZ_REGRESSIONS (the source tree's fuzz/regressions/,
+ * inputs that made fuzz/run fail once) is decoded as untrusted, and what
+ * decodes is encoded and decoded again, each step ending in a value or a
+ * refusal: no crash, no error raised, the stack as codec.h says. */
+static void test_fuzz_regressions(void)
+{
+    const char *dir = getenv("FUZZ_REGRESSIONS");
+    DIR *d = dir != NULL && *dir != '\0' ? opendir(dir) : NULL;
+    struct dirent *ent;
+    int files = 0, bad = 0;
+
+    if (d == NULL) {
+        ok(1, "fuzzer regressions # SKIP FUZZ_REGRESSIONS names no directory");
+        return;
+    }
+    while ((ent = readdir(d)) != NULL) {
+        char path[4096];
+        size_t n;
+        char *buf;
+        lua_State *S;
+        int r = -2;
+
+        if (ent->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof path, "%s/%s", dir, ent->d_name);
+        buf = read_file(path, &n);
+        if (buf == NULL) {
+            struct stat st;
+            if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
+                continue;    /* fuzz/regressions/roundtrip/: programs, replayed by fuzz/run */
+            diag("cannot read %s", path);
+            bad++;
+            files++;
+            continue;
+        }
+        files++;
+        S = luaL_newstate();
+        luaL_openlibs(S);
+        if (luaL_dostring(S, fuzz_sandbox) != LUA_OK) {
+            fprintf(stderr, "test_codec: sandbox: %s\n", lua_tostring(S, -1));
+            exit(2);
+        }
+        lua_pushcfunction(S, replay_one);
+        lua_pushlstring(S, buf, n);
+        if (lua_pcall(S, 1, 1, 0) == LUA_OK)
+            r = (int)lua_tointeger(S, -1);
+        if (r != 0 && r != -1) {
+            diag("%s: %s", path, r == -2 ? "an error was raised" : "the stack was left wrong");
+            bad++;
+        }
+        lua_close(S);   /* and the finalizers of what was decoded run */
+        free(buf);
+    }
+    closedir(d);
+    ok(bad == 0, "%d fuzzer regression inputs are decoded or refused cleanly (%d not)", files, bad);
+}
+
 static void test_bindings(void)
 {
     lua_register(L, "encode", luamp_l_encode);
@@ -630,6 +768,7 @@ int main(void)
     fuzz_truncations();
     fuzz_random();
     fuzz_mutations();
+    test_fuzz_regressions();
     test_bindings();
     lua_close(L);
     return done_testing();
