@@ -586,6 +586,7 @@ function Pool:_handle(msg)
     msg[2], msg[3], msg[4], msg[5], msg[6], msg[7], msg[8]
   local rec = self:_settle(seq)
   if not rec then return end                  -- cancelled, or its worker was killed
+  self._early_deaths = 0
   local job = rec.job
   if count > 0 then
     local cost = elapsed / count
@@ -638,6 +639,24 @@ function Pool:_reap(i)
   self._wname[h] = nil
   self._tq:release(slot)
   self._free_slots[#self._free_slots + 1] = slot
+  -- Workers that keep dying before they take any task (an initializer
+  -- that exits, a crash at start) would be replaced for ever: past a
+  -- bound, the pool is broken and its tasks fail.
+  if rec or code == 0 then
+    self._early_deaths = 0
+  else
+    self._early_deaths = (self._early_deaths or 0) + 1
+    if self._early_deaths > 2 * self.processes + 2 and not self._broken then
+      self._broken = new_error("worker_lost", string.format(
+        "the Pool's workers keep dying before they run any task (the last %s)",
+        describe_exit(code)), { exitcode = code })
+      for s in pairs(self._inflight) do self:_settle(s) end
+      for _, job in pairs(self._jobs) do
+        job.err = job.err or self._broken
+        finish(self, job)
+      end
+    end
+  end
   if self._state == "terminate" or self._broken then return end
   if self._state == "run" or next(self._jobs) ~= nil then self:_spawn() end
 end

@@ -67,6 +67,16 @@ do
   t.is(pool:apply(square, {3}), 9, "the pool goes on after a lost map item")
 end
 
+-- workers that die before they take any task do not make the pool
+-- respawn them for ever: it breaks, and its tasks fail
+do
+  local doomed <close> = mp.Pool{processes = 1, initializer = function() os.exit(4) end}
+  local e = t.raises(function() doomed:apply(function() return 1 end) end,
+    "keep dying before they run any task %(the last exited with status 4%)",
+    "a pool whose initializer exits fails its tasks instead of hanging")
+  t.ok(mp.Error.is(e, "worker_lost"), "that failure has kind worker_lost")
+end
+
 -- per-task deadlines
 do
   -- the deadline of a task that no worker has taken yet when the parent
