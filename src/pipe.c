@@ -4,9 +4,12 @@
  * An end is one side of an AF_UNIX stream socketpair (socketpairs, unlike
  * pipes, can later carry file descriptors with SCM_RIGHTS).  Each message
  * is a 4-byte little-endian length and the encoded value, so boundaries
- * survive any split the kernel makes.  recv reads exactly one frame and
- * nothing ahead, so poll() on the socket says truthfully whether a message
- * is waiting.  send uses MSG_NOSIGNAL: a closed peer is an error, not a
+ * survive any split the kernel makes.  recv reads ahead (up to 64 KiB at
+ * a time) so that a stream of small messages costs one read() for many,
+ * not two each; poll and waits look at what was read ahead before they
+ * ask the kernel.  Bytes read ahead belong to the process that read them:
+ * a forked child starts with none (it would otherwise deliver them a
+ * second time).  send uses MSG_NOSIGNAL: a closed peer is an error, not a
  * SIGPIPE that kills the script.
  *
  * As in Python, ends are inherited by forked children: an end sees
@@ -23,10 +26,15 @@
 
 #include <lauxlib.h>
 
+#define READ_AHEAD ((size_t)64 << 10)
+
 typedef struct conn {
     int fd;
     int readable, writable;
-    luamp_buf buf;
+    luamp_buf buf;          /* send's encoding buffer */
+    luamp_buf in;           /* bytes read ahead: in.data[in_off .. in.len) */
+    size_t in_off;
+    unsigned in_gen;        /* luamp_fork_generation when they were read */
     char id[48];
 } conn;
 
@@ -46,6 +54,7 @@ static conn *new_end(lua_State *L, int fd, int readable, int writable)
     c->readable = readable;
     c->writable = writable;
     luamp_buf_init(&c->buf);
+    luamp_buf_init(&c->in);
     luaL_setmetatable(L, LUAMP_CONN_MT);
     luamp_new_object_id(c->id, sizeof c->id, "pipe");
     luamp_register_object(L, -1, c->id);
@@ -115,7 +124,33 @@ static int c_send(lua_State *L)
     return 0;
 }
 
-/* Waits until a frame (or end of file) is readable; 1 ready, 0 timeout. */
+/* Bytes read ahead and not yet delivered (none in a child forked since). */
+static size_t buffered(conn *c)
+{
+    if (c->in_gen != luamp_fork_generation) {
+        c->in.len = c->in_off = 0;
+        c->in_gen = luamp_fork_generation;
+    }
+    return c->in.len - c->in_off;
+}
+
+/* Length of the frame at the front of what is buffered, if its header is
+ * there; -1 otherwise. */
+static int64_t frame_len(conn *c)
+{
+    if (buffered(c) < 4)
+        return -1;
+    const unsigned char *h = (const unsigned char *)c->in.data + c->in_off;
+    return (int64_t)((uint32_t)h[0] | (uint32_t)h[1] << 8 | (uint32_t)h[2] << 16 | (uint32_t)h[3] << 24);
+}
+
+static int frame_ready(conn *c)
+{
+    int64_t n = frame_len(c);
+    return n >= 0 && buffered(c) >= 4 + (size_t)n;
+}
+
+/* Waits until the socket is readable; 1 ready, 0 timeout. */
 static int wait_readable(lua_State *L, conn *c, double deadline)
 {
     struct pollfd p = { .fd = c->fd, .events = POLLIN };
@@ -131,43 +166,75 @@ static int wait_readable(lua_State *L, conn *c, double deadline)
     }
 }
 
+/* Reads what the socket has (blocking until at least one byte or end of
+ * file), making room for `want` bytes at least.  Returns the count read,
+ * 0 at end of file; raises on errors. */
+static size_t fill(lua_State *L, conn *c, size_t want)
+{
+    size_t have = buffered(c);
+    if (c->in_off > 0) {            /* move what is left to the front */
+        memmove(c->in.data, c->in.data + c->in_off, have);
+        c->in.len = have;
+        c->in_off = 0;
+    }
+    if (want < READ_AHEAD)
+        want = READ_AHEAD;
+    if (luamp_buf_reserve(&c->in, want) != 0)
+        return (size_t)luaL_error(L, "Pipe:recv: out of memory for a message of %d bytes", (int)want);
+    for (;;) {
+        ssize_t r = read(c->fd, c->in.data + c->in.len, c->in.cap - c->in.len);
+        if (r >= 0) {
+            c->in.len += (size_t)r;
+            return (size_t)r;
+        }
+        if (errno == EINTR) {
+            luamp_raise_interrupt(L);
+            continue;
+        }
+        if (errno == ECONNRESET)
+            return 0;
+        return (size_t)luamp_sys_error(L, "Pipe:recv");
+    }
+}
+
 static int c_recv(lua_State *L)
 {
     conn *c = check_conn(L);
     if (!c->readable)
         return luaL_error(L, "cannot receive on the sending end of a one-way Pipe");
-    if (!wait_readable(L, c, luamp_opt_deadline(L, 2))) {
-        lua_pushnil(L);
-        lua_pushliteral(L, "timeout");
-        return 2;
+    double deadline = luamp_opt_deadline(L, 2);
+    while (!frame_ready(c)) {
+        int64_t n = frame_len(c);
+        if (n > (int64_t)LUAMP_MAX_MESSAGE)
+            return luaL_error(L, "Pipe:recv: a message of %d bytes is over the 1 GiB limit", (int)n);
+        /* The timeout applies until a message starts; then its rest is
+         * on its way and is waited for. */
+        if (buffered(c) == 0 && !wait_readable(L, c, deadline)) {
+            lua_pushnil(L);
+            lua_pushliteral(L, "timeout");
+            return 2;
+        }
+        size_t have = buffered(c);
+        if (fill(L, c, n >= 0 ? 4 + (size_t)n - have : 4) == 0) {
+            if (have == 0) {
+                lua_pushnil(L);
+                lua_pushliteral(L, "closed");
+                return 2;
+            }
+            return luamp_raise(L, "closed", "Pipe:recv: the other end closed in the middle of a message");
+        }
     }
-    unsigned char hdr[4];
-    int r = luamp_read_full(c->fd, hdr, 4);
-    if (r == 1) {
-        lua_pushnil(L);
-        lua_pushliteral(L, "closed");
-        return 2;
+    size_t n = (size_t)frame_len(c);
+    const char *msg = c->in.data + c->in_off + 4;
+    c->in_off += 4 + n;             /* taken, whatever decoding says */
+    int r = luamp_decode(L, msg, n, 0);
+    if (c->in_off == c->in.len) {
+        c->in_off = c->in.len = 0;
+        luamp_buf_trim(&c->in);
     }
-    if (r < 0)
-        goto broken;
-    uint32_t n = (uint32_t)hdr[0] | (uint32_t)hdr[1] << 8 | (uint32_t)hdr[2] << 16 | (uint32_t)hdr[3] << 24;
-    if (n > LUAMP_MAX_MESSAGE)
-        return luaL_error(L, "Pipe:recv: a message of %d bytes is over the 1 GiB limit", (int)n);
-    c->buf.len = 0;
-    if (luamp_buf_reserve(&c->buf, n) != 0)
-        return luaL_error(L, "Pipe:recv: out of memory for a message of %d bytes", (int)n);
-    if (luamp_read_full(c->fd, c->buf.data, n) != 0)
-        goto broken;
-    c->buf.len = n;
-    r = luamp_decode(L, c->buf.data, n, 0);
-    luamp_buf_trim(&c->buf);
     if (r != 0)
         return lua_error(L);
     return 1;
-broken:
-    if (errno == EPIPE || errno == ECONNRESET)
-        return luamp_raise(L, "closed", "Pipe:recv: the other end closed in the middle of a message");
-    return luamp_sys_error(L, "Pipe:recv");
 }
 
 static int c_poll(lua_State *L)
@@ -176,7 +243,7 @@ static int c_poll(lua_State *L)
     if (!c->readable)
         return luaL_error(L, "cannot poll the sending end of a one-way Pipe");
     double deadline = lua_isnoneornil(L, 2) ? 0 : luamp_opt_deadline(L, 2);
-    lua_pushboolean(L, wait_readable(L, c, deadline));
+    lua_pushboolean(L, frame_ready(c) || wait_readable(L, c, deadline));
     return 1;
 }
 
@@ -189,7 +256,18 @@ static int c_close(lua_State *L)
     }
     luamp_buf_free(&c->buf);
     luamp_buf_init(&c->buf);
+    luamp_buf_free(&c->in);
+    luamp_buf_init(&c->in);
+    c->in_off = 0;
     return 0;
+}
+
+/* For core.wait: -2 (ready now) when a whole message was read ahead. */
+static int c_waitfd(lua_State *L)
+{
+    conn *c = luaL_checkudata(L, 1, LUAMP_CONN_MT);
+    lua_pushinteger(L, c->fd >= 0 && c->readable && frame_ready(c) ? -2 : c->fd);
+    return 1;
 }
 
 static int c_fd(lua_State *L)
@@ -224,7 +302,7 @@ void luamp_open_pipe(lua_State *L)
     };
     static const luaL_Reg meta[] = {
         {"__gc", c_close},
-        {"__luamp_fd", c_fd},
+        {"__luamp_fd", c_waitfd},
         {"__luamp_ref", c_ref},
         {"__tostring", c_tostring},
         {NULL, NULL}

@@ -35,6 +35,8 @@
 #define SYS_pidfd_open 434
 #endif
 
+unsigned luamp_fork_generation;
+
 double luamp_now(void)
 {
     struct timespec ts;
@@ -302,6 +304,7 @@ static int l_fork(lua_State *L)
         if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent)
             _exit(70);
         reset_child_signals(worker);
+        luamp_fork_generation++;
         lua_pushinteger(L, 0);
         return 1;
     }

@@ -24,6 +24,10 @@ int luamp_poll_ms(double deadline);
 int luamp_read_full(int fd, void *p, size_t n);
 int luamp_write_full(int fd, const void *p, size_t n);
 
+/* Incremented in every child core.fork makes: per-process state (bytes a
+ * Pipe end read ahead) compares it to know it was inherited. */
+extern unsigned luamp_fork_generation;
+
 /* Lua: pushes "what: strerror(errno)" and raises it. */
 int luamp_sys_error(lua_State *L, const char *what);
 

@@ -68,6 +68,27 @@ do
   t.is(why, "closed", "recv says closed after the child exited and the parent closed its copy")
 end
 
+-- messages read ahead are delivered once: not again by a child forked
+-- after they were read
+do
+  local a, b = mp.Pipe()
+  for i = 1, 5 do b:send(i) end
+  t.is(a:recv(1), 1, "the first of five small messages")
+  local q = mp.Queue()
+  local p = mp.Process{target = function()
+    local v, why = a:recv(0.2)
+    q:put(v == nil and why or v)
+  end}
+  p:start(); p:join()
+  t.is(q:get(5), "timeout", "a child does not receive again what its parent read ahead")
+  local rest = {}
+  for _ = 2, 5 do rest[#rest + 1] = a:recv(1) end
+  t.same(rest, {2, 3, 4, 5}, "the parent still receives the rest in order")
+  b:send("later")
+  t.is(a:poll(0), true, "poll sees a message that arrived after the read-ahead")
+  t.is(a:recv(0), "later", "and recv returns it")
+end
+
 t.raises(function() mp.Pipe(1) end, "bad argument #1 to 'Pipe' %(boolean expected, got number%)", "Pipe checks duplex")
 
 t.done()
