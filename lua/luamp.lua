@@ -558,28 +558,34 @@ function Pool:_settle(seq)
   return rec
 end
 
+-- Fails every item of a task taken out of the books with error e.
+function Pool:_fail_task(rec, e)
+  local errors = {}
+  for k = 1, rec.count do errors[k] = e end
+  self:_complete(rec.job, rec.start, rec.count, {}, errors)
+end
+
+-- The pool cannot run tasks any more: every unfinished job fails with e,
+-- and so does every later submission.
+function Pool:_break(e)
+  if self._broken then return end
+  self._broken = e
+  for seq in pairs(self._inflight) do self:_settle(seq) end
+  for _, job in pairs(self._jobs) do
+    job.err = job.err or e
+    finish(self, job)
+  end
+end
+
 function Pool:_handle(msg)
   local jobid = msg[1]
   if jobid == 0 then                          -- a worker's initializer failed
-    if not self._broken then
-      self._broken = new_error("remote", "the Pool's initializer failed: " .. msg[3].message,
-        { traceback = msg[3].traceback })
-    end
-    for seq in pairs(self._inflight) do self:_settle(seq) end
-    for _, job in pairs(self._jobs) do
-      job.err = job.err or self._broken
-      finish(self, job)
-    end
-    return
+    return self:_break(new_error("remote", "the Pool's initializer failed: " .. msg[3].message,
+      { traceback = msg[3].traceback }))
   end
   if jobid == -1 then                         -- a worker could not decode a task
     local rec = self:_settle(msg[3])
-    if rec then
-      local e = new_error("serialize", "cannot receive the task: " .. msg[2])
-      local errors = {}
-      for k = 1, rec.count do errors[k] = e end
-      self:_complete(rec.job, rec.start, rec.count, {}, errors)
-    end
+    if rec then self:_fail_task(rec, new_error("serialize", "cannot receive the task: " .. msg[2])) end
     return
   end
   local start, results, errs, elapsed, count, pid, seq =
@@ -631,9 +637,7 @@ function Pool:_reap(i)
         "the worker %s (pid %d) running this task died: %s",
         self._wname[h], h.pid, describe_exit(code)), { pid = h.pid, exitcode = code })
     end
-    local errors = {}
-    for k = 1, rec.count do errors[k] = e end
-    self:_complete(rec.job, rec.start, rec.count, {}, errors)
+    self:_fail_task(rec, e)
   end
   self._killed[slot] = nil
   self._wname[h] = nil
@@ -646,15 +650,10 @@ function Pool:_reap(i)
     self._early_deaths = 0
   else
     self._early_deaths = (self._early_deaths or 0) + 1
-    if self._early_deaths > 2 * self.processes + 2 and not self._broken then
-      self._broken = new_error("worker_lost", string.format(
+    if self._early_deaths > 2 * self.processes + 2 then
+      self:_break(new_error("worker_lost", string.format(
         "the Pool's workers keep dying before they run any task (the last %s)",
-        describe_exit(code)), { exitcode = code })
-      for s in pairs(self._inflight) do self:_settle(s) end
-      for _, job in pairs(self._jobs) do
-        job.err = job.err or self._broken
-        finish(self, job)
-      end
+        describe_exit(code)), { exitcode = code }))
     end
   end
   if self._state == "terminate" or self._broken then return end
