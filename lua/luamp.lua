@@ -765,8 +765,10 @@ function Pool:_put_task(job, kind, start, items, count, root)
   error(err, 0)
 end
 
+local NO_OPTS = setmetatable({}, { __newindex = function() error("options are read-only", 2) end })
+
 local function check_opts(opts, n, fname)
-  if opts == nil then return {} end
+  if opts == nil then return NO_OPTS end
   if type(opts) == "number" then
     return { chunksize = check_posint(opts, n, fname) }
   end
