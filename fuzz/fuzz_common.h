@@ -9,6 +9,7 @@
 #ifndef LUAMP_FUZZ_COMMON_H
 #define LUAMP_FUZZ_COMMON_H
 
+#include "sandbox.h"
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -124,26 +125,8 @@ static void fz_add_object(lua_State *L, int objects, const char *id, int udata)
     lua_setfield(L, objects, id);
 }
 
-/*
- * What an untrusted message can reach is every loaded module and every
- * C function in one (NAMED).  Decoding only resolves names, but a
- * decoded table's metatable may hold such functions (__gc, __luamp_ref,
- * __lt, __call...), which the GC and the encoder then call with the
- * table, or with its elements through table.sort and the like.  So the
- * fuzzer's state has no function that touches files, processes, the
- * locale, the terminal or the collector, and `require` finds nothing on
- * disk: fuzzing stays hermetic and deterministic whatever the inputs
- * build.  (io.stdin/stdout/stderr stay: userdata the encoder refuses.)
- */
-static const char fz_sandbox[] =
-    "package.path, package.cpath = '', ''\n"
-    "package.loadlib = nil\n"
-    "for _, k in ipairs{'close', 'input', 'lines', 'open', 'output', 'popen',\n"
-    "                   'read', 'tmpfile', 'write'} do io[k] = nil end\n"
-    "for _, k in ipairs{'execute', 'exit', 'remove', 'rename', 'setlocale',\n"
-    "                   'tmpname'} do os[k] = nil end\n"
-    "for _, k in ipairs{'debug', 'sethook', 'setmetatable'} do debug[k] = nil end\n"
-    "dofile, loadfile, load, print, collectgarbage = nil, nil, nil, nil, nil\n";
+/* The sandbox the fuzzed state runs in: see sandbox.h. */
+static const char fz_sandbox[] = FUZZ_SANDBOX;
 
 /* A C function that is a module of its own, and one a lazy module
  * holds. */

@@ -17,6 +17,7 @@
 
 #include "codec.h"
 #include "ctap.h"
+#include "../fuzz/sandbox.h"
 
 static lua_State *L;
 
@@ -615,19 +616,10 @@ static void fuzz_mutations(void)
 
 /* ---- inputs the fuzzer once crashed on ---- */
 
-/* The state of fuzz/fuzz_decode.c (fz_sandbox in fuzz/fuzz_common.h: change
- * both together), so that its inputs replay as they ran there: `require`
- * finds nothing on disk, and no function a decoded metatable can reach
- * touches files, processes, the locale, the terminal or the collector. */
+/* The state of fuzz/fuzz_decode.c (fuzz/sandbox.h, shared), so that its
+ * inputs replay as they ran there, with its luamp objects. */
 static const char fuzz_sandbox[] =
-    "package.path, package.cpath = '', ''\n"
-    "package.loadlib = nil\n"
-    "for _, k in ipairs{'close', 'input', 'lines', 'open', 'output', 'popen',\n"
-    "                   'read', 'tmpfile', 'write'} do io[k] = nil end\n"
-    "for _, k in ipairs{'execute', 'exit', 'remove', 'rename', 'setlocale',\n"
-    "                   'tmpname'} do os[k] = nil end\n"
-    "for _, k in ipairs{'debug', 'sethook', 'setmetatable'} do debug[k] = nil end\n"
-    "dofile, loadfile, load, print, collectgarbage = nil, nil, nil, nil, nil\n"
+    FUZZ_SANDBOX
     "debug.getregistry()['luamp.objects'] = {['queue:1:1'] = {}, ['lock:1:2'] = io.stdout}\n";
 
 /* (bytes) -> 0 decoded, re-encoded and decoded again; -1 refused at some
