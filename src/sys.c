@@ -56,41 +56,6 @@ int luamp_poll_ms(double deadline)
     return (int)(left * 1000.0) + 1;
 }
 
-int luamp_read_full(int fd, void *p, size_t n)
-{
-    char *c = p;
-    size_t got = 0;
-    while (got < n) {
-        ssize_t r = read(fd, c + got, n - got);
-        if (r > 0) {
-            got += (size_t)r;
-        } else if (r == 0) {
-            if (got == 0)
-                return 1;
-            errno = EPIPE;
-            return -1;
-        } else if (errno != EINTR) {
-            return -1;
-        }
-    }
-    return 0;
-}
-
-int luamp_write_full(int fd, const void *p, size_t n)
-{
-    const char *c = p;
-    while (n > 0) {
-        ssize_t w = write(fd, c, n);
-        if (w >= 0) {
-            c += w;
-            n -= (size_t)w;
-        } else if (errno != EINTR) {
-            return -1;
-        }
-    }
-    return 0;
-}
-
 int luamp_sys_error(lua_State *L, const char *what)
 {
     return luaL_error(L, "%s: %s", what, strerror(errno));

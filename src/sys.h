@@ -19,11 +19,6 @@ double luamp_now(void);
  * -1 when deadline < 0 (wait forever), 0 once passed. */
 int luamp_poll_ms(double deadline);
 
-/* Reads and writes that retry on EINTR and partial transfers.  Return 0,
- * 1 for end of file before the first byte (read only), -1 with errno. */
-int luamp_read_full(int fd, void *p, size_t n);
-int luamp_write_full(int fd, const void *p, size_t n);
-
 /* Incremented in every child core.fork makes: per-process state (bytes a
  * Pipe end read ahead) compares it to know it was inherited. */
 extern unsigned luamp_fork_generation;
