@@ -28,12 +28,21 @@
  * that moves the message out, which message it took; nothing can be
  * taken and lost between the two.
  *
- * Waiting: consumers and producers that must wait count themselves in the
- * header and sleep in poll() on an eventfd (semaphore mode) that the other
- * side writes after it changes the queue.  An eventfd is an ordinary file
- * descriptor, so a Pool's parent waits on "a result arrived" and "a worker
- * died" in one poll().  A wakeup is a hint: the woken side rechecks under
- * the lock, so a stolen item or a stale wakeup costs a loop, never an item.
+ * Waiting: a consumer that finds the queue empty first watches the count
+ * for a few microseconds (most items of a busy pool arrive within that),
+ * then counts itself in the header and sleeps in poll() on an eventfd
+ * (semaphore mode).  A producer writes one token for each sleeper that has
+ * none on its way yet (`woken` counts tokens written and not taken), after
+ * it unlocked, so a burst of puts costs one write per sleeper, not one per
+ * put, and nobody waits on the lock for a system call.  Producers waiting
+ * for room (bounded queues) sleep the same way on a second eventfd.  An
+ * eventfd is an ordinary file descriptor, so a Pool's parent waits on "a
+ * result arrived" and "a worker died" in one poll().  A wakeup is a hint:
+ * the woken side rechecks under the lock, so a stolen item or a stale
+ * token costs a loop, never an item.  A producer killed between counting
+ * a token and writing it would leave a sleeper without one: sleepers wake
+ * at least once a second, and the last sleeper to leave without a token
+ * drains the eventfd and starts the count again.
  *
  * A process that dies holding the lock leaves the queue consistent: every
  * change is committed by the last store (count/used) before unlock, and
@@ -65,6 +74,8 @@ struct shmq_hdr {
     uint64_t maxsize;    /* 0: unbounded */
     uint32_t getters;    /* consumers sleeping on ev_get */
     uint32_t putters;    /* producers sleeping on ev_put */
+    uint32_t get_tokens; /* tokens written (or about to be) to ev_get, not taken */
+    uint32_t put_tokens; /* the same for ev_put */
     uint32_t shutdown;
     uint64_t next_seq;
     struct { uint64_t seq; double since; } claims[SHMQ_MAX_CLAIMS];
@@ -154,11 +165,30 @@ void shmq_destroy(shmq *q)
     free(q);
 }
 
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
 /* Locks and brings this process's ring mapping up to date.  On failure the
- * lock is not held. */
+ * lock is not held.  The lock is held for a few copies at most, so a
+ * contended lock is retried briefly before sleeping in the kernel. */
+#define LOCK_SPINS 200
+
 static int lock(shmq *q)
 {
-    int e = pthread_mutex_lock(&q->hdr->lock);
+    int e = EBUSY;
+    for (int i = 0; i < LOCK_SPINS && e == EBUSY; i++) {
+        e = pthread_mutex_trylock(&q->hdr->lock);
+        if (e == EBUSY)
+            cpu_relax();
+    }
+    if (e == EBUSY)
+        e = pthread_mutex_lock(&q->hdr->lock);
     if (e == EOWNERDEAD)
         e = pthread_mutex_consistent(&q->hdr->lock);
     if (e) {
@@ -222,26 +252,65 @@ static int resize(shmq *q, uint64_t cap)
     return 0;
 }
 
-static void ring(int fd)
+static void ring(int fd, uint32_t n)
 {
-    uint64_t one = 1;
+    uint64_t v = n;
     /* EAGAIN: the counter is saturated, sleepers have plenty to wake on. */
-    while (write(fd, &one, sizeof one) < 0 && errno == EINTR)
-        ;
+    if (n)
+        while (write(fd, &v, sizeof v) < 0 && errno == EINTR)
+            ;
 }
 
-static void drain_one(int fd)
+/* Takes one token; whether there was one. */
+static int drain_one(int fd)
 {
     uint64_t v;
-    while (read(fd, &v, sizeof v) < 0 && errno == EINTR)
+    ssize_t r;
+    while ((r = read(fd, &v, sizeof v)) < 0 && errno == EINTR)
         ;
+    return r == (ssize_t)sizeof v;
 }
+
+/* Under the lock: how many tokens to write for sleepers that have none
+ * coming (the caller writes them with ring() after unlocking). */
+static uint32_t tokens_due(uint32_t sleepers, uint32_t *tokens)
+{
+    if (sleepers <= *tokens)
+        return 0;
+    uint32_t n = sleepers - *tokens;
+    *tokens = sleepers;
+    return n;
+}
+
+/* Under the lock, when a sleeper leaves: `took` says whether it took a
+ * token.  The last sleeper out without one empties the eventfd, so a
+ * token counted by a producer that died before writing it cannot leave
+ * later sleepers without theirs. */
+static void sleeper_left(int fd, uint32_t *sleepers, uint32_t *tokens, int took)
+{
+    (*sleepers)--;
+    if (took) {
+        if (*tokens)
+            (*tokens)--;
+    } else if (*sleepers == 0 && *tokens) {
+        while (drain_one(fd))
+            ;
+        *tokens = 0;
+    }
+}
+
+/* Longest single sleep: see "Waiting" above. */
+#define MAX_SLEEP 1.0
 
 /* Sleeps on `fd` until it is written, one of the `nx` extra descriptors
  * becomes readable (*which is set to its index) or the deadline passes;
  * the caller registered itself as a sleeper under the lock and released it. */
-static int sleep_on(int fd, const int *extra, int nx, int *which, double deadline)
+static int sleep_on(int fd, const int *extra, int nx, int *which, double deadline, int *took)
 {
+    double cap = luamp_now() + MAX_SLEEP;
+    if (deadline < 0 || deadline > cap)
+        deadline = cap;
+    *took = 0;
     struct pollfd p[1 + SHMQ_MAX_EXTRA];
     p[0].fd = fd;
     p[0].events = POLLIN;
@@ -258,7 +327,7 @@ static int sleep_on(int fd, const int *extra, int nx, int *which, double deadlin
                     return SHMQ_EVENT;
                 }
             }
-            drain_one(fd);
+            *took = drain_one(fd);
             return SHMQ_OK;
         }
         if (r == 0)
@@ -267,6 +336,28 @@ static int sleep_on(int fd, const int *extra, int nx, int *which, double deadlin
             return SHMQ_ERROR;
         if (luamp_interrupt_pending())
             return SHMQ_INTERRUPTED;
+    }
+}
+
+/* Before sleeping, a consumer watches the count for up to SPIN_TIME
+ * seconds: an item that arrives meanwhile costs no system call on either
+ * side.  Without the lock: the count is only a hint, rechecked under it. */
+#define SPIN_TIME 20e-6
+
+static void spin_until_item(struct shmq_hdr *h, double deadline)
+{
+    double end = luamp_now() + SPIN_TIME;
+    if (deadline > 0 && deadline < end)
+        end = deadline;
+    for (;;) {
+        for (int i = 0; i < 64; i++) {
+            if (__atomic_load_n(&h->count, __ATOMIC_RELAXED) != 0
+                || __atomic_load_n(&h->shutdown, __ATOMIC_RELAXED))
+                return;
+            cpu_relax();
+        }
+        if (luamp_now() >= end)
+            return;
     }
 }
 
@@ -281,14 +372,19 @@ int shmq_put(shmq *q, const void *p, size_t n, double deadline, uint64_t *seq)
     if (lock(q) != 0)
         return SHMQ_ERROR;
     while (h->maxsize && h->count >= h->maxsize) {
+        if (deadline == 0 || (deadline > 0 && luamp_now() >= deadline)) {
+            unlock(q);
+            return SHMQ_TIMEOUT;
+        }
         h->putters++;
         unlock(q);
-        int r = sleep_on(q->ev_put, NULL, 0, NULL, deadline);
+        int took;
+        int r = sleep_on(q->ev_put, NULL, 0, NULL, deadline, &took);
+        int e = errno;
         if (lock(q) != 0)
             return SHMQ_ERROR;
-        h->putters--;
-        if (r != SHMQ_OK && (r != SHMQ_TIMEOUT || h->count >= h->maxsize)) {
-            int e = errno;
+        sleeper_left(q->ev_put, &h->putters, &h->put_tokens, took);
+        if (r == SHMQ_ERROR || r == SHMQ_INTERRUPTED) {
             unlock(q);
             errno = e;
             return r;
@@ -317,9 +413,9 @@ int shmq_put(shmq *q, const void *p, size_t n, double deadline, uint64_t *seq)
         *seq = s;
     h->used += need;
     h->count++;
-    if (h->getters)
-        ring(q->ev_get);
+    uint32_t wake = tokens_due(h->getters, &h->get_tokens);
     unlock(q);
+    ring(q->ev_get, wake);
     return SHMQ_OK;
 }
 
@@ -333,31 +429,37 @@ int shmq_get(shmq *q, luamp_buf *out, double deadline, shmq_wait *w)
         return SHMQ_ERROR;
     if (w->claim >= 0)
         h->claims[w->claim].seq = 0;    /* what it held before is done */
+    int spun = 0;
     while (h->count == 0) {
         if (h->shutdown || deadline == 0 || (deadline > 0 && luamp_now() >= deadline)) {
             int r = h->shutdown ? SHMQ_SHUTDOWN : SHMQ_TIMEOUT;
             unlock(q);
             return r;
         }
+        if (!spun) {
+            spun = 1;
+            unlock(q);
+            spin_until_item(h, deadline);
+            if (lock(q) != 0)
+                return SHMQ_ERROR;
+            continue;
+        }
         h->getters++;
         unlock(q);
-        int r = sleep_on(q->ev_get, w->extra, w->nextra, &w->which, deadline);
+        int took;
+        int r = sleep_on(q->ev_get, w->extra, w->nextra, &w->which, deadline, &took);
+        int e = errno;
         if (lock(q) != 0)
             return SHMQ_ERROR;
-        h->getters--;
+        sleeper_left(q->ev_get, &h->getters, &h->get_tokens, took);
         if ((r == SHMQ_EVENT || r == SHMQ_INTERRUPTED) && h->count == 0) {
             unlock(q);
             return r;
         }
         if (r == SHMQ_ERROR) {
-            int e = errno;
             unlock(q);
             errno = e;
             return r;
-        }
-        if (r == SHMQ_TIMEOUT && h->count == 0) {
-            unlock(q);
-            return SHMQ_TIMEOUT;
         }
     }
     unsigned char rec[REC_HDR];
@@ -385,9 +487,9 @@ int shmq_get(shmq *q, luamp_buf *out, double deadline, shmq_wait *w)
         if (h->cap > SHRINK_ABOVE)
             resize(q, INITIAL_CAP);   /* failure just keeps the big ring */
     }
-    if (h->putters)
-        ring(q->ev_put);
+    uint32_t wake = tokens_due(h->putters, &h->put_tokens);
     unlock(q);
+    ring(q->ev_put, wake);
     return SHMQ_OK;
 }
 
@@ -415,9 +517,9 @@ int shmq_shutdown(shmq *q)
         return -1;
     q->hdr->shutdown = 1;
     /* Wake every sleeper; each finds the queue empty and shut down. */
-    for (uint32_t i = 0; i < q->hdr->getters; i++)
-        ring(q->ev_get);
+    uint32_t wake = tokens_due(q->hdr->getters, &q->hdr->get_tokens);
     unlock(q);
+    ring(q->ev_get, wake);
     return 0;
 }
 
@@ -443,4 +545,22 @@ int shmq_release(shmq *q, int slot)
 int shmq_get_fd(shmq *q)
 {
     return q->ev_get;
+}
+
+void shmq_test_lose_token(shmq *q)
+{
+    if (lock(q) == 0) {
+        q->hdr->get_tokens++;
+        unlock(q);
+    }
+}
+
+unsigned shmq_test_tokens(shmq *q)
+{
+    unsigned n = 0;
+    if (lock(q) == 0) {
+        n = q->hdr->get_tokens;
+        unlock(q);
+    }
+    return n;
 }

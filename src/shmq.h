@@ -61,4 +61,9 @@ int shmq_shutdown(shmq *q);
 /* The eventfd that becomes readable when an item may be waiting. */
 int shmq_get_fd(shmq *q);
 
+/* Test hooks: count a token for a sleeping consumer without writing it,
+ * as a producer killed between the two would; the tokens counted now. */
+void shmq_test_lose_token(shmq *q);
+unsigned shmq_test_tokens(shmq *q);
+
 #endif

@@ -1,0 +1,89 @@
+/* test_shmq.c - the shared-memory queue's waiting protocol, from C. */
+#include "ctap.h"
+#include "../src/shmq.h"
+#include "../src/sys.h"
+
+#include <signal.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* Forks a consumer that waits up to `wait` seconds for one item and
+ * reports through a pipe what it got ("timeout" when nothing came). */
+static pid_t consumer(shmq *q, double wait, int *rfd)
+{
+    int p[2];
+    if (pipe(p) != 0)
+        return -1;
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(p[0]);
+        luamp_buf b;
+        luamp_buf_init(&b);
+        int r = shmq_get(q, &b, luamp_now() + wait, NULL);
+        const char *msg = r == SHMQ_OK ? b.data : "timeout";
+        size_t n = r == SHMQ_OK ? b.len : strlen(msg);
+        ssize_t w = write(p[1], msg, n);
+        _exit(w == (ssize_t)n ? 0 : 1);
+    }
+    close(p[1]);
+    *rfd = p[0];
+    return pid;
+}
+
+static int finish(pid_t pid, int rfd, char *out, size_t cap)
+{
+    ssize_t n = read(rfd, out, cap - 1);
+    out[n > 0 ? n : 0] = '\0';
+    close(rfd);
+    int st;
+    return waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0;
+}
+
+int main(void)
+{
+    char got[64];
+    int rfd;
+
+    /* A consumer sleeping on an empty queue is woken by a put. */
+    shmq *q = shmq_create(0);
+    ok(q != NULL, "a queue is created");
+    pid_t c = consumer(q, 5.0, &rfd);
+    usleep(50000);   /* most likely asleep by now; either way it must get the item */
+    ok(shmq_put(q, "hello", 5, -1, NULL) == SHMQ_OK, "put succeeds");
+    ok(finish(c, rfd, got, sizeof got), "the consumer exits cleanly");
+    ok(strcmp(got, "hello") == 0, "a sleeping consumer gets the item put after it slept (got %s)", got);
+    ok(shmq_test_tokens(q) == 0, "the consumer took the one token written for it");
+
+    /* A producer that counted a wakeup token and died before writing it
+     * must not leave a sleeping consumer deaf to later puts. */
+    c = consumer(q, 10.0, &rfd);
+    usleep(50000);
+    shmq_test_lose_token(q);
+    ok(shmq_put(q, "after", 5, -1, NULL) == SHMQ_OK, "put after a lost token succeeds");
+    ok(finish(c, rfd, got, sizeof got), "that consumer exits cleanly");
+    ok(strcmp(got, "after") == 0, "a consumer whose wakeup was lost still gets the item (got %s)", got);
+
+    ok(shmq_test_tokens(q) == 0, "the lost token was written off when its sleeper left");
+
+    /* And the queue works normally afterwards. */
+    c = consumer(q, 5.0, &rfd);
+    usleep(50000);
+    ok(shmq_put(q, "again", 5, -1, NULL) == SHMQ_OK, "put succeeds");
+    ok(finish(c, rfd, got, sizeof got) && strcmp(got, "again") == 0,
+       "the next sleeping consumer is woken as usual (got %s)", got);
+
+    /* Shutdown wakes every sleeper. */
+    pid_t cs[3];
+    int fds[3];
+    for (int i = 0; i < 3; i++)
+        cs[i] = consumer(q, 10.0, &fds[i]);
+    usleep(50000);
+    ok(shmq_shutdown(q) == 0, "shutdown succeeds");
+    int all = 1;
+    for (int i = 0; i < 3; i++)
+        all &= finish(cs[i], fds[i], got, sizeof got) && strcmp(got, "timeout") == 0;
+    ok(all, "shutdown wakes every sleeping consumer, which find nothing");
+    shmq_destroy(q);
+    return done_testing();
+}
