@@ -260,14 +260,9 @@ mp._sleep = core.sleep
 
 local MAX_CACHED_FUNCTIONS = 256
 
--- Runs one task message; returns results (a sequence, holes allowed),
+-- Runs a map-like task; returns results (a sequence, holes allowed) and
 -- errors by position (or false).
-local function run_task(f, kind, items, count)
-  if kind == "apply" then
-    local r = pack(xpcall(f, traceback_handler, unpack(items, 1, items.n or #items)))
-    if r[1] then return pack(unpack(r, 2, r.n)), false end
-    return {}, { r[2] }
-  end
+local function run_chunk(f, kind, items, count)
   local results, errs = {}, false
   local pos = 1
   local body
@@ -297,56 +292,72 @@ local function run_task(f, kind, items, count)
   return results, errs
 end
 
--- The result message, or a degraded one when some result cannot travel:
--- that item fails with kind "serialize", the others are kept.
-local function put_result(rq, seq, jobid, start, count, results, errs, elapsed)
-  local pid = current.pid
-  local ok, err = pcall(rq.put, rq, { jobid, start, results, errs, elapsed, count, pid, seq })
+-- An error as it can travel: its message and traceback when the whole
+-- Error (its value) cannot.
+local function plain_error(info)
+  return { message = info.message, traceback = info.traceback }
+end
+
+-- Sends the result of a map-like task, or a degraded one when some result
+-- cannot travel: that item fails with kind "serialize", the others are
+-- kept.
+local function put_result(rq, jobid, start, count, seq, pid, elapsed, results, errs)
+  local ok, why = rq:put_result(jobid, start, count, seq, pid, elapsed, results, errs)
   if ok then return end
-  if not Error.is(err, "serialize") then error(err, 0) end
   errs = errs or {}
+  local failed = false
   for i = 1, count do
     if errs[i] then
-      if not core.encode(errs[i]) then
-        errs[i] = { message = errs[i].message, traceback = errs[i].traceback }
-      end
+      if not core.encode(errs[i]) then errs[i] = plain_error(errs[i]) end
     else
-      local root = "result[" .. (start + i - 1) .. "]"
-      local bytes, why = core.encode(results[i], root)
+      local bytes, why_i = core.encode(results[i], "result[" .. (start + i - 1) .. "]")
       if not bytes then
-        errs[i] = { message = why, serialize = true }
+        errs[i] = { message = why_i, serialize = true }
         results[i] = nil
+        failed = true
       end
     end
   end
-  rq:put({ jobid, start, results, errs, elapsed, count, pid, seq })
+  if not failed then       -- too large as a whole: every item fails
+    for i = 1, count do errs[i] = errs[i] or { message = why, serialize = true } end
+    results = nil
+  end
+  assert(rq:put_result(jobid, start, count, seq, pid, elapsed, results, errs))
+end
+
+-- Sends an apply task's outcome, straight from xpcall.
+local function put_apply(rq, jobid, seq, pid, t0, ok, ...)
+  local sent, why = rq:put_apply(jobid, seq, pid, now() - t0, ok, ...)
+  if sent then return end
+  local info = ...
+  local e = ok and { message = why, serialize = true } or plain_error(info)
+  assert(rq:put_apply(jobid, seq, pid, now() - t0, false, e))
 end
 
 local function worker_main(pool, index, slot)
   become_child("PoolWorker-" .. index)
   local tq, rq = pool._tq, pool._rq
+  local pid = current.pid
   if pool._initializer then
     local a = pool._initargs
     local ok, info = xpcall(pool._initializer, traceback_handler, unpack(a, 1, a.n or #a))
     if not ok then
-      pcall(rq.put, rq, { 0, "init_failed", { message = info.message, traceback = info.traceback } })
+      pcall(rq.put_result, rq, 0, 0, 0, 0, pid, 0, nil, plain_error(info))
       core._exit(1)
     end
   end
   local fcache, ncached = {}, 0
   local left = pool._maxtasks
   while true do
-    local got, task, seq, why = tq:get_or_event(nil, nil, slot)
-    if got == false and task == "undecodable" then
+    local got, jobid, fid, f, kind, start, items, count, seq = tq:get_task(slot, fcache)
+    if not got then
+      if jobid ~= "undecodable" then core._exit(0) end   -- the pool was closed
       -- e.g. a Queue created after this worker started: fail the task
-      rq:put({ -1, why, seq })
+      rq:put_result(-1, 0, 0, fid, pid, 0, nil, f)
       goto continue
     end
-    if not got then core._exit(0) end          -- the pool was closed
-    local jobid, fid, fbytes, kind, start, items, count = unpack(task, 1, 7)
-    local f = fcache[fid]
-    if not f then
-      local ok, fn = pcall(core.decode, fbytes)
+    if type(f) == "string" then
+      local ok, fn = pcall(core.decode, f)
       if ok then
         if ncached >= MAX_CACHED_FUNCTIONS then fcache, ncached = {}, 0 end
         fcache[fid], ncached = fn, ncached + 1
@@ -355,9 +366,14 @@ local function worker_main(pool, index, slot)
         f = function() error(new_error("serialize", "cannot receive the task's function: " .. errmsg(fn)), 0) end
       end
     end
-    local t0 = now()
-    local results, errs = run_task(f, kind, items, count)
-    put_result(rq, seq, jobid, start, count, results, errs, now() - t0)
+    if kind == "apply" then
+      local t0 = now()
+      put_apply(rq, jobid, seq, pid, t0, xpcall(f, traceback_handler, unpack(items, 1, items.n or #items)))
+    else
+      local t0 = now()
+      local results, errs = run_chunk(f, kind, items, count)
+      put_result(rq, jobid, start, count, seq, pid, now() - t0, results, errs)
+    end
     if left then
       left = left - 1
       if left == 0 then core._exit(0) end
@@ -493,14 +509,14 @@ end
 
 -- Marks a job finished and runs its callback.
 local function finish(self, job)
-  job.ready = true
+  job.finished = true
   self._jobs[job.id] = nil
   if job.progress then job.progress(true) end
   if job.err then
     if job.error_callback then run_callback(job.error_callback, job.err) end
   elseif job.callback then
     if job.kind == "apply" then
-      run_callback(job.callback, unpack(job.values, 1, job.values.n))
+      run_callback(job.callback, unpack(job.values, 1, job.nvalues))
     else
       run_callback(job.callback, job.results)
     end
@@ -519,9 +535,9 @@ end
 
 -- Records the outcome of `count` items from `start` of a job: results
 -- (a sequence, holes allowed) and errors (index in the chunk -> Error).
-function Pool:_complete(job, start, count, results, errors)
+function Pool:_complete(job, start, count, results, errors, nres)
   if job.kind == "apply" then
-    if errors then job.err = errors[1] else job.values = results end
+    if errors then job.err = errors[1] else job.values, job.nvalues = results, nres end
     return finish(self, job)
   end
   if errors then
@@ -577,23 +593,22 @@ function Pool:_break(e)
   end
 end
 
-function Pool:_handle(msg)
-  local jobid = msg[1]
+function Pool:_handle(jobid, start, count, results, errs, elapsed, pid, seq, nres)
   if jobid == 0 then                          -- a worker's initializer failed
-    return self:_break(new_error("remote", "the Pool's initializer failed: " .. msg[3].message,
-      { traceback = msg[3].traceback }))
+    return self:_break(new_error("remote", "the Pool's initializer failed: " .. errs.message,
+      { traceback = errs.traceback }))
   end
   if jobid == -1 then                         -- a worker could not decode a task
-    local rec = self:_settle(msg[3])
-    if rec then self:_fail_task(rec, new_error("serialize", "cannot receive the task: " .. msg[2])) end
+    local rec = self:_settle(seq)
+    if rec then self:_fail_task(rec, new_error("serialize", "cannot receive the task: " .. errs)) end
     return
   end
-  local start, results, errs, elapsed, count, pid, seq =
-    msg[2], msg[3], msg[4], msg[5], msg[6], msg[7], msg[8]
   local rec = self:_settle(seq)
   if not rec then return end                  -- cancelled, or its worker was killed
   self._early_deaths = 0
-  local job = rec.job
+  if results == false then                    -- not decodable here
+    return self:_fail_task(rec, new_error("serialize", "cannot receive the result: " .. errs))
+  end
   if count > 0 then
     local cost = elapsed / count
     self._cost = self._cost and (self._cost * 0.7 + cost * 0.3) or cost
@@ -603,7 +618,7 @@ function Pool:_handle(msg)
     errors = {}
     for i, info in pairs(errs) do errors[i] = remote_error(info, pid) end
   end
-  self:_complete(job, start, count, results, errors)
+  self:_complete(rec.job, start, count, results or {}, errors, nres)
 end
 
 local signames = { [1] = "SIGHUP", [2] = "SIGINT", [3] = "SIGQUIT", [4] = "SIGILL", [6] = "SIGABRT",
@@ -703,66 +718,65 @@ function Pool:_pump(deadline)
     local dl = self:_check_deadlines()
     if dl and (not wait_until or dl < wait_until) then wait_until = dl end
   end
-  local got, v, i = rq:get_or_event(remaining(wait_until), self._workers)
+  local got, a, b, c, d, e, f, g, h, i = rq:get_result(remaining(wait_until), self._workers)
   if got then
-    self:_handle(v)
     repeat
-      got, v = rq:get_or_event(0)
-      if got then self:_handle(v) end
+      self:_handle(a, b, c, d, e, f, g, h, i)
+      got, a, b, c, d, e, f, g, h, i = rq:get_result(0)
     until not got
     return true
   end
-  if v == "event" then
+  if a == "event" then
+    local w = b
     repeat                           -- what the worker put before it died
-      got, v = rq:get_or_event(0)
-      if got then self:_handle(v) end
+      got, a, b, c, d, e, f, g, h, i = rq:get_result(0)
+      if got then self:_handle(a, b, c, d, e, f, g, h, i) end
     until not got
-    self:_reap(i)
+    self:_reap(w)
     return true
   end
   return wait_until ~= deadline      -- a task deadline, not the caller's
 end
 
 function Pool:_wait_for(job, deadline)
-  while not job.ready do
+  while not job.finished do
     if self._ended then error("the Pool has ended", 3) end
     if not self:_pump(deadline) and deadline and now() >= deadline then return false end
   end
   return true
 end
 
-local function new_job(self, kind, opts)
-  self._nextjob = self._nextjob + 1
-  local job = { id = self._nextjob, kind = kind, done = 0, inflight = 0, ready = false,
-                callback = opts and opts.callback, error_callback = opts and opts.error_callback,
-                timeout = opts and opts.timeout }
-  self._jobs[job.id] = job
+-- A job is also what map_async/apply_async return (an AsyncResult).
+local function new_job(self, kind, opts, fname, f)
+  local id = self._nextjob + 1
+  self._nextjob = id
+  local fid, fbytes = encode_function(self, f, fname)
+  local job = { id = id, kind = kind, done = 0, inflight = 0, finished = false, _pool = self,
+                callback = opts.callback, error_callback = opts.error_callback,
+                timeout = opts.timeout, fid = fid, fbytes = fbytes }
+  self._jobs[id] = job
   return job
 end
 
 -- Puts one task; an item that cannot travel raises "serialize" naming it.
-function Pool:_put_task(job, kind, start, items, count, root)
-  local ok, err, seq = pcall(self._tq.put, self._tq, { job.id, job.fid, job.fbytes, kind, start, items, count })
-  if ok then
+-- `rec` is the task's record in the books, made here when not given.
+function Pool:_put_task(job, kind, start, items, count, root, rec)
+  local seq, why = self._tq:put_task(job.id, job.fid, job.fbytes, kind, start, items, count, root)
+  if seq then
     job.inflight = job.inflight + 1
     local timeout = job.timeout and job.timeout * count
-    self._inflight[seq] = { job = job, start = start, count = count, timeout = timeout }
+    self._inflight[seq] = rec or { job = job, start = start, count = count, timeout = timeout }
     if timeout then self._ntimed = self._ntimed + 1 end
     return
   end
   self._jobs[job.id] = nil
-  if Error.is(err, "serialize") and root then
-    if kind == "apply" then
-      local _, why = core.encode(items, root)
-      if why then err.message = why end
-    else
-      for i = 1, count do
-        local _, why = core.encode(items[i], root .. "[" .. (start + i - 1) .. "]")
-        if why then err.message = why; break end
-      end
+  if kind ~= "apply" then    -- name the item by its index in the whole input
+    for i = 1, count do
+      local _, why_i = core.encode(items[i], root .. "[" .. (start + i - 1) .. "]")
+      if why_i then why = why_i; break end
     end
   end
-  error(err, 0)
+  error(new_error("serialize", why), 0)
 end
 
 local NO_OPTS = setmetatable({}, { __newindex = function() error("options are read-only", 2) end })
@@ -789,56 +803,55 @@ local AsyncResult = {}
 AsyncResult.__index = AsyncResult
 AsyncResult.__name = "luamp.AsyncResult"
 
-local function new_async(pool, job)
-  return setmetatable({ _pool = pool, _job = job }, AsyncResult)
+local function new_async(job)
+  return setmetatable(job, AsyncResult)
 end
 
 function AsyncResult:wait(timeout)
   check_timeout(timeout, 1, "wait")
-  local job = self._job
-  if job.ready then return true end
-  return self._pool:_wait_for(job, deadline_of(timeout))
+  if self.finished then return true end
+  return self._pool:_wait_for(self, deadline_of(timeout))
 end
 
 function AsyncResult:ready()
-  local job = self._job
-  if not job.ready and self._pool._owner == current.pid then
+  if not self.finished and self._pool._owner == current.pid then
     -- take what has arrived, without waiting
     self._pool:_pump(now())
   end
-  return job.ready
+  return self.finished
 end
 
 function AsyncResult:successful()
   if not self:ready() then error("the result is not ready", 2) end
-  return self._job.err == nil
+  return self.err == nil
 end
 
 function AsyncResult:get(timeout)
-  check_timeout(timeout, 1, "get")
-  local job = self._job
-  if not job.ready and not self._pool:_wait_for(job, deadline_of(timeout)) then
-    raise("timeout", string.format("timed out after %gs waiting for a result", timeout), 2)
+  if not self.finished then
+    check_timeout(timeout, 1, "get")
+    if not self._pool:_wait_for(self, deadline_of(timeout)) then
+      raise("timeout", string.format("timed out after %gs waiting for a result", timeout), 2)
+    end
   end
-  if job.err then error(job.err, 2) end
-  if job.kind == "apply" then return unpack(job.values, 1, job.values.n) end
-  return job.results
+  if self.err then error(self.err, 2) end
+  if self.kind == "apply" then return unpack(self.values, 1, self.nvalues) end
+  return self.results
 end
 
 --------------------------------------------------------------------------
 -- Pool: submitting
+
+local NO_ARGS = {}     -- only ever encoded, never handed out
 
 function Pool:apply_async(f, args, opts)
   check_running(self, "apply_async")
   check_callable(f, 1, "apply_async")
   if args ~= nil and type(args) ~= "table" then argerror(2, "apply_async", "table expected, got " .. typename(args)) end
   if opts ~= nil and type(opts) ~= "table" then argerror(3, "apply_async", "table expected, got " .. typename(opts)) end
-  opts = check_opts(opts, 3, "apply_async")
-  local job = new_job(self, "apply", opts)
-  job.fid, job.fbytes = encode_function(self, f, "apply_async")
-  job.total = 1
-  self:_put_task(job, "apply", 1, args or {}, 1, "args")
-  return new_async(self, job)
+  local job = new_job(self, "apply", check_opts(opts, 3, "apply_async"), "apply_async", f)
+  job.total, job.job, job.start, job.count = 1, job, 1, 1   -- its own record in the books
+  self:_put_task(job, "apply", 1, args or NO_ARGS, 1, "args", job)
+  return new_async(job)
 end
 
 function Pool:apply(f, args)
@@ -888,8 +901,7 @@ function Pool:_start_map(fname, kind, f, items, opts)
   if type(items) ~= "table" then argerror(2, fname, "table expected, got " .. typename(items)) end
   opts = check_opts(opts, 3, fname)
   local n = items.n or #items
-  local job = new_job(self, kind, opts)
-  job.fid, job.fbytes = encode_function(self, f, fname)
+  local job = new_job(self, kind, opts, fname, f)
   job.total = n
   job.results = { n = n }
   if opts.progress then job.progress = progress_bar(job) end
@@ -903,11 +915,11 @@ function Pool:_start_map(fname, kind, f, items, opts)
 end
 
 function Pool:map_async(f, items, opts)
-  return new_async(self, Pool._start_map(self, "map_async", "map", f, items, opts))
+  return new_async(Pool._start_map(self, "map_async", "map", f, items, opts))
 end
 
 function Pool:starmap_async(f, items, opts)
-  return new_async(self, Pool._start_map(self, "starmap_async", "star", f, items, opts))
+  return new_async(Pool._start_map(self, "starmap_async", "star", f, items, opts))
 end
 
 function Pool:map(f, items, opts)
@@ -956,7 +968,7 @@ function Pool:_submit_chunk(job)
   if job.exhausted then
     job.source = nil
     job.total = job.next_index - 1
-    if job.done == job.total and not job.ready then finish(self, job) end
+    if job.done == job.total and not job.finished then finish(self, job) end
   end
   return count > 0
 end
@@ -969,8 +981,7 @@ local function start_imap(self, fname, f, items, opts)
     argerror(2, fname, "table or iterator function expected, got " .. typename(items))
   end
   opts = check_opts(opts, 3, fname)
-  local job = new_job(self, "map", opts)
-  job.fid, job.fbytes = encode_function(self, f, fname)
+  local job = new_job(self, "map", opts, fname, f)
   job.results = {}
   job.next_index = 1
   job.yielded = 0

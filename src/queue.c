@@ -224,6 +224,324 @@ static int q_get_or_event(lua_State *L)
     }
 }
 
+/*
+ * Pool messages.  A Pool's task and result messages are built and taken
+ * apart here rather than as Lua tables: a fixed binary header (host byte
+ * order: both ends are forks of one process) followed by encoded values.
+ * This keeps the per-task cost of the parent, which serves every worker,
+ * to one C call each way.
+ *
+ * task:   header, the function's encoding (flen bytes), the items.
+ * result: header, the results (rlen bytes, none: nil), the errors (elen
+ *         bytes, none: nil).  jobid 0: a worker's initializer failed (the
+ *         errors hold its Error); jobid -1: a worker could not decode task
+ *         `seq` (the errors hold why).
+ */
+struct task_hdr {
+    int64_t jobid, fid, start, count;
+    uint32_t flen;
+    uint32_t kind;
+};
+
+struct result_hdr {
+    int64_t jobid, start, count, seq, nres;
+    double elapsed;
+    int64_t pid;
+    uint32_t rlen, elen;
+};
+
+static const char *const task_kinds[] = { "apply", "map", "star", NULL };
+
+/* Puts u->buf, waiting as long as it takes.  Returns 0, or -1 with a
+ * message pushed when it is too large; raises on other failures. */
+static int put_msg(lua_State *L, queue *u, const char *what, uint64_t *seq)
+{
+    int r = shmq_put(u->q, u->buf.data, u->buf.len, -1, seq);
+    luamp_buf_trim(&u->buf);
+    if (r == SHMQ_OK)
+        return 0;
+    if (r == SHMQ_INTERRUPTED)
+        luamp_raise_interrupt(L);
+    if (r == SHMQ_ERROR && errno == EMSGSIZE) {
+        lua_pushfstring(L, "cannot send %s: larger than 1 GiB", what);
+        return -1;
+    }
+    return luamp_sys_error(L, "Queue:put");
+}
+
+/* q:put_task(jobid, fid, fbytes, kind, start, items, count, root)
+ * -> seq | nil, message (an item cannot be encoded) */
+static int q_put_task(lua_State *L)
+{
+    queue *u = open_queue(L, "put");
+    struct task_hdr h;
+    size_t flen;
+    h.jobid = luaL_checkinteger(L, 2);
+    h.fid = luaL_checkinteger(L, 3);
+    const char *f = luaL_checklstring(L, 4, &flen);
+    h.kind = (uint32_t)luaL_checkoption(L, 5, NULL, task_kinds);
+    h.start = luaL_checkinteger(L, 6);
+    h.count = luaL_checkinteger(L, 8);
+    const char *root = luaL_optstring(L, 9, "items");
+    if (flen > LUAMP_MAX_MESSAGE)
+        return luaL_error(L, "put_task: function too large");
+    h.flen = (uint32_t)flen;
+    u->buf.len = 0;
+    if (luamp_buf_append(&u->buf, &h, sizeof h) != 0 || luamp_buf_append(&u->buf, f, flen) != 0)
+        return luaL_error(L, "not enough memory");
+    if (luamp_encode(L, 7, root, &u->buf) != 0) {
+        luamp_buf_trim(&u->buf);
+        lua_pushnil(L);
+        lua_insert(L, -2);
+        return 2;
+    }
+    uint64_t seq;
+    if (put_msg(L, u, "the task", &seq) != 0) {
+        lua_pushnil(L);
+        lua_insert(L, -2);
+        return 2;
+    }
+    lua_pushinteger(L, (lua_Integer)seq);
+    return 1;
+}
+
+/* Waits for a message like get_or_event; on SHMQ_OK leaves it in u->buf
+ * and returns 0, else pushes what get_or_event returns and returns the
+ * number of values. */
+static int wait_message(lua_State *L, queue *u, double deadline, int widx, shmq_wait *w)
+{
+    int fds[SHMQ_MAX_EXTRA], map[SHMQ_MAX_EXTRA], n = 0;
+    w->extra = fds;
+    if (widx && !lua_isnoneornil(L, widx)) {
+        luaL_checktype(L, widx, LUA_TTABLE);
+        lua_Integer len = luaL_len(L, widx);
+        for (lua_Integer i = 1; i <= len; i++) {
+            lua_geti(L, widx, i);
+            int fd = luamp_waitable_fd(L, -1);
+            lua_pop(L, 1);
+            if (fd == -2) {    /* already finished */
+                lua_pushboolean(L, 0);
+                lua_pushliteral(L, "event");
+                lua_pushinteger(L, i);
+                return 3;
+            }
+            if (fd < 0)
+                continue;
+            if (n == SHMQ_MAX_EXTRA)
+                return luaL_error(L, "get_or_event: too many objects");
+            fds[n] = fd;
+            map[n++] = (int)i;
+        }
+    }
+    w->nextra = n;
+    int r = shmq_get(u->q, &u->buf, deadline, w);
+    switch (r) {
+    case SHMQ_OK:
+        return 0;
+    case SHMQ_EVENT:
+        lua_pushboolean(L, 0);
+        lua_pushliteral(L, "event");
+        lua_pushinteger(L, map[w->which]);
+        return 3;
+    case SHMQ_TIMEOUT:
+    case SHMQ_SHUTDOWN:
+        lua_pushboolean(L, 0);
+        lua_pushstring(L, r == SHMQ_TIMEOUT ? "timeout" : "closed");
+        return 2;
+    case SHMQ_INTERRUPTED:
+        luamp_raise_interrupt(L);
+        /* fallthrough */
+    default:
+        return luamp_sys_error(L, "Queue:get");
+    }
+}
+
+/* Pushes false, "undecodable", seq, message (the message on top). */
+static int undecodable(lua_State *L, uint64_t seq)
+{
+    lua_pushboolean(L, 0);
+    lua_pushliteral(L, "undecodable");
+    lua_pushinteger(L, (lua_Integer)seq);
+    lua_rotate(L, -4, -1);
+    return 4;
+}
+
+/* q:get_task(slot, fcache) -> true, jobid, fid, f, kind, start, items,
+ * count, seq | false, "closed" | false, "undecodable", seq, message.
+ * f is fcache[fid] when the worker has it, else the function's encoding. */
+static int q_get_task(lua_State *L)
+{
+    queue *u = check_queue(L);
+    shmq_wait w = { .claim = opt_slot(L, 2) };
+    luaL_checktype(L, 3, LUA_TTABLE);
+    int n = wait_message(L, u, -1, 0, &w);
+    if (n)
+        return n;
+    struct task_hdr h;
+    if (u->buf.len < sizeof h || u->buf.len - sizeof h < (memcpy(&h, u->buf.data, sizeof h), h.flen)
+        || h.kind > 2) {
+        lua_pushliteral(L, "malformed task message");
+        return undecodable(L, w.seq);
+    }
+    size_t off = sizeof h + h.flen;
+    lua_pushboolean(L, 1);
+    lua_pushinteger(L, h.jobid);
+    lua_pushinteger(L, h.fid);
+    if (lua_rawgeti(L, 3, h.fid) == LUA_TNIL) {
+        lua_pop(L, 1);
+        lua_pushlstring(L, u->buf.data + sizeof h, h.flen);
+    }
+    lua_pushstring(L, task_kinds[h.kind]);
+    lua_pushinteger(L, h.start);
+    if (luamp_decode(L, u->buf.data + off, u->buf.len - off, 0) != 0) {
+        luamp_buf_trim(&u->buf);
+        return undecodable(L, w.seq);
+    }
+    luamp_buf_trim(&u->buf);
+    lua_pushinteger(L, h.count);
+    lua_pushinteger(L, (lua_Integer)w.seq);
+    return 9;
+}
+
+/* Appends the value at idx (0, nil or false: nothing) to u->buf; its
+ * length in *len.
+ * Returns 0, or -1 with the encoder's message pushed. */
+static int encode_part(lua_State *L, queue *u, int idx, const char *root, uint32_t *len)
+{
+    size_t before = u->buf.len;
+    *len = 0;
+    if (idx == 0 || lua_isnoneornil(L, idx) || (lua_isboolean(L, idx) && !lua_toboolean(L, idx)))
+        return 0;
+    if (luamp_encode(L, idx, root, &u->buf) != 0)
+        return -1;
+    *len = (uint32_t)(u->buf.len - before);
+    return 0;
+}
+
+/* Puts a result message whose results and errors are at ridx and eidx. */
+static int put_result_msg(lua_State *L, queue *u, struct result_hdr *h, int ridx, int eidx)
+{
+    u->buf.len = 0;
+    if (luamp_buf_append(&u->buf, h, sizeof *h) != 0)
+        return luaL_error(L, "not enough memory");
+    if (encode_part(L, u, ridx, "result", &h->rlen) != 0
+        || encode_part(L, u, eidx, "error", &h->elen) != 0) {
+        luamp_buf_trim(&u->buf);
+        lua_pushnil(L);
+        lua_insert(L, -2);
+        return 2;
+    }
+    memcpy(u->buf.data, h, sizeof *h);
+    if (put_msg(L, u, "the result", NULL) != 0) {
+        lua_pushnil(L);
+        lua_insert(L, -2);
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static void result_header(lua_State *L, struct result_hdr *h, int first)
+{
+    memset(h, 0, sizeof *h);
+    h->jobid = luaL_checkinteger(L, first);
+    h->start = luaL_checkinteger(L, first + 1);
+    h->count = luaL_checkinteger(L, first + 2);
+    h->seq = luaL_checkinteger(L, first + 3);
+    h->pid = luaL_checkinteger(L, first + 4);
+    h->elapsed = luaL_checknumber(L, first + 5);
+}
+
+/* q:put_result(jobid, start, count, seq, pid, elapsed, results, errs)
+ * -> true | nil, message (something cannot be encoded) */
+static int q_put_result(lua_State *L)
+{
+    queue *u = open_queue(L, "put");
+    struct result_hdr h;
+    result_header(L, &h, 2);
+    lua_settop(L, 9);
+    return put_result_msg(L, u, &h, 8, 9);
+}
+
+/* q:put_apply(jobid, seq, pid, elapsed, ok, ...): an apply task's outcome
+ * straight from xpcall: its results, or (ok false) its error.
+ * -> true | nil, message (something cannot be encoded) */
+static int q_put_apply(lua_State *L)
+{
+    queue *u = open_queue(L, "put");
+    struct result_hdr h;
+    memset(&h, 0, sizeof h);
+    h.jobid = luaL_checkinteger(L, 2);
+    h.seq = luaL_checkinteger(L, 3);
+    h.pid = luaL_checkinteger(L, 4);
+    h.elapsed = luaL_checknumber(L, 5);
+    h.start = 1;
+    h.count = 1;
+    int top = lua_gettop(L);
+    int ok = lua_toboolean(L, 6);
+    int nres = top > 6 ? top - 6 : 0;
+    lua_createtable(L, ok ? nres : 1, 0);
+    if (ok) {
+        for (int i = 1; i <= nres; i++) {
+            lua_pushvalue(L, 6 + i);
+            lua_rawseti(L, -2, i);
+        }
+        h.nres = nres;
+        return put_result_msg(L, u, &h, top + 1, 0);
+    }
+    if (top >= 7)
+        lua_pushvalue(L, 7);
+    else
+        lua_pushnil(L);
+    lua_rawseti(L, -2, 1);
+    return put_result_msg(L, u, &h, 0, top + 1);
+}
+
+/* q:get_result(timeout, waitables) -> true, jobid, start, count, results,
+ * errs, elapsed, pid, seq, nres | false, "event", i | false, "timeout" |
+ * false, "closed".  A result that cannot be decoded here comes with
+ * results false and errs the reason. */
+static int q_get_result(lua_State *L)
+{
+    queue *u = check_queue(L);
+    shmq_wait w = { .claim = -1 };
+    int n = wait_message(L, u, luamp_opt_deadline(L, 2), 3, &w);
+    if (n)
+        return n;
+    struct result_hdr h;
+    if (u->buf.len < sizeof h || (memcpy(&h, u->buf.data, sizeof h),
+            (uint64_t)h.rlen + h.elen != u->buf.len - sizeof h)) {
+        luamp_buf_trim(&u->buf);
+        return luaL_error(L, "malformed result message");
+    }
+    lua_pushboolean(L, 1);
+    lua_pushinteger(L, h.jobid);
+    lua_pushinteger(L, h.start);
+    lua_pushinteger(L, h.count);
+    const char *p = u->buf.data + sizeof h;
+    int bad = 0;
+    if (h.rlen == 0)
+        lua_pushnil(L);
+    else if (luamp_decode(L, p, h.rlen, 0) != 0)
+        bad = 1;
+    if (bad) {
+        lua_pushboolean(L, 0);
+        lua_insert(L, -2);
+    } else if (h.elen == 0) {
+        lua_pushnil(L);
+    } else if (luamp_decode(L, p + h.rlen, h.elen, 0) != 0) {
+        lua_remove(L, -2);
+        lua_pushboolean(L, 0);
+        lua_insert(L, -2);
+    }
+    luamp_buf_trim(&u->buf);
+    lua_pushnumber(L, h.elapsed);
+    lua_pushinteger(L, h.pid);
+    lua_pushinteger(L, h.seq);
+    lua_pushinteger(L, h.nres);
+    return 10;
+}
+
 /* q:claim(slot) -> seq (0: nothing), since */
 static int q_claim(lua_State *L)
 {
@@ -308,6 +626,11 @@ void luamp_open_queue(lua_State *L)
         {"get", q_get},
         {"get_nowait", q_get_nowait},
         {"get_or_event", q_get_or_event},
+        {"put_task", q_put_task},
+        {"get_task", q_get_task},
+        {"put_result", q_put_result},
+        {"put_apply", q_put_apply},
+        {"get_result", q_get_result},
         {"claim", q_claim},
         {"release", q_release},
         {"destroy", q_destroy},

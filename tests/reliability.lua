@@ -119,6 +119,14 @@ do
   local same = false
   for i = 1, 4 do if pids[i] == before then same = true end end
   t.ok(same, "the worker that could not decode the task lives on")
+  -- the other way round: a result naming a Queue the worker made
+  local e2 = t.raises(function() pool:apply(function() return mp.Queue() end) end,
+    "cannot receive the result: cannot receive a luamp object", "a result the parent cannot decode fails its task")
+  t.ok(mp.Error.is(e2, "serialize"), "that failure has kind serialize too")
+  local it = pool:imap(function(x) if x == 2 then return mp.Queue() end return x * 10 end, {1, 2, 3}, 1)
+  t.same({ it() }, {1, 10}, "imap: items before an undecodable result arrive")
+  t.raises(it, "cannot receive the result", "imap: the undecodable result raises at its turn")
+  t.same({ it() }, {3, 30}, "imap: the items after it arrive too")
   local early = mp.Queue()
   local p2 <close> = mp.Pool(1)
   p2:apply(function(q) q:put("from a worker") end, {early})
