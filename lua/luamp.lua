@@ -594,17 +594,20 @@ function Pool:_break(e)
 end
 
 function Pool:_handle(jobid, start, count, results, errs, elapsed, pid, seq, nres)
-  if jobid == 0 then                          -- a worker's initializer failed
-    return self:_break(new_error("remote", "the Pool's initializer failed: " .. errs.message,
-      { traceback = errs.traceback }))
-  end
-  if jobid == -1 then                         -- a worker could not decode a task
-    local rec = self:_settle(seq)
+  if jobid <= 0 then
+    if jobid == 0 then                        -- a worker's initializer failed
+      return self:_break(new_error("remote", "the Pool's initializer failed: " .. errs.message,
+        { traceback = errs.traceback }))
+    end
+    local rec = self:_settle(seq)             -- a worker could not decode a task
     if rec then self:_fail_task(rec, new_error("serialize", "cannot receive the task: " .. errs)) end
     return
   end
-  local rec = self:_settle(seq)
+  local inflight = self._inflight             -- (Pool:_settle, inlined)
+  local rec = inflight[seq]
   if not rec then return end                  -- cancelled, or its worker was killed
+  inflight[seq] = nil
+  if rec.timeout then self._ntimed = self._ntimed - 1 end
   self._early_deaths = 0
   if results == false then                    -- not decodable here
     return self:_fail_task(rec, new_error("serialize", "cannot receive the result: " .. errs))
@@ -747,13 +750,14 @@ function Pool:_wait_for(job, deadline)
 end
 
 -- A job is also what map_async/apply_async return (an AsyncResult).
-local function new_job(self, kind, opts, fname, f)
+-- `total` is known for apply (1) and map, not for imap over an iterator.
+local function new_job(self, kind, opts, fname, f, total)
   local id = self._nextjob + 1
   self._nextjob = id
   local fid, fbytes = encode_function(self, f, fname)
   local job = { id = id, kind = kind, done = 0, inflight = 0, finished = false, _pool = self,
                 callback = opts.callback, error_callback = opts.error_callback,
-                timeout = opts.timeout, fid = fid, fbytes = fbytes }
+                timeout = opts.timeout, fid = fid, fbytes = fbytes, total = total }
   self._jobs[id] = job
   return job
 end
@@ -845,13 +849,18 @@ local NO_ARGS = {}     -- only ever encoded, never handed out
 
 function Pool:apply_async(f, args, opts)
   check_running(self, "apply_async")
-  check_callable(f, 1, "apply_async")
+  if type(f) ~= "function" then check_callable(f, 1, "apply_async") end
   if args ~= nil and type(args) ~= "table" then argerror(2, "apply_async", "table expected, got " .. typename(args)) end
-  if opts ~= nil and type(opts) ~= "table" then argerror(3, "apply_async", "table expected, got " .. typename(opts)) end
-  local job = new_job(self, "apply", check_opts(opts, 3, "apply_async"), "apply_async", f)
-  job.total, job.job, job.start, job.count = 1, job, 1, 1   -- its own record in the books
+  if opts ~= nil then
+    if type(opts) ~= "table" then argerror(3, "apply_async", "table expected, got " .. typename(opts)) end
+    opts = check_opts(opts, 3, "apply_async")
+  else
+    opts = NO_OPTS
+  end
+  local job = new_job(self, "apply", opts, "apply_async", f, 1)
+  job.job, job.start, job.count = job, 1, 1   -- its own record in the books
   self:_put_task(job, "apply", 1, args or NO_ARGS, 1, "args", job)
-  return new_async(job)
+  return setmetatable(job, AsyncResult)
 end
 
 function Pool:apply(f, args)
@@ -901,8 +910,7 @@ function Pool:_start_map(fname, kind, f, items, opts)
   if type(items) ~= "table" then argerror(2, fname, "table expected, got " .. typename(items)) end
   opts = check_opts(opts, 3, fname)
   local n = items.n or #items
-  local job = new_job(self, kind, opts, fname, f)
-  job.total = n
+  local job = new_job(self, kind, opts, fname, f, n)
   job.results = { n = n }
   if opts.progress then job.progress = progress_bar(job) end
   local cs = opts.chunksize or (opts.timeout and 1) or auto_chunksize(self, n)
@@ -947,21 +955,20 @@ function Pool:_submit_chunk(job)
     cs = self._cost and math.max(1, math.min(MAX_LAZY_CHUNK, math.floor(0.02 / math.max(self._cost, 1e-9)))) or 1
   end
   local chunk, count = {}, 0
-  local items, src = job.items, job.source
-  while count < cs and not job.exhausted do
-    local v
-    if items then
-      local i = job.next_index
-      if i > job.total then job.exhausted = true; break end
-      v = items[i]
-    else
-      v = src()
+  local items, src, first = job.items, job.source, job.next_index
+  if items then
+    count = math.min(cs, job.total - first + 1)
+    if count > 0 then table.move(items, first, first + count - 1, 1, chunk) end
+    if count < cs then job.exhausted = true end
+  else
+    while count < cs do
+      local v = src()
       if v == nil then job.exhausted = true; break end
+      count = count + 1
+      chunk[count] = v
     end
-    count = count + 1
-    chunk[count] = v
-    job.next_index = job.next_index + 1
   end
+  job.next_index = first + count
   if count > 0 then
     self:_put_task(job, job.kind, job.next_index - count, chunk, count, "items")
   end
@@ -1006,27 +1013,29 @@ end
 -- `take` returns the next chunk to yield, or nil when none is waiting.
 -- A failed item raises at its turn; the loop may go on after it.
 local function chunk_iterator(self, job, take)
-  local rec, k = nil, 0
+  -- the chunk being yielded: its results, errors, size, index before it
+  local results, errors, count, base, k = nil, nil, 0, 0, 0
   return function()
-    while not rec or k >= rec.count do
-      if rec then
-        job.yielded = job.yielded + rec.count
-        rec = nil
+    if k >= count then
+      if results then
+        job.yielded = job.yielded + count
+        results = nil
         feed(self, job)
       end
-      rec = take()
-      if rec then
-        k = 0
-      elseif job.total and job.taken >= job.total then
-        return nil
-      else
+      local rec = take()
+      while not rec do
+        if job.total and job.taken >= job.total then return nil end
         self:_pump()
+        rec = take()
       end
+      results, errors, count, base, k = rec.results, rec.errors, rec.count, rec.start - 1, 0
     end
     k = k + 1
-    local e = rec.errors and rec.errors[k]
-    if e then error(e, 2) end
-    return rec.start + k - 1, rec.results[k]
+    if errors then
+      local e = errors[k]
+      if e then error(e, 2) end
+    end
+    return base + k, results[k]
   end
 end
 
