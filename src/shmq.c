@@ -29,7 +29,8 @@
  * taken and lost between the two.
  *
  * Waiting: a consumer that finds the queue empty first watches the count
- * for a few microseconds (most items of a busy pool arrive within that),
+ * for a few microseconds when its recent waits were that short (most
+ * items of a busy pool arrive within that),
  * then counts itself in the header and sleeps in poll() on an eventfd
  * (semaphore mode).  A producer writes one token for each sleeper that has
  * none on its way yet (`woken` counts tokens written and not taken), after
@@ -54,6 +55,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -90,6 +92,7 @@ struct shmq {
     struct shmq_hdr *hdr;
     char *ring;
     size_t mapped;       /* ring bytes this process has mapped */
+    int spin;            /* this process's last waits were short: spin first */
 };
 
 static int map_ring(shmq *q, size_t cap)
@@ -112,6 +115,7 @@ shmq *shmq_create(uint64_t maxsize)
     if (!q)
         return NULL;
     q->ev_get = q->ev_put = -1;
+    q->spin = 1;
     q->memfd = memfd_create("luamp-queue", MFD_CLOEXEC);
     if (q->memfd < 0)
         goto fail;
@@ -339,14 +343,19 @@ static int sleep_on(int fd, const int *extra, int nx, int *which, double deadlin
     }
 }
 
-/* Before sleeping, a consumer watches the count for up to SPIN_TIME
- * seconds: an item that arrives meanwhile costs no system call on either
- * side.  Without the lock: the count is only a hint, rechecked under it. */
-#define SPIN_TIME 20e-6
+/* Before sleeping, a consumer whose last waits in this process were
+ * short (under SHORT_WAIT) watches the count for up to SPIN_TIME seconds:
+ * an item that arrives meanwhile costs no system call on either side.
+ * After SPIN_PAUSE it yields the CPU between looks, so that on a busy
+ * machine the process it waits for can run.  Without the lock: the count
+ * is only a hint, rechecked under it. */
+#define SPIN_TIME 30e-6
+#define SPIN_PAUSE 2e-6
+#define SHORT_WAIT 150e-6
 
 static void spin_until_item(struct shmq_hdr *h, double deadline)
 {
-    double end = luamp_now() + SPIN_TIME;
+    double start = luamp_now(), end = start + SPIN_TIME;
     if (deadline > 0 && deadline < end)
         end = deadline;
     for (;;) {
@@ -356,8 +365,11 @@ static void spin_until_item(struct shmq_hdr *h, double deadline)
                 return;
             cpu_relax();
         }
-        if (luamp_now() >= end)
+        double t = luamp_now();
+        if (t >= end)
             return;
+        if (t - start > SPIN_PAUSE)
+            sched_yield();
     }
 }
 
@@ -429,13 +441,16 @@ int shmq_get(shmq *q, luamp_buf *out, double deadline, shmq_wait *w)
         return SHMQ_ERROR;
     if (w->claim >= 0)
         h->claims[w->claim].seq = 0;    /* what it held before is done */
-    int spun = 0;
+    int spun = !q->spin;
+    double waited_from = 0;
     while (h->count == 0) {
         if (h->shutdown || deadline == 0 || (deadline > 0 && luamp_now() >= deadline)) {
             int r = h->shutdown ? SHMQ_SHUTDOWN : SHMQ_TIMEOUT;
             unlock(q);
             return r;
         }
+        if (waited_from == 0)
+            waited_from = luamp_now();
         if (!spun) {
             spun = 1;
             unlock(q);
@@ -462,6 +477,8 @@ int shmq_get(shmq *q, luamp_buf *out, double deadline, shmq_wait *w)
             return r;
         }
     }
+    if (waited_from != 0)
+        q->spin = luamp_now() - waited_from < SHORT_WAIT;
     unsigned char rec[REC_HDR];
     uint32_t len;
     ring_read(q, h->head, rec, REC_HDR);
