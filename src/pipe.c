@@ -33,7 +33,9 @@
  * byte into its own socket (once per sleep), which wakes them.  A sender
  * that finds the ring full waits the same way for the receivers, on the
  * same socketpair in the other direction.  A wakeup is a hint: the woken
- * side looks at the ring again.  The sockets are also how "closed" is
+ * side looks at the ring again.  Sleepers also look again every second
+ * (every 10 ms when others sleep on the same end too): a wakeup taken by
+ * another process sharing the end costs a delay, never a hang.  The sockets are also how "closed" is
  * known: once every process holding the other end has closed it or died,
  * however it died, the kernel makes the socket read end-of-file (and
  * POLLHUP), and recv returns nil, "closed" after it has delivered every
