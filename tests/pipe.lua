@@ -282,6 +282,29 @@ do
   p:join()
 end
 
+-- big messages received do not pile up as garbage until the heap doubles
+-- (every byte of them would land in fresh pages): recv steps the collector
+do
+  local live = string.rep("L", 96 << 20)
+  local a, b = mp.Pipe()
+  local p = mp.Process{target = function()
+    a:close()
+    for i = 1, 200 do b:send(string.rep(string.char(64 + i % 26), 1 << 20)) end
+  end}
+  p:start()
+  b:close()
+  collectgarbage()
+  local base, peak = collectgarbage("count"), 0
+  for _ = 1, 200 do
+    a:recv(10)
+    peak = math.max(peak, collectgarbage("count") - base)
+  end
+  p:join()
+  t.ok(peak < 0.75 * #live / 1024, "200 received 1 MiB strings never amount to 3/4 of the live heap in garbage")
+  live = nil
+  collectgarbage()
+end
+
 t.raises(function() mp.Pipe(1) end, "bad argument #1 to 'Pipe' %(boolean expected, got number%)", "Pipe checks duplex")
 
 t.done()
