@@ -47,7 +47,8 @@
  * even if the sender then computes for an hour, exits or is killed.
  * Sending never raises SIGPIPE.  A message cut in the middle (a sender or
  * receiver of a message over 1 MiB was interrupted or died) makes the
- * direction "broken": later calls raise instead of reading garbage.
+ * direction "broken": later calls raise instead of reading garbage (a
+ * receiver still gets the whole messages that came before the cut).
  *
  * As in Python, ends are inherited by forked children, and an end sees
  * "closed" only when every process holding the other end has closed it.
@@ -97,7 +98,7 @@ typedef struct dir {
     _Atomic int rx_cpu;             /* where the last receiver ran */
     bell data;                      /* receivers sleep here, senders ring */
     bell room;                      /* senders sleep here, receivers ring */
-    CL _Atomic uint32_t broken;     /* a message was cut in the middle */
+    CL _Atomic uint32_t broken;     /* a message was cut: CUT_BY_* */
     CL pthread_mutex_t tx_lock;
     uint64_t tx_left;               /* bytes of a big message still to write */
     CL pthread_mutex_t rx_lock;
@@ -135,6 +136,10 @@ typedef struct conn {
 
 enum { W_READY, W_TIMEOUT, W_CLOSED, W_INTR, W_ERROR };
 
+/* Who cut a message: after a sender, the ring up to the cut message is
+ * whole; after a receiver, its head is inside a message. */
+enum { CUT_BY_SENDER = 1, CUT_BY_RECEIVER = 2 };
+
 static conn *check_conn(lua_State *L)
 {
     conn *c = luaL_checkudata(L, 1, LUAMP_CONN_MT);
@@ -162,8 +167,9 @@ static inline uint32_t le32(const char *p)
 
 /* Takes a direction's send or receive lock, waiting at most until
  * `deadline` and giving way to interrupts.  A holder that died in the
- * middle of a big message (*left not 0) leaves the direction broken. */
-static int lock_dir(dir *d, pthread_mutex_t *m, uint64_t *left, double deadline)
+ * middle of a big message (*left not 0) leaves the direction broken
+ * (`cut` says by whom). */
+static int lock_dir(dir *d, pthread_mutex_t *m, uint64_t *left, int cut, double deadline)
 {
     int e = pthread_mutex_trylock(m);
     while (e == EBUSY) {
@@ -187,7 +193,7 @@ static int lock_dir(dir *d, pthread_mutex_t *m, uint64_t *left, double deadline)
     }
     if (e == EOWNERDEAD) {
         if (*left) {
-            atomic_store(&d->broken, 1);
+            atomic_store(&d->broken, cut);
             *left = 0;
         }
         e = pthread_mutex_consistent(m);
@@ -361,7 +367,7 @@ static int send_stream(conn *c, const char *p, uint64_t total)
             atomic_store(&d->tail, t + n);
             if (ring(&d->data, s->fd) != 0) {
                 d->tx_left = 0;
-                atomic_store(&d->broken, 1);
+                atomic_store(&d->broken, CUT_BY_SENDER);
                 unlock_dir(&d->tx_lock);
                 return W_CLOSED;
             }
@@ -372,7 +378,7 @@ static int send_stream(conn *c, const char *p, uint64_t total)
             r = W_CLOSED;
         if (r != W_READY) {
             if (off > 0) {
-                atomic_store(&d->broken, 1);
+                atomic_store(&d->broken, CUT_BY_SENDER);
                 d->tx_left = 0;
                 atomic_store(&d->data.rung, 0);
                 ring(&d->data, s->fd);
@@ -424,7 +430,7 @@ static int c_send(lua_State *L)
         }
     }
 
-    int r = lock_dir(d, &d->tx_lock, &d->tx_left, -1);
+    int r = lock_dir(d, &d->tx_lock, &d->tx_left, CUT_BY_SENDER, -1);
     if (r == W_READY && atomic_load(&d->broken)) {
         unlock_dir(&d->tx_lock);
         luamp_buf_trim(&c->buf);
@@ -444,7 +450,7 @@ static int c_send(lua_State *L)
             unlock_dir(&d->tx_lock);
             r = wait_change(s, &d->room, &d->head, h, &d->rx_cpu, -1);
             if (r == W_READY)
-                r = lock_dir(d, &d->tx_lock, &d->tx_left, -1);
+                r = lock_dir(d, &d->tx_lock, &d->tx_left, CUT_BY_SENDER, -1);
             if (r != W_READY)
                 break;
         }
@@ -511,7 +517,7 @@ static int recv_stream(conn *c, uint64_t n)
             continue;
         }
         if (r != W_READY) {
-            atomic_store(&d->broken, 1);
+            atomic_store(&d->broken, CUT_BY_RECEIVER);
             d->rx_left = 0;
             atomic_store(&d->room.rung, 0);
             ring(&d->room, s->fd);
@@ -574,20 +580,21 @@ static int c_recv(lua_State *L)
     unwatch(c);
     int closed = 0, timed_out = 0, r;
     for (;;) {
-        r = lock_dir(d, &d->rx_lock, &d->rx_left, timed_out ? luamp_now() : deadline);
+        r = lock_dir(d, &d->rx_lock, &d->rx_left, CUT_BY_RECEIVER, timed_out ? luamp_now() : deadline);
         if (r != W_READY)
             break;
-        if (atomic_load(&d->broken)) {
+        uint64_t t = atomic_load_explicit(&d->tail, memory_order_acquire);
+        uint64_t h = atomic_load_explicit(&d->head, memory_order_relaxed);
+        uint32_t cut = atomic_load(&d->broken);
+        if (cut && (cut == CUT_BY_RECEIVER || t <= h || t - h < 4 || t - h < 4 + (uint64_t)le32(s->data + h % CAP))) {
             unlock_dir(&d->rx_lock);
             return broken_error(L);
         }
-        uint64_t t = atomic_load_explicit(&d->tail, memory_order_acquire);
-        uint64_t h = atomic_load_explicit(&d->head, memory_order_relaxed);
         if (t > h && t - h >= 4) {
             const char *p = s->data + h % CAP;
             uint64_t n = le32(p);
             if (n > LUAMP_MAX_MESSAGE) {
-                atomic_store(&d->broken, 1);
+                atomic_store(&d->broken, CUT_BY_RECEIVER);
                 unlock_dir(&d->rx_lock);
                 return luaL_error(L, "Pipe:recv: a message of %I bytes is over the 1 GiB limit", (lua_Integer)n);
             }

@@ -258,11 +258,14 @@ do
   for _ = 1, n do intact = intact and a:recv(1) == string.rep("s", 4000) end
   t.ok(intact and a:poll(0) == false, "every message sent before the interrupt is there, and no more")
 
+  b:send("before")
   p = ctrl_c_soon()
   ok, e = pcall(b.send, b, string.rep("h", 3 << 20))
   t.ok(not ok and mp.Error.is(e, "interrupted"), "SIGINT in the middle of sending a big message raises interrupted")
   p:join()
+  t.is(a:recv(1), "before", "what was sent before the cut message is still received")
   t.raises(function() a:recv(1) end, "broken", "the message it cut makes the pipe broken, not a source of garbage")
+  t.raises(function() b:send(1) end, "broken", "and send says so too")
 end
 
 -- core.wait (luamp's internal wait on several objects) wakes for a pipe end
