@@ -1,279 +1,895 @@
 /*
  * pipe.c - mp.Pipe: two connected ends that carry whole messages.
  *
- * An end is one side of an AF_UNIX stream socketpair (socketpairs, unlike
- * pipes, can later carry file descriptors with SCM_RIGHTS).  Each message
- * is a 4-byte little-endian length and the encoded value, so boundaries
- * survive any split the kernel makes.  recv reads ahead (up to 64 KiB at
- * a time) so that a stream of small messages costs one read() for many,
- * not two each; poll and waits look at what was read ahead before they
- * ask the kernel.  Bytes read ahead belong to the process that read them:
- * a forked child starts with none (it would otherwise deliver them a
- * second time).  send uses MSG_NOSIGNAL: a closed peer is an error, not a
- * SIGPIPE that kills the script.
+ * Data goes through shared memory; the kernel is only asked to put a
+ * process to sleep, to wake it, and to say when the other end is gone.
  *
- * As in Python, ends are inherited by forked children: an end sees
+ * A Pipe is one memfd, mapped by every process that holds an end: a page
+ * of headers and, per direction (two for a duplex Pipe, one otherwise), a
+ * ring of 1 MiB mapped twice in a row, so that any run of bytes in the
+ * ring is contiguous in memory.  A message is a 4-byte little-endian
+ * length and the encoded value.  The sender copies it in and publishes it
+ * by one store of the ring's tail; the receiver copies it out and frees it
+ * by one store of the head.  A message that does not fit the ring (over
+ * 1 MiB) streams through it: the sender writes what fits, the receiver
+ * takes what came, until it is whole.  Positions only grow; when a sender
+ * finds the ring empty well past its start, it moves both positions back
+ * to offset 0, so a Pipe that carries one message at a time touches a
+ * page or two, not the whole ring.
+ *
+ * Any number of processes may use an end at once (Python's Connection is
+ * not safe for that): senders of a direction take its send lock, receivers
+ * its receive lock, both robust process-shared mutexes, held only while
+ * bytes are copied (and while a message over 1 MiB streams), and while a
+ * message of 16 KiB or more is decoded where it lies in the ring (in a
+ * protected call: nothing here raises with a lock held).
+ *
+ * Waiting.  Each direction has a socketpair: its ends are held with the
+ * sending and the receiving end of the Pipe.  A receiver that finds no
+ * message spins a little (adaptively: up to 50 us while the messages it
+ * waited for lately came that fast, not at all when they did not), then
+ * counts itself a sleeper in shared memory and sleeps in poll() on its
+ * socket; a sender that publishes a message while someone sleeps writes a
+ * byte into its own socket (once per sleep), which wakes them.  A sender
+ * that finds the ring full waits the same way for the receivers, on the
+ * same socketpair in the other direction.  A wakeup is a hint: the woken
+ * side looks at the ring again.  Sleepers also look again every second
+ * (every 10 ms when others sleep on the same end too): a wakeup taken by
+ * another process sharing the end costs a delay, never a hang.  The sockets are also how "closed" is
+ * known: once every process holding the other end has closed it or died,
+ * however it died, the kernel makes the socket read end-of-file (and
+ * POLLHUP), and recv returns nil, "closed" after it has delivered every
+ * message that was published before.  Sockets rather than pipes, so that
+ * an end (its sockets and the memfd) can later be passed to another
+ * process with SCM_RIGHTS.
+ *
+ * Once send returns, the message is in shared memory: the receiver gets it
+ * even if the sender then computes for an hour, exits or is killed.
+ * Sending never raises SIGPIPE.  A message cut in the middle (a sender or
+ * receiver of a message over 1 MiB was interrupted or died) makes the
+ * direction "broken": later calls raise instead of reading garbage (a
+ * receiver still gets the whole messages that came before the cut).
+ *
+ * As in Python, ends are inherited by forked children, and an end sees
  * "closed" only when every process holding the other end has closed it.
  */
 #include "sys.h"
 
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
-#include <sys/uio.h>
 
 #include <lauxlib.h>
 
-#define READ_AHEAD ((size_t)64 << 10)
+#define CAP ((uint64_t)1 << 20)         /* ring bytes per direction */
+#define HDR_SIZE ((size_t)4096)         /* the headers of both directions */
+#define SKIP_AFTER ((uint64_t)64 << 10) /* rewind an empty ring past this */
+#define STREAM_CHUNK (CAP / 4)          /* least a big message is written in */
+#define IN_PLACE ((uint64_t)16 << 10)   /* recv decodes in the ring from here */
+#define COLLECT_FROM ((uint64_t)256 << 10) /* and steps the collector from here */
+#define SPIN_MAX 50e-6                  /* seconds of spinning before sleeping */
+#define SPIN_PAUSE 2e-6                 /* then yield the CPU between looks */
+#define SHORT_WAIT 150e-6               /* a wait this short is worth a spin */
+#define RECHECK_MS 1000                 /* a sleeper looks again this often, */
+#define CROWDED_MS 10                   /* and this often when not alone */
+
+#define CL _Alignas(64)
+
+/* Where one side sleeps: how many sleep, and whether a wakeup is on its way. */
+typedef struct bell {
+    CL _Atomic uint32_t sleepers;
+    _Atomic uint32_t rung;
+} bell;
+
+/* One direction's shared state, in the memfd's first page. */
+typedef struct dir {
+    CL _Atomic uint64_t tail;       /* end of what was published (senders) */
+    _Atomic int tx_cpu;             /* where the last sender ran */
+    CL _Atomic uint64_t head;       /* start of what is not yet taken (receivers) */
+    _Atomic int rx_cpu;             /* where the last receiver ran */
+    bell data;                      /* receivers sleep here, senders ring */
+    bell room;                      /* senders sleep here, receivers ring */
+    CL _Atomic uint32_t broken;     /* a message was cut: CUT_BY_* */
+    CL pthread_mutex_t tx_lock;
+    uint64_t tx_left;               /* bytes of a big message still to write */
+    CL pthread_mutex_t rx_lock;
+    uint64_t rx_left;               /* bytes of a big message still to take */
+} dir;
+
+_Static_assert(2 * sizeof(dir) <= HDR_SIZE, "the headers fit their page");
+
+/* This process's mapping of a Pipe's memfd, shared by its ends here. */
+typedef struct shm {
+    int refs;
+    char *base;
+    size_t len;
+} shm;
+
+/* One direction as an end sees it. */
+typedef struct side {
+    dir *d;             /* NULL: this end does not go this way */
+    char *data;         /* the ring, mapped twice in a row */
+    int fd;             /* this end's socket of the direction's pair */
+    uint64_t head;      /* sender: the head it saw last */
+    uint64_t skip_at;   /* sender: next position to try rewinding at */
+    double spin;        /* seconds to spin before sleeping */
+} side;
 
 typedef struct conn {
-    int fd;
-    int readable, writable;
-    luamp_buf buf;          /* send's encoding buffer */
-    luamp_buf in;           /* bytes read ahead: in.data[in_off .. in.len) */
-    size_t in_off;
-    unsigned in_gen;        /* luamp_fork_generation when they were read */
+    shm *m;             /* NULL once closed */
+    side rx, tx;
+    luamp_buf buf;      /* send's encoding buffer */
+    luamp_buf in;       /* recv's copy of a message */
+    double next_check;  /* when send next asks whether the peer is alive */
+    pid_t watcher;      /* process counted a sleeper for core.wait */
     char id[48];
 } conn;
+
+enum { W_READY, W_TIMEOUT, W_CLOSED, W_INTR, W_ERROR };
+
+/* Who cut a message: after a sender, the ring up to the cut message is
+ * whole; after a receiver, its head is inside a message. */
+enum { CUT_BY_SENDER = 1, CUT_BY_RECEIVER = 2 };
 
 static conn *check_conn(lua_State *L)
 {
     conn *c = luaL_checkudata(L, 1, LUAMP_CONN_MT);
-    if (c->fd < 0)
+    if (!c->m)
         luamp_raise(L, "closed", "this Pipe end is closed");
     return c;
 }
 
-static conn *new_end(lua_State *L, int fd, int readable, int writable)
+static inline void relax(void)
 {
-    conn *c = lua_newuserdatauv(L, sizeof *c, 0);
-    memset(c, 0, sizeof *c);
-    c->fd = fd;
-    c->readable = readable;
-    c->writable = writable;
-    luamp_buf_init(&c->buf);
-    luamp_buf_init(&c->in);
-    luaL_setmetatable(L, LUAMP_CONN_MT);
-    luamp_new_object_id(c->id, sizeof c->id, "pipe");
-    luamp_register_object(L, -1, c->id);
-    return c;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
 }
 
-/* core.pipe(duplex) -> a, b.  One-way: a receives, b sends. */
-static int l_pipe(lua_State *L)
+static inline uint32_t le32(const char *p)
 {
-    int duplex = lua_isnoneornil(L, 1) ? 1 : lua_toboolean(L, 1);
-    int sv[2];
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
-        return luamp_sys_error(L, "cannot create a Pipe: socketpair");
-    /* Each end is userdata with a finalizer before anything can raise. */
-    conn *a = new_end(L, sv[0], 1, duplex);
-    (void)a;
-    new_end(L, sv[1], duplex, 1);
-    if (!duplex) {
-        shutdown(sv[0], SHUT_WR);
-        shutdown(sv[1], SHUT_RD);
+    const unsigned char *u = (const unsigned char *)p;
+    return (uint32_t)u[0] | (uint32_t)u[1] << 8 | (uint32_t)u[2] << 16 | (uint32_t)u[3] << 24;
+}
+
+/* ---- locks ------------------------------------------------------------ */
+
+/* Takes a direction's send or receive lock, waiting at most until
+ * `deadline` and giving way to interrupts.  A holder that died in the
+ * middle of a big message (*left not 0) leaves the direction broken
+ * (`cut` says by whom). */
+static int lock_dir(dir *d, pthread_mutex_t *m, uint64_t *left, int cut, double deadline)
+{
+    int e = pthread_mutex_trylock(m);
+    while (e == EBUSY) {
+        if (luamp_interrupt_pending())
+            return W_INTR;
+        double now = luamp_now();
+        if (deadline >= 0 && now >= deadline)
+            return W_TIMEOUT;
+        double slice = 0.02;
+        if (deadline >= 0 && deadline - now < slice)
+            slice = deadline - now;
+        struct timespec ts;
+        if (clock_gettime(CLOCK_REALTIME, &ts) != 0)
+            return W_ERROR;
+        long ns = ts.tv_nsec + (long)(slice * 1e9);
+        ts.tv_sec += ns / 1000000000L;
+        ts.tv_nsec = ns % 1000000000L;
+        e = pthread_mutex_timedlock(m, &ts);
+        if (e == ETIMEDOUT)
+            e = EBUSY;
     }
-    return 2;
+    if (e == EOWNERDEAD) {
+        if (*left) {
+            atomic_store(&d->broken, cut);
+            *left = 0;
+        }
+        e = pthread_mutex_consistent(m);
+    }
+    if (e) {
+        errno = e;
+        return W_ERROR;
+    }
+    return W_READY;
+}
+
+static void unlock_dir(pthread_mutex_t *m)
+{
+    pthread_mutex_unlock(m);
+}
+
+/* ---- sleeping and waking ---------------------------------------------- */
+
+/* Wakes whoever sleeps on `b` by writing a byte into `fd`, the socket
+ * whose peer they poll.  -1 (errno EPIPE) when nobody holds the peer. */
+static int ring(bell *b, int fd)
+{
+    if (atomic_load(&b->sleepers) == 0 || atomic_load(&b->rung)
+        || atomic_exchange(&b->rung, 1))
+        return 0;
+    for (;;) {
+        if (send(fd, "", 1, MSG_DONTWAIT | MSG_NOSIGNAL) >= 0)
+            return 0;
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return 0;           /* plenty of bytes wait to be read already */
+        if (errno != EINTR)
+            return -1;
+    }
+}
+
+/* Learns from a wait of `took` seconds how long the next one should spin. */
+static void learn(side *s, double took, int by_spinning)
+{
+    if (by_spinning || took <= SHORT_WAIT)
+        s->spin = SPIN_MAX;
+    else if ((s->spin /= 2) < 1e-6)
+        s->spin = 0;
+}
+
+/* Waits until `*word` is no longer `seen`: spins, then sleeps on bell `b`
+ * and socket `fd`.  `peer_cpu`: where the side that changes `word` last
+ * ran.  W_READY (look again), W_TIMEOUT, W_CLOSED (every holder of the
+ * other end is gone), W_INTR, W_ERROR (errno). */
+static int wait_change(side *s, bell *b, _Atomic uint64_t *word, uint64_t seen,
+                       _Atomic int *peer_cpu, double deadline)
+{
+    double t0 = luamp_now();
+    if (s->spin > 0 && (deadline < 0 || t0 < deadline)) {
+        double pure = t0 + SPIN_PAUSE, until = t0 + s->spin;
+        /* A peer that last ran on this CPU cannot run while this spins:
+         * hand the CPU over at once. */
+        if (atomic_load_explicit(peer_cpu, memory_order_relaxed) == sched_getcpu())
+            pure = t0;
+        if (deadline >= 0 && deadline < until)
+            until = deadline;
+        int yielding = pure <= t0;
+        for (unsigned i = 1;; i++) {
+            if (atomic_load_explicit(word, memory_order_acquire) != seen) {
+                learn(s, 0, 1);
+                return W_READY;
+            }
+            if (yielding || (i & 31) == 0) {
+                if (luamp_interrupt_pending())
+                    return W_INTR;
+                double now = luamp_now();
+                if (now >= until)
+                    break;
+                if (now >= pure) {
+                    yielding = 1;
+                    sched_yield();  /* lets a peer on this CPU run */
+                }
+            } else {
+                relax();
+            }
+        }
+    }
+    int r = W_READY;
+    uint32_t others = atomic_fetch_add(&b->sleepers, 1);
+    atomic_store(&b->rung, 0);
+    while (atomic_load(word) == seen) {
+        int ms = luamp_poll_ms(deadline), most = others ? CROWDED_MS : RECHECK_MS;
+        if (ms < 0 || ms > most)
+            ms = most;
+        struct pollfd p = { .fd = s->fd, .events = POLLIN };
+        int n = poll(&p, 1, ms);
+        if (n > 0) {
+            char tmp[64];
+            ssize_t k;
+            while ((k = recv(s->fd, tmp, sizeof tmp, MSG_DONTWAIT)) > 0)
+                ;
+            if (k == 0 || (k < 0 && errno == ECONNRESET))
+                r = W_CLOSED;
+            else if (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+                r = W_ERROR;
+            atomic_store(&b->rung, 0);
+            break;
+        }
+        if (n == 0) {
+            if (deadline >= 0 && luamp_now() >= deadline) {
+                r = W_TIMEOUT;
+                break;
+            }
+            continue;
+        }
+        if (errno != EINTR) {
+            r = W_ERROR;
+            break;
+        }
+        if (luamp_interrupt_pending()) {
+            r = W_INTR;
+            break;
+        }
+    }
+    int e = errno;
+    atomic_fetch_sub(&b->sleepers, 1);
+    if (r == W_READY || r == W_TIMEOUT)
+        learn(s, luamp_now() - t0, 0);
+    errno = e;
+    return r;
+}
+
+/* core.wait counts the caller a sleeper until its next recv, poll or close. */
+static void unwatch(conn *c)
+{
+    if (c->watcher && c->watcher == getpid())
+        atomic_fetch_sub(&c->rx.d->data.sleepers, 1);
+    c->watcher = 0;
+}
+
+/* Raises for what a wait or a lock returned (not for W_READY/W_TIMEOUT). */
+static int wait_error(lua_State *L, int r, const char *what)
+{
+    if (r == W_INTR)
+        luamp_raise_interrupt(L);
+    if (r == W_CLOSED)
+        return luamp_raise(L, "closed", "cannot send: the other end of the Pipe is closed");
+    return luamp_sys_error(L, what);
+}
+
+static int broken_error(lua_State *L)
+{
+    return luamp_raise(L, "closed", "the Pipe is broken: a message over 1 MiB was cut "
+                       "when its sender or receiver was interrupted or died");
+}
+
+/* ---- send ------------------------------------------------------------- */
+
+/* A message over the ring's size, with the send lock held; returns with
+ * it released.  0, or a W_ code to raise for. */
+static int send_stream(conn *c, const char *p, uint64_t total)
+{
+    side *s = &c->tx;
+    dir *d = s->d;
+    uint64_t off = 0;
+    d->tx_left = total;
+    while (off < total) {
+        uint64_t t = atomic_load_explicit(&d->tail, memory_order_relaxed);
+        uint64_t h = atomic_load_explicit(&d->head, memory_order_acquire);
+        uint64_t room = CAP - (t - h), left = total - off;
+        uint64_t n = room < left ? room : left;
+        if (n >= (left < STREAM_CHUNK ? left : STREAM_CHUNK)) {
+            memcpy(s->data + t % CAP, p + off, n);
+            off += n;
+            d->tx_left = total - off;
+            atomic_store_explicit(&d->tx_cpu, sched_getcpu(), memory_order_relaxed);
+            atomic_store(&d->tail, t + n);
+            if (ring(&d->data, s->fd) != 0) {
+                d->tx_left = 0;
+                atomic_store(&d->broken, CUT_BY_SENDER);
+                unlock_dir(&d->tx_lock);
+                return W_CLOSED;
+            }
+            continue;
+        }
+        int r = wait_change(s, &d->room, &d->head, h, &d->rx_cpu, -1);
+        if (r == W_READY && atomic_load(&d->broken))
+            r = W_CLOSED;
+        if (r != W_READY) {
+            if (off > 0) {
+                atomic_store(&d->broken, CUT_BY_SENDER);
+                d->tx_left = 0;
+                atomic_store(&d->data.rung, 0);
+                ring(&d->data, s->fd);
+            }
+            unlock_dir(&d->tx_lock);
+            return r;
+        }
+    }
+    d->tx_left = 0;
+    unlock_dir(&d->tx_lock);
+    return 0;
 }
 
 static int c_send(lua_State *L)
 {
     conn *c = check_conn(L);
-    if (!c->writable)
+    side *s = &c->tx;
+    if (!s->d)
         return luaL_error(L, "cannot send on the receiving end of a one-way Pipe");
     if (lua_isnoneornil(L, 2))
         return luaL_error(L, "bad argument #1 to 'send' (nil cannot be sent on a Pipe)");
+    dir *d = s->d;
     c->buf.len = 0;
-    if (luamp_encode(L, 2, "message", &c->buf) != 0)
+    if (luamp_buf_reserve(&c->buf, 4) != 0)
+        return luaL_error(L, "Pipe:send: out of memory");
+    c->buf.len = 4;
+    if (luamp_encode(L, 2, "message", &c->buf) != 0) {
+        luamp_buf_trim(&c->buf);
         return luamp_raise(L, "serialize", "%s", lua_tostring(L, -1));
-    unsigned char hdr[4];
-    uint32_t n = (uint32_t)c->buf.len;
+    }
+    uint64_t n = c->buf.len - 4;
+    if (n > LUAMP_MAX_MESSAGE) {
+        luamp_buf_trim(&c->buf);
+        return luaL_error(L, "Pipe:send: a message of %I bytes is over the 1 GiB limit", (lua_Integer)n);
+    }
     for (int i = 0; i < 4; i++)
-        hdr[i] = (unsigned char)(n >> (8 * i));
-    struct iovec iov[2] = {
-        { hdr, 4 },
-        { c->buf.data, c->buf.len }
-    };
-    struct msghdr m = { .msg_iov = iov, .msg_iovlen = 2 };
-    while (m.msg_iovlen > 0) {
-        ssize_t w = sendmsg(c->fd, &m, MSG_NOSIGNAL);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            int e = errno;
+        c->buf.data[i] = (char)(n >> (8 * i));
+    uint64_t total = 4 + n;
+
+    /* Now and then (and first of all), ask whether anyone can still
+     * receive: a full ring would tell, but only after 1 MiB. */
+    double now = luamp_now();
+    if (now >= c->next_check) {
+        c->next_check = now + 1e-3;
+        struct pollfd p = { .fd = s->fd, .events = POLLIN };
+        if (poll(&p, 1, 0) > 0 && (p.revents & (POLLHUP | POLLERR))) {
             luamp_buf_trim(&c->buf);
-            if (e == EPIPE || e == ECONNRESET)
-                return luamp_raise(L, "closed", "cannot send: the other end of the Pipe is closed");
-            errno = e;
-            return luamp_sys_error(L, "Pipe:send");
+            return wait_error(L, W_CLOSED, NULL);
         }
-        while (m.msg_iovlen > 0 && (size_t)w >= m.msg_iov->iov_len) {
-            w -= (ssize_t)m.msg_iov->iov_len;
-            m.msg_iov++;
-            m.msg_iovlen--;
+    }
+
+    int r = lock_dir(d, &d->tx_lock, &d->tx_left, CUT_BY_SENDER, -1);
+    if (r == W_READY && atomic_load(&d->broken)) {
+        unlock_dir(&d->tx_lock);
+        luamp_buf_trim(&c->buf);
+        return broken_error(L);
+    }
+    if (r == W_READY && total > CAP)
+        r = send_stream(c, c->buf.data, total);
+    else if (r == W_READY) {
+        uint64_t t;
+        for (;;) {
+            t = atomic_load_explicit(&d->tail, memory_order_relaxed);
+            uint64_t h = s->head;
+            if (t - h > CAP - total)
+                s->head = h = atomic_load_explicit(&d->head, memory_order_acquire);
+            if (t - h <= CAP - total)
+                break;
+            unlock_dir(&d->tx_lock);
+            r = wait_change(s, &d->room, &d->head, h, &d->rx_cpu, -1);
+            if (r == W_READY)
+                r = lock_dir(d, &d->tx_lock, &d->tx_left, CUT_BY_SENDER, -1);
+            if (r != W_READY)
+                break;
         }
-        if (m.msg_iovlen > 0) {
-            m.msg_iov->iov_base = (char *)m.msg_iov->iov_base + w;
-            m.msg_iov->iov_len -= (size_t)w;
+        if (r == W_READY) {
+            if (t % CAP >= SKIP_AFTER && t >= s->skip_at) {
+                /* Rewind an empty ring to offset 0: head first, so a
+                 * receiver that sees the new tail sees the new head. */
+                if (atomic_load_explicit(&d->head, memory_order_acquire) == t) {
+                    t = (t / CAP + 1) * CAP;
+                    atomic_store(&d->head, t);
+                    s->head = t;
+                } else {
+                    s->skip_at = t + 4096;
+                }
+            }
+            memcpy(s->data + t % CAP, c->buf.data, total);
+            atomic_store_explicit(&d->tx_cpu, sched_getcpu(), memory_order_relaxed);
+            atomic_store(&d->tail, t + total);
+            unlock_dir(&d->tx_lock);
+            if (ring(&d->data, s->fd) != 0)
+                r = errno == EPIPE || errno == ECONNRESET ? W_CLOSED : W_ERROR;
         }
     }
     luamp_buf_trim(&c->buf);
+    if (r != W_READY)
+        return wait_error(L, r, "Pipe:send");
     return 0;
 }
 
-/* Bytes read ahead and not yet delivered (none in a child forked since). */
-static size_t buffered(conn *c)
-{
-    if (c->in_gen != luamp_fork_generation) {
-        c->in.len = c->in_off = 0;
-        c->in_gen = luamp_fork_generation;
-    }
-    return c->in.len - c->in_off;
-}
+/* ---- recv ------------------------------------------------------------- */
 
-/* Length of the frame at the front of what is buffered, if its header is
- * there; -1 otherwise. */
-static int64_t frame_len(conn *c)
+/* The rest of a message over the ring's size, with the receive lock held
+ * and its 4-byte length taken; returns with the lock released and the
+ * message in c->in, or a W_ code to raise for. */
+static int recv_stream(conn *c, uint64_t n)
 {
-    if (buffered(c) < 4)
-        return -1;
-    const unsigned char *h = (const unsigned char *)c->in.data + c->in_off;
-    return (int64_t)((uint32_t)h[0] | (uint32_t)h[1] << 8 | (uint32_t)h[2] << 16 | (uint32_t)h[3] << 24);
-}
-
-static int frame_ready(conn *c)
-{
-    int64_t n = frame_len(c);
-    return n >= 0 && buffered(c) >= 4 + (size_t)n;
-}
-
-/* Waits until the socket is readable; 1 ready, 0 timeout. */
-static int wait_readable(lua_State *L, conn *c, double deadline)
-{
-    struct pollfd p = { .fd = c->fd, .events = POLLIN };
+    side *s = &c->rx;
+    dir *d = s->d;
+    uint64_t got = 0;
+    int closed = 0;
+    d->rx_left = n;
     for (;;) {
-        int r = poll(&p, 1, luamp_poll_ms(deadline));
-        if (r > 0)
-            return 1;
-        if (r == 0)
-            return 0;
-        if (errno != EINTR)
-            return luamp_sys_error(L, "Pipe:recv: poll");
-        luamp_raise_interrupt(L);
-    }
-}
-
-/* Reads what the socket has (blocking until at least one byte or end of
- * file), making room for `want` bytes at least.  Returns the count read,
- * 0 at end of file; raises on errors. */
-static size_t fill(lua_State *L, conn *c, size_t want)
-{
-    size_t have = buffered(c);
-    if (c->in_off > 0) {            /* move what is left to the front */
-        memmove(c->in.data, c->in.data + c->in_off, have);
-        c->in.len = have;
-        c->in_off = 0;
-    }
-    if (want < READ_AHEAD)
-        want = READ_AHEAD;
-    if (luamp_buf_reserve(&c->in, want) != 0)
-        return (size_t)luaL_error(L, "Pipe:recv: out of memory for a message of %d bytes", (int)want);
-    for (;;) {
-        ssize_t r = read(c->fd, c->in.data + c->in.len, c->in.cap - c->in.len);
-        if (r >= 0) {
-            c->in.len += (size_t)r;
-            return (size_t)r;
-        }
-        if (errno == EINTR) {
-            luamp_raise_interrupt(L);
+        uint64_t t = atomic_load_explicit(&d->tail, memory_order_acquire);
+        uint64_t h = atomic_load_explicit(&d->head, memory_order_relaxed);
+        uint64_t k = t > h ? t - h : 0;
+        if (k > n - got)
+            k = n - got;
+        if (k > 0) {
+            memcpy(c->in.data + got, s->data + h % CAP, k);
+            got += k;
+            d->rx_left = n - got;
+            atomic_store_explicit(&d->rx_cpu, sched_getcpu(), memory_order_relaxed);
+            atomic_store(&d->head, h + k);
+            ring(&d->room, s->fd);
+            if (got == n)
+                break;
             continue;
         }
-        if (errno == ECONNRESET)
-            return 0;
-        return (size_t)luamp_sys_error(L, "Pipe:recv");
+        int r = closed ? W_CLOSED : wait_change(s, &d->data, &d->tail, t, &d->tx_cpu, -1);
+        if (r == W_READY && atomic_load(&d->broken))
+            r = W_CLOSED;
+        if (r == W_CLOSED && !closed) {
+            closed = 1;         /* look once more: it may all be there */
+            continue;
+        }
+        if (r != W_READY) {
+            atomic_store(&d->broken, CUT_BY_RECEIVER);
+            d->rx_left = 0;
+            atomic_store(&d->room.rung, 0);
+            ring(&d->room, s->fd);
+            unlock_dir(&d->rx_lock);
+            return r;
+        }
     }
+    d->rx_left = 0;
+    unlock_dir(&d->rx_lock);
+    c->in.len = n;
+    return 0;
+}
+
+/*
+ * After a big message, the collector is stepped as if it had been
+ * allocated once more.  A received big string is usually garbage soon,
+ * but the collector only starts a cycle once the heap has doubled: a
+ * stream of 1 MiB messages then piles up garbage in fresh pages, and
+ * every byte received costs its share of a page fault (half the
+ * receiver's time at 1 MiB).  Collected sooner, the memory is reused.
+ * The extra work is proportional to the bytes received, as the
+ * collector's own pacing is.
+ */
+static void collect_for(lua_State *L, uint64_t n)
+{
+    if (n >= COLLECT_FROM)
+        lua_gc(L, LUA_GCSTEP, (int)(n >> 10));
+}
+
+/* decode_in_place(pointer, length) -> value; raises what decoding says. */
+static int decode_in_place(lua_State *L)
+{
+    const char *p = lua_touserdata(L, 1);
+    size_t n = (size_t)lua_tointeger(L, 2);
+    if (luamp_decode(L, p, n, 0) != 0)
+        return lua_error(L);
+    return 1;
+}
+
+/* Whether a message (or the start of one over 1 MiB) is waiting. */
+static int ready(side *s)
+{
+    dir *d = s->d;
+    uint64_t t = atomic_load_explicit(&d->tail, memory_order_acquire);
+    uint64_t h = atomic_load_explicit(&d->head, memory_order_relaxed);
+    if (t <= h || t - h < 4)
+        return 0;
+    uint64_t total = 4 + (uint64_t)le32(s->data + h % CAP);
+    return total > CAP || t - h >= total;
 }
 
 static int c_recv(lua_State *L)
 {
     conn *c = check_conn(L);
-    if (!c->readable)
+    side *s = &c->rx;
+    if (!s->d)
         return luaL_error(L, "cannot receive on the sending end of a one-way Pipe");
     double deadline = luamp_opt_deadline(L, 2);
-    while (!frame_ready(c)) {
-        int64_t n = frame_len(c);
-        if (n > (int64_t)LUAMP_MAX_MESSAGE)
-            return luaL_error(L, "Pipe:recv: a message of %d bytes is over the 1 GiB limit", (int)n);
-        /* The timeout applies until a message starts; then its rest is
-         * on its way and is waited for. */
-        if (buffered(c) == 0 && !wait_readable(L, c, deadline)) {
+    dir *d = s->d;
+    unwatch(c);
+    int closed = 0, timed_out = 0, r;
+    for (;;) {
+        r = lock_dir(d, &d->rx_lock, &d->rx_left, CUT_BY_RECEIVER, timed_out ? luamp_now() : deadline);
+        if (r != W_READY)
+            break;
+        uint64_t t = atomic_load_explicit(&d->tail, memory_order_acquire);
+        uint64_t h = atomic_load_explicit(&d->head, memory_order_relaxed);
+        uint32_t cut = atomic_load(&d->broken);
+        if (cut && (cut == CUT_BY_RECEIVER || t <= h || t - h < 4 || t - h < 4 + (uint64_t)le32(s->data + h % CAP))) {
+            unlock_dir(&d->rx_lock);
+            return broken_error(L);
+        }
+        if (t > h && t - h >= 4) {
+            const char *p = s->data + h % CAP;
+            uint64_t n = le32(p);
+            if (n > LUAMP_MAX_MESSAGE) {
+                atomic_store(&d->broken, CUT_BY_RECEIVER);
+                unlock_dir(&d->rx_lock);
+                return luaL_error(L, "Pipe:recv: a message of %I bytes is over the 1 GiB limit", (lua_Integer)n);
+            }
+            c->in.len = 0;
+            if (4 + n <= CAP && t - h >= 4 + n) {
+                if (n >= IN_PLACE) {
+                    /* Decoded where it lies, saving a copy; protected,
+                     * so that nothing raises with the lock held.  Taken
+                     * whatever decoding says. */
+                    lua_pushcfunction(L, decode_in_place);
+                    lua_pushlightuserdata(L, (void *)(p + 4));
+                    lua_pushinteger(L, (lua_Integer)n);
+                    int st = lua_pcall(L, 2, 1, 0);
+                    atomic_store_explicit(&d->rx_cpu, sched_getcpu(), memory_order_relaxed);
+                    atomic_store(&d->head, h + 4 + n);
+                    unlock_dir(&d->rx_lock);
+                    ring(&d->room, s->fd);
+                    if (st != LUA_OK)
+                        return lua_error(L);
+                    collect_for(L, n);
+                    return 1;
+                }
+                if (luamp_buf_reserve(&c->in, n) != 0) {
+                    unlock_dir(&d->rx_lock);
+                    return luaL_error(L, "Pipe:recv: out of memory for a message of %I bytes", (lua_Integer)n);
+                }
+                memcpy(c->in.data, p + 4, n);
+                c->in.len = n;
+                atomic_store_explicit(&d->rx_cpu, sched_getcpu(), memory_order_relaxed);
+                atomic_store(&d->head, h + 4 + n);
+                unlock_dir(&d->rx_lock);
+                ring(&d->room, s->fd);
+                r = W_READY;
+                break;
+            }
+            if (4 + n > CAP) {
+                if (luamp_buf_reserve(&c->in, n) != 0) {
+                    unlock_dir(&d->rx_lock);
+                    return luaL_error(L, "Pipe:recv: out of memory for a message of %I bytes", (lua_Integer)n);
+                }
+                atomic_store(&d->head, h + 4);
+                r = recv_stream(c, n);
+                if (r == W_CLOSED)
+                    return luamp_raise(L, "closed", "Pipe:recv: the other end closed in the middle of a message");
+                if (r != W_READY)
+                    return wait_error(L, r, "Pipe:recv");
+                break;
+            }
+        }
+        unlock_dir(&d->rx_lock);
+        if (closed || timed_out) {
+            if (t > h)
+                return luamp_raise(L, "closed", "Pipe:recv: the other end closed in the middle of a message");
             lua_pushnil(L);
-            lua_pushliteral(L, "timeout");
+            if (closed)
+                lua_pushliteral(L, "closed");
+            else
+                lua_pushliteral(L, "timeout");
             return 2;
         }
-        size_t have = buffered(c);
-        if (fill(L, c, n >= 0 ? 4 + (size_t)n - have : 4) == 0) {
-            if (have == 0) {
-                lua_pushnil(L);
-                lua_pushliteral(L, "closed");
-                return 2;
-            }
-            return luamp_raise(L, "closed", "Pipe:recv: the other end closed in the middle of a message");
-        }
+        r = wait_change(s, &d->data, &d->tail, t, &d->tx_cpu, deadline);
+        if (r == W_CLOSED)
+            closed = 1;         /* what was published before is still taken */
+        else if (r == W_TIMEOUT)
+            timed_out = 1;
+        else if (r != W_READY)
+            return wait_error(L, r, "Pipe:recv");
     }
-    size_t n = (size_t)frame_len(c);
-    const char *msg = c->in.data + c->in_off + 4;
-    c->in_off += 4 + n;             /* taken, whatever decoding says */
-    int r = luamp_decode(L, msg, n, 0);
-    if (c->in_off == c->in.len) {
-        c->in_off = c->in.len = 0;
-        luamp_buf_trim(&c->in);
+    if (r == W_TIMEOUT) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "timeout");
+        return 2;
     }
-    if (r != 0)
+    if (r != W_READY)
+        return wait_error(L, r, "Pipe:recv");
+    int e = luamp_decode(L, c->in.data, c->in.len, 0);
+    size_t n = c->in.len;
+    luamp_buf_trim(&c->in);
+    if (e != 0)
         return lua_error(L);
+    collect_for(L, n);
     return 1;
 }
 
 static int c_poll(lua_State *L)
 {
     conn *c = check_conn(L);
-    if (!c->readable)
+    side *s = &c->rx;
+    if (!s->d)
         return luaL_error(L, "cannot poll the sending end of a one-way Pipe");
-    double deadline = lua_isnoneornil(L, 2) ? 0 : luamp_opt_deadline(L, 2);
-    lua_pushboolean(L, frame_ready(c) || wait_readable(L, c, deadline));
+    double deadline = lua_isnoneornil(L, 2) ? luamp_now() : luamp_opt_deadline(L, 2);
+    unwatch(c);
+    int yes;
+    for (;;) {
+        uint64_t t = atomic_load_explicit(&s->d->tail, memory_order_acquire);
+        if ((yes = ready(s)) != 0)
+            break;
+        int r = wait_change(s, &s->d->data, &s->d->tail, t, &s->d->tx_cpu, deadline);
+        if (r == W_TIMEOUT) {
+            yes = ready(s);
+            break;
+        }
+        if (r == W_CLOSED) {
+            yes = 1;            /* recv will say "closed" (or deliver) */
+            break;
+        }
+        if (r != W_READY)
+            return wait_error(L, r, "Pipe:poll");
+    }
+    lua_pushboolean(L, yes);
     return 1;
+}
+
+/* ---- ends ------------------------------------------------------------- */
+
+static void shm_unref(shm *m)
+{
+    if (m && --m->refs == 0) {
+        munmap(m->base, m->len);
+        free(m);
+    }
 }
 
 static int c_close(lua_State *L)
 {
     conn *c = luaL_checkudata(L, 1, LUAMP_CONN_MT);
-    if (c->fd >= 0) {
-        close(c->fd);
-        c->fd = -1;
+    if (c->m) {
+        unwatch(c);
+        if (c->rx.fd >= 0)
+            close(c->rx.fd);
+        if (c->tx.fd >= 0 && c->tx.fd != c->rx.fd)
+            close(c->tx.fd);
+        c->rx.fd = c->tx.fd = -1;
+        c->rx.d = c->tx.d = NULL;
+        shm_unref(c->m);
+        c->m = NULL;
     }
     luamp_buf_free(&c->buf);
     luamp_buf_init(&c->buf);
     luamp_buf_free(&c->in);
     luamp_buf_init(&c->in);
-    c->in_off = 0;
     return 0;
 }
 
-/* For core.wait: -2 (ready now) when a whole message was read ahead. */
+static conn *new_end(lua_State *L)
+{
+    conn *c = lua_newuserdatauv(L, sizeof *c, 0);
+    memset(c, 0, sizeof *c);
+    c->rx.fd = c->tx.fd = -1;
+    luamp_buf_init(&c->buf);
+    luamp_buf_init(&c->in);
+    luaL_setmetatable(L, LUAMP_CONN_MT);
+    return c;
+}
+
+static void set_side(side *s, shm *m, int i, int fd)
+{
+    s->d = (dir *)(m->base) + i;
+    s->data = m->base + HDR_SIZE + (size_t)i * 2 * CAP;
+    s->fd = fd;
+    s->spin = SPIN_MAX;
+    s->skip_at = 0;
+}
+
+static int init_lock(pthread_mutex_t *m)
+{
+    pthread_mutexattr_t a;
+    int e = pthread_mutexattr_init(&a);
+    if (!e) e = pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+    if (!e) e = pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+    /* EDEADLK, not a hang, if a finalizer run while recv decodes a
+     * message in place calls recv on the same end. */
+    if (!e) e = pthread_mutexattr_settype(&a, PTHREAD_MUTEX_ERRORCHECK);
+    if (!e) e = pthread_mutex_init(m, &a);
+    pthread_mutexattr_destroy(&a);
+    return e;
+}
+
+/* Maps `ndir` directions of a new memfd; NULL with errno on failure. */
+static shm *shm_create(int ndir)
+{
+    size_t file = HDR_SIZE + (size_t)ndir * CAP, len = HDR_SIZE + (size_t)ndir * 2 * CAP;
+    shm *m = calloc(1, sizeof *m);
+    if (!m)
+        return NULL;
+    int e = 0, fd = memfd_create("luamp-pipe", MFD_CLOEXEC);
+    char *base = MAP_FAILED;
+    if (fd < 0 || ftruncate(fd, (off_t)file) != 0)
+        goto fail;
+    base = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED)
+        goto fail;
+    if (mmap(base, HDR_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0) == MAP_FAILED)
+        goto fail;
+    for (int i = 0; i < ndir; i++) {
+        char *r = base + HDR_SIZE + (size_t)i * 2 * CAP;
+        off_t off = (off_t)(HDR_SIZE + (size_t)i * CAP);
+        if (mmap(r, CAP, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, off) == MAP_FAILED
+            || mmap(r + CAP, CAP, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, off) == MAP_FAILED)
+            goto fail;
+        dir *d = (dir *)base + i;
+        d->tx_cpu = d->rx_cpu = -1;
+        if ((e = init_lock(&d->tx_lock)) != 0 || (e = init_lock(&d->rx_lock)) != 0)
+            goto fail;
+    }
+    close(fd);          /* the mappings keep the memory */
+    m->refs = 0;
+    m->base = base;
+    m->len = len;
+    return m;
+fail:
+    if (!e)
+        e = errno;
+    if (base != MAP_FAILED)
+        munmap(base, len);
+    if (fd >= 0)
+        close(fd);
+    free(m);
+    errno = e;
+    return NULL;
+}
+
+/* core.pipe(duplex) -> a, b.  One-way: a receives, b sends.
+ * Direction 0 carries b -> a, direction 1 (duplex only) a -> b. */
+static int l_pipe(lua_State *L)
+{
+    int duplex = lua_isnoneornil(L, 1) ? 1 : lua_toboolean(L, 1);
+    int ndir = duplex ? 2 : 1;
+    /* Both ends exist, with their finalizer, before anything can raise. */
+    conn *a = new_end(L);
+    conn *b = new_end(L);
+    int sv[2][2] = { { -1, -1 }, { -1, -1 } };
+    for (int i = 0; i < ndir; i++) {
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv[i]) != 0) {
+            int e = errno;
+            if (i > 0) {
+                close(sv[0][0]);
+                close(sv[0][1]);
+            }
+            errno = e;
+            return luamp_sys_error(L, "cannot create a Pipe: socketpair");
+        }
+    }
+    shm *m = shm_create(ndir);
+    if (!m) {
+        int e = errno;
+        for (int i = 0; i < ndir; i++) {
+            close(sv[i][0]);
+            close(sv[i][1]);
+        }
+        errno = e;
+        return luamp_sys_error(L, "cannot create a Pipe: shared memory");
+    }
+    a->m = b->m = m;
+    m->refs = 2;
+    set_side(&a->rx, m, 0, sv[0][0]);
+    set_side(&b->tx, m, 0, sv[0][1]);
+    if (duplex) {
+        set_side(&a->tx, m, 1, sv[1][0]);
+        set_side(&b->rx, m, 1, sv[1][1]);
+    }
+    luamp_new_object_id(a->id, sizeof a->id, "pipe");
+    luamp_register_object(L, -2, a->id);
+    luamp_new_object_id(b->id, sizeof b->id, "pipe");
+    luamp_register_object(L, -1, b->id);
+    return 2;
+}
+
+/* For core.wait: -2 (ready now) when a message is waiting; otherwise the
+ * socket that a sender writes to, with this process counted a sleeper so
+ * that it does (until its next recv, poll or close). */
 static int c_waitfd(lua_State *L)
 {
     conn *c = luaL_checkudata(L, 1, LUAMP_CONN_MT);
-    lua_pushinteger(L, c->fd >= 0 && c->readable && frame_ready(c) ? -2 : c->fd);
+    int fd = -1;
+    if (c->m && c->rx.d) {
+        if (ready(&c->rx))
+            fd = -2;
+        else {
+            if (c->watcher != getpid()) {
+                atomic_fetch_add(&c->rx.d->data.sleepers, 1);
+                c->watcher = getpid();
+            }
+            atomic_store(&c->rx.d->data.rung, 0);
+            fd = c->rx.fd;
+        }
+    }
+    lua_pushinteger(L, fd);
     return 1;
 }
 
 static int c_fd(lua_State *L)
 {
     conn *c = luaL_checkudata(L, 1, LUAMP_CONN_MT);
-    lua_pushinteger(L, c->fd);
+    lua_pushinteger(L, c->rx.d ? c->rx.fd : c->tx.fd);
     return 1;
 }
 
@@ -286,7 +902,7 @@ static int c_ref(lua_State *L)
 static int c_tostring(lua_State *L)
 {
     conn *c = luaL_checkudata(L, 1, LUAMP_CONN_MT);
-    lua_pushfstring(L, "Connection (%s%s)", c->id, c->fd < 0 ? ", closed" : "");
+    lua_pushfstring(L, "Connection (%s%s)", c->id, c->m ? "" : ", closed");
     return 1;
 }
 

@@ -412,6 +412,7 @@ static int l_child_gc(lua_State *L)
 
 int luamp_waitable_fd(lua_State *L, int idx)
 {
+    idx = lua_absindex(L, idx);     /* callers pass -1; the stack grows below */
     child *c = luaL_testudata(L, idx, LUAMP_CHILD_MT);
     if (c)
         return c->reaped ? -2 : c->pidfd;
