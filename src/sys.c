@@ -35,8 +35,6 @@
 #define SYS_pidfd_open 434
 #endif
 
-unsigned luamp_fork_generation;
-
 double luamp_now(void)
 {
     struct timespec ts;
@@ -269,7 +267,6 @@ static int l_fork(lua_State *L)
         if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent)
             _exit(70);
         reset_child_signals(worker);
-        luamp_fork_generation++;
         lua_pushinteger(L, 0);
         return 1;
     }

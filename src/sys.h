@@ -19,10 +19,6 @@ double luamp_now(void);
  * -1 when deadline < 0 (wait forever), 0 once passed. */
 int luamp_poll_ms(double deadline);
 
-/* Incremented in every child core.fork makes: per-process state (bytes a
- * Pipe end read ahead) compares it to know it was inherited. */
-extern unsigned luamp_fork_generation;
-
 /* Lua: pushes "what: strerror(errno)" and raises it. */
 int luamp_sys_error(lua_State *L, const char *what);
 
