@@ -75,7 +75,6 @@
 #define SKIP_AFTER ((uint64_t)64 << 10) /* rewind an empty ring past this */
 #define STREAM_CHUNK (CAP / 4)          /* least a big message is written in */
 #define IN_PLACE ((uint64_t)16 << 10)   /* recv decodes in the ring from here */
-#define COLLECT_FROM ((uint64_t)256 << 10) /* and steps the collector from here */
 #define SPIN_MAX 50e-6                  /* seconds of spinning before sleeping */
 #define SPIN_PAUSE 2e-6                 /* then yield the CPU between looks */
 #define SHORT_WAIT 150e-6               /* a wait this short is worth a spin */
@@ -531,22 +530,6 @@ static int recv_stream(conn *c, uint64_t n)
     return 0;
 }
 
-/*
- * After a big message, the collector is stepped as if it had been
- * allocated once more.  A received big string is usually garbage soon,
- * but the collector only starts a cycle once the heap has doubled: a
- * stream of 1 MiB messages then piles up garbage in fresh pages, and
- * every byte received costs its share of a page fault (half the
- * receiver's time at 1 MiB).  Collected sooner, the memory is reused.
- * The extra work is proportional to the bytes received, as the
- * collector's own pacing is.
- */
-static void collect_for(lua_State *L, uint64_t n)
-{
-    if (n >= COLLECT_FROM)
-        lua_gc(L, LUA_GCSTEP, (int)(n >> 10));
-}
-
 /* decode_in_place(pointer, length) -> value; raises what decoding says. */
 static int decode_in_place(lua_State *L)
 {
@@ -614,7 +597,7 @@ static int c_recv(lua_State *L)
                     ring(&d->room, s->fd);
                     if (st != LUA_OK)
                         return lua_error(L);
-                    collect_for(L, n);
+                    luamp_collect_for(L, n);
                     return 1;
                 }
                 if (luamp_buf_reserve(&c->in, n) != 0) {
@@ -675,7 +658,7 @@ static int c_recv(lua_State *L)
     luamp_buf_trim(&c->in);
     if (e != 0)
         return lua_error(L);
-    collect_for(L, n);
+    luamp_collect_for(L, n);
     return 1;
 }
 

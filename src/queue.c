@@ -105,6 +105,7 @@ static int q_put_nowait(lua_State *L)
 static int push_item(lua_State *L, queue *u)
 {
     int r = luamp_decode(L, u->buf.data, u->buf.len, 0);
+    luamp_collect_for(L, u->buf.len);
     luamp_buf_trim(&u->buf);
     if (r != 0)
         return lua_error(L);
@@ -194,6 +195,7 @@ static int q_get_or_event(lua_State *L)
     switch (r) {
     case SHMQ_OK:
         r = luamp_decode(L, u->buf.data, u->buf.len, 0);
+        luamp_collect_for(L, u->buf.len);
         luamp_buf_trim(&u->buf);
         if (r != 0) {
             lua_pushboolean(L, 0);
@@ -397,6 +399,7 @@ static int q_get_task(lua_State *L)
         luamp_buf_trim(&u->buf);
         return undecodable(L, w.seq);
     }
+    luamp_collect_for(L, u->buf.len);
     luamp_buf_trim(&u->buf);
     lua_pushinteger(L, h.count);
     lua_pushinteger(L, (lua_Integer)w.seq);
@@ -534,6 +537,7 @@ static int q_get_result(lua_State *L)
         lua_pushboolean(L, 0);
         lua_insert(L, -2);
     }
+    luamp_collect_for(L, u->buf.len);
     luamp_buf_trim(&u->buf);
     lua_pushnumber(L, h.elapsed);
     lua_pushinteger(L, h.pid);

@@ -19,6 +19,10 @@ double luamp_now(void);
  * -1 when deadline < 0 (wait forever), 0 once passed. */
 int luamp_poll_ms(double deadline);
 
+/* After decoding a message of n bytes: steps the collector for a big one
+ * (see sys.c). */
+void luamp_collect_for(lua_State *L, size_t n);
+
 /* Lua: pushes "what: strerror(errno)" and raises it. */
 int luamp_sys_error(lua_State *L, const char *what);
 

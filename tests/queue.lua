@@ -122,4 +122,25 @@ do
   t.is(sum, 1275, "a bounded queue passes every item through a producer that waits")
 end
 
+-- big items taken do not pile up as garbage until the heap doubles (every
+-- byte of them would land in fresh pages): get steps the collector
+do
+  local live = string.rep("L", 96 << 20)
+  local q = mp.Queue()
+  local p = mp.Process{target = function()
+    for i = 1, 200 do q:put(string.rep(string.char(64 + i % 26), 1 << 20)) end
+  end}
+  p:start()
+  collectgarbage()
+  local base, peak = collectgarbage("count"), 0
+  for _ = 1, 200 do
+    q:get(10)
+    peak = math.max(peak, collectgarbage("count") - base)
+  end
+  p:join()
+  t.ok(peak < 0.75 * #live / 1024, "200 big items taken never amount to 3/4 of the live heap in garbage")
+  live = nil
+  collectgarbage()
+end
+
 t.done()
