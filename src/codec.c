@@ -41,6 +41,7 @@
  * directly.  The reader checks every length against the bytes that remain
  * before it reads or allocates anything, so truncated, lying or random
  * input yields an error message, never a crash or a huge allocation.
+ * Its table of ids is kept between messages, emptied.
  *
  * Names are found through a reverse map value -> name kept in the registry
  * (weak keys).  Rebuilding it means walking every loaded module, so the
@@ -82,6 +83,7 @@ enum ext_type {
 static char names_key;     /* value -> name, weak keys */
 static char loaded_key;    /* package.loaded's values in traversal order; [0] their count */
 static char buffer_key;    /* the bindings' encode buffer */
+static char ids_key;       /* the decoder's id table between messages (ids_cache) */
 
 /* A state keeps its encode buffer between calls up to this size. */
 #define BUFFER_KEEP ((size_t)64 << 20)
@@ -1455,6 +1457,7 @@ typedef struct decoder {
     int flags;
     int ids;              /* stack slot of the id -> value table */
     lua_Integer nids;
+    struct ids_cache *cache;   /* where the id table came from, or NULL */
 } decoder;
 
 typedef struct ext {
@@ -1506,12 +1509,54 @@ static int take(decoder *d, int n, uint64_t *v)
     return 0;
 }
 
+/* The id table is needed from the first table or function of a
+ * message.  Rather than a new one per message, a state keeps one in the
+ * user value of a registry userdata, emptied after each message, and
+ * marked busy in C while in use: a decode nested in this one (a module
+ * loaded for a name, a finalizer) makes its own.  A Lua error (out of
+ * memory) that leaves it marked busy only costs later messages a new
+ * table each. */
+typedef struct ids_cache {
+    int busy;
+} ids_cache;
+
+static void ids_take(decoder *d)
+{
+    lua_State *L = d->L;
+    ids_cache *c;
+
+    switch (lua_rawgetp(L, LUA_REGISTRYINDEX, &ids_key)) {
+    case LUA_TUSERDATA:
+        c = lua_touserdata(L, -1);
+        if (c->busy)
+            break;
+        c->busy = 1;
+        d->cache = c;
+        lua_getiuservalue(L, -1, 1);
+        lua_remove(L, -2);
+        return;
+    case LUA_TNIL:
+        lua_pop(L, 1);
+        c = lua_newuserdatauv(L, sizeof *c, 1);
+        c->busy = 1;
+        d->cache = c;
+        lua_newtable(L);
+        lua_pushvalue(L, -1);
+        lua_setiuservalue(L, -3, 1);
+        lua_insert(L, -2);
+        lua_rawsetp(L, LUA_REGISTRYINDEX, &ids_key);
+        return;
+    }
+    lua_pop(L, 1);
+    lua_newtable(L);
+}
+
 static void remember_value(decoder *d)
 {
     lua_State *L = d->L;
 
     if (d->nids == 0) {
-        lua_newtable(L);
+        ids_take(d);
         lua_replace(L, d->ids);
     }
     lua_pushvalue(L, -1);
@@ -1739,15 +1784,24 @@ static int dec_ext(decoder *d, unsigned c)
 
 /* ---- tables ---- */
 
+/* Only the byte 0xc0 decodes to nil (a REF, a name or an object never
+ * does), and only a float can be NaN: the lead byte tells, so that
+ * plain values are not asked their type again. */
+static int is_nil_next(const decoder *d)
+{
+    return d->p < d->end && *d->p == 0xc0;
+}
+
 static int fill_array(decoder *d, int t, uint64_t n, int depth)
 {
     for (uint64_t i = 1; i <= n; i++) {
+        if (is_nil_next(d)) {
+            d->p++;   /* a hole */
+            continue;
+        }
         if (dec_value(d, depth))
             return -1;
-        if (lua_isnil(d->L, -1))
-            lua_pop(d->L, 1);  /* a hole */
-        else
-            lua_rawseti(d->L, t, (lua_Integer)i);
+        lua_rawseti(d->L, t, (lua_Integer)i);
     }
     return 0;
 }
@@ -1757,18 +1811,21 @@ static int fill_map(decoder *d, int t, uint64_t n, int depth)
     lua_State *L = d->L;
 
     for (uint64_t i = 0; i < n; i++) {
-        if (dec_value(d, depth))
-            return -1;
-        if (lua_isnil(L, -1))
+        int is_float = d->p < d->end && (*d->p == 0xca || *d->p == 0xcb);
+        if (is_nil_next(d))
             return fail(d, "nil map key");
-        if (lua_type(L, -1) == LUA_TNUMBER && isnan(lua_tonumber(L, -1)))
-            return fail(d, "NaN map key");
         if (dec_value(d, depth))
             return -1;
-        if (lua_isnil(L, -1))
-            lua_pop(L, 2);  /* a table cannot hold nil: the key goes */
-        else
-            lua_rawset(L, t);
+        if (is_float && isnan(lua_tonumber(L, -1)))
+            return fail(d, "NaN map key");
+        if (is_nil_next(d)) {
+            d->p++;
+            lua_pop(L, 1);  /* a table cannot hold nil: the key goes */
+            continue;
+        }
+        if (dec_value(d, depth))
+            return -1;
+        lua_rawset(L, t);
     }
     return 0;
 }
@@ -2070,10 +2127,34 @@ static int dec_value(decoder *d, int depth)
     return 0;
 }
 
+/* Empties the state's id table for the next message; one that grew
+ * large goes with the garbage, and a small one takes its place. */
+#define IDS_KEEP 4096
+
+static void ids_release(decoder *d)
+{
+    lua_State *L = d->L;
+
+    if (d->cache == NULL)
+        return;
+    if (d->nids > IDS_KEEP) {
+        lua_rawgetp(L, LUA_REGISTRYINDEX, &ids_key);
+        lua_newtable(L);
+        lua_setiuservalue(L, -2, 1);
+        lua_pop(L, 1);
+    } else {
+        for (lua_Integer i = 1; i <= d->nids; i++) {
+            lua_pushnil(L);
+            lua_rawseti(L, d->ids, i);
+        }
+    }
+    d->cache->busy = 0;
+}
+
 int luamp_decode(lua_State *L, const char *data, size_t len, int flags)
 {
     decoder d;
-    int base = lua_gettop(L);
+    int base = lua_gettop(L), r;
 
     luaL_checkstack(L, SLACK, NULL);
     if (len > LUAMP_MAX_MESSAGE) {
@@ -2087,12 +2168,14 @@ int luamp_decode(lua_State *L, const char *data, size_t len, int flags)
     d.flags = flags;
     d.ids = base + 1;
     d.nids = 0;
-    if (dec_value(&d, 1) == 0) {
-        if (d.p == d.end) {
-            lua_remove(L, d.ids);
-            return 0;
-        }
-        fail(&d, "%d trailing bytes after the message", (int)left(&d));
+    d.cache = NULL;
+    r = dec_value(&d, 1);
+    if (r == 0 && d.p != d.end)
+        r = fail(&d, "%d trailing bytes after the message", (int)left(&d));
+    ids_release(&d);
+    if (r == 0) {
+        lua_remove(L, d.ids);
+        return 0;
     }
     lua_replace(L, base + 1);
     lua_settop(L, base + 1);

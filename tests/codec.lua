@@ -369,6 +369,26 @@ do
   string.codec_test_it = nil
 end
 
+do
+  -- A module loaded while a message is decoded (for its name) may decode
+  -- messages itself: it must not disturb the references of the outer one.
+  local M = {f = print}   -- not data only: the encoder looks its name up
+  package.loaded.codec_test_nested = M
+  local shared = {"outer"}
+  local s = assert(enc({shared, M, shared}))
+  package.loaded.codec_test_nested = nil
+  local inner
+  package.preload.codec_test_nested = function()
+    inner = dec(assert(enc({{"inner"}, {"inner2"}, {"inner3"}})))
+    return M
+  end
+  local r = dec(s)
+  t.ok(inner ~= nil and inner[1][1] == "inner", "the nested decode ran")
+  t.ok(rawequal(r[1], r[3]) and r[1][1] == "outer" and rawequal(r[2], M),
+       "references after a nested decode point at the outer message's tables")
+  package.loaded.codec_test_nested, package.preload.codec_test_nested = nil, nil
+end
+
 -- luamp objects ------------------------------------------------------------
 do
   local reg = debug.getregistry()
