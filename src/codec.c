@@ -19,15 +19,21 @@
  *   UPREF  an upvalue shared with an earlier function of the message;
  *   OBJ    a luamp object (queue, lock, ...) by the id its __luamp_ref gives.
  *
- * Encoding writes with msgpack-c's packer, whose callback appends to the
- * caller's luamp_buf: the caller reuses that buffer from message to message,
- * so no memory is allocated per value.  The only per-message allocations
- * are Lua tables made on the first table or function: the seen-map (value
- * -> id) and the map of shared upvalues.  The encoder runs inside one
- * lua_pcall so that a Lua error in the middle (out of memory) leaves the
- * buffer as it was and the error goes on to the caller.  A refusal reports
- * the path of the culprit ("args[2].f"), collected while the recursion
- * unwinds, so the hot path never builds it.
+ * Encoding writes bytes straight into the caller's luamp_buf (the formats
+ * msgpack-c's packer would choose), which the caller reuses from message
+ * to message, so no memory is allocated per value.  It runs in two
+ * passes, the second only when the first gives up.  The fast pass takes
+ * plain data (scalars, and tables without metatables that have no name):
+ * it allocates no Lua memory and runs no Lua code, so it needs no
+ * protected call; it tells tables met before by address in a C array, and
+ * writes an array in one traversal.  Anything else (a function, a
+ * userdata, a metatable, a named table, a refusal) makes it give up, and
+ * the protected pass encodes the value again inside one lua_pcall, with
+ * per-message Lua tables (the seen-map value -> id, the map of shared
+ * upvalues), so that a Lua error in the middle (out of memory) leaves the
+ * buffer as it was and the error goes on to the caller.  A refusal
+ * reports the path of the culprit ("args[2].f"), collected while the
+ * recursion unwinds, so the hot path never builds it.
  *
  * Decoding is luamp's own reader rather than msgpack-c's unpacker: that one
  * builds a msgpack_object tree in a zone allocated per message and caps
@@ -35,12 +41,15 @@
  * directly.  The reader checks every length against the bytes that remain
  * before it reads or allocates anything, so truncated, lying or random
  * input yields an error message, never a crash or a huge allocation.
+ * Its table of ids is kept between messages, emptied.
  *
  * Names are found through a reverse map value -> name kept in the registry
- * (weak keys).  Rebuilding it means walking every loaded module, so it is
- * checked at most once per message, when the first table or C function is
- * met, against a snapshot of package.loaded's entries, and rebuilt only
- * when a module was added, removed or replaced.
+ * (weak keys).  Rebuilding it means walking every loaded module, so the
+ * protected pass checks it at most once per message, when the first table
+ * or C function is met, against a snapshot of package.loaded's entries,
+ * and rebuilds it only when a module was added, removed or replaced.  The
+ * fast pass does not check: a table it finds in the map goes to the
+ * protected pass, one it does not find travels by value (doc/format.md).
  */
 #include <math.h>
 #include <stdarg.h>
@@ -49,7 +58,6 @@
 
 #include <lauxlib.h>
 #include <lua.h>
-#include <msgpack.h>
 
 #include "codec.h"
 
@@ -75,6 +83,7 @@ enum ext_type {
 static char names_key;     /* value -> name, weak keys */
 static char loaded_key;    /* package.loaded's values in traversal order; [0] their count */
 static char buffer_key;    /* the bindings' encode buffer */
+static char ids_key;       /* the decoder's id table between messages (ids_cache) */
 
 /* A state keeps its encode buffer between calls up to this size. */
 #define BUFFER_KEEP ((size_t)64 << 20)
@@ -136,9 +145,24 @@ void luamp_buf_free(luamp_buf *b)
  * encoder); each table is made on first use. */
 enum { SLOT_SEEN = 3, SLOT_UPVALS, SLOT_NAMES, SLOT_PATH, SLOT_WHY, SLOT_TOP = SLOT_WHY };
 
+/* The fast pass's set of tables met so far (id -> address): a linear
+ * scan while small, then an open-addressing index over the same list.
+ * Ids are given in order, so the list is indexed by id, and undoing the
+ * last ids (a table that turned out not to be an array) is lowering
+ * next_id: index entries whose id is past it, or whose list entry was
+ * given to another table since, are ignored. */
+#define SEEN_SMALL 16
+
+typedef struct seen_set {
+    const void *small[SEEN_SMALL];
+    const void **list;     /* id -> address: `small`, or malloc'd past SEEN_SMALL */
+    size_t cap;            /* of list */
+    uint32_t *index;       /* id + 1 per slot, 0 when free; NULL while small */
+    size_t mask, used;     /* index has mask + 1 slots, `used` of them taken */
+} seen_set;
+
 typedef struct encoder {
     lua_State *L;
-    msgpack_packer pk;
     luamp_buf *out;
     size_t start;          /* out->len before this message */
     const char *root;
@@ -148,6 +172,12 @@ typedef struct encoder {
      * SLOT_WHY.  `whole` refusals (size, memory) get no path. */
     const char *why;
     int whole;
+    /* The fast pass (see luamp_encode): plain data only, no Lua
+     * allocation, no protected call.  It gives up (-1) on anything else,
+     * and the protected pass starts over. */
+    int fast;
+    int names;             /* fast pass: stack slot of the names map, or 0 */
+    seen_set seen;
 } encoder;
 
 static int enc_value(encoder *e, int depth);
@@ -160,16 +190,47 @@ static int refuse_whole(encoder *e, const char *why)
     return -1;
 }
 
-/* msgpack-c's write callback.  It must not touch the Lua stack, as it
- * also serves lua_dump; it only records why it failed. */
-static int enc_write(void *data, const char *p, size_t n)
-{
-    encoder *e = data;
+/* ---- output: bytes go straight into the buffer ---- */
 
+/* Makes room for n more bytes, within the message size limit.  It must
+ * not touch the Lua stack, as it also serves lua_dump; it only records
+ * why it failed. */
+static int grow(encoder *e, size_t n)
+{
     if (e->out->len - e->start + n > LUAMP_MAX_MESSAGE)
         return refuse_whole(e, TOO_BIG);
-    if (luamp_buf_append(e->out, p, n) < 0)
+    if (luamp_buf_reserve(e->out, n) < 0)
         return refuse_whole(e, "out of memory");
+    return 0;
+}
+
+static inline int room(encoder *e, size_t n)
+{
+    const luamp_buf *b = e->out;
+
+    if (b->cap - b->len >= n && b->len - e->start + n <= LUAMP_MAX_MESSAGE)
+        return 0;
+    return grow(e, n);
+}
+
+static inline unsigned char *cursor(encoder *e)
+{
+    return (unsigned char *)e->out->data + e->out->len;
+}
+
+static void put_be(unsigned char *p, uint64_t v, int n)
+{
+    for (int i = n - 1; i >= 0; i--, v >>= 8)
+        p[i] = (unsigned char)(v & 0xff);
+}
+
+static int enc_write(encoder *e, const void *p, size_t n)
+{
+    if (room(e, n))
+        return -1;
+    if (n > 0)
+        memcpy(cursor(e), p, n);
+    e->out->len += n;
     return 0;
 }
 
@@ -179,6 +240,237 @@ static int dump_writer(lua_State *L, const void *p, size_t n, void *ud)
     return enc_write(ud, p, n);
 }
 
+static inline int put_byte(encoder *e, unsigned c)
+{
+    if (room(e, 1))
+        return -1;
+    *cursor(e) = (unsigned char)c;
+    e->out->len++;
+    return 0;
+}
+
+/* A one-byte tag, then n bytes of v big-endian; room is made already. */
+static inline void put_tagged(encoder *e, unsigned tag, uint64_t v, int n)
+{
+    unsigned char *p = cursor(e);
+
+    p[0] = (unsigned char)tag;
+    put_be(p + 1, v, n);
+    e->out->len += 1 + (size_t)n;
+}
+
+/* The smallest int format, as msgpack-c's msgpack_pack_int64 chooses. */
+static inline int put_int(encoder *e, int64_t v)
+{
+    if (room(e, 9))
+        return -1;
+    if (v >= 0) {
+        if (v < 128) {
+            *cursor(e) = (unsigned char)v;
+            e->out->len++;
+        } else if (v < 0x100) {
+            put_tagged(e, 0xcc, (uint64_t)v, 1);
+        } else if (v < 0x10000) {
+            put_tagged(e, 0xcd, (uint64_t)v, 2);
+        } else if (v < 0x100000000LL) {
+            put_tagged(e, 0xce, (uint64_t)v, 4);
+        } else {
+            put_tagged(e, 0xcf, (uint64_t)v, 8);
+        }
+    } else if (v >= -32) {
+        *cursor(e) = (unsigned char)(v & 0xff);
+        e->out->len++;
+    } else if (v >= -128) {
+        put_tagged(e, 0xd0, (uint64_t)v, 1);
+    } else if (v >= -32768) {
+        put_tagged(e, 0xd1, (uint64_t)v, 2);
+    } else if (v >= -2147483648LL) {
+        put_tagged(e, 0xd2, (uint64_t)v, 4);
+    } else {
+        put_tagged(e, 0xd3, (uint64_t)v, 8);
+    }
+    return 0;
+}
+
+static inline int put_double(encoder *e, double d)
+{
+    uint64_t u;
+
+    if (room(e, 9))
+        return -1;
+    memcpy(&u, &d, sizeof u);
+    put_tagged(e, 0xcb, u, 8);
+    return 0;
+}
+
+/* Header of an array (0x90), map (0x80), str (0xa0) or bin (0): fix
+ * form when it fits, else 8, 16 or 32 bits of length. */
+static inline int put_header(encoder *e, unsigned kind, size_t n)
+{
+    if (room(e, 5))
+        return -1;
+    switch (kind) {
+    case 0x90:
+    case 0x80:
+        if (n < 16)
+            return put_byte(e, kind | (unsigned)n);
+        if (n < 0x10000)
+            put_tagged(e, kind == 0x90 ? 0xdc : 0xde, n, 2);
+        else
+            put_tagged(e, kind == 0x90 ? 0xdd : 0xdf, n, 4);
+        return 0;
+    case 0xa0:
+        if (n < 32)
+            return put_byte(e, 0xa0 | (unsigned)n);
+        if (n < 0x100)
+            put_tagged(e, 0xd9, n, 1);
+        else if (n < 0x10000)
+            put_tagged(e, 0xda, n, 2);
+        else
+            put_tagged(e, 0xdb, n, 4);
+        return 0;
+    default:
+        if (n < 0x100)
+            put_tagged(e, 0xc4, n, 1);
+        else if (n < 0x10000)
+            put_tagged(e, 0xc5, n, 2);
+        else
+            put_tagged(e, 0xc6, n, 4);
+        return 0;
+    }
+}
+
+/* An extension value, with the smallest header for its size (fixext
+ * 1, 2, 4, 8, 16, else ext 8, 16, 32), as msgpack-c writes them. */
+static int put_ext(encoder *e, int type, const void *data, size_t n)
+{
+    unsigned fix = n == 1 ? 0xd4 : n == 2 ? 0xd5 : n == 4 ? 0xd6 : n == 8 ? 0xd7 : n == 16 ? 0xd8 : 0;
+    unsigned char *p;
+
+    if (room(e, 6 + n))
+        return -1;
+    if (fix != 0) {
+        *cursor(e) = (unsigned char)fix;
+        e->out->len++;
+    } else if (n < 0x100) {
+        put_tagged(e, 0xc7, n, 1);
+    } else if (n < 0x10000) {
+        put_tagged(e, 0xc8, n, 2);
+    } else {
+        put_tagged(e, 0xc9, n, 4);
+    }
+    p = cursor(e);
+    *p = (unsigned char)type;
+    if (n > 0)
+        memcpy(p + 1, data, n);
+    e->out->len += 1 + n;
+    return 0;
+}
+
+/* ---- the fast pass's seen-set ---- */
+
+static void seen_init(seen_set *s)
+{
+    s->list = s->small;
+    s->cap = SEEN_SMALL;
+    s->index = NULL;
+    s->mask = 0;
+    s->used = 0;
+}
+
+static void seen_free(seen_set *s)
+{
+    if (s->list != s->small)
+        free((void *)s->list);
+    free(s->index);
+    seen_init(s);
+}
+
+static inline size_t seen_hash(const seen_set *s, const void *p)
+{
+    uint64_t h = (uint64_t)(uintptr_t)p * 0x9e3779b97f4a7c15ULL;
+
+    return (size_t)(h >> 32) & s->mask;
+}
+
+/* The id of the table at address p, or -1 if not met yet. */
+static inline int64_t seen_find(const encoder *e, const void *p)
+{
+    const seen_set *s = &e->seen;
+
+    if (s->index == NULL) {
+        for (uint32_t i = 0; i < e->next_id; i++)
+            if (s->list[i] == p)
+                return i;
+        return -1;
+    }
+    for (size_t h = seen_hash(s, p);; h = (h + 1) & s->mask) {
+        uint32_t id = s->index[h];
+        if (id == 0)
+            return -1;
+        if (id <= e->next_id && s->list[id - 1] == p)
+            return id - 1;
+    }
+}
+
+static void seen_index_put(seen_set *s, const void *p, uint32_t id)
+{
+    size_t h = seen_hash(s, p);
+
+    while (s->index[h] != 0)
+        h = (h + 1) & s->mask;
+    s->index[h] = id + 1;
+    s->used++;
+}
+
+/* Rebuilds the index with room for n ids, from the ids in use. */
+static int seen_reindex(encoder *e, size_t n)
+{
+    seen_set *s = &e->seen;
+    size_t slots = 64;
+
+    while (slots < 2 * n)
+        slots *= 2;
+    free(s->index);
+    s->index = calloc(slots, sizeof *s->index);
+    if (s->index == NULL)
+        return -1;
+    s->mask = slots - 1;
+    s->used = 0;
+    for (uint32_t i = 0; i < e->next_id; i++)
+        seen_index_put(s, s->list[i], i);
+    return 0;
+}
+
+/* Gives the table at address p the next id; -1 out of memory. */
+static int seen_add(encoder *e, const void *p)
+{
+    seen_set *s = &e->seen;
+    uint32_t id = e->next_id;
+
+    if (id == s->cap) {
+        size_t cap = s->cap * 2;
+        const void **list = s->list == s->small ? malloc(cap * sizeof *list)
+            : realloc((void *)s->list, cap * sizeof *list);
+        if (list == NULL)
+            return -1;
+        if (s->list == s->small)
+            memcpy(list, s->small, sizeof s->small);
+        s->list = list;
+        s->cap = cap;
+    }
+    s->list[id] = p;
+    e->next_id++;
+    if (s->index != NULL && 2 * (s->used + 1) <= s->mask + 1) {
+        seen_index_put(s, p, id);
+        return 0;
+    }
+    /* the first index past SEEN_SMALL ids, or a fuller one: undone ids
+     * are left out */
+    if (e->next_id > SEEN_SMALL || s->index != NULL)
+        return seen_reindex(e, 2 * (size_t)e->next_id);
+    return 0;
+}
 static int refuse(encoder *e, const char *why)
 {
     e->why = why;
@@ -193,8 +485,7 @@ static int refuse_top(encoder *e)
     return -1;
 }
 
-/* The per-message tables are made on first use: a message without
- * tables or functions allocates nothing. */
+/* The protected pass's per-message tables are made on first use. */
 static void need_table(encoder *e, int slot, int *have)
 {
     if (*have)
@@ -220,7 +511,7 @@ static void path_add(encoder *e)
 
 static void path_text(encoder *e, const char *text)
 {
-    if (e->whole)
+    if (e->whole || e->fast)
         return;
     luaL_checkstack(e->L, 4, NULL);
     lua_pushstring(e->L, text);
@@ -229,7 +520,7 @@ static void path_text(encoder *e, const char *text)
 
 static void path_index(encoder *e, lua_Integer i)
 {
-    if (e->whole)
+    if (e->whole || e->fast)
         return;
     luaL_checkstack(e->L, 4, NULL);
     lua_pushfstring(e->L, "[%I]", i);
@@ -238,7 +529,7 @@ static void path_index(encoder *e, lua_Integer i)
 
 static void path_upvalue(encoder *e, const char *name, int i)
 {
-    if (e->whole)
+    if (e->whole || e->fast)
         return;
     luaL_checkstack(e->L, 4, NULL);
     if (name == NULL || *name == '\0' || *name == '(')
@@ -307,7 +598,7 @@ static void path_key(encoder *e, int k)
     size_t n;
     const char *s;
 
-    if (e->whole)
+    if (e->whole || e->fast)
         return;
     luaL_checkstack(L, 6, NULL);
     switch (lua_type(L, k)) {
@@ -535,7 +826,7 @@ static int enc_named(encoder *e)
         return 0;
     }
     name = lua_tolstring(L, -1, &n);
-    if (msgpack_pack_ext(&e->pk, n, EXT_NAMED) || msgpack_pack_ext_body(&e->pk, name, n))
+    if (put_ext(e, EXT_NAMED, name, n))
         return -1;
     lua_pop(L, 1);
     return 1;
@@ -543,20 +834,13 @@ static int enc_named(encoder *e)
 
 /* ---- identity ---- */
 
-static void put_be(unsigned char *p, uint64_t v, int n)
-{
-    for (int i = n - 1; i >= 0; i--, v >>= 8)
-        p[i] = (unsigned char)(v & 0xff);
-}
-
 static int enc_ref(encoder *e, uint32_t id)
 {
     unsigned char p[4];
     int n = id <= 0xff ? 1 : id <= 0xffff ? 2 : 4;
 
     put_be(p, id, n);
-    return msgpack_pack_ext(&e->pk, n, EXT_REF) || msgpack_pack_ext_body(&e->pk, p, n)
-        ? -1 : 0;
+    return put_ext(e, EXT_REF, p, (size_t)n);
 }
 
 /* Writes REF if the value on top was met before: 1 written, 0 new, -1
@@ -587,75 +871,103 @@ static uint32_t remember(encoder *e)
 
 /* ---- scalars ---- */
 
+/* Whether the n bytes at s are all ASCII, 32 at a time. */
+static inline int ascii_block(const unsigned char *s)
+{
+    uint64_t a, b, c, d;
+
+    memcpy(&a, s, 8);
+    memcpy(&b, s + 8, 8);
+    memcpy(&c, s + 16, 8);
+    memcpy(&d, s + 24, 8);
+    return ((a | b | c | d) & 0x8080808080808080ULL) == 0;
+}
+
 /* Valid UTF-8 (no overlong forms, surrogates or code points past
- * U+10FFFF), so that every other implementation accepts our `str`. */
+ * U+10FFFF), so that every other implementation accepts our `str`.
+ * Runs of ASCII go 32 bytes at a time, then 8, then one; a multibyte
+ * sequence is checked against the ranges of the Unicode standard's
+ * table 3-7 of well-formed byte sequences. */
 static int utf8_valid(const unsigned char *s, size_t n)
 {
-    size_t i = 0;
+    const unsigned char *end = s + n;
 
-    while (i < n) {
-        uint64_t w;
-        uint32_t cp;
+    for (;;) {
+        unsigned c, lo, hi;
         size_t more;
-        unsigned c;
 
-        if (n - i >= 8) {
-            memcpy(&w, s + i, 8);
-            if ((w & 0x8080808080808080ULL) == 0) {
-                i += 8;
-                continue;
-            }
+        while (end - s >= 32 && ascii_block(s))
+            s += 32;
+        while (end - s >= 8) {
+            uint64_t w;
+            memcpy(&w, s, 8);
+            if (w & 0x8080808080808080ULL)
+                break;
+            s += 8;
         }
-        c = s[i];
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        if (c >= 0xc2 && c <= 0xdf) {
-            more = 1;
-            cp = c & 0x1f;
-        } else if (c >= 0xe0 && c <= 0xef) {
-            more = 2;
-            cp = c & 0x0f;
-        } else if (c >= 0xf0 && c <= 0xf4) {
-            more = 3;
-            cp = c & 0x07;
-        } else {
-            return 0;
-        }
-        if (n - i - 1 < more)
-            return 0;
-        for (size_t k = 1; k <= more; k++) {
-            if ((s[i + k] & 0xc0) != 0x80)
+        while (s < end && *s < 0x80)
+            s++;
+        if (s == end)
+            return 1;
+        /* a lead byte, then its continuation bytes; each sequence
+         * followed by another goes round here, not by the ASCII loops */
+        do {
+            c = *s;
+            lo = 0x80;
+            hi = 0xbf;
+            if (c < 0xc2) {
+                return 0;   /* a continuation byte, or an overlong 2-byte form */
+            } else if (c < 0xe0) {
+                more = 1;
+            } else if (c < 0xf0) {
+                more = 2;
+                if (c == 0xe0)
+                    lo = 0xa0;   /* overlong */
+                else if (c == 0xed)
+                    hi = 0x9f;   /* surrogates */
+            } else if (c < 0xf5) {
+                more = 3;
+                if (c == 0xf0)
+                    lo = 0x90;   /* overlong */
+                else if (c == 0xf4)
+                    hi = 0x8f;   /* past U+10FFFF */
+            } else {
                 return 0;
-            cp = (cp << 6) | (s[i + k] & 0x3f);
-        }
-        if ((more == 2 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff)))
-            || (more == 3 && (cp < 0x10000 || cp > 0x10ffff)))
-            return 0;
-        i += more + 1;
+            }
+            if ((size_t)(end - s) <= more || s[1] < lo || s[1] > hi)
+                return 0;
+            for (size_t k = 2; k <= more; k++)
+                if ((s[k] & 0xc0) != 0x80)
+                    return 0;
+            s += more + 1;
+        } while (s < end && *s >= 0x80);
     }
-    return 1;
 }
 
 static int enc_string(encoder *e)
 {
     size_t n;
     const char *s = lua_tolstring(e->L, -1, &n);
+    unsigned char *p;
 
     if (n > LUAMP_MAX_MESSAGE)
         return refuse_whole(e, TOO_BIG);   /* before spending time on checking it */
-    if (utf8_valid((const unsigned char *)s, n))
-        return msgpack_pack_str(&e->pk, n) || msgpack_pack_str_body(&e->pk, s, n) ? -1 : 0;
-    return msgpack_pack_bin(&e->pk, n) || msgpack_pack_bin_body(&e->pk, s, n) ? -1 : 0;
+    if (room(e, 5 + n))
+        return -1;
+    if (put_header(e, utf8_valid((const unsigned char *)s, n) ? 0xa0 : 0, n))
+        return -1;
+    p = cursor(e);
+    memcpy(p, s, n);
+    e->out->len += n;
+    return 0;
 }
 
-static int enc_number(encoder *e)
+static inline int enc_number(encoder *e)
 {
     /* Floats always as float64: 1.0 must stay a float, NaN keep its bits. */
     if (lua_isinteger(e->L, -1))
-        return msgpack_pack_int64(&e->pk, (int64_t)lua_tointeger(e->L, -1)) ? -1 : 0;
-    return msgpack_pack_double(&e->pk, (double)lua_tonumber(e->L, -1)) ? -1 : 0;
+        return put_int(e, (int64_t)lua_tointeger(e->L, -1));
+    return put_double(e, (double)lua_tonumber(e->L, -1));
 }
 
 /* ---- luamp objects ---- */
@@ -681,7 +993,7 @@ static int enc_obj(encoder *e)
     if (lua_type(L, -1) != LUA_TSTRING)
         return refuse(e, "its __luamp_ref did not return a string");
     id = lua_tolstring(L, -1, &n);
-    if (msgpack_pack_ext(&e->pk, n, EXT_OBJ) || msgpack_pack_ext_body(&e->pk, id, n))
+    if (put_ext(e, EXT_OBJ, id, n))
         return -1;
     lua_pop(L, 1);
     return 0;
@@ -732,7 +1044,7 @@ static int is_array(lua_State *L, int t, lua_Unsigned *count)
 
 static int enc_array_items(encoder *e, int t, lua_Unsigned n, int depth)
 {
-    if (msgpack_pack_array(&e->pk, (size_t)n))
+    if (put_header(e, 0x90, (size_t)n))
         return -1;
     for (lua_Unsigned i = 1; i <= n; i++) {
         lua_rawgeti(e->L, t, (lua_Integer)i);
@@ -750,7 +1062,7 @@ static int enc_map_items(encoder *e, int t, lua_Unsigned n, int depth)
     lua_State *L = e->L;
     lua_Unsigned written = 0;
 
-    if (msgpack_pack_map(&e->pk, (size_t)n))
+    if (put_header(e, 0x80, (size_t)n))
         return -1;
     lua_pushnil(L);
     while (lua_next(L, t)) {
@@ -781,7 +1093,8 @@ static int enc_body(encoder *e, int depth)
 
     if (depth > LUAMP_MAX_DEPTH)
         return refuse(e, TOO_DEEP);
-    luaL_checkstack(e->L, SLACK, NULL);
+    if (e->fast ? !lua_checkstack(e->L, SLACK) : (luaL_checkstack(e->L, SLACK, NULL), 0))
+        return -1;
     if (is_array(e->L, t, &n))
         return enc_array_items(e, t, n, depth + 1);
     return enc_map_items(e, t, n, depth + 1);
@@ -796,8 +1109,7 @@ static int enc_with_metatable(encoder *e, int depth)
 
     if (depth > LUAMP_MAX_DEPTH)
         return refuse(e, TOO_DEEP);
-    if (msgpack_pack_array(&e->pk, 3) || msgpack_pack_ext(&e->pk, 1, EXT_META)
-        || msgpack_pack_ext_body(&e->pk, &zero, 1))
+    if (put_header(e, 0x90, 3) || put_ext(e, EXT_META, &zero, 1))
         return -1;
     if (enc_body(e, depth + 1))
         return -1;
@@ -824,6 +1136,110 @@ static int enc_table(encoder *e, int depth)
         return enc_body(e, depth);
     lua_pop(L, 1);
     return enc_with_metatable(e, depth);
+}
+
+/* Fast pass: the table at t as a map of its entries in traversal
+ * order, in one traversal: the header, written for fewer than 16 entries,
+ * is fixed afterwards. */
+static int fast_map(encoder *e, int t, int depth)
+{
+    lua_State *L = e->L;
+    size_t mark = e->out->len, count = 0;
+
+    if (put_byte(e, 0x80))
+        return -1;
+    lua_pushnil(L);
+    while (lua_next(L, t)) {
+        lua_pushvalue(L, -2);
+        if (enc_value(e, depth) != 0)
+            return -1;
+        lua_pop(L, 1);
+        if (enc_value(e, depth) != 0)
+            return -1;
+        lua_pop(L, 1);
+        count++;
+    }
+    if (count >= 16) {
+        /* map16 or map32 after all: the entries move up */
+        size_t hdr = count < 0x10000 ? 3 : 5, body = e->out->len - mark - 1;
+        unsigned char *p;
+        if (room(e, hdr - 1))
+            return -1;
+        p = (unsigned char *)e->out->data + mark;
+        memmove(p + hdr, p + 1, body);
+        p[0] = hdr == 3 ? 0xde : 0xdf;
+        put_be(p + 1, count, (int)hdr - 1);
+        e->out->len += hdr - 1;
+    } else {
+        e->out->data[mark] = (char)(0x80 | count);
+    }
+    return 0;
+}
+
+/* Fast pass: the table on top, met for the first time, that has no
+ * metatable and no name.  A sequence is written in one traversal: the
+ * header says #t, and the values follow as long as lua_next yields the
+ * keys 1, 2, ..., #t in order, as it does when they all live in the
+ * table's array part (constructors, appends, decoded arrays).  Another
+ * key undoes what was written: a key that cannot be in a sequence, or a
+ * hole where the next key should be, makes the table a map; an index
+ * out of order (a sequence partly in the hash part) sends it the
+ * general way, which counts the keys first.  A table whose border is 0
+ * is a map. */
+static int fast_body(encoder *e, int depth)
+{
+    lua_State *L = e->L;
+    int t = lua_gettop(L), map = 0;
+    lua_Unsigned n = lua_rawlen(L, t), i = 0;
+    size_t mark = e->out->len;
+    uint32_t ids = e->next_id;
+
+    if (depth > LUAMP_MAX_DEPTH || !lua_checkstack(L, SLACK))
+        return -1;
+    if (n == 0)
+        return fast_map(e, t, depth + 1);
+    if (put_header(e, 0x90, (size_t)n))
+        return -1;
+    lua_pushnil(L);
+    while (lua_next(L, t)) {
+        if (i == n || !lua_isinteger(L, -2)) {
+            map = 1;
+        } else if ((lua_Unsigned)lua_tointeger(L, -2) != i + 1) {
+            lua_Unsigned k = (lua_Unsigned)lua_tointeger(L, -2);
+            map = k - 1 >= n || lua_rawgeti(L, t, (lua_Integer)i + 1) == LUA_TNIL;
+        } else {
+            if (enc_value(e, depth + 1))
+                return -1;
+            lua_pop(L, 1);
+            i++;
+            continue;
+        }
+        lua_settop(L, t);
+        e->out->len = mark;
+        e->next_id = ids;
+        return map ? fast_map(e, t, depth + 1) : enc_body(e, depth);
+    }
+    return 0;
+}
+
+static int fast_table(encoder *e, int depth)
+{
+    lua_State *L = e->L;
+    const void *p = lua_topointer(L, -1);
+    int64_t id = seen_find(e, p);
+
+    if (id >= 0)
+        return enc_ref(e, (uint32_t)id);
+    /* no map of names yet, a metatable, or a name: the protected pass */
+    if (e->names == 0 || lua_getmetatable(L, -1))
+        return -1;
+    lua_pushvalue(L, -1);
+    if (lua_rawget(L, e->names) != LUA_TNIL)
+        return -1;
+    lua_pop(L, 1);
+    if (seen_add(e, p))
+        return -1;
+    return fast_body(e, depth);
 }
 
 /* ---- functions ---- */
@@ -866,8 +1282,7 @@ static int enc_upref(encoder *e, lua_Integer where)
 
     put_be(p, (uint64_t)where >> 16, 4);
     put_be(p + 4, (uint64_t)where & 0xffff, 2);
-    return msgpack_pack_ext(&e->pk, 6, EXT_UPREF) || msgpack_pack_ext_body(&e->pk, p, 6)
-        ? -1 : 0;
+    return put_ext(e, EXT_UPREF, p, 6);
 }
 
 /* Upvalue i of the function at f, whose id is fid.  An upvalue met before
@@ -917,8 +1332,7 @@ static int enc_lfunction(encoder *e, int depth)
     fid = remember(e);
     lua_pushvalue(L, f);
     lua_getinfo(L, ">u", &ar);
-    if (msgpack_pack_array(&e->pk, (size_t)ar.nups + 2)
-        || msgpack_pack_ext(&e->pk, 1, EXT_FUNC) || msgpack_pack_ext_body(&e->pk, &zero, 1)
+    if (put_header(e, 0x90, (size_t)ar.nups + 2) || put_ext(e, EXT_FUNC, &zero, 1)
         || enc_bytecode(e))
         return -1;
     for (int i = 1; i <= ar.nups; i++)
@@ -930,21 +1344,26 @@ static int enc_lfunction(encoder *e, int depth)
 /* Writes the value on top of the stack, which stays there. */
 static int enc_value(encoder *e, int depth)
 {
-    msgpack_packer *pk = &e->pk;
+    lua_State *L = e->L;
+    int type = lua_type(L, -1);
 
-    switch (lua_type(e->L, -1)) {
+    switch (type) {
     case LUA_TNIL:
-        return msgpack_pack_nil(pk) ? -1 : 0;
+        return put_byte(e, 0xc0);
     case LUA_TBOOLEAN:
-        return (lua_toboolean(e->L, -1) ? msgpack_pack_true(pk) : msgpack_pack_false(pk)) ? -1 : 0;
+        return put_byte(e, lua_toboolean(L, -1) ? 0xc3 : 0xc2);
     case LUA_TNUMBER:
         return enc_number(e);
     case LUA_TSTRING:
         return enc_string(e);
     case LUA_TTABLE:
-        return enc_table(e, depth);
+        return e->fast ? fast_table(e, depth) : enc_table(e, depth);
+    }
+    if (e->fast)
+        return -1;   /* functions, userdata and refusals: the protected pass */
+    switch (type) {
     case LUA_TFUNCTION:
-        return lua_iscfunction(e->L, -1) ? enc_cfunction(e) : enc_lfunction(e, depth);
+        return lua_iscfunction(L, -1) ? enc_cfunction(e) : enc_lfunction(e, depth);
     case LUA_TUSERDATA:
         return enc_userdata(e);
     case LUA_TLIGHTUSERDATA:
@@ -969,45 +1388,51 @@ static int encode_main(lua_State *L)
     return 1;
 }
 
-/* Scalars cannot need a table, a name or a Lua allocation: they skip the
- * protected call, which costs more than encoding them.  -1: not a scalar,
- * or refused (the protected path then says why). */
-static int encode_scalar(encoder *e, int idx)
+static void encoder_init(encoder *e, lua_State *L, const char *root, luamp_buf *out, int fast)
 {
-    lua_State *L = e->L;
-    int r;
-
-    switch (lua_type(L, idx)) {
-    case LUA_TNIL:
-        return msgpack_pack_nil(&e->pk) ? -1 : 0;
-    case LUA_TBOOLEAN:
-        return (lua_toboolean(L, idx) ? msgpack_pack_true(&e->pk) : msgpack_pack_false(&e->pk)) ? -1 : 0;
-    case LUA_TNUMBER:
-    case LUA_TSTRING:
-        lua_pushvalue(L, idx);
-        r = lua_type(L, idx) == LUA_TNUMBER ? enc_number(e) : enc_string(e);
-        lua_pop(L, 1);
-        return r;
-    default:
-        return -1;
-    }
+    e->L = L;
+    e->out = out;
+    e->start = out->len;
+    e->root = root != NULL ? root : "value";
+    e->next_id = 0;
+    e->have_seen = e->have_upvals = e->have_names = e->names_rebuilt = 0;
+    e->why = NULL;
+    e->whole = 0;
+    e->fast = fast;
+    e->names = 0;
+    seen_init(&e->seen);
 }
 
+/*
+ * Two passes, the second only when the first gives up.  The fast pass
+ * takes plain data (scalars, tables without metatables that are not
+ * named) and nothing else: it allocates no Lua memory and runs no Lua
+ * code, so it needs no protected call, tables met are told apart by
+ * address (lua_topointer) in a C set, and names are looked up in the
+ * map as it stands, without checking package.loaded for changes.  Any
+ * other value (a function, a userdata, a metatable, a named table), a
+ * refusal or a lack of memory makes it give up; the buffer is cut back
+ * and the protected pass encodes the whole value again, with the
+ * checks, tables and error paths described above.
+ */
 int luamp_encode(lua_State *L, int idx, const char *root, luamp_buf *out)
 {
     encoder e;
+    int top = lua_gettop(L), r;
 
-    memset(&e, 0, sizeof e);
-    e.L = L;
-    e.out = out;
-    e.start = out->len;
-    e.root = root != NULL ? root : "value";
-    msgpack_packer_init(&e.pk, &e, enc_write);
     idx = lua_absindex(L, idx);
-    luaL_checkstack(L, 4, NULL);
-    if (encode_scalar(&e, idx) == 0)
+    luaL_checkstack(L, SLACK, NULL);
+    encoder_init(&e, L, root, out, 1);
+    if (lua_type(L, idx) == LUA_TTABLE && lua_rawgetp(L, LUA_REGISTRYINDEX, &names_key) == LUA_TTABLE)
+        e.names = lua_gettop(L);
+    lua_pushvalue(L, idx);
+    r = enc_value(&e, 1);
+    seen_free(&e.seen);
+    lua_settop(L, top);
+    if (r == 0)
         return 0;
     out->len = e.start;
+    encoder_init(&e, L, root, out, 0);
     lua_pushcfunction(L, encode_main);
     lua_pushvalue(L, idx);
     lua_pushlightuserdata(L, &e);
@@ -1032,6 +1457,7 @@ typedef struct decoder {
     int flags;
     int ids;              /* stack slot of the id -> value table */
     lua_Integer nids;
+    struct ids_cache *cache;   /* where the id table came from, or NULL */
 } decoder;
 
 typedef struct ext {
@@ -1083,12 +1509,54 @@ static int take(decoder *d, int n, uint64_t *v)
     return 0;
 }
 
+/* The id table is needed from the first table or function of a
+ * message.  Rather than a new one per message, a state keeps one in the
+ * user value of a registry userdata, emptied after each message, and
+ * marked busy in C while in use: a decode nested in this one (a module
+ * loaded for a name, a finalizer) makes its own.  A Lua error (out of
+ * memory) that leaves it marked busy only costs later messages a new
+ * table each. */
+typedef struct ids_cache {
+    int busy;
+} ids_cache;
+
+static void ids_take(decoder *d)
+{
+    lua_State *L = d->L;
+    ids_cache *c;
+
+    switch (lua_rawgetp(L, LUA_REGISTRYINDEX, &ids_key)) {
+    case LUA_TUSERDATA:
+        c = lua_touserdata(L, -1);
+        if (c->busy)
+            break;
+        c->busy = 1;
+        d->cache = c;
+        lua_getiuservalue(L, -1, 1);
+        lua_remove(L, -2);
+        return;
+    case LUA_TNIL:
+        lua_pop(L, 1);
+        c = lua_newuserdatauv(L, sizeof *c, 1);
+        c->busy = 1;
+        d->cache = c;
+        lua_newtable(L);
+        lua_pushvalue(L, -1);
+        lua_setiuservalue(L, -3, 1);
+        lua_insert(L, -2);
+        lua_rawsetp(L, LUA_REGISTRYINDEX, &ids_key);
+        return;
+    }
+    lua_pop(L, 1);
+    lua_newtable(L);
+}
+
 static void remember_value(decoder *d)
 {
     lua_State *L = d->L;
 
     if (d->nids == 0) {
-        lua_newtable(L);
+        ids_take(d);
         lua_replace(L, d->ids);
     }
     lua_pushvalue(L, -1);
@@ -1316,15 +1784,24 @@ static int dec_ext(decoder *d, unsigned c)
 
 /* ---- tables ---- */
 
+/* Only the byte 0xc0 decodes to nil (a REF, a name or an object never
+ * does), and only a float can be NaN: the lead byte tells, so that
+ * plain values are not asked their type again. */
+static int is_nil_next(const decoder *d)
+{
+    return d->p < d->end && *d->p == 0xc0;
+}
+
 static int fill_array(decoder *d, int t, uint64_t n, int depth)
 {
     for (uint64_t i = 1; i <= n; i++) {
+        if (is_nil_next(d)) {
+            d->p++;   /* a hole */
+            continue;
+        }
         if (dec_value(d, depth))
             return -1;
-        if (lua_isnil(d->L, -1))
-            lua_pop(d->L, 1);  /* a hole */
-        else
-            lua_rawseti(d->L, t, (lua_Integer)i);
+        lua_rawseti(d->L, t, (lua_Integer)i);
     }
     return 0;
 }
@@ -1334,18 +1811,21 @@ static int fill_map(decoder *d, int t, uint64_t n, int depth)
     lua_State *L = d->L;
 
     for (uint64_t i = 0; i < n; i++) {
-        if (dec_value(d, depth))
-            return -1;
-        if (lua_isnil(L, -1))
+        int is_float = d->p < d->end && (*d->p == 0xca || *d->p == 0xcb);
+        if (is_nil_next(d))
             return fail(d, "nil map key");
-        if (lua_type(L, -1) == LUA_TNUMBER && isnan(lua_tonumber(L, -1)))
-            return fail(d, "NaN map key");
         if (dec_value(d, depth))
             return -1;
-        if (lua_isnil(L, -1))
-            lua_pop(L, 2);  /* a table cannot hold nil: the key goes */
-        else
-            lua_rawset(L, t);
+        if (is_float && isnan(lua_tonumber(L, -1)))
+            return fail(d, "NaN map key");
+        if (is_nil_next(d)) {
+            d->p++;
+            lua_pop(L, 1);  /* a table cannot hold nil: the key goes */
+            continue;
+        }
+        if (dec_value(d, depth))
+            return -1;
+        lua_rawset(L, t);
     }
     return 0;
 }
@@ -1647,10 +2127,34 @@ static int dec_value(decoder *d, int depth)
     return 0;
 }
 
+/* Empties the state's id table for the next message; one that grew
+ * large goes with the garbage, and a small one takes its place. */
+#define IDS_KEEP 4096
+
+static void ids_release(decoder *d)
+{
+    lua_State *L = d->L;
+
+    if (d->cache == NULL)
+        return;
+    if (d->nids > IDS_KEEP) {
+        lua_rawgetp(L, LUA_REGISTRYINDEX, &ids_key);
+        lua_newtable(L);
+        lua_setiuservalue(L, -2, 1);
+        lua_pop(L, 1);
+    } else {
+        for (lua_Integer i = 1; i <= d->nids; i++) {
+            lua_pushnil(L);
+            lua_rawseti(L, d->ids, i);
+        }
+    }
+    d->cache->busy = 0;
+}
+
 int luamp_decode(lua_State *L, const char *data, size_t len, int flags)
 {
     decoder d;
-    int base = lua_gettop(L);
+    int base = lua_gettop(L), r;
 
     luaL_checkstack(L, SLACK, NULL);
     if (len > LUAMP_MAX_MESSAGE) {
@@ -1664,12 +2168,14 @@ int luamp_decode(lua_State *L, const char *data, size_t len, int flags)
     d.flags = flags;
     d.ids = base + 1;
     d.nids = 0;
-    if (dec_value(&d, 1) == 0) {
-        if (d.p == d.end) {
-            lua_remove(L, d.ids);
-            return 0;
-        }
-        fail(&d, "%d trailing bytes after the message", (int)left(&d));
+    d.cache = NULL;
+    r = dec_value(&d, 1);
+    if (r == 0 && d.p != d.end)
+        r = fail(&d, "%d trailing bytes after the message", (int)left(&d));
+    ids_release(&d);
+    if (r == 0) {
+        lua_remove(L, d.ids);
+        return 0;
     }
     lua_replace(L, base + 1);
     lua_settop(L, base + 1);

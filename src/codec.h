@@ -6,7 +6,7 @@
  * shared parts) are standard MessagePack any implementation reads; the
  * rest uses extension types described in doc/format.md.
  *
- * The encoder writes with msgpack-c's packer into a luamp_buf.  The
+ * The encoder writes MessagePack straight into a luamp_buf.  The
  * decoder is luamp's own reader: it bounds nesting explicitly, reads
  * strings straight out of the input and rejects every malformed or
  * truncated input with a message instead of crashing.

@@ -40,6 +40,47 @@ t.is(assert(enc(1)), "\x01", "1 is written as a positive fixint")
 t.is(assert(enc(-1)), "\xff", "-1 is written as a negative fixint")
 t.is(assert(enc(300)), "\xcd\x01\x2c", "300 is written as uint16")
 t.is(assert(enc(-300)), "\xd1\xfe\xd4", "-300 is written as int16")
+do
+  -- every boundary of the int formats, as msgpack-c (and the spec's
+  -- smallest form) writes them
+  local cases = {
+    {127, "\x7f"}, {128, "\xcc\x80"}, {255, "\xcc\xff"}, {256, "\xcd\x01\x00"},
+    {65535, "\xcd\xff\xff"}, {65536, "\xce\x00\x01\x00\x00"},
+    {0xffffffff, "\xce\xff\xff\xff\xff"}, {0x100000000, "\xcf\0\0\0\x01\0\0\0\0"},
+    {-32, "\xe0"}, {-33, "\xd0\xdf"}, {-128, "\xd0\x80"}, {-129, "\xd1\xff\x7f"},
+    {-32768, "\xd1\x80\x00"}, {-32769, "\xd2\xff\xff\x7f\xff"},
+    {-2147483648, "\xd2\x80\0\0\0"}, {-2147483649, "\xd3\xff\xff\xff\xff\x7f\xff\xff\xff"},
+  }
+  local bad = {}
+  for _, c in ipairs(cases) do
+    if enc(c[1]) ~= c[2] then bad[#bad + 1] = tostring(c[1]) end
+    if enc({c[1]}) ~= "\x91" .. c[2] then bad[#bad + 1] = "{" .. c[1] .. "}" end
+  end
+  t.is(table.concat(bad, " "), "", "each integer takes the smallest int format, alone or in a table")
+  local function header(v) return (assert(enc(v)):sub(1, 5)) end
+  t.is(header(string.rep("a", 31)):sub(1, 1), "\xbf", "a 31-byte str is a fixstr")
+  t.is(header(string.rep("a", 32)):sub(1, 2), "\xd9\x20", "a 32-byte str is a str8")
+  t.is(header(string.rep("a", 256)):sub(1, 3), "\xda\x01\x00", "a 256-byte str is a str16")
+  t.is(header(string.rep("a", 65536)), "\xdb\0\x01\0\0", "a 64 KiB str is a str32")
+  t.is(header("\xff"):sub(1, 2), "\xc4\x01", "a short bin is a bin8")
+  t.is(header(string.rep("\xff", 256)):sub(1, 3), "\xc5\x01\x00", "a 256-byte bin is a bin16")
+  t.is(header(string.rep("\xff", 65536)), "\xc6\0\x01\0\0", "a 64 KiB bin is a bin32")
+  local function seq(n) local s = {} for i = 1, n do s[i] = true end return s end
+  t.is(header(seq(15)):sub(1, 1), "\x9f", "15 elements are a fixarray")
+  t.is(header(seq(16)):sub(1, 3), "\xdc\0\x10", "16 elements are an array16")
+  t.is(header(seq(65536)), "\xdd\0\x01\0\0", "65536 elements are an array32")
+  local function record(n) local r = {} for i = 1, n do r["k" .. i] = i end return r end
+  for _, n in ipairs{15, 16, 17, 65535, 65536} do
+    local want = n < 16 and string.char(0x80 + n) or n < 65536 and "\xde" .. string.pack(">I2", n)
+                 or "\xdf" .. string.pack(">I4", n)
+    local r = record(n)
+    local s = assert(enc(r))
+    t.ok(s:sub(1, #want) == want, "a map of " .. n .. " entries has the header for its size")
+    t.same(dec(s), r, "a map of " .. n .. " entries survives")
+  end
+  t.same(rt({x = record(20), y = {z = record(16)}}), {x = record(20), y = {z = record(16)}},
+         "maps of 16 entries and more nest")
+end
 
 -- Strings ------------------------------------------------------------------
 for _, s in ipairs{"", "hello", "h\xc3\xa9llo \xe2\x82\xac", "\0\1\2\255", "\xc3\x28",
@@ -52,6 +93,53 @@ t.is(byte1("\xff"), 0xc4, "invalid UTF-8 is written as bin")
 t.is(byte1("\xc0\x80"), 0xc4, "overlong UTF-8 is written as bin")
 t.is(byte1("\xed\xa0\x80"), 0xc4, "an encoded surrogate is written as bin")
 t.is(byte1("a\0b"), 0xa3, "NUL is valid UTF-8 and stays str")
+do
+  -- str exactly when Lua's strict utf8.len accepts: a sequence good or
+  -- bad at every offset of ASCII of every length up to 80, so that it
+  -- falls in the 32-byte blocks, the 8-byte words and the tail bytes
+  local function kind(s)
+    local b = assert(enc(s)):byte(1)
+    if (b >= 0xa0 and b <= 0xbf) or (b >= 0xd9 and b <= 0xdb) then return "str" end
+    if b >= 0xc4 and b <= 0xc6 then return "bin" end
+    return "?"
+  end
+  local function want(s) return utf8.len(s) and "str" or "bin" end
+  local seqs = {"\x80", "\xbf", "\xff", "\xc0\x80", "\xc1\xbf", "\xc2\x80", "\xc3\xa9", "\xc3",
+                "\xc3\x28", "\xe2\x82\xac", "\xe2\x82", "\xe0\x80\x80", "\xe0\xa0\x80",
+                "\xed\x9f\xbf", "\xed\xa0\x80", "\xef\xbf\xbf", "\xf0\x8f\xbf\xbf",
+                "\xf0\x90\x80\x80", "\xf0\x9f\x98\x80", "\xf4\x8f\xbf\xbf", "\xf4\x90\x80\x80",
+                "\xf5\x80\x80\x80", "\xf8\x88\x80\x80\x80", "\xe2\x28\xac", "\xf0\x9f\x28\x80"}
+  local wrong, checked = {}, 0
+  for len = 0, 80 do
+    for at = 0, len do
+      for _, q in ipairs(seqs) do
+        local s = string.rep("a", at) .. q .. string.rep("b", len - at)
+        checked = checked + 1
+        if kind(s) ~= want(s) and #wrong < 5 then wrong[#wrong + 1] = string.format("%q", s) end
+      end
+    end
+  end
+  t.is(table.concat(wrong, ", "), "", "str or bin agrees with utf8.len at every offset (" .. checked .. " strings)")
+  local rng = 12345
+  local function rand(n) rng = (rng * 1103515245 + 12345) % 2147483648; return rng % n end
+  local pieces = {"a", "z", " ", "\0", "\x7f", "\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x98\x80", "\xed\x9f\xbf"}
+  wrong = {}
+  for _ = 1, 3000 do
+    local parts = {}
+    for i = 1, rand(60) do
+      parts[i] = rand(40) == 0 and string.char(rand(256)) or pieces[rand(#pieces) + 1]
+    end
+    local s = table.concat(parts)
+    if kind(s) ~= want(s) and #wrong < 5 then wrong[#wrong + 1] = string.format("%q", s) end
+  end
+  t.is(table.concat(wrong, ", "), "", "str or bin agrees with utf8.len on 3000 mixed strings")
+  local big = string.rep("x", 1 << 20)
+  t.is(kind(big), "str", "1 MiB of ASCII is a str")
+  t.is(kind(big .. "\xff"), "bin", "1 MiB of ASCII with a bad last byte is a bin")
+  t.is(kind(big:sub(1, 12345) .. "\x80" .. big:sub(1, 100000)), "bin", "a bad byte deep inside makes a bin")
+  t.is(kind(string.rep("\xc3\xa9", 1 << 19)), "str", "1 MiB of 2-byte sequences is a str")
+  t.is(kind(string.rep("\xc3\xa9", 1 << 19) .. "\xc3"), "bin", "a truncated last sequence makes a bin")
+end
 
 -- Tables -------------------------------------------------------------------
 t.is(byte1({1, 2, 3}), 0x93, "a sequence is written as an array")
@@ -99,6 +187,60 @@ end
 do
   local s = {}
   t.ok(not rawequal(rt(s), s), "a plain table travels by value")
+end
+do
+  -- The encoder tells tables apart by address in a small list, then in
+  -- a hash index over it: cycles and shared tables on both sides of the
+  -- switch (16 tables) and of the index's growth.
+  for _, n in ipairs{15, 16, 17, 40, 300} do
+    local ts = {}
+    for i = 1, n do ts[i] = {i = i} end
+    -- (prev: met already, so that nesting stays shallow)
+    for i = 1, n do ts[i].self = ts[i]; ts[i].prev = ts[i - 1] end
+    local msg = {}
+    for i = 1, n do msg[i] = ts[i]; msg[n + i] = ts[n + 1 - i] end
+    local r = rt(msg)
+    local ok = #r == 2 * n
+    for i = 1, n do
+      local x = r[i]
+      ok = ok and x.i == i and rawequal(x.self, x) and rawequal(x.prev, r[i - 1])
+           and rawequal(r[2 * n + 1 - i], x)
+    end
+    t.ok(ok, "cycles and shared tables survive among " .. n .. " tables")
+  end
+  local distinct = {}
+  for i = 1, 100 do distinct[i] = {1} end
+  local r = rt(distinct)
+  local same = 0
+  for i = 2, 100 do if rawequal(r[i], r[i - 1]) then same = same + 1 end end
+  t.is(same, 0, "100 equal but distinct tables stay distinct")
+end
+do
+  -- A sequence whose last keys live in the hash part, out of traversal
+  -- order: the encoder starts it as an array, meets key 22 before 21,
+  -- undoes the 20 tables it wrote (and their ids) and writes it again.
+  local items = {}
+  for i = 1, 20 do items[i] = "a[" .. i .. "]" end
+  local make = load("local a, x = ... return {" .. table.concat(items, ", ")
+                    .. ", [22] = a[5], [21] = x}")
+  local a = {}
+  for i = 1, 20 do a[i] = {i} end
+  local v = make(a, {a[3]})
+  local order = {}
+  for k in next, v do if k > 20 then order[#order + 1] = k end end
+  if order[1] ~= 22 then t.diag("this Lua lays the table out otherwise: keys " .. table.concat(order, ",")) end
+  t.is(byte1(v), 0xdc, "a sequence partly in the hash part is still an array")
+  local r = rt(v)
+  local ok = #r == 22
+  for i = 1, 20 do ok = ok and r[i][1] == i end
+  t.ok(ok and rawequal(r[22], r[5]) and rawequal(r[21][1], r[3]),
+       "after the array is written again, references point at the right tables")
+  local h = rt({a[1], a[2], a[1], nil, a[2]})
+  t.ok(rawequal(h[1], h[3]) and rawequal(h[2], h[5]) and h[4] == nil,
+       "a hole found after shared tables makes a map with the same references")
+  local x = {a[1], a[1], extra = a[1]}
+  local rx = rt(x)
+  t.ok(rawequal(rx[1], rx[2]) and rawequal(rx.extra, rx[1]), "an extra key after shared tables makes a map")
 end
 
 -- Metatables ---------------------------------------------------------------
@@ -194,12 +336,24 @@ t.ok(rawequal(rt(package.loaded), package.loaded), "package.loaded travels by na
 t.like(assert(enc(math.sqrt)), "math%.sqrt$", "the name of math.sqrt is on the wire")
 t.like(assert(enc(string.upper)), "string%.upper$", "a name outside _G is preferred")
 do
-  package.loaded.codec_test_mod = {answer = 42}
+  package.loaded.codec_test_mod = {answer = 42, get = function() return 42 end}
   local m = package.loaded.codec_test_mod
   t.ok(rawequal(rt(m), m), "a module loaded after earlier messages travels by name")
   package.loaded.codec_test_mod = nil
   local r = rt(m)
   t.ok(not rawequal(r, m) and r.answer == 42, "an unloaded module's table travels by value")
+  -- A message of plain data trusts the map of names as it stands (no
+  -- walk over package.loaded per message); one with anything else
+  -- (here a C function) checks it first.
+  package.loaded.codec_test_data = {answer = 42}
+  local data = package.loaded.codec_test_data
+  local r2 = rt({data, print})
+  t.ok(rawequal(r2[1], data), "a data-only module travels by name in a message that checks the names")
+  t.ok(rawequal(rt({data})[1], data), "once the map knows it, a data-only module travels by name in plain data too")
+  package.loaded.codec_test_data = nil
+  local r3 = rt({data})
+  t.ok(not rawequal(r3[1], data) and r3[1].answer == 42,
+       "a module unloaded since travels by value: a name found is checked")
 end
 do
   local iter = string.gmatch("a", "a")
@@ -213,6 +367,26 @@ do
   string.codec_test_it = iter
   t.ok(rawequal(rt(iter), iter), "a C function added to a loaded module later travels by name")
   string.codec_test_it = nil
+end
+
+do
+  -- A module loaded while a message is decoded (for its name) may decode
+  -- messages itself: it must not disturb the references of the outer one.
+  local M = {f = print}   -- not data only: the encoder looks its name up
+  package.loaded.codec_test_nested = M
+  local shared = {"outer"}
+  local s = assert(enc({shared, M, shared}))
+  package.loaded.codec_test_nested = nil
+  local inner
+  package.preload.codec_test_nested = function()
+    inner = dec(assert(enc({{"inner"}, {"inner2"}, {"inner3"}})))
+    return M
+  end
+  local r = dec(s)
+  t.ok(inner ~= nil and inner[1][1] == "inner", "the nested decode ran")
+  t.ok(rawequal(r[1], r[3]) and r[1][1] == "outer" and rawequal(r[2], M),
+       "references after a nested decode point at the outer message's tables")
+  package.loaded.codec_test_nested, package.preload.codec_test_nested = nil, nil
 end
 
 -- luamp objects ------------------------------------------------------------

@@ -392,6 +392,7 @@ static void test_round_trips(void)
 /* A Lua memory error in the middle of an encode: the buffer is restored
  * and the error propagates. */
 static int fail_allocs;
+static int allocs_left = -1;   /* >= 0: growing allocations that succeed before they fail */
 
 static void *alloc(void *ud, void *p, size_t osize, size_t nsize)
 {
@@ -400,8 +401,10 @@ static void *alloc(void *ud, void *p, size_t osize, size_t nsize)
         free(p);
         return NULL;
     }
-    if (fail_allocs && nsize > osize)
+    if (nsize > osize && (fail_allocs || allocs_left == 0))
         return NULL;
+    if (nsize > osize && allocs_left > 0)
+        allocs_left--;
     return realloc(p, nsize);
 }
 
@@ -450,6 +453,64 @@ static void test_memory_error(void)
     fail_allocs = 0;
     ok(status == LUA_ERRMEM, "a memory error during an encode propagates");
     ok(b.len == 4 && memcmp(b.data, "keep", 4) == 0, "a memory error leaves the buffer as it was");
+    luamp_buf_free(&b);
+    lua_close(S);
+}
+
+static int decode_in_pcall(lua_State *S)
+{
+    size_t n;
+    const char *s = lua_tolstring(S, 1, &n);
+
+    if (luamp_decode(S, s, n, 0) != 0)
+        return lua_error(S);
+    return 1;
+}
+
+/* (message) -> whether it decodes to {t, {2}, t} with t = {1} */
+static int decodes_shared(lua_State *S, const luamp_buf *b)
+{
+    int good;
+
+    lua_pushcfunction(S, decode_in_pcall);
+    lua_pushlstring(S, b->data, b->len);
+    if (lua_pcall(S, 1, 1, 0) != LUA_OK) {
+        lua_pop(S, 1);
+        return 0;
+    }
+    lua_rawgeti(S, -1, 1);
+    lua_rawgeti(S, -2, 3);
+    good = lua_istable(S, -1) && lua_rawequal(S, -1, -2);
+    lua_pop(S, 3);
+    return good;
+}
+
+/* The decoder keeps its id table between messages, marked busy while in
+ * use: a memory error that leaves it marked must not break later
+ * messages, at whichever allocation it strikes. */
+static void test_decode_memory_error(void)
+{
+    lua_State *S = lua_newstate(alloc, NULL);
+    luamp_buf b;
+    int errmem = 0, good = 1;
+
+    luaL_openlibs(S);
+    luamp_buf_init(&b);
+    ok(luaL_dostring(S, "local t = {1}; return {t, {2}, t}") == LUA_OK
+       && luamp_encode(S, -1, "value", &b) == 0, "a message with a shared table encodes");
+    lua_settop(S, 0);
+    ok(decodes_shared(S, &b), "a message with a shared table decodes");
+    for (int k = 0; k < 12; k++) {
+        lua_pushcfunction(S, decode_in_pcall);
+        lua_pushlstring(S, b.data, b.len);
+        allocs_left = k;
+        errmem += lua_pcall(S, 1, 1, 0) == LUA_ERRMEM;
+        allocs_left = -1;
+        lua_pop(S, 1);
+        good = good && decodes_shared(S, &b) && decodes_shared(S, &b);
+    }
+    ok(errmem > 0, "memory errors struck decodes (%d times)", errmem);
+    ok(good, "after each, messages decode with their shared tables");
     luamp_buf_free(&b);
     lua_close(S);
 }
@@ -755,6 +816,7 @@ int main(void)
     test_upvalue_errors();
     test_round_trips();
     test_memory_error();
+    test_decode_memory_error();
     test_objects();
     test_size_limit();
     fuzz_truncations();
