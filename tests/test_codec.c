@@ -19,6 +19,9 @@
 #include "ctap.h"
 #include "../fuzz/sandbox.h"
 
+#include <limits.h>
+#include <msgpack.h>
+
 static lua_State *L;
 
 /* Pushes the value of a Lua expression. */
@@ -804,12 +807,102 @@ static void test_bindings(void)
        "the binding's buffer is reused after a large message");
 }
 
+/*
+ * The encoder writes MessagePack itself (a write callback per value was
+ * most of its cost); msgpack-c's packer is the reference it must match
+ * byte for byte, format by format, at every size boundary.
+ */
+typedef void (*pack_fn)(msgpack_packer *pk, long long n);
+
+static void pack_int(msgpack_packer *pk, long long n) { msgpack_pack_int64(pk, n); }
+
+static void pack_str(msgpack_packer *pk, long long n)
+{
+    msgpack_pack_str(pk, (size_t)n);
+    for (long long i = 0; i < n; i++)
+        msgpack_pack_str_body(pk, "a", 1);
+}
+
+static void pack_bin(msgpack_packer *pk, long long n)
+{
+    msgpack_pack_bin(pk, (size_t)n);
+    for (long long i = 0; i < n; i++)
+        msgpack_pack_bin_body(pk, "\xff", 1);
+}
+
+static void pack_array(msgpack_packer *pk, long long n)
+{
+    msgpack_pack_array(pk, (size_t)n);
+    for (long long i = 0; i < n; i++)
+        msgpack_pack_int64(pk, i % 300);
+}
+
+static void pack_map(msgpack_packer *pk, long long n)
+{
+    (void)n;
+    msgpack_pack_map(pk, 1);
+    msgpack_pack_str(pk, 3);
+    msgpack_pack_str_body(pk, "key", 3);
+    msgpack_pack_double(pk, 0.5);
+}
+
+/* Whether luamp encodes the Lua expression (with %lld for n) exactly as
+ * msgpack-c packs it with `pack`. */
+static int same_as_msgpack_c(const char *fmt, pack_fn pack, long long n)
+{
+    char expr[256];
+    luamp_buf b;
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    int same;
+
+    snprintf(expr, sizeof expr, fmt, n);
+    luamp_buf_init(&b);
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    pack(&pk, n);
+    same = encode_expr(expr, NULL, &b) == 0 && b.len == sb.size && memcmp(b.data, sb.data, sb.size) == 0;
+    if (!same)
+        diag("%s: luamp %zu bytes, msgpack-c %zu", expr, b.len, sb.size);
+    msgpack_sbuffer_destroy(&sb);
+    luamp_buf_free(&b);
+    return same;
+}
+
+static void test_msgpack_c_oracle(void)
+{
+    static const long long ints[] = {
+        0, 1, 127, 128, 255, 256, 65535, 65536, 4294967295LL, 4294967296LL, LLONG_MAX,
+        -1, -32, -33, -128, -129, -32768, -32769, -2147483648LL, -2147483649LL, LLONG_MIN
+    };
+    static const long long sizes[] = { 0, 1, 15, 16, 31, 32, 255, 256, 65535, 65536 };
+    int all = 1;
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
+        all &= same_as_msgpack_c(ints[i] == LLONG_MIN ? "math.mininteger" : "%lld", pack_int, ints[i]);
+    ok(all, "integers at every format boundary encode as msgpack-c packs them");
+    all = 1;
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
+        all &= same_as_msgpack_c("string.rep('a', %lld)", pack_str, sizes[i]);
+    ok(all, "text of every header size encodes as msgpack-c packs a str");
+    all = 1;   /* (from 1: the empty string is text, and {} a map) */
+    for (size_t i = 1; i < sizeof sizes / sizeof sizes[0]; i++)
+        all &= same_as_msgpack_c("string.rep('\\xff', %lld)", pack_bin, sizes[i]);
+    ok(all, "bytes of every header size encode as msgpack-c packs a bin");
+    all = 1;
+    for (size_t i = 1; i < sizeof sizes / sizeof sizes[0]; i++)
+        all &= same_as_msgpack_c("(function(n) local t = {} for i = 1, n do t[i] = (i - 1) %% 300 end "
+                                 "return t end)(%lld)", pack_array, sizes[i]);
+    ok(all, "arrays of every header size encode as msgpack-c packs them");
+    ok(same_as_msgpack_c("{key = 0.5} --%lld", pack_map, 0), "a record encodes as msgpack-c packs a map");
+}
+
 int main(void)
 {
     L = luaL_newstate();
     luaL_openlibs(L);
     test_buffers();
     test_wire();
+    test_msgpack_c_oracle();
     test_refusals();
     test_depth();
     test_decode_errors();
