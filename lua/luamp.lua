@@ -413,6 +413,7 @@ function mp.Pool(opts)
     _workers = {},          -- child handles, in spawn order
     _spawned = 0,
     _jobs = {},             -- id -> job not finished yet
+    _sinks = {},            -- id -> results table of a map job: results are decoded into it
     _nextjob = 0,
     _fcache = setmetatable({}, { __mode = "k" }),
     _nextfid = 0,
@@ -511,6 +512,7 @@ end
 local function finish(self, job)
   job.finished = true
   self._jobs[job.id] = nil
+  self._sinks[job.id] = nil
   if job.progress then job.progress(true) end
   if job.err then
     if job.error_callback then run_callback(job.error_callback, job.err) end
@@ -555,7 +557,7 @@ function Pool:_complete(job, start, count, results, errors, nres)
       job.ctail = job.ctail + 1
       chunks[job.ctail] = rec
     end
-  else
+  elseif results ~= true then   -- (true: decoded in place already)
     table.move(results, 1, count, start, job.results)
   end
   job.done = job.done + count
@@ -721,18 +723,19 @@ function Pool:_pump(deadline)
     local dl = self:_check_deadlines()
     if dl and (not wait_until or dl < wait_until) then wait_until = dl end
   end
-  local got, a, b, c, d, e, f, g, h, i = rq:get_result(remaining(wait_until), self._workers)
+  local sinks = self._sinks
+  local got, a, b, c, d, e, f, g, h, i = rq:get_result(remaining(wait_until), self._workers, sinks)
   if got then
     repeat
       self:_handle(a, b, c, d, e, f, g, h, i)
-      got, a, b, c, d, e, f, g, h, i = rq:get_result(0)
+      got, a, b, c, d, e, f, g, h, i = rq:get_result(0, nil, sinks)
     until not got
     return true
   end
   if a == "event" then
     local w = b
     repeat                           -- what the worker put before it died
-      got, a, b, c, d, e, f, g, h, i = rq:get_result(0)
+      got, a, b, c, d, e, f, g, h, i = rq:get_result(0, nil, sinks)
       if got then self:_handle(a, b, c, d, e, f, g, h, i) end
     until not got
     self:_reap(w)
@@ -764,8 +767,10 @@ end
 
 -- Puts one task; an item that cannot travel raises "serialize" naming it.
 -- `rec` is the task's record in the books, made here when not given.
-function Pool:_put_task(job, kind, start, items, count, root, rec)
-  local seq, why = self._tq:put_task(job.id, job.fid, job.fbytes, kind, start, items, count, root)
+-- With `first`, the task's items are items[first .. first + count - 1]
+-- (items then has no metatable), encoded without a copy of the chunk.
+function Pool:_put_task(job, kind, start, items, count, root, rec, first)
+  local seq, why = self._tq:put_task(job.id, job.fid, job.fbytes, kind, start, items, count, root, first)
   if seq then
     job.inflight = job.inflight + 1
     local timeout = job.timeout and job.timeout * count
@@ -774,7 +779,8 @@ function Pool:_put_task(job, kind, start, items, count, root, rec)
     return
   end
   self._jobs[job.id] = nil
-  if kind ~= "apply" then    -- name the item by its index in the whole input
+  self._sinks[job.id] = nil
+  if kind ~= "apply" and not first then   -- name the item by its index in the whole input
     for i = 1, count do
       local _, why_i = core.encode(items[i], root .. "[" .. (start + i - 1) .. "]")
       if why_i then why = why_i; break end
@@ -914,9 +920,15 @@ function Pool:_start_map(fname, kind, f, items, opts)
   job.results = { n = n }
   if opts.progress then job.progress = progress_bar(job) end
   local cs = opts.chunksize or (opts.timeout and 1) or auto_chunksize(self, n)
+  local plain = getmetatable(items) == nil
+  self._sinks[job.id] = job.results
   for start = 1, n, cs do
     local count = math.min(cs, n - start + 1)
-    self:_put_task(job, kind, start, table.move(items, start, start + count - 1, 1, {}), count, "items")
+    if plain then
+      self:_put_task(job, kind, start, items, count, "items", nil, start)
+    else   -- (a proxy table: read through its metamethods)
+      self:_put_task(job, kind, start, table.move(items, start, start + count - 1, 1, {}), count, "items")
+    end
   end
   if n == 0 then finish(self, job) end
   return job
@@ -954,11 +966,15 @@ function Pool:_submit_chunk(job)
   if not cs then   -- unknown length: from the observed cost per item
     cs = self._cost and math.max(1, math.min(MAX_LAZY_CHUNK, math.floor(0.02 / math.max(self._cost, 1e-9)))) or 1
   end
-  local chunk, count = {}, 0
+  local chunk, count, slice = {}, 0, nil
   local items, src, first = job.items, job.source, job.next_index
   if items then
     count = math.min(cs, job.total - first + 1)
-    if count > 0 then table.move(items, first, first + count - 1, 1, chunk) end
+    if getmetatable(items) == nil then
+      chunk, slice = items, first
+    elseif count > 0 then
+      table.move(items, first, first + count - 1, 1, chunk)
+    end
     if count < cs then job.exhausted = true end
   else
     while count < cs do
@@ -970,7 +986,7 @@ function Pool:_submit_chunk(job)
   end
   job.next_index = first + count
   if count > 0 then
-    self:_put_task(job, job.kind, job.next_index - count, chunk, count, "items")
+    self:_put_task(job, job.kind, first, chunk, count, "items", nil, slice)
   end
   if job.exhausted then
     job.source = nil
@@ -1112,7 +1128,7 @@ function Pool:terminate()
   self._workers = {}
   self._inflight, self._ntimed = {}, 0
   local jobs = self._jobs
-  self._jobs = {}
+  self._jobs, self._sinks = {}, {}
   local ids = {}
   for id in pairs(jobs) do ids[#ids + 1] = id end
   table.sort(ids)

@@ -178,6 +178,9 @@ typedef struct encoder {
     int fast;
     int names;             /* fast pass: stack slot of the names map, or 0 */
     seen_set seen;
+    /* luamp_encode_slice: the message is t[first .. first + count - 1] */
+    int slice;
+    lua_Integer first, count;
 } encoder;
 
 static int enc_value(encoder *e, int depth);
@@ -1373,14 +1376,51 @@ static int enc_value(encoder *e, int depth)
     }
 }
 
+/* Stands for a slice's array among the tables the fast pass has met: the
+ * array is a table of the message (it has an id) that is never made. */
+static char slice_marker;
+
+/* The message of luamp_encode_slice: an array of t[first], t[first+1],
+ * ..., as encoding a table holding just them would write it. */
+static int enc_slice(encoder *e, int t)
+{
+    lua_State *L = e->L;
+
+    if (e->fast) {
+        if (seen_add(e, &slice_marker))
+            return -1;
+    } else {
+        e->next_id++;
+    }
+    if (put_header(e, 0x90, (size_t)e->count))
+        return -1;
+    for (lua_Integer i = 0; i < e->count; i++) {
+        lua_rawgeti(L, t, e->first + i);
+        if (enc_value(e, 2)) {
+            path_index(e, e->first + i);
+            return -1;
+        }
+        lua_pop(L, 1);
+    }
+    return 0;
+}
+
+/* The whole message: the value at idx, or the slice of the table there. */
+static int enc_root(encoder *e, int idx)
+{
+    if (e->slice)
+        return enc_slice(e, idx);
+    lua_pushvalue(e->L, idx);
+    return enc_value(e, 1);
+}
+
 /* Protected body of luamp_encode: (value, encoder) -> nil | refusal. */
 static int encode_main(lua_State *L)
 {
     encoder *e = lua_touserdata(L, 2);
 
     lua_settop(L, SLOT_TOP);
-    lua_pushvalue(L, 1);
-    if (enc_value(e, 1) == 0) {
+    if (enc_root(e, 1) == 0) {
         lua_pushnil(L);
         return 1;
     }
@@ -1388,8 +1428,12 @@ static int encode_main(lua_State *L)
     return 1;
 }
 
-static void encoder_init(encoder *e, lua_State *L, const char *root, luamp_buf *out, int fast)
+static void encoder_init(encoder *e, lua_State *L, const char *root, luamp_buf *out, int fast,
+                         lua_Integer first, lua_Integer count)
 {
+    e->slice = count >= 0;
+    e->first = first;
+    e->count = count;
     e->L = L;
     e->out = out;
     e->start = out->len;
@@ -1415,24 +1459,24 @@ static void encoder_init(encoder *e, lua_State *L, const char *root, luamp_buf *
  * and the protected pass encodes the whole value again, with the
  * checks, tables and error paths described above.
  */
-int luamp_encode(lua_State *L, int idx, const char *root, luamp_buf *out)
+static int encode(lua_State *L, int idx, const char *root, luamp_buf *out,
+                  lua_Integer first, lua_Integer count)
 {
     encoder e;
     int top = lua_gettop(L), r;
 
     idx = lua_absindex(L, idx);
     luaL_checkstack(L, SLACK, NULL);
-    encoder_init(&e, L, root, out, 1);
+    encoder_init(&e, L, root, out, 1, first, count);
     if (lua_type(L, idx) == LUA_TTABLE && lua_rawgetp(L, LUA_REGISTRYINDEX, &names_key) == LUA_TTABLE)
         e.names = lua_gettop(L);
-    lua_pushvalue(L, idx);
-    r = enc_value(&e, 1);
+    r = enc_root(&e, idx);
     seen_free(&e.seen);
     lua_settop(L, top);
     if (r == 0)
         return 0;
     out->len = e.start;
-    encoder_init(&e, L, root, out, 0);
+    encoder_init(&e, L, root, out, 0, first, count);
     lua_pushcfunction(L, encode_main);
     lua_pushvalue(L, idx);
     lua_pushlightuserdata(L, &e);
@@ -1446,6 +1490,18 @@ int luamp_encode(lua_State *L, int idx, const char *root, luamp_buf *out)
     }
     out->len = e.start;
     return -1;
+}
+
+int luamp_encode(lua_State *L, int idx, const char *root, luamp_buf *out)
+{
+    return encode(L, idx, root, out, 0, -1);
+}
+
+int luamp_encode_slice(lua_State *L, int idx, lua_Integer first, lua_Integer count,
+                       const char *root, luamp_buf *out)
+{
+    luaL_checktype(L, idx, LUA_TTABLE);
+    return encode(L, idx, root, out, first, count < 0 ? 0 : count);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1792,7 +1848,8 @@ static int is_nil_next(const decoder *d)
     return d->p < d->end && *d->p == 0xc0;
 }
 
-static int fill_array(decoder *d, int t, uint64_t n, int depth)
+/* The n values of an array into t[offset + 1 ...]. */
+static int fill_array(decoder *d, int t, uint64_t n, int depth, lua_Integer offset)
 {
     for (uint64_t i = 1; i <= n; i++) {
         if (is_nil_next(d)) {
@@ -1801,7 +1858,7 @@ static int fill_array(decoder *d, int t, uint64_t n, int depth)
         }
         if (dec_value(d, depth))
             return -1;
-        lua_rawseti(d->L, t, (lua_Integer)i);
+        lua_rawseti(d->L, t, offset + (lua_Integer)i);
     }
     return 0;
 }
@@ -1850,7 +1907,7 @@ static int dec_plain(decoder *d, uint64_t n, int map, int depth)
         return -1;
     if (map)
         return fill_map(d, lua_gettop(d->L), n, depth + 1);
-    return fill_array(d, lua_gettop(d->L), n, depth + 1);
+    return fill_array(d, lua_gettop(d->L), n, depth + 1, 0);
 }
 
 /* Reads an array or map header: 1 map, 0 array, -1 neither. */
@@ -2151,7 +2208,55 @@ static void ids_release(decoder *d)
     d->cache->busy = 0;
 }
 
-int luamp_decode(lua_State *L, const char *data, size_t len, int flags)
+/* Decodes into t (a stack index) when t is not 0: see luamp_decode_into. */
+static int into_table(decoder *d, int t, lua_Integer offset)
+{
+    lua_State *L = d->L;
+    const unsigned char *at = d->p;
+    uint64_t n;
+    ext x;
+    int r, wrapped = 0;
+
+    if (need(d, 1))
+        return -1;
+    if ((*at >= 0x90 && *at <= 0x9f) || *at == 0xdc || *at == 0xdd) {
+        if (table_header(d, &n) < 0)
+            return -1;
+        const unsigned char *body = d->p;
+        if (n > 0) {
+            if ((r = peek_ext(d, &x)) < 0)
+                return -1;
+            wrapped = r == 1 && (x.type == EXT_META || x.type == EXT_FUNC);
+        }
+        d->p = body;
+        if (!wrapped) {        /* a plain array: t stands for it */
+            if (n > left(d))
+                return fail(d, "truncated message");
+            luaL_checkstack(L, SLACK, NULL);
+            lua_pushvalue(L, t);
+            remember_value(d);
+            lua_pop(L, 1);
+            return fill_array(d, t, n, 2, offset);
+        }
+    }
+    d->p = at;
+    if (dec_value(d, 1))
+        return -1;
+    if (!lua_istable(L, -1))
+        return fail(d, "a table was expected");
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        if (lua_isinteger(L, -2)) {
+            lua_pushvalue(L, -1);
+            lua_rawseti(L, t, offset + lua_tointeger(L, -3));
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    return 0;
+}
+
+static int decode(lua_State *L, const char *data, size_t len, int flags, int t, lua_Integer offset)
 {
     decoder d;
     int base = lua_gettop(L), r;
@@ -2169,7 +2274,7 @@ int luamp_decode(lua_State *L, const char *data, size_t len, int flags)
     d.ids = base + 1;
     d.nids = 0;
     d.cache = NULL;
-    r = dec_value(&d, 1);
+    r = t ? into_table(&d, t, offset) : dec_value(&d, 1);
     if (r == 0 && d.p != d.end)
         r = fail(&d, "%d trailing bytes after the message", (int)left(&d));
     ids_release(&d);
@@ -2180,6 +2285,16 @@ int luamp_decode(lua_State *L, const char *data, size_t len, int flags)
     lua_replace(L, base + 1);
     lua_settop(L, base + 1);
     return -1;
+}
+
+int luamp_decode(lua_State *L, const char *data, size_t len, int flags)
+{
+    return decode(L, data, len, flags, 0, 0);
+}
+
+int luamp_decode_into(lua_State *L, const char *data, size_t len, int flags, int t, lua_Integer offset)
+{
+    return decode(L, data, len, flags, lua_absindex(L, t), offset);
 }
 
 /* ------------------------------------------------------------------ */

@@ -51,12 +51,29 @@ void luamp_buf_free(luamp_buf *b);
 int luamp_encode(lua_State *L, int idx, const char *root, luamp_buf *out);
 
 /*
+ * luamp_encode for t[first], ..., t[first + count - 1] of the table at
+ * `idx` (read raw) as an array, without making that table: the message is
+ * the one a table holding just them would make, and refusals name each
+ * value by its index in t ("items[1234]").
+ */
+int luamp_encode_slice(lua_State *L, int idx, lua_Integer first, lua_Integer count,
+                       const char *root, luamp_buf *out);
+
+/*
  * Decodes one message of exactly `len` bytes and pushes its value.
  * Returns 0; on malformed input returns -1 with an error message pushed
  * instead ("truncated message", "nesting deeper than 200 levels", ...).
  * Raises only for Lua memory errors.
  */
 int luamp_decode(lua_State *L, const char *data, size_t len, int flags);
+
+/*
+ * Decodes a message that is a table and stores its integer keys k in the
+ * table at stack index t, at offset + k, instead of pushing it; a plain
+ * array goes there without an intermediate table.  Returns as
+ * luamp_decode, pushing nothing on success.
+ */
+int luamp_decode_into(lua_State *L, const char *data, size_t len, int flags, int t, lua_Integer offset);
 
 /* Lua bindings: core.encode(v [, root]) -> string | nil, msg;
  * core.decode(s) -> v, raising on malformed input. */

@@ -271,8 +271,10 @@ static int put_msg(lua_State *L, queue *u, const char *what, uint64_t *seq)
     return luamp_sys_error(L, "Queue:put");
 }
 
-/* q:put_task(jobid, fid, fbytes, kind, start, items, count, root)
- * -> seq | nil, message (an item cannot be encoded) */
+/* q:put_task(jobid, fid, fbytes, kind, start, items, count, root [, first])
+ * -> seq | nil, message (an item cannot be encoded).  With `first`, the
+ * task's items are items[first .. first + count - 1], encoded straight
+ * from the caller's table. */
 static int q_put_task(lua_State *L)
 {
     queue *u = open_queue(L, "put");
@@ -285,13 +287,15 @@ static int q_put_task(lua_State *L)
     h.start = luaL_checkinteger(L, 6);
     h.count = luaL_checkinteger(L, 8);
     const char *root = luaL_optstring(L, 9, "items");
+    lua_Integer first = luaL_optinteger(L, 10, 0);
     if (flen > LUAMP_MAX_MESSAGE)
         return luaL_error(L, "put_task: function too large");
     h.flen = (uint32_t)flen;
     u->buf.len = 0;
     if (luamp_buf_append(&u->buf, &h, sizeof h) != 0 || luamp_buf_append(&u->buf, f, flen) != 0)
         return luaL_error(L, "not enough memory");
-    if (luamp_encode(L, 7, root, &u->buf) != 0) {
+    if ((first > 0 ? luamp_encode_slice(L, 7, first, h.count, root, &u->buf)
+                   : luamp_encode(L, 7, root, &u->buf)) != 0) {
         luamp_buf_trim(&u->buf);
         lua_pushnil(L);
         lua_insert(L, -2);
@@ -500,14 +504,17 @@ static int q_put_apply(lua_State *L)
     return put_result_msg(L, u, &h, 0, top + 1);
 }
 
-/* q:get_result(timeout, waitables) -> true, jobid, start, count, results,
- * errs, elapsed, pid, seq, nres | false, "event", i | false, "timeout" |
- * false, "closed".  A result that cannot be decoded here comes with
- * results false and errs the reason. */
+/* q:get_result(timeout, waitables [, sinks]) -> true, jobid, start, count,
+ * results, errs, elapsed, pid, seq, nres | false, "event", i | false,
+ * "timeout" | false, "closed".  A result that cannot be decoded here comes
+ * with results false and errs the reason.  When sinks[jobid] is a table,
+ * the results go straight into it at their indexes (start, start + 1,
+ * ...) and results is true. */
 static int q_get_result(lua_State *L)
 {
     queue *u = check_queue(L);
     shmq_wait w = { .claim = -1 };
+    lua_settop(L, 4);
     int n = wait_message(L, u, luamp_opt_deadline(L, 2), 3, &w);
     if (n)
         return n;
@@ -523,10 +530,22 @@ static int q_get_result(lua_State *L)
     lua_pushinteger(L, h.count);
     const char *p = u->buf.data + sizeof h;
     int bad = 0;
-    if (h.rlen == 0)
+    if (h.rlen == 0) {
         lua_pushnil(L);
-    else if (luamp_decode(L, p, h.rlen, 0) != 0)
-        bad = 1;
+    } else if (lua_istable(L, 4) && lua_rawgeti(L, 4, h.jobid) == LUA_TTABLE) {
+        if (luamp_decode_into(L, p, h.rlen, 0, -1, h.start - 1) != 0) {
+            lua_remove(L, -2);          /* the sink: the message stays */
+            bad = 1;
+        } else {
+            lua_pop(L, 1);
+            lua_pushboolean(L, 1);
+        }
+    } else {
+        if (lua_istable(L, 4))
+            lua_pop(L, 1);              /* what sinks[jobid] was */
+        if (luamp_decode(L, p, h.rlen, 0) != 0)
+            bad = 1;
+    }
     if (bad) {
         lua_pushboolean(L, 0);
         lua_insert(L, -2);

@@ -36,6 +36,22 @@ do
   t.is(r2.n, 3, "items.n is honoured")
   t.ok(r2[1] == 1 and r2[2] == nil and r2[3] == 3, "nil items and results keep their places")
 
+  -- items are read through metamethods when the table has them
+  local proxy = setmetatable({}, { __index = function(_, i) return math.type(i) and i * 10 or nil end,
+    __len = function() return 5 end })
+  t.same(pool:map(function(x) return x + 1 end, proxy, 2), {11, 21, 31, 41, 51, n = 5},
+    "map reads a proxy table's items through __index and __len")
+  local seen = {}
+  for i, v in pool:imap(function(x) return x + 1 end, proxy, 2) do seen[i] = v end
+  t.same(seen, {11, 21, 31, 41, 51}, "imap reads a proxy table's items through __index too")
+  -- results land at their indexes whatever the chunking
+  local big = {}
+  for i = 1, 1000 do big[i] = i end
+  local out = pool:map(function(x) return -x end, big, 7)
+  local right = out.n == 1000
+  for i = 1, 1000 do right = right and out[i] == -i end
+  t.ok(right, "1,000 results in chunks of 7 each land at their index")
+
   -- math.type survives, multiple returns keep the first in map
   local r3 = pool:map(function(x) return x, "second" end, {1, 1.0})
   t.is(math.type(r3[1]), "integer", "an integer result stays an integer")

@@ -896,6 +896,68 @@ static void test_msgpack_c_oracle(void)
     ok(same_as_msgpack_c("{key = 0.5} --%lld", pack_map, 0), "a record encodes as msgpack-c packs a map");
 }
 
+/* luamp_encode_slice and luamp_decode_into, as a Pool's map uses them. */
+static void test_slices(void)
+{
+    luamp_buf a, b;
+    luamp_buf_init(&a);
+    luamp_buf_init(&b);
+
+    eval("{10, 20, 30, 40}");
+    ok(luamp_encode_slice(L, -1, 2, 2, "items", &a) == 0, "a slice encodes");
+    lua_pop(L, 1);
+    ok(encode_expr("{20, 30}", NULL, &b) == 0 && a.len == b.len && memcmp(a.data, b.data, a.len) == 0,
+       "a slice encodes exactly as a table holding just those values");
+
+    /* shared tables inside a slice keep their identity: ids count the
+     * slice's own (never made) array */
+    a.len = 0;
+    eval("(function() local s = {} return {1, s, s, {s}} end)()");
+    ok(luamp_encode_slice(L, -1, 2, 3, "items", &a) == 0, "a slice with shared tables encodes");
+    lua_pop(L, 1);
+    ok(luamp_decode(L, a.data, a.len, 0) == 0, "and decodes");
+    lua_setglobal(L, "sliced");
+    ok(lua_true("sliced[1] == sliced[2] and sliced[3][1] == sliced[1] and #sliced == 3"),
+       "shared tables in a slice come back as one table");
+
+    eval("{1, 2, io.stdout, 4}");
+    ok(luamp_encode_slice(L, -1, 2, 3, "items", &a) == -1
+       && strcmp(lua_tostring(L, -1), "cannot send items[3]: a userdata") == 0,
+       "a refusal in a slice names the value by its index in the whole table (%s)", lua_tostring(L, -1));
+    lua_pop(L, 2);
+
+    /* decode_into: an array goes to offset + 1 ..., holes stay holes */
+    a.len = 0;
+    ok(encode_expr("{'x', nil, 'z'}", NULL, &a) == 0, "a table with a hole encodes");
+    run("into = {n = 9}");
+    lua_getglobal(L, "into");
+    ok(luamp_decode_into(L, a.data, a.len, 0, -1, 10) == 0, "decode_into succeeds");
+    lua_pop(L, 1);
+    ok(lua_true("into[11] == 'x' and into[12] == nil and into[13] == 'z' and into.n == 9 and into[1] == nil"),
+       "decode_into puts the values at offset + index and leaves the rest alone");
+    a.len = 0;
+    ok(encode_expr("{5, 6, 7}", NULL, &a) == 0, "an array encodes");
+    lua_getglobal(L, "into");
+    int top = lua_gettop(L);
+    ok(luamp_decode_into(L, a.data, a.len, 0, -1, 0) == 0 && lua_gettop(L) == top,
+       "decode_into of an array pushes nothing");
+    lua_pop(L, 1);
+    ok(lua_true("into[1] == 5 and into[3] == 7 and into[11] == 'x'"), "a plain array goes in at its offset");
+    a.len = 0;
+    ok(encode_expr("(function() local s = {} return {s, s} end)()", NULL, &a) == 0, "shared values encode");
+    lua_getglobal(L, "into");
+    ok(luamp_decode_into(L, a.data, a.len, 0, -1, 100) == 0, "decode_into takes shared values");
+    lua_pop(L, 1);
+    ok(lua_true("type(into[101]) == 'table' and into[101] == into[102]"),
+       "shared values decoded into a table stay one table");
+    lua_getglobal(L, "into");
+    ok(luamp_decode_into(L, "\x05", 1, 0, -1, 0) == -1 && strcmp(lua_tostring(L, -1), "a table was expected") == 0,
+       "decode_into refuses a message that is not a table");
+    lua_pop(L, 2);
+    luamp_buf_free(&a);
+    luamp_buf_free(&b);
+}
+
 int main(void)
 {
     L = luaL_newstate();
@@ -903,6 +965,7 @@ int main(void)
     test_buffers();
     test_wire();
     test_msgpack_c_oracle();
+    test_slices();
     test_refusals();
     test_depth();
     test_decode_errors();
