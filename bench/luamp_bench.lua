@@ -257,6 +257,7 @@ end
 local function queue_(n, items, bytes)
   local q = mp.Queue()
   local p = mp.Process{ target = producer, args = { q, n, items } }
+  collectgarbage()   -- the set-up's garbage, as in warm_pool
   local t0 = now()
   p:start()
   for _ = 1, n do q:get() end
@@ -289,6 +290,7 @@ end
 local function pipe_oneway(n, duplex, items, bytes)
   local reader, writer = mp.Pipe(duplex)
   local p = mp.Process{ target = pipe_sender, args = { writer, n, items } }
+  collectgarbage()   -- the set-up's garbage, as in warm_pool
   local t0 = now()
   p:start()
   writer:close()

@@ -408,7 +408,7 @@ function mp.Pool(opts)
     processes = n,
     _owner = getpid(),
     _id = pool_count,
-    _tq = core.queue(0),
+    _tq = core.queue(0, true),  -- (map_async never waits for the workers to make room)
     _rq = core.queue(0),
     _workers = {},          -- child handles, in spawn order
     _spawned = 0,

@@ -44,6 +44,7 @@ static int new_queue(lua_State *L)
 {
     lua_Integer maxsize = luaL_optinteger(L, 1, 0);
     luaL_argcheck(L, maxsize >= 0, 1, "maxsize must be 0 or positive");
+    int no_pace = lua_toboolean(L, 2);   /* core.queue(maxsize, true): see shmq_no_pace */
     queue *u = lua_newuserdatauv(L, sizeof *u, 0);
     memset(u, 0, sizeof *u);
     luamp_buf_init(&u->buf);
@@ -51,6 +52,8 @@ static int new_queue(lua_State *L)
     u->q = shmq_create((uint64_t)maxsize);
     if (u->q == NULL)
         return luamp_sys_error(L, "cannot create a Queue");
+    if (no_pace)
+        shmq_no_pace(u->q);
     luamp_new_object_id(u->id, sizeof u->id, "queue");
     luamp_register_object(L, -1, u->id);
     return 1;

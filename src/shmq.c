@@ -80,6 +80,8 @@ struct shmq_hdr {
     uint32_t put_tokens; /* the same for ev_put */
     uint32_t shutdown;
     uint64_t next_seq;
+    double last_get;     /* when a consumer last took an item (luamp_now) */
+    uint32_t no_pace;    /* producers never wait for a consumer (shmq_no_pace) */
     struct { uint64_t seq; double since; } claims[SHMQ_MAX_CLAIMS];
 };
 
@@ -373,6 +375,25 @@ static void spin_until_item(struct shmq_hdr *h, double deadline)
     }
 }
 
+/*
+ * Pacing: a ring that already holds PACE_FROM bytes does not grow while a
+ * consumer is taking items (one did in the last PACE_WAIT seconds): the
+ * producer waits for the room that consumer makes, up to PACE_WAIT at a
+ * time.  Growing costs fresh pages, zeroed by the kernel and faulted in
+ * by every process that touches them, where a ring the consumer keeps up
+ * with stays small and in the CPU's caches; a producer faster than its
+ * consumer gains nothing by running further ahead.  A consumer that
+ * stops taking (a script computing) lets the ring grow again, so put
+ * still never waits long on an unbounded queue.
+ */
+#define PACE_FROM ((uint64_t)4 << 20)
+#define PACE_WAIT 10e-3
+
+static int consumer_active(const struct shmq_hdr *h)
+{
+    return !h->no_pace && h->used >= PACE_FROM && luamp_now() - h->last_get < PACE_WAIT;
+}
+
 int shmq_put(shmq *q, const void *p, size_t n, double deadline, uint64_t *seq)
 {
     struct shmq_hdr *h = q->hdr;
@@ -401,6 +422,26 @@ int shmq_put(shmq *q, const void *p, size_t n, double deadline, uint64_t *seq)
             errno = e;
             return r;
         }
+    }
+    while (h->cap - h->used < need && consumer_active(h)) {
+        double until = luamp_now() + PACE_WAIT;
+        if (deadline >= 0 && deadline < until)
+            until = deadline;
+        h->putters++;
+        unlock(q);
+        int took;
+        int r = sleep_on(q->ev_put, NULL, 0, NULL, until, &took);
+        int e = errno;
+        if (lock(q) != 0)
+            return SHMQ_ERROR;
+        sleeper_left(q->ev_put, &h->putters, &h->put_tokens, took);
+        if (r == SHMQ_ERROR || r == SHMQ_INTERRUPTED) {
+            unlock(q);
+            errno = e;
+            return r;
+        }
+        if (r == SHMQ_TIMEOUT)
+            break;      /* the consumer is slow after all: grow */
     }
     if (h->cap - h->used < need) {
         uint64_t cap = h->cap * 2;
@@ -499,6 +540,7 @@ int shmq_get(shmq *q, luamp_buf *out, double deadline, shmq_wait *w)
     h->head = (h->head + REC_HDR + len) % h->cap;
     h->used -= REC_HDR + (uint64_t)len;
     h->count--;
+    h->last_get = luamp_now();
     if (h->used == 0) {
         h->head = 0;
         if (h->cap > SHRINK_ABOVE)
@@ -580,4 +622,22 @@ unsigned shmq_test_tokens(shmq *q)
         unlock(q);
     }
     return n;
+}
+
+void shmq_no_pace(shmq *q)
+{
+    if (lock(q) == 0) {
+        q->hdr->no_pace = 1;
+        unlock(q);
+    }
+}
+
+uint64_t shmq_test_capacity(shmq *q)
+{
+    uint64_t cap = 0;
+    if (lock(q) == 0) {
+        cap = q->hdr->cap;
+        unlock(q);
+    }
+    return cap;
 }

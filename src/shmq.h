@@ -58,6 +58,10 @@ int shmq_full(shmq *q);
 /* After shutdown, getters that find the queue empty get SHMQ_SHUTDOWN
  * instead of waiting; items already in are still delivered. */
 int shmq_shutdown(shmq *q);
+/* Producers of this queue never wait for a consumer to make room before
+ * the ring grows (see "Pacing" in shmq.c): a Pool's task queue, whose
+ * producer (map_async) must not wait for its workers. */
+void shmq_no_pace(shmq *q);
 /* The eventfd that becomes readable when an item may be waiting. */
 int shmq_get_fd(shmq *q);
 
@@ -65,5 +69,7 @@ int shmq_get_fd(shmq *q);
  * as a producer killed between the two would; the tokens counted now. */
 void shmq_test_lose_token(shmq *q);
 unsigned shmq_test_tokens(shmq *q);
+/* Test hook: the ring's capacity in bytes now. */
+uint64_t shmq_test_capacity(shmq *q);
 
 #endif

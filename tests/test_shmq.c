@@ -85,5 +85,45 @@ int main(void)
         all &= finish(cs[i], fds[i], got, sizeof got) && strcmp(got, "timeout") == 0;
     ok(all, "shutdown wakes every sleeping consumer, which find nothing");
     shmq_destroy(q);
+
+    /* Pacing: while a consumer keeps taking (here one item every 200 us),
+     * a faster producer waits for the room it makes rather than growing
+     * the ring for all it puts: 64 MiB here, where the ring needs about 8
+     * (32 would take the consumer stalling for milliseconds, twice, at
+     * the wrong moments). */
+    enum { BIG = 512 << 10, NBIG = 128 };
+    static char big[BIG];
+    memset(big, 'b', sizeof big);
+    q = shmq_create(0);
+    pid_t eater = fork();
+    if (eater == 0) {
+        luamp_buf b;
+        luamp_buf_init(&b);
+        for (int i = 0; i < NBIG; i++) {
+            if (shmq_get(q, &b, luamp_now() + 30, NULL) != SHMQ_OK || b.len != BIG)
+                _exit(1);
+            usleep(200);
+        }
+        _exit(0);
+    }
+    int puts_ok = 1;
+    for (int i = 0; i < NBIG; i++)
+        puts_ok &= shmq_put(q, big, sizeof big, -1, NULL) == SHMQ_OK;
+    int st;
+    ok(puts_ok && waitpid(eater, &st, 0) == eater && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+       "64 MiB pass through a queue to a consumer");
+    uint64_t cap = shmq_test_capacity(q);
+    ok(cap <= ((uint64_t)32 << 20), "a producer paced by its consumer keeps the ring small (%llu MiB)",
+       (unsigned long long)(cap >> 20));
+    shmq_destroy(q);
+
+    /* ... and with nobody taking, put does not wait: the ring grows. */
+    q = shmq_create(0);
+    puts_ok = 1;
+    for (int i = 0; i < 64; i++)
+        puts_ok &= shmq_put(q, big, sizeof big, -1, NULL) == SHMQ_OK;
+    ok(puts_ok && shmq_count(q) == 64 && shmq_test_capacity(q) >= ((uint64_t)32 << 20),
+       "without a consumer, 32 MiB of puts all go in at once");
+    shmq_destroy(q);
     return done_testing();
 }

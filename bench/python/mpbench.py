@@ -184,6 +184,7 @@ def _producer(q, n, item):
 def _queue(n, item):
     q = CTX.Queue()
     p = CTX.Process(target=_producer, args=(q, n, item))
+    gc.collect()   # the set-up's garbage, as in warm_pool
     t0 = now()
     p.start()
     for _ in range(n):
@@ -215,6 +216,7 @@ def _pipe_oneway(n, duplex):
     # Pipe(False) returns (reader, writer); Pipe(True) two duplex ends.
     reader, writer = CTX.Pipe(duplex)
     p = CTX.Process(target=_pipe_sender, args=(writer, n))
+    gc.collect()   # the set-up's garbage, as in warm_pool
     t0 = now()
     p.start()
     writer.close()
@@ -328,6 +330,7 @@ def w_pipe_size(n, size=1024, workers=None):
     msgs = [message(i, size) for i in range(n)]
     reader, writer = CTX.Pipe(True)
     p = CTX.Process(target=_pipe_sized_sender, args=(writer, msgs))
+    gc.collect()   # the set-up's garbage, as in warm_pool
     t0 = now()
     p.start()
     writer.close()
@@ -351,6 +354,7 @@ def w_queue_size(n, size=1024, workers=None):
     msgs = [message(i, size) for i in range(n)]
     q = CTX.Queue()
     p = CTX.Process(target=_sized_producer, args=(q, msgs))
+    gc.collect()   # the set-up's garbage, as in warm_pool
     t0 = now()
     p.start()
     got = 0
