@@ -579,8 +579,9 @@ end
 -- Fails every item of a task taken out of the books with error e.
 function Pool:_fail_task(rec, e)
   local errors = {}
-  for k = 1, rec.count do errors[k] = e end
-  self:_complete(rec.job, rec.start, rec.count, {}, errors)
+  local count = rec.count or 1           -- (an apply job is its own record)
+  for k = 1, count do errors[k] = e end
+  self:_complete(rec.job or rec, rec.start or 1, count, {}, errors)
 end
 
 -- The pool cannot run tasks any more: every unfinished job fails with e,
@@ -623,7 +624,7 @@ function Pool:_handle(jobid, start, count, results, errs, elapsed, pid, seq, nre
     errors = {}
     for i, info in pairs(errs) do errors[i] = remote_error(info, pid) end
   end
-  self:_complete(rec.job, start, count, results or {}, errors, nres)
+  self:_complete(rec.job or rec, start, count, results or {}, errors, nres)
 end
 
 local signames = { [1] = "SIGHUP", [2] = "SIGINT", [3] = "SIGQUIT", [4] = "SIGILL", [6] = "SIGABRT",
@@ -863,10 +864,20 @@ function Pool:apply_async(f, args, opts)
   else
     opts = NO_OPTS
   end
-  local job = new_job(self, "apply", opts, "apply_async", f, 1)
-  job.job, job.start, job.count = job, 1, 1   -- its own record in the books
-  self:_put_task(job, "apply", 1, args or NO_ARGS, 1, "args", job)
-  return setmetatable(job, AsyncResult)
+  -- A lean job, also its own record in the books and the AsyncResult:
+  -- apply_async runs for every task of some scripts.
+  local id = self._nextjob + 1
+  self._nextjob = id
+  local fid, fbytes = encode_function(self, f, "apply_async")
+  local timeout = opts.timeout
+  local job = setmetatable({ id = id, kind = "apply", finished = false, _pool = self, timeout = timeout,
+    callback = opts.callback, error_callback = opts.error_callback }, AsyncResult)
+  local seq, why = self._tq:put_task(id, fid, fbytes, "apply", 1, args or NO_ARGS, 1, "args")
+  if not seq then error(new_error("serialize", why), 0) end
+  self._jobs[id] = job
+  self._inflight[seq] = job
+  if timeout then self._ntimed = self._ntimed + 1 end
+  return job
 end
 
 function Pool:apply(f, args)
