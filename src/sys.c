@@ -16,6 +16,7 @@
 #include "codec.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <poll.h>
 #include <sched.h>
@@ -55,7 +56,7 @@ int luamp_poll_ms(double deadline)
 }
 
 /*
- * After a big message, the collector is stepped as if it had been
+ * Every 256 KiB received, the collector is stepped as if they had been
  * allocated once more.  A received big string is usually garbage soon,
  * but the collector only starts a cycle once the heap has doubled: a
  * stream of 1 MiB messages then piles up garbage in fresh pages, and
@@ -68,8 +69,18 @@ int luamp_poll_ms(double deadline)
 
 void luamp_collect_for(lua_State *L, size_t n)
 {
-    if (n >= COLLECT_FROM)
-        lua_gc(L, LUA_GCSTEP, (int)(n >> 10));
+    /* Bytes received since the last step; smaller messages add up (a
+     * stream of 64 KiB messages into a heap holding 1 GiB of other data
+     * otherwise waits for 1 GiB of garbage).  One counter per process:
+     * a step in whichever state crosses the mark is work done early,
+     * not work lost. */
+    static size_t pending;
+    pending += n;
+    if (pending >= COLLECT_FROM) {
+        size_t kb = pending >> 10;
+        pending = 0;
+        lua_gc(L, LUA_GCSTEP, kb > INT_MAX ? INT_MAX : (int)kb);
+    }
 }
 
 int luamp_sys_error(lua_State *L, const char *what)
