@@ -5,8 +5,9 @@
  * never dropped later) and decoded in the getter, each process with its
  * own scratch buffers.  A Queue made before a fork is usable in the child:
  * the shared memory and eventfds are inherited.  Pools use the same type
- * for their task and result queues, with get_or_event() to also wake up
- * when a worker dies.
+ * for their task and result queues, with their own messages (put_task,
+ * get_task, put_result, put_apply, get_result below); get_result also
+ * wakes up when a worker dies.
  */
 #include "shmq.h"
 #include "sys.h"
@@ -158,78 +159,6 @@ static int opt_slot(lua_State *L, int idx)
 }
 
 /*
- * q:get_or_event(timeout, waitables, slot) -> true, v, seq |
- * false, "event", i | false, "timeout" | false, "closed" |
- * false, "undecodable", seq, message.  Like get, but also returns when the
- * i-th of `waitables` (child handles) becomes ready, and claims the
- * message in `slot` (see shmq.h) when one is given.  A message that cannot
- * be decoded here (it names an object this process does not know) is
- * reported rather than raised, so that a worker can fail just that task.
- */
-static int q_get_or_event(lua_State *L)
-{
-    int fds[SHMQ_MAX_EXTRA], map[SHMQ_MAX_EXTRA], n = 0;
-    queue *u = check_queue(L);
-    double deadline = luamp_opt_deadline(L, 2);
-    shmq_wait w = { .extra = fds, .claim = opt_slot(L, 4) };
-    if (!lua_isnoneornil(L, 3)) {
-        luaL_checktype(L, 3, LUA_TTABLE);
-        lua_Integer len = luaL_len(L, 3);
-        for (lua_Integer i = 1; i <= len; i++) {
-            lua_geti(L, 3, i);
-            int fd = luamp_waitable_fd(L, -1);
-            lua_pop(L, 1);
-            if (fd == -2) {    /* already finished */
-                lua_pushboolean(L, 0);
-                lua_pushliteral(L, "event");
-                lua_pushinteger(L, i);
-                return 3;
-            }
-            if (fd < 0)
-                continue;
-            if (n == SHMQ_MAX_EXTRA)
-                return luaL_error(L, "get_or_event: too many objects");
-            fds[n] = fd;
-            map[n++] = (int)i;
-        }
-    }
-    w.nextra = n;
-    int r = shmq_get(u->q, &u->buf, deadline, &w);
-    switch (r) {
-    case SHMQ_OK:
-        r = luamp_decode(L, u->buf.data, u->buf.len, 0);
-        luamp_collect_for(L, u->buf.len);
-        luamp_buf_trim(&u->buf);
-        if (r != 0) {
-            lua_pushboolean(L, 0);
-            lua_pushliteral(L, "undecodable");
-            lua_pushinteger(L, (lua_Integer)w.seq);
-            lua_rotate(L, -4, -1);   /* the decoder's message goes last */
-            return 4;
-        }
-        lua_pushboolean(L, 1);
-        lua_insert(L, -2);
-        lua_pushinteger(L, (lua_Integer)w.seq);
-        return 3;
-    case SHMQ_EVENT:
-        lua_pushboolean(L, 0);
-        lua_pushliteral(L, "event");
-        lua_pushinteger(L, map[w.which]);
-        return 3;
-    case SHMQ_TIMEOUT:
-    case SHMQ_SHUTDOWN:
-        lua_pushboolean(L, 0);
-        lua_pushstring(L, r == SHMQ_TIMEOUT ? "timeout" : "closed");
-        return 2;
-    case SHMQ_INTERRUPTED:
-        luamp_raise_interrupt(L);
-        /* fallthrough */
-    default:
-        return luamp_sys_error(L, "Queue:get");
-    }
-}
-
-/*
  * Pool messages.  A Pool's task and result messages are built and taken
  * apart here rather than as Lua tables: a fixed binary header (host byte
  * order: both ends are forks of one process) followed by encoded values.
@@ -314,9 +243,10 @@ static int q_put_task(lua_State *L)
     return 1;
 }
 
-/* Waits for a message like get_or_event; on SHMQ_OK leaves it in u->buf
- * and returns 0, else pushes what get_or_event returns and returns the
- * number of values. */
+/* Waits for a message, and also for the child handles in the table at
+ * widx (0: none) to finish.  On SHMQ_OK leaves the message in u->buf and
+ * returns 0; else pushes false, "event", i (the i-th handle finished) |
+ * false, "timeout" | false, "closed" and returns the number of values. */
 static int wait_message(lua_State *L, queue *u, double deadline, int widx, shmq_wait *w)
 {
     int fds[SHMQ_MAX_EXTRA], map[SHMQ_MAX_EXTRA], n = 0;
@@ -337,7 +267,7 @@ static int wait_message(lua_State *L, queue *u, double deadline, int widx, shmq_
             if (fd < 0)
                 continue;
             if (n == SHMQ_MAX_EXTRA)
-                return luaL_error(L, "get_or_event: too many objects");
+                return luaL_error(L, "get_result: too many objects");
             fds[n] = fd;
             map[n++] = (int)i;
         }
@@ -651,7 +581,6 @@ void luamp_open_queue(lua_State *L)
         {"put_nowait", q_put_nowait},
         {"get", q_get},
         {"get_nowait", q_get_nowait},
-        {"get_or_event", q_get_or_event},
         {"put_task", q_put_task},
         {"get_task", q_get_task},
         {"put_result", q_put_result},
