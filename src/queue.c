@@ -316,9 +316,10 @@ static int q_get_task(lua_State *L)
     int n = wait_message(L, u, -1, 0, &w);
     if (n)
         return n;
-    struct task_hdr h;
-    if (u->buf.len < sizeof h || u->buf.len - sizeof h < (memcpy(&h, u->buf.data, sizeof h), h.flen)
-        || h.kind > 2) {
+    struct task_hdr h = { 0 };
+    if (u->buf.len >= sizeof h)
+        memcpy(&h, u->buf.data, sizeof h);
+    if (u->buf.len < sizeof h || u->buf.len - sizeof h < h.flen || h.kind > 2) {
         lua_pushliteral(L, "malformed task message");
         return undecodable(L, w.seq);
     }
@@ -451,9 +452,10 @@ static int q_get_result(lua_State *L)
     int n = wait_message(L, u, luamp_opt_deadline(L, 2), 3, &w);
     if (n)
         return n;
-    struct result_hdr h;
-    if (u->buf.len < sizeof h || (memcpy(&h, u->buf.data, sizeof h),
-            (uint64_t)h.rlen + h.elen != u->buf.len - sizeof h)) {
+    struct result_hdr h = { 0 };
+    if (u->buf.len >= sizeof h)
+        memcpy(&h, u->buf.data, sizeof h);
+    if (u->buf.len < sizeof h || (uint64_t)h.rlen + h.elen != u->buf.len - sizeof h) {
         luamp_buf_trim(&u->buf);
         return luaL_error(L, "malformed result message");
     }
