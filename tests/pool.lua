@@ -105,6 +105,19 @@ do
     end
   end
   t.ok(blocks_ok, "the automatic chunksize sends 800 items to 2 workers in chunks of 100")
+  local small = {}
+  for i = 1, 800 do small[i] = "item" .. i end
+  local r_small = pool:map_async(string.len, small)
+  t.is(r_small.chunksize, 100, "800 short strings go in chunks of 100 too")
+  r_small:get()
+  -- big items go in chunks of about 2 MiB
+  local big = {}
+  for i = 1, 64 do big[i] = string.rep(string.char(64 + i % 26), 512 << 10) end
+  local r_big = pool:map_async(string.len, big)
+  t.is(r_big.chunksize, 4, "64 strings of 512 KiB go in chunks of 4 (2 MiB), not 8")
+  local lens = r_big:get()
+  t.ok(lens.n == 64 and lens[1] == 512 << 10 and lens[64] == 512 << 10, "and all arrive")
+  big = nil
 
   -- unsendable arguments raise in the caller, naming the path
   local e4 = t.raises(function() pool:apply(print, {1, {f = coroutine.create(print)}}) end,
