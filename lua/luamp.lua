@@ -596,7 +596,7 @@ function Pool:_break(e)
   end
 end
 
-function Pool:_handle(jobid, start, count, results, errs, elapsed, pid, seq, nres)
+function Pool:_handle(jobid, start, count, results, errs, elapsed, pid, seq, nres, rlen)
   if jobid <= 0 then
     if jobid == 0 then                        -- a worker's initializer failed
       return self:_break(new_error("remote", "the Pool's initializer failed: " .. errs.message,
@@ -615,16 +615,18 @@ function Pool:_handle(jobid, start, count, results, errs, elapsed, pid, seq, nre
   if results == false then                    -- not decodable here
     return self:_fail_task(rec, new_error("serialize", "cannot receive the result: " .. errs))
   end
+  local job = rec.job or rec
   if count > 0 then
     local cost = elapsed / count
     self._cost = self._cost and (self._cost * 0.7 + cost * 0.3) or cost
+    if job.probing then job.probe_cost, job.probe_bytes = cost, rlen / count end
   end
   local errors
   if errs then
     errors = {}
     for i, info in pairs(errs) do errors[i] = remote_error(info, pid) end
   end
-  self:_complete(rec.job or rec, start, count, results or {}, errors, nres)
+  self:_complete(job, start, count, results or {}, errors, nres)
 end
 
 local signames = { [1] = "SIGHUP", [2] = "SIGINT", [3] = "SIGQUIT", [4] = "SIGILL", [6] = "SIGABRT",
@@ -725,19 +727,19 @@ function Pool:_pump(deadline)
     if dl and (not wait_until or dl < wait_until) then wait_until = dl end
   end
   local sinks = self._sinks
-  local got, a, b, c, d, e, f, g, h, i = rq:get_result(remaining(wait_until), self._workers, sinks)
+  local got, a, b, c, d, e, f, g, h, i, j = rq:get_result(remaining(wait_until), self._workers, sinks)
   if got then
     repeat
-      self:_handle(a, b, c, d, e, f, g, h, i)
-      got, a, b, c, d, e, f, g, h, i = rq:get_result(0, nil, sinks)
+      self:_handle(a, b, c, d, e, f, g, h, i, j)
+      got, a, b, c, d, e, f, g, h, i, j = rq:get_result(0, nil, sinks)
     until not got
     return true
   end
   if a == "event" then
     local w = b
     repeat                           -- what the worker put before it died
-      got, a, b, c, d, e, f, g, h, i = rq:get_result(0, nil, sinks)
-      if got then self:_handle(a, b, c, d, e, f, g, h, i) end
+      got, a, b, c, d, e, f, g, h, i, j = rq:get_result(0, nil, sinks)
+      if got then self:_handle(a, b, c, d, e, f, g, h, i, j) end
     until not got
     self:_reap(w)
     return true
@@ -902,14 +904,17 @@ local function sampled_item_bytes(items, n)
   return k > 0 and sum / k or 0
 end
 
-local function auto_chunksize(self, n, items)
+-- `cost` (seconds) and `rbytes` (encoded result bytes) per item, when a
+-- probe measured them for this job.
+local function auto_chunksize(self, n, items, cost, rbytes)
   local cs = math.max(1, math.min(math.ceil(n / (self.processes * 4)), 100000))
-  if self._cost and self._cost > 0 then
+  cost = cost or self._cost
+  if cost and cost > 0 then
     -- about 20 ms of work per chunk when tasks are known to be slow
-    cs = math.min(cs, math.max(1, math.floor(0.02 / self._cost)))
+    cs = math.min(cs, math.max(1, math.floor(0.02 / cost)))
   end
-  local bytes = sampled_item_bytes(items, n)
-  if bytes > 0 then cs = math.min(cs, math.max(1, math.floor(CHUNK_BYTES / bytes))) end
+  local bytes = math.max(sampled_item_bytes(items, n), rbytes or 0)
+  if bytes > 0 then cs = math.min(cs, math.max(1, math.floor(CHUNK_BYTES / bytes + 0.5))) end
   return cs
 end
 
@@ -939,7 +944,11 @@ local function progress_bar(job)
 end
 
 -- Starts a map-like job over a sequence: all chunks are put at once.
-function Pool:_start_map(fname, kind, f, items, opts)
+-- With `probe` (map and starmap, which wait for the job anyway) and no
+-- chunksize given, one item per worker goes first, and the rest in chunks
+-- sized by what the first of them cost and returned: a function that
+-- returns 1 MiB per item gets chunks of 2 items, not #items / 8.
+function Pool:_start_map(fname, kind, f, items, opts, probe)
   check_running(self, fname)
   check_callable(f, 1, fname)
   if type(items) ~= "table" then argerror(2, fname, "table expected, got " .. typename(items)) end
@@ -948,18 +957,28 @@ function Pool:_start_map(fname, kind, f, items, opts)
   local job = new_job(self, kind, opts, fname, f, n)
   job.results = { n = n }
   if opts.progress then job.progress = progress_bar(job) end
-  local cs = opts.chunksize or (opts.timeout and 1) or auto_chunksize(self, n, items)
-  job.chunksize = cs
   local plain = getmetatable(items) == nil
   self._sinks[job.id] = job.results
-  for start = 1, n, cs do
-    local count = math.min(cs, n - start + 1)
+  local function put(start, count)
     if plain then
       self:_put_task(job, kind, start, items, count, "items", nil, start)
     else   -- (a proxy table: read through its metamethods)
       self:_put_task(job, kind, start, table.move(items, start, start + count - 1, 1, {}), count, "items")
     end
   end
+  local cs, first = opts.chunksize or (opts.timeout and 1), 1
+  if not cs and probe and n > 4 * self.processes then
+    job.probing = true
+    for start = 1, self.processes do put(start, 1) end
+    first = self.processes + 1
+    while job.done == 0 and not job.finished do self:_pump() end
+    job.probing = nil
+    if job.finished then return job end      -- the pool broke meanwhile
+    cs = auto_chunksize(self, n - first + 1, items, job.probe_cost, job.probe_bytes)
+  end
+  cs = cs or auto_chunksize(self, n, items)
+  job.chunksize, self._chunksize = cs, cs   -- (the pool's copy is for tests)
+  for start = first, n, cs do put(start, math.min(cs, n - start + 1)) end
   if n == 0 then finish(self, job) end
   return job
 end
@@ -973,14 +992,14 @@ function Pool:starmap_async(f, items, opts)
 end
 
 function Pool:map(f, items, opts)
-  local job = Pool._start_map(self, "map", "map", f, items, opts)
+  local job = Pool._start_map(self, "map", "map", f, items, opts, true)
   self:_wait_for(job)
   if job.err then error(job.err, 2) end
   return job.results
 end
 
 function Pool:starmap(f, items, opts)
-  local job = Pool._start_map(self, "starmap", "star", f, items, opts)
+  local job = Pool._start_map(self, "starmap", "star", f, items, opts, true)
   self:_wait_for(job)
   if job.err then error(job.err, 2) end
   return job.results

@@ -439,7 +439,8 @@ static int q_put_apply(lua_State *L)
 }
 
 /* q:get_result(timeout, waitables [, sinks]) -> true, jobid, start, count,
- * results, errs, elapsed, pid, seq, nres | false, "event", i | false,
+ * results, errs, elapsed, pid, seq, nres, rlen (the results' encoded
+ * size) | false, "event", i | false,
  * "timeout" | false, "closed".  A result that cannot be decoded here comes
  * with results false and errs the reason.  When sinks[jobid] is a table,
  * the results go straight into it at their indexes (start, start + 1,
@@ -497,7 +498,8 @@ static int q_get_result(lua_State *L)
     lua_pushinteger(L, h.pid);
     lua_pushinteger(L, h.seq);
     lua_pushinteger(L, h.nres);
-    return 10;
+    lua_pushinteger(L, h.rlen);
+    return 11;
 }
 
 /* q:claim(slot) -> seq (0: nothing), since */

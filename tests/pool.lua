@@ -96,8 +96,8 @@ do
 
   -- automatic chunksize batches small tasks: 800 items on 2 workers go in
   -- chunks of 100, each run by one worker from start to end
-  local pids = pool:map(function() return mp.current_process().pid end, (function()
-    local xs = {} for i = 1, 800 do xs[i] = i end return xs end)())
+  local pids = pool:map_async(function() return mp.current_process().pid end, (function()
+    local xs = {} for i = 1, 800 do xs[i] = i end return xs end)()):get()
   local blocks_ok = true
   for b = 0, 7 do
     for i = b * 100 + 2, b * 100 + 100 do
@@ -105,6 +105,13 @@ do
     end
   end
   t.ok(blocks_ok, "the automatic chunksize sends 800 items to 2 workers in chunks of 100")
+  -- map (which waits anyway) sends one item per worker first and sizes the
+  -- chunks of the rest by what that cost and returned
+  local xs = {}
+  for i = 1, 802 do xs[i] = i end
+  local sq = pool:map(function(x) return x * x end, xs)
+  t.ok(sq.n == 802 and sq[1] == 1 and sq[2] == 4 and sq[802] == 802 * 802, "a probed map returns every result")
+  t.is(pool._chunksize, 100, "800 cheap items after the 2 probes go in chunks of 100")
   local small = {}
   for i = 1, 800 do small[i] = "item" .. i end
   local r_small = pool:map_async(string.len, small)
@@ -118,6 +125,17 @@ do
   local lens = r_big:get()
   t.ok(lens.n == 64 and lens[1] == 512 << 10 and lens[64] == 512 << 10, "and all arrive")
   big = nil
+  -- (slow tasks lower the pool's cost-based chunksize for later calls, so
+  -- this one comes last)
+  local ids = {}
+  for i = 1, 40 do ids[i] = i end
+  local function blob(i) return string.rep(string.rep(string.char(48 + i), 1024), 1024) end
+  local blobs = pool:map(blob, ids)
+  t.is(pool._chunksize, 2, "results of 1 MiB make chunks of 2 items (2 MiB), not 5")
+  local blobs_ok = blobs.n == 40
+  for i = 1, 40 do blobs_ok = blobs_ok and blobs[i] == blob(i) end
+  t.ok(blobs_ok, "and all 40 results are right")
+  blobs = nil
 
   -- unsendable arguments raise in the caller, naming the path
   local e4 = t.raises(function() pool:apply(print, {1, {f = coroutine.create(print)}}) end,
