@@ -539,7 +539,11 @@ end
 -- (a sequence, holes allowed) and errors (index in the chunk -> Error).
 function Pool:_complete(job, start, count, results, errors, nres)
   if job.kind == "apply" then
-    if errors then job.err = errors[1] else job.values, job.nvalues = results, nres end
+    if errors then
+      job.err = errors[1]
+    else   -- (true: the values were decoded into the job itself, at 1..nres)
+      job.values, job.nvalues = results == true and job or results, nres
+    end
     return finish(self, job)
   end
   if errors then
@@ -878,6 +882,7 @@ function Pool:apply_async(f, args, opts)
   if not seq then error(new_error("serialize", why), 0) end
   self._jobs[id] = job
   self._inflight[seq] = job
+  self._sinks[id] = job      -- its results are decoded into it
   if timeout then self._ntimed = self._ntimed + 1 end
   return job
 end
