@@ -71,18 +71,25 @@ static void encode_item(lua_State *L, queue *u, const char *fname)
 }
 
 /* -> true, sequence number | false (still full at the deadline) */
+/* Puts the scratch buffer.  Raises on an interrupt or a system error;
+ * returns SHMQ_OK, SHMQ_TIMEOUT, or SHMQ_ERROR for an item over 1 GiB. */
+static int put_buf(lua_State *L, queue *u, double deadline, uint64_t *seq)
+{
+    int r = shmq_put(u->q, u->buf.data, u->buf.len, deadline, seq);
+    luamp_buf_trim(&u->buf);
+    if (r == SHMQ_INTERRUPTED)
+        luamp_raise_interrupt(L);
+    if (r == SHMQ_ERROR && errno != EMSGSIZE)
+        return luamp_sys_error(L, "Queue:put");
+    return r;
+}
+
 static int do_put(lua_State *L, queue *u, double deadline)
 {
     uint64_t seq = 0;
-    int r = shmq_put(u->q, u->buf.data, u->buf.len, deadline, &seq);
-    luamp_buf_trim(&u->buf);
-    if (r == SHMQ_ERROR) {
-        if (errno == EMSGSIZE)
-            return luamp_raise(L, "serialize", "cannot put an item larger than 1 GiB on a queue");
-        return luamp_sys_error(L, "Queue:put");
-    }
-    if (r == SHMQ_INTERRUPTED)
-        luamp_raise_interrupt(L);
+    int r = put_buf(L, u, deadline, &seq);
+    if (r == SHMQ_ERROR)
+        return luamp_raise(L, "serialize", "cannot put an item larger than 1 GiB on a queue");
     lua_pushboolean(L, r == SHMQ_OK);
     if (r != SHMQ_OK)
         return 1;
@@ -190,17 +197,10 @@ static const char *const task_kinds[] = { "apply", "map", "star", NULL };
  * message pushed when it is too large; raises on other failures. */
 static int put_msg(lua_State *L, queue *u, const char *what, uint64_t *seq)
 {
-    int r = shmq_put(u->q, u->buf.data, u->buf.len, -1, seq);
-    luamp_buf_trim(&u->buf);
-    if (r == SHMQ_OK)
+    if (put_buf(L, u, -1, seq) == SHMQ_OK)
         return 0;
-    if (r == SHMQ_INTERRUPTED)
-        luamp_raise_interrupt(L);
-    if (r == SHMQ_ERROR && errno == EMSGSIZE) {
-        lua_pushfstring(L, "cannot send %s: larger than 1 GiB", what);
-        return -1;
-    }
-    return luamp_sys_error(L, "Queue:put");
+    lua_pushfstring(L, "cannot send %s: larger than 1 GiB", what);
+    return -1;
 }
 
 /* q:put_task(jobid, fid, fbytes, kind, start, items, count, root [, first])

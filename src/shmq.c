@@ -394,6 +394,27 @@ static int consumer_active(const struct shmq_hdr *h)
     return !h->no_pace && h->used >= PACE_FROM && luamp_now() - h->last_get < PACE_WAIT;
 }
 
+/* Under the lock: sleeps as a producer until a consumer makes room or
+ * `until` passes.  Returns SHMQ_OK or SHMQ_TIMEOUT holding the lock again,
+ * or SHMQ_ERROR / SHMQ_INTERRUPTED without it (errno kept). */
+static int wait_for_room(shmq *q, double until)
+{
+    struct shmq_hdr *h = q->hdr;
+    int took;
+    h->putters++;
+    unlock(q);
+    int r = sleep_on(q->ev_put, NULL, 0, NULL, until, &took);
+    int e = errno;
+    if (lock(q) != 0)
+        return SHMQ_ERROR;
+    sleeper_left(q->ev_put, &h->putters, &h->put_tokens, took);
+    if (r == SHMQ_ERROR || r == SHMQ_INTERRUPTED) {
+        unlock(q);
+        errno = e;
+    }
+    return r;
+}
+
 int shmq_put(shmq *q, const void *p, size_t n, double deadline, uint64_t *seq)
 {
     struct shmq_hdr *h = q->hdr;
@@ -409,37 +430,17 @@ int shmq_put(shmq *q, const void *p, size_t n, double deadline, uint64_t *seq)
             unlock(q);
             return SHMQ_TIMEOUT;
         }
-        h->putters++;
-        unlock(q);
-        int took;
-        int r = sleep_on(q->ev_put, NULL, 0, NULL, deadline, &took);
-        int e = errno;
-        if (lock(q) != 0)
-            return SHMQ_ERROR;
-        sleeper_left(q->ev_put, &h->putters, &h->put_tokens, took);
-        if (r == SHMQ_ERROR || r == SHMQ_INTERRUPTED) {
-            unlock(q);
-            errno = e;
+        int r = wait_for_room(q, deadline);
+        if (r == SHMQ_ERROR || r == SHMQ_INTERRUPTED)
             return r;
-        }
     }
     while (h->cap - h->used < need && consumer_active(h)) {
         double until = luamp_now() + PACE_WAIT;
         if (deadline >= 0 && deadline < until)
             until = deadline;
-        h->putters++;
-        unlock(q);
-        int took;
-        int r = sleep_on(q->ev_put, NULL, 0, NULL, until, &took);
-        int e = errno;
-        if (lock(q) != 0)
-            return SHMQ_ERROR;
-        sleeper_left(q->ev_put, &h->putters, &h->put_tokens, took);
-        if (r == SHMQ_ERROR || r == SHMQ_INTERRUPTED) {
-            unlock(q);
-            errno = e;
+        int r = wait_for_room(q, until);
+        if (r == SHMQ_ERROR || r == SHMQ_INTERRUPTED)
             return r;
-        }
         if (r == SHMQ_TIMEOUT)
             break;      /* the consumer is slow after all: grow */
     }
