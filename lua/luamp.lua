@@ -610,11 +610,8 @@ function Pool:_handle(jobid, start, count, results, errs, elapsed, pid, seq, nre
     if rec then self:_fail_task(rec, new_error("serialize", "cannot receive the task: " .. errs)) end
     return
   end
-  local inflight = self._inflight             -- (Pool:_settle, inlined)
-  local rec = inflight[seq]
+  local rec = self:_settle(seq)
   if not rec then return end                  -- cancelled, or its worker was killed
-  inflight[seq] = nil
-  if rec.timeout then self._ntimed = self._ntimed - 1 end
   self._early_deaths = 0
   if results == false then                    -- not decodable here
     return self:_fail_task(rec, new_error("serialize", "cannot receive the result: " .. errs))
@@ -772,24 +769,24 @@ local function new_job(self, kind, opts, fname, f, total)
   return job
 end
 
--- Puts one task; an item that cannot travel raises "serialize" naming it.
--- `rec` is the task's record in the books, made here when not given.
--- With `first`, the task's items are items[first .. first + count - 1]
--- (items then has no metatable), encoded without a copy of the chunk.
-function Pool:_put_task(job, kind, start, items, count, root, rec, first)
-  local seq, why = self._tq:put_task(job.id, job.fid, job.fbytes, kind, start, items, count, root, first)
+-- Puts one task of a map-like job; an item that cannot travel raises
+-- "serialize" naming it.  With `first`, the task's items are
+-- items[first .. first + count - 1] (items then has no metatable),
+-- encoded without a copy of the chunk.
+function Pool:_put_task(job, kind, start, items, count, first)
+  local seq, why = self._tq:put_task(job.id, job.fid, job.fbytes, kind, start, items, count, "items", first)
   if seq then
     job.inflight = job.inflight + 1
     local timeout = job.timeout and job.timeout * count
-    self._inflight[seq] = rec or { job = job, start = start, count = count, timeout = timeout }
+    self._inflight[seq] = { job = job, start = start, count = count, timeout = timeout }
     if timeout then self._ntimed = self._ntimed + 1 end
     return
   end
   self._jobs[job.id] = nil
   self._sinks[job.id] = nil
-  if kind ~= "apply" and not first then   -- name the item by its index in the whole input
+  if not first then   -- name the item by its index in the whole input
     for i = 1, count do
-      local _, why_i = core.encode(items[i], root .. "[" .. (start + i - 1) .. "]")
+      local _, why_i = core.encode(items[i], "items[" .. (start + i - 1) .. "]")
       if why_i then why = why_i; break end
     end
   end
@@ -966,9 +963,9 @@ function Pool:_start_map(fname, kind, f, items, opts, probe)
   self._sinks[job.id] = job.results
   local function put(start, count)
     if plain then
-      self:_put_task(job, kind, start, items, count, "items", nil, start)
+      self:_put_task(job, kind, start, items, count, start)
     else   -- (a proxy table: read through its metamethods)
-      self:_put_task(job, kind, start, table.move(items, start, start + count - 1, 1, {}), count, "items")
+      self:_put_task(job, kind, start, table.move(items, start, start + count - 1, 1, {}), count)
     end
   end
   local cs, first = opts.chunksize or (opts.timeout and 1), 1
@@ -1040,7 +1037,7 @@ function Pool:_submit_chunk(job)
   end
   job.next_index = first + count
   if count > 0 then
-    self:_put_task(job, job.kind, first, chunk, count, "items", nil, slice)
+    self:_put_task(job, job.kind, first, chunk, count, slice)
   end
   if job.exhausted then
     job.source = nil
