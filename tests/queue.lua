@@ -127,31 +127,26 @@ end
 do
   local live = string.rep("L", 96 << 20)
   local q = mp.Queue()
-  local p = mp.Process{target = function()
-    for i = 1, 200 do q:put(string.rep(string.char(64 + i % 26), 1 << 20)) end
-  end}
-  p:start()
-  collectgarbage()
-  local base, peak = collectgarbage("count"), 0
-  for _ = 1, 200 do
-    q:get(10)
-    peak = math.max(peak, collectgarbage("count") - base)
+  -- the most garbage seen while taking n items of `size` bytes
+  local function peak_garbage(n, size)
+    local p = mp.Process{target = function()
+      for i = 1, n do q:put(string.rep(string.char(64 + i % 26), size)) end
+    end}
+    p:start()
+    collectgarbage()
+    local base, peak = collectgarbage("count"), 0
+    for _ = 1, n do
+      q:get(10)
+      peak = math.max(peak, collectgarbage("count") - base)
+    end
+    p:join()
+    return peak
   end
-  p:join()
-  t.ok(peak < 0.75 * #live / 1024, "200 big items taken never amount to 3/4 of the live heap in garbage")
-  -- the same with 2,000 items of 64 KiB: small ones add up
-  local p2 = mp.Process{target = function()
-    for i = 1, 2000 do q:put(string.rep(string.char(64 + i % 26), 64 << 10)) end
-  end}
-  p2:start()
-  collectgarbage()
-  base, peak = collectgarbage("count"), 0
-  for _ = 1, 2000 do
-    q:get(10)
-    peak = math.max(peak, collectgarbage("count") - base)
-  end
-  p2:join()
-  t.ok(peak < 0.75 * #live / 1024, "2,000 items of 64 KiB taken never amount to 3/4 of the live heap in garbage")
+  t.ok(peak_garbage(200, 1 << 20) < 0.75 * #live / 1024,
+    "200 big items taken never amount to 3/4 of the live heap in garbage")
+  -- small ones add up
+  t.ok(peak_garbage(2000, 64 << 10) < 0.75 * #live / 1024,
+    "2,000 items of 64 KiB taken never amount to 3/4 of the live heap in garbage")
   live = nil
   collectgarbage()
 end
