@@ -630,6 +630,14 @@ function Pool:_handle(jobid, start, count, results, errs, elapsed, pid, seq, nre
   self:_complete(job, start, count, results or {}, errors, nres)
 end
 
+-- n apply tasks were settled by get_result itself (see queue.c,
+-- settle_apply), in `elapsed` seconds in all.
+function Pool:_settled(n, elapsed)
+  self._early_deaths = 0
+  local cost = elapsed / n
+  self._cost = self._cost and (self._cost * 0.7 + cost * 0.3) or cost
+end
+
 local signames = { [1] = "SIGHUP", [2] = "SIGINT", [3] = "SIGQUIT", [4] = "SIGILL", [6] = "SIGABRT",
   [7] = "SIGBUS", [8] = "SIGFPE", [9] = "SIGKILL", [11] = "SIGSEGV", [13] = "SIGPIPE", [15] = "SIGTERM" }
 
@@ -727,21 +735,21 @@ function Pool:_pump(deadline)
     local dl = self:_check_deadlines()
     if dl and (not wait_until or dl < wait_until) then wait_until = dl end
   end
-  local sinks = self._sinks
-  local got, a, b, c, d, e, f, g, h, i, j = rq:get_result(remaining(wait_until), self._workers, sinks)
-  if got then
+  local sinks, inflight, jobs = self._sinks, self._inflight, self._jobs
+  local got, a, b, c, d, e, f, g, h, i, j = rq:get_result(remaining(wait_until), self._workers, sinks, inflight, jobs)
+  if got or a == "settled" then
     repeat
-      self:_handle(a, b, c, d, e, f, g, h, i, j)
-      got, a, b, c, d, e, f, g, h, i, j = rq:get_result(0, nil, sinks)
-    until not got
+      if got then self:_handle(a, b, c, d, e, f, g, h, i, j) else self:_settled(b, c) end
+      got, a, b, c, d, e, f, g, h, i, j = rq:get_result(0, nil, sinks, inflight, jobs)
+    until not got and a ~= "settled"
     return true
   end
   if a == "event" then
     local w = b
     repeat                           -- what the worker put before it died
-      got, a, b, c, d, e, f, g, h, i, j = rq:get_result(0, nil, sinks)
-      if got then self:_handle(a, b, c, d, e, f, g, h, i, j) end
-    until not got
+      got, a, b, c, d, e, f, g, h, i, j = rq:get_result(0, nil, sinks, inflight, jobs)
+      if got then self:_handle(a, b, c, d, e, f, g, h, i, j) elseif a == "settled" then self:_settled(b, c) end
+    until not got and a ~= "settled"
     self:_reap(w)
     return true
   end
@@ -858,7 +866,11 @@ end
 local NO_ARGS = {}     -- only ever encoded, never handed out
 
 function Pool:apply_async(f, args, opts)
-  check_running(self, "apply_async")
+  -- (check_running's checks, inline: apply_async runs for every task of
+  -- some scripts)
+  if getmetatable(self) ~= PoolMT or self._owner ~= current.pid or self._state ~= "run" or self._broken then
+    check_running(self, "apply_async")
+  end
   if type(f) ~= "function" then check_callable(f, 1, "apply_async") end
   if args ~= nil and type(args) ~= "table" then argerror(2, "apply_async", "table expected, got " .. typename(args)) end
   if opts ~= nil then
@@ -871,7 +883,9 @@ function Pool:apply_async(f, args, opts)
   -- apply_async runs for every task of some scripts.
   local id = self._nextjob + 1
   self._nextjob = id
-  local fid, fbytes = encode_function(self, f, "apply_async")
+  local fid, fbytes
+  local cached = self._fcache[f]
+  if cached then fid, fbytes = cached[1], cached[2] else fid, fbytes = encode_function(self, f, "apply_async") end
   local timeout = opts.timeout
   local job = setmetatable({ id = id, kind = "apply", finished = false, _pool = self, timeout = timeout,
     callback = opts.callback, error_callback = opts.error_callback }, AsyncResult)

@@ -22,12 +22,25 @@ typedef struct queue {
     shmq *q;
     int closed;          /* this process called close() */
     luamp_buf buf;
+    luamp_buf held;      /* a result get_result took but did not return
+                            yet, when len > 0 (see q_get_result) */
     char id[48];
 } queue;
 
+/* The queue at index 1.  Every function of the type has the metatable as
+ * its upvalue: comparing with it is much cheaper than luaL_checkudata's
+ * lookup by name, and the parent and each worker call these for every
+ * task. */
 static queue *check_queue(lua_State *L)
 {
-    queue *u = luaL_checkudata(L, 1, LUAMP_QUEUE_MT);
+    queue *u = lua_touserdata(L, 1);
+    int ok = u != NULL && lua_getmetatable(L, 1);
+    if (ok) {
+        ok = lua_rawequal(L, -1, lua_upvalueindex(1));
+        lua_pop(L, 1);
+    }
+    if (!ok)
+        u = luaL_checkudata(L, 1, LUAMP_QUEUE_MT);   /* raises */
     if (u->q == NULL)
         luaL_error(L, "the Queue was destroyed");
     return u;
@@ -49,7 +62,9 @@ static int new_queue(lua_State *L)
     queue *u = lua_newuserdatauv(L, sizeof *u, 0);
     memset(u, 0, sizeof *u);
     luamp_buf_init(&u->buf);
-    luaL_setmetatable(L, LUAMP_QUEUE_MT);
+    luamp_buf_init(&u->held);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_setmetatable(L, -2);
     u->q = shmq_create((uint64_t)maxsize);
     if (u->q == NULL)
         return luamp_sys_error(L, "cannot create a Queue");
@@ -189,6 +204,7 @@ struct result_hdr {
     double elapsed;
     int64_t pid;
     uint32_t rlen, elen;
+    uint32_t apply;      /* put by put_apply */
 };
 
 static const char *const task_kinds[] = { "apply", "map", "star", NULL };
@@ -418,6 +434,7 @@ static int q_put_apply(lua_State *L)
     h.elapsed = luaL_checknumber(L, 5);
     h.start = 1;
     h.count = 1;
+    h.apply = 1;
     int top = lua_gettop(L);
     int ok = lua_toboolean(L, 6);
     int nres = top > 6 ? top - 6 : 0;
@@ -438,38 +455,20 @@ static int q_put_apply(lua_State *L)
     return put_result_msg(L, u, &h, 0, top + 1);
 }
 
-/* q:get_result(timeout, waitables [, sinks]) -> true, jobid, start, count,
- * results, errs, elapsed, pid, seq, nres, rlen (the results' encoded
- * size) | false, "event", i | false,
- * "timeout" | false, "closed".  A result that cannot be decoded here comes
- * with results false and errs the reason.  When sinks[jobid] is a table,
- * the results go straight into it at their indexes (start, start + 1,
- * ...) and results is true. */
-static int q_get_result(lua_State *L)
+/* Pushes the 10 values after `true` of a get_result for the message in
+ * u->buf (header h, checked), decoding its results into sinks[jobid]
+ * when sinks (a stack index, or 0) has a table there. */
+static int push_result(lua_State *L, queue *u, const struct result_hdr *h, int sinks)
 {
-    queue *u = check_queue(L);
-    shmq_wait w = { .claim = -1 };
-    lua_settop(L, 4);
-    int n = wait_message(L, u, luamp_opt_deadline(L, 2), 3, &w);
-    if (n)
-        return n;
-    struct result_hdr h = { 0 };
-    if (u->buf.len >= sizeof h)
-        memcpy(&h, u->buf.data, sizeof h);
-    if (u->buf.len < sizeof h || (uint64_t)h.rlen + h.elen != u->buf.len - sizeof h) {
-        luamp_buf_trim(&u->buf);
-        return luaL_error(L, "malformed result message");
-    }
-    lua_pushboolean(L, 1);
-    lua_pushinteger(L, h.jobid);
-    lua_pushinteger(L, h.start);
-    lua_pushinteger(L, h.count);
-    const char *p = u->buf.data + sizeof h;
+    lua_pushinteger(L, h->jobid);
+    lua_pushinteger(L, h->start);
+    lua_pushinteger(L, h->count);
+    const char *p = u->buf.data + sizeof *h;
     int bad = 0;
-    if (h.rlen == 0) {
+    if (h->rlen == 0) {
         lua_pushnil(L);
-    } else if (lua_istable(L, 4) && lua_rawgeti(L, 4, h.jobid) == LUA_TTABLE) {
-        if (luamp_decode_into(L, p, h.rlen, 0, -1, h.start - 1) != 0) {
+    } else if (sinks && lua_rawgeti(L, sinks, h->jobid) == LUA_TTABLE) {
+        if (luamp_decode_into(L, p, h->rlen, 0, -1, h->start - 1) != 0) {
             lua_remove(L, -2);          /* the sink: the message stays */
             bad = 1;
         } else {
@@ -477,29 +476,147 @@ static int q_get_result(lua_State *L)
             lua_pushboolean(L, 1);
         }
     } else {
-        if (lua_istable(L, 4))
+        if (sinks)
             lua_pop(L, 1);              /* what sinks[jobid] was */
-        if (luamp_decode(L, p, h.rlen, 0) != 0)
+        if (luamp_decode(L, p, h->rlen, 0) != 0)
             bad = 1;
     }
     if (bad) {
         lua_pushboolean(L, 0);
         lua_insert(L, -2);
-    } else if (h.elen == 0) {
+    } else if (h->elen == 0) {
         lua_pushnil(L);
-    } else if (luamp_decode(L, p + h.rlen, h.elen, 0) != 0) {
+    } else if (luamp_decode(L, p + h->rlen, h->elen, 0) != 0) {
         lua_remove(L, -2);
         lua_pushboolean(L, 0);
         lua_insert(L, -2);
     }
-    luamp_collect_for(L, u->buf.len);
+    lua_pushnumber(L, h->elapsed);
+    lua_pushinteger(L, h->pid);
+    lua_pushinteger(L, h->seq);
+    lua_pushinteger(L, h->nres);
+    lua_pushinteger(L, h->rlen);
+    return 10;
+}
+
+/* Is t[k] (t a stack index) nil, not looking at t's metatable? */
+static int raw_nil(lua_State *L, int t, const char *k)
+{
+    lua_pushstring(L, k);
+    int r = lua_rawget(L, t) == LUA_TNIL;
+    lua_pop(L, 1);
+    return r;
+}
+
+/*
+ * Settles an apply task's successful result here, as Pool:_handle would
+ * in Lua, when nothing else needs doing: its job (an AsyncResult) is
+ * inflight[seq] and sinks[jobid], and has no callback and no timeout.
+ * Its values are decoded into the job; it gets values (itself), nvalues
+ * and finished = true, and leaves inflight, jobs and sinks.  A script
+ * that runs many small apply_async tasks otherwise spends more time in
+ * that Lua than in everything else the parent does per result.
+ * Returns 1 settled, 0 not for here (nothing changed).
+ */
+static int settle_apply(lua_State *L, queue *u, const struct result_hdr *h,
+                        int sinks, int inflight, int jobs)
+{
+    if (!h->apply || h->jobid <= 0 || h->elen != 0 || h->rlen == 0 || !inflight)
+        return 0;
+    int top = lua_gettop(L), job = top + 1, done = 0;
+    luaL_checkstack(L, 4, NULL);
+    if (lua_rawgeti(L, inflight, h->seq) == LUA_TTABLE
+        && lua_rawgeti(L, sinks, h->jobid) == LUA_TTABLE && lua_rawequal(L, job, job + 1)
+        && raw_nil(L, job, "callback") && raw_nil(L, job, "timeout")
+        && luamp_decode_into(L, u->buf.data + sizeof *h, h->rlen, 0, job, 0) == 0) {
+        lua_pushvalue(L, job);
+        lua_setfield(L, job, "values");
+        lua_pushinteger(L, h->nres);
+        lua_setfield(L, job, "nvalues");
+        lua_pushboolean(L, 1);
+        lua_setfield(L, job, "finished");
+        lua_pushnil(L);
+        lua_rawseti(L, inflight, h->seq);
+        lua_pushnil(L);
+        lua_rawseti(L, jobs, h->jobid);
+        lua_pushnil(L);
+        lua_rawseti(L, sinks, h->jobid);
+        done = 1;
+    }
+    /* (a failed decode may have stored some values in the job: the message
+     * then goes to Lua, which decodes it again and fails the task) */
+    lua_settop(L, top);
+    return done;
+}
+
+/*
+ * q:get_result(timeout, waitables [, sinks [, inflight, jobs]])
+ *   -> true, jobid, start, count, results, errs, elapsed, pid, seq, nres,
+ *      rlen (the results' encoded size)
+ *    | false, "settled", n, elapsed (the sum over those n)
+ *    | false, "event", i | false, "timeout" | false, "closed".
+ * A result that cannot be decoded here comes with results false and errs
+ * the reason.  When sinks[jobid] is a table, the results go straight into
+ * it at their indexes (start, start + 1, ...) and results is true.  Given
+ * the Pool's books (inflight, jobs), the apply results settle_apply can
+ * settle are settled here, as many in a row as are waiting: "settled"
+ * says how many, once no more are waiting or the next needs Lua (that one
+ * is held for the next call).
+ */
+static int q_get_result(lua_State *L)
+{
+    queue *u = check_queue(L);
+    lua_settop(L, 6);
+    int sinks = lua_istable(L, 4) ? 4 : 0;
+    int inflight = sinks && lua_istable(L, 5) && lua_istable(L, 6) ? 5 : 0;
+    double deadline = luamp_opt_deadline(L, 2);
+    lua_Integer settled = 0;
+    double elapsed = 0;
+    for (;;) {
+        if (u->held.len > 0) {
+            luamp_buf t = u->buf;
+            u->buf = u->held;
+            u->held = t;
+            u->held.len = 0;
+        } else {
+            shmq_wait w = { .claim = -1 };
+            int n = wait_message(L, u, settled ? 0 : deadline, settled ? 0 : 3, &w);
+            if (n && settled)
+                break;
+            if (n)
+                return n;
+        }
+        struct result_hdr h = { 0 };
+        if (u->buf.len >= sizeof h)
+            memcpy(&h, u->buf.data, sizeof h);
+        if (u->buf.len < sizeof h || (uint64_t)h.rlen + h.elen != u->buf.len - sizeof h) {
+            luamp_buf_trim(&u->buf);
+            return luaL_error(L, "malformed result message");
+        }
+        if (settle_apply(L, u, &h, sinks, inflight, 6)) {
+            settled++;
+            elapsed += h.elapsed;
+            luamp_collect_for(L, u->buf.len);
+            continue;
+        }
+        if (settled) {
+            luamp_buf t = u->held;
+            u->held = u->buf;
+            u->buf = t;
+            break;
+        }
+        lua_pushboolean(L, 1);
+        int n = push_result(L, u, &h, sinks);
+        luamp_collect_for(L, u->buf.len);
+        luamp_buf_trim(&u->buf);
+        return n + 1;
+    }
     luamp_buf_trim(&u->buf);
-    lua_pushnumber(L, h.elapsed);
-    lua_pushinteger(L, h.pid);
-    lua_pushinteger(L, h.seq);
-    lua_pushinteger(L, h.nres);
-    lua_pushinteger(L, h.rlen);
-    return 11;
+    lua_pushboolean(L, 0);
+    lua_pushliteral(L, "settled");
+    lua_pushinteger(L, settled);
+    lua_pushnumber(L, elapsed);
+    return 4;
 }
 
 /* q:claim(slot) -> seq (0: nothing), since */
@@ -532,6 +649,8 @@ static int q_destroy(lua_State *L)
     u->q = NULL;
     luamp_buf_free(&u->buf);
     luamp_buf_init(&u->buf);
+    luamp_buf_free(&u->held);
+    luamp_buf_init(&u->held);
     return 0;
 }
 
@@ -606,12 +725,14 @@ void luamp_open_queue(lua_State *L)
         {"__tostring", q_tostring},
         {NULL, NULL}
     };
-    if (luaL_newmetatable(L, LUAMP_QUEUE_MT)) {
-        luaL_setfuncs(L, meta, 0);
-        luaL_newlib(L, methods);
+    if (luaL_newmetatable(L, LUAMP_QUEUE_MT)) {   /* (see check_queue) */
+        lua_pushvalue(L, -1);
+        luaL_setfuncs(L, meta, 1);
+        luaL_newlibtable(L, methods);
+        lua_pushvalue(L, -2);
+        luaL_setfuncs(L, methods, 1);
         lua_setfield(L, -2, "__index");
     }
-    lua_pop(L, 1);
-    lua_pushcfunction(L, new_queue);
+    lua_pushcclosure(L, new_queue, 1);
     lua_setfield(L, -2, "queue");
 }

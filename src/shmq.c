@@ -80,7 +80,8 @@ struct shmq_hdr {
     uint32_t put_tokens; /* the same for ev_put */
     uint32_t shutdown;
     uint64_t next_seq;
-    double last_get;     /* when a consumer last took an item (luamp_now) */
+    double last_get;     /* when a consumer last took an item from a ring
+                            holding PACE_FROM bytes or more (luamp_now) */
     uint32_t no_pace;    /* producers never wait for a consumer (shmq_no_pace) */
     struct { uint64_t seq; double since; } claims[SHMQ_MAX_CLAIMS];
 };
@@ -519,8 +520,12 @@ int shmq_get(shmq *q, luamp_buf *out, double deadline, shmq_wait *w)
             return r;
         }
     }
+    /* One clock read serves everything below; none when nothing needs it
+     * (last_get only matters once the ring is big enough to pace). */
+    int pacing = h->used >= PACE_FROM;
+    double t = waited_from != 0 || w->claim >= 0 || pacing ? luamp_now() : 0;
     if (waited_from != 0)
-        q->spin = luamp_now() - waited_from < SHORT_WAIT;
+        q->spin = t - waited_from < SHORT_WAIT;
     unsigned char rec[REC_HDR];
     uint32_t len;
     ring_read(q, h->head, rec, REC_HDR);
@@ -536,12 +541,13 @@ int shmq_get(shmq *q, luamp_buf *out, double deadline, shmq_wait *w)
     out->len = len;
     if (w->claim >= 0) {
         h->claims[w->claim].seq = w->seq;
-        h->claims[w->claim].since = luamp_now();
+        h->claims[w->claim].since = t;
     }
     h->head = (h->head + REC_HDR + len) % h->cap;
     h->used -= REC_HDR + (uint64_t)len;
     h->count--;
-    h->last_get = luamp_now();
+    if (pacing)
+        h->last_get = t;
     if (h->used == 0) {
         h->head = 0;
         if (h->cap > SHRINK_ABOVE)

@@ -617,7 +617,7 @@ double luamp_opt_deadline(lua_State *L, int idx)
         return -1;
     double t = luaL_checknumber(L, idx);
     luaL_argcheck(L, t == t, idx, "timeout is NaN");
-    return luamp_now() + (t > 0 ? t : 0);
+    return t > 0 ? luamp_now() + t : 0;     /* 0: do not wait at all */
 }
 
 /* Scratch buffers keep up to 64 MiB: growing one again for every big

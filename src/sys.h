@@ -66,7 +66,8 @@ void luamp_raise_interrupt(lua_State *L);
  * before that). */
 int luamp_raise(lua_State *L, const char *kind, const char *fmt, ...);
 
-/* Timeout argument at `idx`: nil/none -> -1 (forever), else a deadline. */
+/* Timeout argument at `idx`: nil/none -> -1 (forever), 0 or less -> 0 (do
+ * not wait), else a deadline. */
 double luamp_opt_deadline(lua_State *L, int idx);
 
 /* Shrinks a scratch buffer that a big message left large. */

@@ -99,4 +99,37 @@ do
   os.remove(dir)
 end
 
+-- The parent settles plain apply results in C (queue.c, settle_apply) and
+-- hands the rest to Lua; a result needing Lua that arrives right after
+-- plain ones is held for the next call, never lost.
+do
+  local pool <close> = mp.Pool(1)
+  local function wait_results(n)
+    local deadline = mp._now() + 10
+    while pool._rq:qsize() < n and mp._now() < deadline do mp._sleep(0.001) end
+    return pool._rq:qsize()
+  end
+  local got_cb
+  local plain = pool:apply_async(square, {3})
+  local with_cb = pool:apply_async(square, {4}, {callback = function(v) got_cb = v end})
+  local failing = pool:apply_async(function() error("boom") end)
+  local undecodable = pool:apply_async(function() return mp.Queue() end)
+  local plain2 = pool:apply_async(function() return 1, nil, 3 end)
+  t.is(wait_results(5), 5, "five results wait in the results queue")
+  t.is(plain:get(5), 9, "a plain apply result settled in C")
+  t.is(got_cb, 16, "the callback of the result after it ran (it was held, not lost)")
+  t.is(with_cb:get(5), 16, "that result is there too")
+  t.raises(function() failing:get(5) end, "boom", "a failed task after them raises its error")
+  t.raises(function() undecodable:get(5) end, "cannot receive the result",
+    "a result that cannot be decoded here fails its task")
+  t.same({plain2:get(5)}, {1, nil, 3}, "a later plain result keeps its values, holes included")
+  t.is(select("#", plain2:get()), 3, "and their number")
+
+  -- results settled in C still tell the pool what a task costs: after a
+  -- task of 50 ms, map_async of cheap items goes one item per chunk
+  t.is(pool:apply_async(function() mp._sleep(0.05) return true end):get(5), true, "a slow apply")
+  t.is(pool:map_async(square, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}).chunksize, 1,
+    "its cost sizes later chunks")
+end
+
 t.done()

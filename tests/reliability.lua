@@ -143,23 +143,31 @@ end
 
 -- 1,000 pools leave no descriptor behind
 do
+  -- descriptor -> what it is
   local function fds()
-    local n = 0
-    local h = io.popen("ls /proc/" .. mp.current_process().pid .. "/fd")
-    for _ in h:lines() do n = n + 1 end
+    local set, n = {}, 0
+    local h = io.popen("ls -l /proc/" .. mp.current_process().pid .. "/fd")
+    for line in h:lines() do
+      local fd, what = line:match("(%d+) %-> (.*)$")
+      if fd then set[fd], n = what, n + 1 end
+    end
     h:close()
-    return n
+    return set, n
   end
   collectgarbage(); collectgarbage()   -- queues of earlier tests hold descriptors until collected
-  local before = fds()
+  local before, nbefore = fds()
   for _ = 1, 1000 do
     local p <close> = mp.Pool(1)
   end
   -- Objects of earlier tests may still let go of a descriptor meanwhile,
   -- so the count may fall; a leak of one per pool would add 1,000.
-  local after = fds()
-  t.ok(after <= before, "creating and closing 1,000 pools leaves the descriptor count flat ("
-    .. before .. " before, " .. after .. " after)")
+  local after, nafter = fds()
+  local new = {}
+  for fd, what in pairs(after) do
+    if before[fd] ~= what then new[#new + 1] = fd .. " -> " .. what end
+  end
+  t.ok(nafter <= nbefore, "creating and closing 1,000 pools leaves the descriptor count flat ("
+    .. nbefore .. " before, " .. nafter .. " after" .. (nafter > nbefore and "; new: " .. table.concat(new, ", ") or "") .. ")")
   local function rss_kib()
     for line in io.lines("/proc/self/status") do
       local kb = line:match("^VmRSS:%s+(%d+) kB")
