@@ -1514,6 +1514,8 @@ typedef struct decoder {
     int ids;              /* stack slot of the id -> value table */
     lua_Integer nids;
     struct ids_cache *cache;   /* where the id table came from, or NULL */
+    int plain;            /* first pass: see decode() */
+    int again;            /* the first pass met an extension type */
 } decoder;
 
 typedef struct ext {
@@ -1611,6 +1613,8 @@ static void remember_value(decoder *d)
 {
     lua_State *L = d->L;
 
+    if (d->plain)         /* nothing can refer back to it */
+        return;
     if (d->nids == 0) {
         ids_take(d);
         lua_replace(L, d->ids);
@@ -1654,12 +1658,22 @@ static int is_ext_byte(unsigned c)
 }
 
 /* Consumes the next item if it is an ext (1), else leaves it (0). */
+/* In the plain pass, an extension type ends it: the message is decoded
+ * again with identities (see decode()). */
+static int not_plain(decoder *d)
+{
+    d->again = 1;
+    return fail(d, "not plain");
+}
+
 static int peek_ext(decoder *d, ext *x)
 {
     if (need(d, 1))
         return -1;
     if (!is_ext_byte(*d->p))
         return 0;
+    if (d->plain)
+        return not_plain(d);
     d->p++;
     return ext_body(d, d->p[-1], x) ? -1 : 1;
 }
@@ -2176,7 +2190,7 @@ static int dec_value(decoder *d, int depth)
     else if (c >= 0xcc && c <= 0xd3)
         return dec_number(d, c);
     else if (is_ext_byte(c))
-        return dec_ext(d, c);
+        return d->plain ? not_plain(d) : dec_ext(d, c);
     else if ((c >= 0xc4 && c <= 0xc6) || c >= 0xd9)
         return dec_sized(d, c, depth);
     else   /* the one byte MessagePack never uses */
@@ -2266,15 +2280,28 @@ static int decode(lua_State *L, const char *data, size_t len, int flags, int t, 
         lua_pushliteral(L, TOO_BIG);
         return -1;
     }
-    lua_pushnil(L);   /* the id table, made on the first table */
-    d.L = L;
-    d.p = (const unsigned char *)data;
-    d.end = d.p + len;
-    d.flags = flags;
-    d.ids = base + 1;
-    d.nids = 0;
-    d.cache = NULL;
-    r = t ? into_table(&d, t, offset) : dec_value(&d, 1);
+    /* Most messages are plain data: no extension types, so nothing in
+     * them refers back to a table by its id.  A first pass records no
+     * ids; the first extension type stops it, and the message is decoded
+     * again from the start, recording them.  (That first pass makes only
+     * tables and strings, and what it stored into t is stored again.) */
+    d.plain = 1;
+    for (;;) {
+        lua_pushnil(L);   /* the id table, made on the first table */
+        d.L = L;
+        d.p = (const unsigned char *)data;
+        d.end = d.p + len;
+        d.flags = flags;
+        d.ids = base + 1;
+        d.nids = 0;
+        d.cache = NULL;
+        d.again = 0;
+        r = t ? into_table(&d, t, offset) : dec_value(&d, 1);
+        if (r == 0 || !d.again)
+            break;
+        lua_settop(L, base);
+        d.plain = 0;
+    }
     if (r == 0 && d.p != d.end)
         r = fail(&d, "%d trailing bytes after the message", (int)left(&d));
     ids_release(&d);

@@ -185,6 +185,21 @@ do
   t.ok(rawequal(rk, rv), "a table used as key and value is one table")
 end
 do
+  -- The decoder reads plain data without recording identities and starts
+  -- again at the first extension type: references made after many plain
+  -- tables still find the right ones.
+  local s = {"s"}
+  local r = rt({{1}, {2}, {3, {4, {5}}}, s, s, {6}})
+  t.ok(r[3][2][2][1] == 5 and r[4][1] == "s" and rawequal(r[4], r[5]) and r[6][1] == 6,
+    "a reference after plain tables is to the right table")
+  local m = rt({plain = {{1}, {2}}, [7] = s, [8] = {s}})
+  t.ok(m.plain[2][1] == 2 and rawequal(m[7], m[8][1]), "and in a map")
+  local pool <close> = mp.Pool(1)
+  local res = pool:map(function(i) local x = {i}; return i % 2 == 0 and {x, x} or {i} end, {1, 2, 3, 4})
+  t.ok(res[1][1] == 1 and rawequal(res[2][1], res[2][2]) and res[2][1][1] == 2 and res[3][1] == 3
+    and rawequal(res[4][1], res[4][2]), "results decoded into their job's table keep their references")
+end
+do
   local s = {}
   t.ok(not rawequal(rt(s), s), "a plain table travels by value")
 end
