@@ -325,13 +325,14 @@ local function put_result(rq, jobid, start, count, seq, pid, elapsed, results, e
   assert(rq:put_result(jobid, start, count, seq, pid, elapsed, results, errs))
 end
 
--- Sends an apply task's outcome, straight from xpcall.
+-- Sends an apply task's outcome, straight from xpcall (t0: when it
+-- started).
 local function put_apply(rq, jobid, seq, pid, t0, ok, ...)
-  local sent, why = rq:put_apply(jobid, seq, pid, now() - t0, ok, ...)
+  local sent, why = rq:put_apply(jobid, seq, pid, t0, ok, ...)
   if sent then return end
   local info = ...
   local e = ok and { message = why, serialize = true } or plain_error(info)
-  assert(rq:put_apply(jobid, seq, pid, now() - t0, false, e))
+  assert(rq:put_apply(jobid, seq, pid, t0, false, e))
 end
 
 local function worker_main(pool, index, slot)

@@ -178,8 +178,9 @@ typedef struct encoder {
     int fast;
     int names;             /* fast pass: stack slot of the names map, or 0 */
     seen_set seen;
-    /* luamp_encode_slice: the message is t[first .. first + count - 1] */
-    int slice;
+    /* luamp_encode_slice: the message is t[first .. first + count - 1];
+     * luamp_encode_values (stack set): stack slots t .. t + count - 1 */
+    int slice, stack;
     lua_Integer first, count;
 } encoder;
 
@@ -1395,7 +1396,10 @@ static int enc_slice(encoder *e, int t)
     if (put_header(e, 0x90, (size_t)e->count))
         return -1;
     for (lua_Integer i = 0; i < e->count; i++) {
-        lua_rawgeti(L, t, e->first + i);
+        if (e->stack)
+            lua_pushvalue(L, t + (int)i);
+        else
+            lua_rawgeti(L, t, e->first + i);
         if (enc_value(e, 2)) {
             path_index(e, e->first + i);
             return -1;
@@ -1432,6 +1436,7 @@ static void encoder_init(encoder *e, lua_State *L, const char *root, luamp_buf *
                          lua_Integer first, lua_Integer count)
 {
     e->slice = count >= 0;
+    e->stack = 0;
     e->first = first;
     e->count = count;
     e->L = L;
@@ -1502,6 +1507,36 @@ int luamp_encode_slice(lua_State *L, int idx, lua_Integer first, lua_Integer cou
 {
     luaL_checktype(L, idx, LUA_TTABLE);
     return encode(L, idx, root, out, first, count < 0 ? 0 : count);
+}
+
+int luamp_encode_values(lua_State *L, int first, int n, const char *root, luamp_buf *out)
+{
+    encoder e;
+    int top = lua_gettop(L), r, tables = 0;
+
+    first = lua_absindex(L, first);
+    luaL_checkstack(L, SLACK, NULL);
+    encoder_init(&e, L, root, out, 1, 1, n);
+    e.stack = 1;
+    for (int i = 0; i < n && !tables; i++)
+        tables = lua_type(L, first + i) == LUA_TTABLE;
+    if (tables && lua_rawgetp(L, LUA_REGISTRYINDEX, &names_key) == LUA_TTABLE)
+        e.names = lua_gettop(L);
+    r = enc_slice(&e, first);
+    seen_free(&e.seen);
+    lua_settop(L, top);
+    if (r == 0)
+        return 0;
+    out->len = e.start;
+    /* The protected pass cannot see this stack: it gets them in a table. */
+    lua_createtable(L, n, 0);
+    for (int i = 0; i < n; i++) {
+        lua_pushvalue(L, first + i);
+        lua_rawseti(L, -2, i + 1);
+    }
+    r = encode(L, -1, root, out, 1, n);
+    lua_remove(L, top + 1);   /* (above it: the refusal, if any) */
+    return r;
 }
 
 /* ------------------------------------------------------------------ */

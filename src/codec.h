@@ -60,6 +60,11 @@ int luamp_encode_slice(lua_State *L, int idx, lua_Integer first, lua_Integer cou
                        const char *root, luamp_buf *out);
 
 /*
+ * luamp_encode_slice for the n stack values from index `first` (nils
+ * included): what a function returned, say, without a table for them.
+ */
+int luamp_encode_values(lua_State *L, int first, int n, const char *root, luamp_buf *out);
+/*
  * Decodes one message of exactly `len` bytes and pushes its value.
  * Returns 0; on malformed input returns -1 with an error message pushed
  * instead ("truncated message", "nesting deeper than 200 levels", ...).

@@ -375,14 +375,21 @@ static int encode_part(lua_State *L, queue *u, int idx, const char *root, uint32
     return 0;
 }
 
-/* Puts a result message whose results and errors are at ridx and eidx. */
-static int put_result_msg(lua_State *L, queue *u, struct result_hdr *h, int ridx, int eidx)
+/* Puts a result message whose results and errors are at ridx and eidx,
+ * or whose results are the h->nres stack values from `values` (not 0). */
+static int put_result_msg(lua_State *L, queue *u, struct result_hdr *h, int ridx, int eidx, int values)
 {
     u->buf.len = 0;
     if (luamp_buf_append(&u->buf, h, sizeof *h) != 0)
         return luaL_error(L, "not enough memory");
-    if (encode_part(L, u, ridx, "result", &h->rlen) != 0
-        || encode_part(L, u, eidx, "error", &h->elen) != 0) {
+    int bad;
+    if (values) {
+        bad = luamp_encode_values(L, values, (int)h->nres, "result", &u->buf) != 0;
+        h->rlen = (uint32_t)(u->buf.len - sizeof *h);
+    } else {
+        bad = encode_part(L, u, ridx, "result", &h->rlen) != 0;
+    }
+    if (bad || encode_part(L, u, eidx, "error", &h->elen) != 0) {
         luamp_buf_trim(&u->buf);
         lua_pushnil(L);
         lua_insert(L, -2);
@@ -417,11 +424,12 @@ static int q_put_result(lua_State *L)
     struct result_hdr h;
     result_header(L, &h, 2);
     lua_settop(L, 9);
-    return put_result_msg(L, u, &h, 8, 9);
+    return put_result_msg(L, u, &h, 8, 9, 0);
 }
 
-/* q:put_apply(jobid, seq, pid, elapsed, ok, ...): an apply task's outcome
- * straight from xpcall: its results, or (ok false) its error.
+/* q:put_apply(jobid, seq, pid, t0, ok, ...): an apply task's outcome
+ * straight from xpcall: its results, or (ok false) its error; t0 is when
+ * it started (core.now()).
  * -> true | nil, message (something cannot be encoded) */
 static int q_put_apply(lua_State *L)
 {
@@ -431,28 +439,22 @@ static int q_put_apply(lua_State *L)
     h.jobid = luaL_checkinteger(L, 2);
     h.seq = luaL_checkinteger(L, 3);
     h.pid = luaL_checkinteger(L, 4);
-    h.elapsed = luaL_checknumber(L, 5);
+    h.elapsed = luamp_now() - luaL_checknumber(L, 5);
     h.start = 1;
     h.count = 1;
     h.apply = 1;
     int top = lua_gettop(L);
-    int ok = lua_toboolean(L, 6);
-    int nres = top > 6 ? top - 6 : 0;
-    lua_createtable(L, ok ? nres : 1, 0);
-    if (ok) {
-        for (int i = 1; i <= nres; i++) {
-            lua_pushvalue(L, 6 + i);
-            lua_rawseti(L, -2, i);
-        }
-        h.nres = nres;
-        return put_result_msg(L, u, &h, top + 1, 0);
+    if (lua_toboolean(L, 6)) {
+        h.nres = top > 6 ? top - 6 : 0;
+        return put_result_msg(L, u, &h, 0, 0, 7);
     }
+    lua_createtable(L, 1, 0);
     if (top >= 7)
         lua_pushvalue(L, 7);
     else
         lua_pushnil(L);
     lua_rawseti(L, -2, 1);
-    return put_result_msg(L, u, &h, 0, top + 1);
+    return put_result_msg(L, u, &h, 0, top + 1, 0);
 }
 
 /* Pushes the 10 values after `true` of a get_result for the message in

@@ -67,6 +67,14 @@ do
   local a, b, c = pool:apply(function(x, y) return x + y, x * y, nil end, {3, 4})
   t.ok(a == 7 and b == 12 and c == nil, "apply returns every return value")
   t.is(select("#", pool:apply(function() return 1, nil, nil end)), 3, "apply keeps trailing nils")
+  t.is(select("#", pool:apply(function() end)), 0, "apply of a function that returns nothing returns nothing")
+  -- (the values are encoded straight from the worker's stack)
+  local s1, s2, s3 = pool:apply(function() local x = {1}; return x, {x}, x end)
+  t.ok(rawequal(s1, s3) and rawequal(s2[1], s1), "a table returned twice comes back as one table")
+  local m, f = pool:apply(function() return string, {string.format} end)
+  t.ok(rawequal(m, string) and rawequal(f[1], string.format), "modules and their functions come back by name")
+  t.raises(function() pool:apply(function() return 1, coroutine.create(print) end) end,
+    "cannot send result%[2%]: a coroutine", "an unsendable second value is named")
   t.is(pool:apply(function() return mp.current_process().name end):match("^PoolWorker%-%d+$") ~= nil, true,
     "a task runs in a PoolWorker and can use the luamp module upvalue")
   t.ok(pool:apply(function() return mp.current_process().pid end) ~= mp.current_process().pid,
