@@ -413,7 +413,7 @@ function mp.Pool(opts)
     _rq = core.queue(0),
     _workers = {},          -- child handles, in spawn order
     _spawned = 0,
-    _jobs = {},             -- id -> job not finished yet
+    _jobs = {},             -- id -> job not finished yet (but apply jobs: see apply_async)
     _sinks = {},            -- id -> results table of a map job: results are decoded into it
     _nextjob = 0,
     _fcache = setmetatable({}, { __mode = "k" }),
@@ -426,7 +426,7 @@ function mp.Pool(opts)
     _slot = {},             -- worker handle -> its claim slot in the task queue
     _wname = {},            -- worker handle -> its name
     _free_slots = {},
-    _inflight = {},         -- task sequence number -> {job, start, count, timeout}
+    _inflight = {},         -- task sequence number -> {job, start, count, timeout}, or an apply job
     _ntimed = 0,            -- tasks in flight that have a deadline
     _killed = {},           -- slot -> sequence number of a task past its deadline
   }, PoolMT)
@@ -594,8 +594,16 @@ end
 function Pool:_break(e)
   if self._broken then return end
   self._broken = e
-  for seq in pairs(self._inflight) do self:_settle(seq) end
+  local applies = {}      -- (apply jobs are in _inflight only)
+  for seq, rec in pairs(self._inflight) do
+    if rec.kind == "apply" then applies[#applies + 1] = rec end
+    self:_settle(seq)
+  end
   for _, job in pairs(self._jobs) do
+    job.err = job.err or e
+    finish(self, job)
+  end
+  for _, job in ipairs(applies) do
     job.err = job.err or e
     finish(self, job)
   end
@@ -690,7 +698,7 @@ function Pool:_reap(i)
     end
   end
   if self._state == "terminate" or self._broken then return end
-  if self._state == "run" or next(self._jobs) ~= nil then self:_spawn() end
+  if self._state == "run" or next(self._jobs) ~= nil or next(self._inflight) ~= nil then self:_spawn() end
 end
 
 -- The earliest deadline of a running task; kills the workers of tasks
@@ -736,19 +744,19 @@ function Pool:_pump(deadline)
     local dl = self:_check_deadlines()
     if dl and (not wait_until or dl < wait_until) then wait_until = dl end
   end
-  local sinks, inflight, jobs = self._sinks, self._inflight, self._jobs
-  local got, a, b, c, d, e, f, g, h, i, j = rq:get_result(remaining(wait_until), self._workers, sinks, inflight, jobs)
+  local sinks, inflight = self._sinks, self._inflight
+  local got, a, b, c, d, e, f, g, h, i, j = rq:get_result(remaining(wait_until), self._workers, sinks, inflight)
   if got or a == "settled" then
     repeat
       if got then self:_handle(a, b, c, d, e, f, g, h, i, j) else self:_settled(b, c) end
-      got, a, b, c, d, e, f, g, h, i, j = rq:get_result(0, nil, sinks, inflight, jobs)
+      got, a, b, c, d, e, f, g, h, i, j = rq:get_result(0, nil, sinks, inflight)
     until not got and a ~= "settled"
     return true
   end
   if a == "event" then
     local w = b
     repeat                           -- what the worker put before it died
-      got, a, b, c, d, e, f, g, h, i, j = rq:get_result(0, nil, sinks, inflight, jobs)
+      got, a, b, c, d, e, f, g, h, i, j = rq:get_result(0, nil, sinks, inflight)
       if got then self:_handle(a, b, c, d, e, f, g, h, i, j) elseif a == "settled" then self:_settled(b, c) end
     until not got and a ~= "settled"
     self:_reap(w)
@@ -841,7 +849,7 @@ function AsyncResult:ready()
     -- take what has arrived, without waiting
     self._pool:_pump(now())
   end
-  return self.finished
+  return not not self.finished
 end
 
 function AsyncResult:successful()
@@ -857,8 +865,15 @@ function AsyncResult:get(timeout)
     end
   end
   if self.err then error(self.err, 2) end
-  if self.kind == "apply" then return unpack(self.values, 1, self.nvalues) end
+  if self.kind == "apply" then return unpack(self.values or self, 1, self.nvalues or self.finished) end
   return self.results
+end
+
+-- What apply_async returns: an AsyncResult whose kind ("apply") comes
+-- from its metatable, so that each job holds only what differs.
+local ApplyResult = { __name = "luamp.AsyncResult", __index = { kind = "apply" } }
+for k, v in pairs(AsyncResult) do
+  if type(v) == "function" then ApplyResult.__index[k] = v end
 end
 
 --------------------------------------------------------------------------
@@ -880,21 +895,25 @@ function Pool:apply_async(f, args, opts)
   else
     opts = NO_OPTS
   end
-  -- A lean job, also its own record in the books and the AsyncResult:
-  -- apply_async runs for every task of some scripts.
+  -- A lean job: apply_async runs for every task of some scripts.  It is
+  -- the AsyncResult, its own record in the books (in _inflight only, not
+  -- in _jobs) and where its values are decoded (at 1..n).  Its table
+  -- has room for one value and `finished` without growing: get_result
+  -- settles it in C (queue.c, settle_apply) by setting finished to the
+  -- number of values; settled in Lua, it gets values and nvalues.
   local id = self._nextjob + 1
   self._nextjob = id
   local fid, fbytes
   local cached = self._fcache[f]
   if cached then fid, fbytes = cached[1], cached[2] else fid, fbytes = encode_function(self, f, "apply_async") end
   local timeout = opts.timeout
-  local job = setmetatable({ id = id, kind = "apply", finished = false, _pool = self, timeout = timeout,
-    callback = opts.callback, error_callback = opts.error_callback }, AsyncResult)
+  local job = setmetatable({ id = id, _pool = self, finished = false }, ApplyResult)
+  if opts ~= NO_OPTS then
+    job.timeout, job.callback, job.error_callback = timeout, opts.callback, opts.error_callback
+  end
   local seq, why = self._tq:put_task(id, fid, fbytes, "apply", 1, args or NO_ARGS, 1, "args")
   if not seq then error(new_error("serialize", why), 0) end
-  self._jobs[id] = job
   self._inflight[seq] = job
-  self._sinks[id] = job      -- its results are decoded into it
   if timeout then self._ntimed = self._ntimed + 1 end
   return job
 end
@@ -1192,8 +1211,11 @@ function Pool:terminate()
   for _, h in ipairs(self._workers) do h:signal(9) end
   for _, h in ipairs(self._workers) do h:poll(-1) end
   self._workers = {}
-  self._inflight, self._ntimed = {}, 0
   local jobs = self._jobs
+  for _, rec in pairs(self._inflight) do   -- (apply jobs are in _inflight only)
+    if rec.kind == "apply" then jobs[rec.id] = rec end
+  end
+  self._inflight, self._ntimed = {}, 0
   self._jobs, self._sinks = {}, {}
   local ids = {}
   for id in pairs(jobs) do ids[#ids + 1] = id end

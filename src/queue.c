@@ -458,18 +458,19 @@ static int q_put_apply(lua_State *L)
 }
 
 /* Pushes the 10 values after `true` of a get_result for the message in
- * u->buf (header h, checked), decoding its results into sinks[jobid]
- * when sinks (a stack index, or 0) has a table there. */
-static int push_result(lua_State *L, queue *u, const struct result_hdr *h, int sinks)
+ * u->buf (header h, checked), decoding its results into their sink when
+ * there is one: inflight[seq] for an apply task (the job itself), else
+ * sinks[jobid] (sinks and inflight: stack indexes, or 0). */
+static int push_result(lua_State *L, queue *u, const struct result_hdr *h, int sinks, int inflight)
 {
     lua_pushinteger(L, h->jobid);
     lua_pushinteger(L, h->start);
     lua_pushinteger(L, h->count);
     const char *p = u->buf.data + sizeof *h;
-    int bad = 0;
+    int bad = 0, books = h->apply ? inflight : sinks;
     if (h->rlen == 0) {
         lua_pushnil(L);
-    } else if (sinks && lua_rawgeti(L, sinks, h->jobid) == LUA_TTABLE) {
+    } else if (books && lua_rawgeti(L, books, h->apply ? h->seq : h->jobid) == LUA_TTABLE) {
         if (luamp_decode_into(L, p, h->rlen, 0, -1, h->start - 1) != 0) {
             lua_remove(L, -2);          /* the sink: the message stays */
             bad = 1;
@@ -478,8 +479,8 @@ static int push_result(lua_State *L, queue *u, const struct result_hdr *h, int s
             lua_pushboolean(L, 1);
         }
     } else {
-        if (sinks)
-            lua_pop(L, 1);              /* what sinks[jobid] was */
+        if (books)
+            lua_pop(L, 1);              /* what was there */
         if (luamp_decode(L, p, h->rlen, 0) != 0)
             bad = 1;
     }
@@ -513,36 +514,26 @@ static int raw_nil(lua_State *L, int t, const char *k)
 /*
  * Settles an apply task's successful result here, as Pool:_handle would
  * in Lua, when nothing else needs doing: its job (an AsyncResult) is
- * inflight[seq] and sinks[jobid], and has no callback and no timeout.
- * Its values are decoded into the job; it gets values (itself), nvalues
- * and finished = true, and leaves inflight, jobs and sinks.  A script
- * that runs many small apply_async tasks otherwise spends more time in
- * that Lua than in everything else the parent does per result.
+ * inflight[seq] and has no callback and no timeout.  Its values are
+ * decoded into the job, its `finished` becomes the number of values (see
+ * Pool:apply_async), and it leaves inflight.  A script that runs many
+ * small apply_async tasks otherwise spends more time in that Lua than in
+ * everything else the parent does per result.
  * Returns 1 settled, 0 not for here (nothing changed).
  */
-static int settle_apply(lua_State *L, queue *u, const struct result_hdr *h,
-                        int sinks, int inflight, int jobs)
+static int settle_apply(lua_State *L, queue *u, const struct result_hdr *h, int inflight)
 {
     if (!h->apply || h->jobid <= 0 || h->elen != 0 || h->rlen == 0 || !inflight)
         return 0;
     int top = lua_gettop(L), job = top + 1, done = 0;
     luaL_checkstack(L, 4, NULL);
     if (lua_rawgeti(L, inflight, h->seq) == LUA_TTABLE
-        && lua_rawgeti(L, sinks, h->jobid) == LUA_TTABLE && lua_rawequal(L, job, job + 1)
         && raw_nil(L, job, "callback") && raw_nil(L, job, "timeout")
         && luamp_decode_into(L, u->buf.data + sizeof *h, h->rlen, 0, job, 0) == 0) {
-        lua_pushvalue(L, job);
-        lua_setfield(L, job, "values");
         lua_pushinteger(L, h->nres);
-        lua_setfield(L, job, "nvalues");
-        lua_pushboolean(L, 1);
         lua_setfield(L, job, "finished");
         lua_pushnil(L);
         lua_rawseti(L, inflight, h->seq);
-        lua_pushnil(L);
-        lua_rawseti(L, jobs, h->jobid);
-        lua_pushnil(L);
-        lua_rawseti(L, sinks, h->jobid);
         done = 1;
     }
     /* (a failed decode may have stored some values in the job: the message
@@ -552,15 +543,16 @@ static int settle_apply(lua_State *L, queue *u, const struct result_hdr *h,
 }
 
 /*
- * q:get_result(timeout, waitables [, sinks [, inflight, jobs]])
+ * q:get_result(timeout, waitables [, sinks [, inflight]])
  *   -> true, jobid, start, count, results, errs, elapsed, pid, seq, nres,
  *      rlen (the results' encoded size)
  *    | false, "settled", n, elapsed (the sum over those n)
  *    | false, "event", i | false, "timeout" | false, "closed".
  * A result that cannot be decoded here comes with results false and errs
- * the reason.  When sinks[jobid] is a table, the results go straight into
- * it at their indexes (start, start + 1, ...) and results is true.  Given
- * the Pool's books (inflight, jobs), the apply results settle_apply can
+ * the reason.  When sinks[jobid] is a table (inflight[seq] for an apply
+ * task), the results go straight into it at their indexes (start, start +
+ * 1, ...) and results is true.  Given inflight, the apply results
+ * settle_apply can
  * settle are settled here, as many in a row as are waiting: "settled"
  * says how many, once no more are waiting or the next needs Lua (that one
  * is held for the next call).
@@ -568,9 +560,9 @@ static int settle_apply(lua_State *L, queue *u, const struct result_hdr *h,
 static int q_get_result(lua_State *L)
 {
     queue *u = check_queue(L);
-    lua_settop(L, 6);
+    lua_settop(L, 5);
     int sinks = lua_istable(L, 4) ? 4 : 0;
-    int inflight = sinks && lua_istable(L, 5) && lua_istable(L, 6) ? 5 : 0;
+    int inflight = lua_istable(L, 5) ? 5 : 0;
     double deadline = luamp_opt_deadline(L, 2);
     lua_Integer settled = 0;
     double elapsed = 0;
@@ -595,7 +587,7 @@ static int q_get_result(lua_State *L)
             luamp_buf_trim(&u->buf);
             return luaL_error(L, "malformed result message");
         }
-        if (settle_apply(L, u, &h, sinks, inflight, 6)) {
+        if (settle_apply(L, u, &h, inflight)) {
             settled++;
             elapsed += h.elapsed;
             luamp_collect_for(L, u->buf.len);
@@ -608,7 +600,7 @@ static int q_get_result(lua_State *L)
             break;
         }
         lua_pushboolean(L, 1);
-        int n = push_result(L, u, &h, sinks);
+        int n = push_result(L, u, &h, sinks, inflight);
         luamp_collect_for(L, u->buf.len);
         luamp_buf_trim(&u->buf);
         return n + 1;

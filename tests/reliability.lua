@@ -133,6 +133,17 @@ do
   t.is(early:get(5), "from a worker", "a Queue made before the pool can be passed to its tasks")
 end
 
+-- a closed pool whose worker dies replaces it while apply tasks wait
+do
+  local pool = mp.Pool(1)
+  local r1 = pool:apply_async(function() os.exit(3) end)
+  local r2 = pool:apply_async(square, {3})
+  pool:close()
+  pool:join()
+  t.raises(function() r1:get(5) end, "exited with status 3", "the task that exited fails")
+  t.is(r2:get(5), 9, "the apply task queued behind it still runs after close")
+end
+
 -- a Process whose child dies by a signal still joins
 do
   local p = mp.Process{target = function() os.execute("kill -9 " .. mp.current_process().pid); mp._sleep(5) end}
