@@ -350,7 +350,15 @@ local function worker_main(pool, index, slot)
   local fcache, ncached = {}, 0
   local left = pool._maxtasks
   while true do
-    local got, jobid, fid, f, kind, start, items, count, seq = tq:get_task(slot, fcache)
+    -- tq:serve runs apply tasks of known functions in C, and returns the
+    -- first other task as get_task does (it does not count tasks: with
+    -- maxtasksperchild, every task comes here)
+    local got, jobid, fid, f, kind, start, items, count, seq
+    if left then
+      got, jobid, fid, f, kind, start, items, count, seq = tq:get_task(slot, fcache)
+    else
+      got, jobid, fid, f, kind, start, items, count, seq = tq:serve(slot, fcache, rq, traceback_handler, pid)
+    end
     if not got then
       if jobid ~= "undecodable" then core._exit(0) end   -- the pool was closed
       -- e.g. a Queue created after this worker started: fail the task
@@ -874,6 +882,13 @@ end
 local ApplyResult = { __name = "luamp.AsyncResult", __index = { kind = "apply" } }
 for k, v in pairs(AsyncResult) do
   if type(v) == "function" then ApplyResult.__index[k] = v end
+end
+
+-- (finished is a number only when get_result settled a success in C)
+function ApplyResult.__index:get(timeout)
+  local n = self.finished
+  if n and n ~= true then return unpack(self, 1, n) end
+  return AsyncResult.get(self, timeout)
 end
 
 --------------------------------------------------------------------------

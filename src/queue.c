@@ -321,6 +321,39 @@ static int undecodable(lua_State *L, uint64_t seq)
     return 4;
 }
 
+/* Pushes what q:get_task returns for the task message in u->buf, taken
+ * as `seq`; fcache is a stack index. */
+static int push_task(lua_State *L, queue *u, uint64_t seq, int fcache)
+{
+    struct task_hdr h = { 0 };
+    if (u->buf.len >= sizeof h)
+        memcpy(&h, u->buf.data, sizeof h);
+    if (u->buf.len < sizeof h || u->buf.len - sizeof h < h.flen || h.kind > 2) {
+        luamp_buf_trim(&u->buf);
+        lua_pushliteral(L, "malformed task message");
+        return undecodable(L, seq);
+    }
+    size_t off = sizeof h + h.flen;
+    lua_pushboolean(L, 1);
+    lua_pushinteger(L, h.jobid);
+    lua_pushinteger(L, h.fid);
+    if (lua_rawgeti(L, fcache, h.fid) == LUA_TNIL) {
+        lua_pop(L, 1);
+        lua_pushlstring(L, u->buf.data + sizeof h, h.flen);
+    }
+    lua_pushstring(L, task_kinds[h.kind]);
+    lua_pushinteger(L, h.start);
+    if (luamp_decode(L, u->buf.data + off, u->buf.len - off, 0) != 0) {
+        luamp_buf_trim(&u->buf);
+        return undecodable(L, seq);
+    }
+    luamp_collect_for(L, u->buf.len);
+    luamp_buf_trim(&u->buf);
+    lua_pushinteger(L, h.count);
+    lua_pushinteger(L, (lua_Integer)seq);
+    return 9;
+}
+
 /* q:get_task(slot, fcache) -> true, jobid, fid, f, kind, start, items,
  * count, seq | false, "closed" | false, "undecodable", seq, message.
  * f is fcache[fid] when the worker has it, else the function's encoding. */
@@ -332,32 +365,7 @@ static int q_get_task(lua_State *L)
     int n = wait_message(L, u, -1, 0, &w);
     if (n)
         return n;
-    struct task_hdr h = { 0 };
-    if (u->buf.len >= sizeof h)
-        memcpy(&h, u->buf.data, sizeof h);
-    if (u->buf.len < sizeof h || u->buf.len - sizeof h < h.flen || h.kind > 2) {
-        lua_pushliteral(L, "malformed task message");
-        return undecodable(L, w.seq);
-    }
-    size_t off = sizeof h + h.flen;
-    lua_pushboolean(L, 1);
-    lua_pushinteger(L, h.jobid);
-    lua_pushinteger(L, h.fid);
-    if (lua_rawgeti(L, 3, h.fid) == LUA_TNIL) {
-        lua_pop(L, 1);
-        lua_pushlstring(L, u->buf.data + sizeof h, h.flen);
-    }
-    lua_pushstring(L, task_kinds[h.kind]);
-    lua_pushinteger(L, h.start);
-    if (luamp_decode(L, u->buf.data + off, u->buf.len - off, 0) != 0) {
-        luamp_buf_trim(&u->buf);
-        return undecodable(L, w.seq);
-    }
-    luamp_collect_for(L, u->buf.len);
-    luamp_buf_trim(&u->buf);
-    lua_pushinteger(L, h.count);
-    lua_pushinteger(L, (lua_Integer)w.seq);
-    return 9;
+    return push_task(L, u, w.seq, 3);
 }
 
 /* Appends the value at idx (0, nil or false: nothing) to u->buf; its
@@ -427,6 +435,34 @@ static int q_put_result(lua_State *L)
     return put_result_msg(L, u, &h, 8, 9, 0);
 }
 
+/* Puts an apply task's outcome: ok and the nvals stack values from
+ * `first` (its results), or not ok and the value at `first` (its
+ * error).  Pushes true, or nil and why it cannot be encoded. */
+static int send_apply(lua_State *L, queue *u, const struct task_hdr *t, uint64_t seq,
+                      lua_Integer pid, double t0, int ok, int first, int nvals)
+{
+    struct result_hdr h;
+    memset(&h, 0, sizeof h);
+    h.jobid = t->jobid;
+    h.seq = (int64_t)seq;
+    h.pid = pid;
+    h.elapsed = luamp_now() - t0;
+    h.start = 1;
+    h.count = 1;
+    h.apply = 1;
+    if (ok) {
+        h.nres = nvals;
+        return put_result_msg(L, u, &h, 0, 0, first);
+    }
+    lua_createtable(L, 1, 0);
+    if (nvals > 0)
+        lua_pushvalue(L, first);
+    else
+        lua_pushnil(L);
+    lua_rawseti(L, -2, 1);
+    return put_result_msg(L, u, &h, 0, lua_gettop(L), 0);
+}
+
 /* q:put_apply(jobid, seq, pid, t0, ok, ...): an apply task's outcome
  * straight from xpcall: its results, or (ok false) its error; t0 is when
  * it started (core.now()).
@@ -434,27 +470,93 @@ static int q_put_result(lua_State *L)
 static int q_put_apply(lua_State *L)
 {
     queue *u = open_queue(L, "put");
-    struct result_hdr h;
-    memset(&h, 0, sizeof h);
-    h.jobid = luaL_checkinteger(L, 2);
-    h.seq = luaL_checkinteger(L, 3);
-    h.pid = luaL_checkinteger(L, 4);
-    h.elapsed = luamp_now() - luaL_checknumber(L, 5);
-    h.start = 1;
-    h.count = 1;
-    h.apply = 1;
+    struct task_hdr t = { .jobid = luaL_checkinteger(L, 2) };
+    uint64_t seq = (uint64_t)luaL_checkinteger(L, 3);
+    lua_Integer pid = luaL_checkinteger(L, 4);
+    double t0 = luaL_checknumber(L, 5);
     int top = lua_gettop(L);
-    if (lua_toboolean(L, 6)) {
-        h.nres = top > 6 ? top - 6 : 0;
-        return put_result_msg(L, u, &h, 0, 0, 7);
+    return send_apply(L, u, &t, seq, pid, t0, lua_toboolean(L, 6), 7, top > 6 ? top - 6 : 0);
+}
+
+/*
+ * tq:serve(slot, fcache, rq, handler, pid): a worker's loop, in C for
+ * the tasks that need nothing else: apply tasks whose function is in
+ * fcache.  Each runs as xpcall(f, handler, unpack(args)) would, and its
+ * outcome goes to rq as put_apply's; an outcome that cannot be sent goes
+ * as an error instead: {message = why, serialize = true} for results,
+ * {message =, traceback =} of the error for an error.  Returns what
+ * get_task would for the first other task (or when the queue closes).
+ * This is most of what a worker does per task, and every task that
+ * stays in C spares the worker a return to Lua with nine values, an
+ * args table, xpcall and unpack there.
+ */
+static int q_serve(lua_State *L)
+{
+    queue *u = check_queue(L);
+    shmq_wait w = { .claim = opt_slot(L, 2) };
+    luaL_checktype(L, 3, LUA_TTABLE);
+    queue *r = luaL_checkudata(L, 4, LUAMP_QUEUE_MT);
+    luaL_checktype(L, 5, LUA_TFUNCTION);
+    lua_Integer pid = luaL_checkinteger(L, 6);
+    lua_settop(L, 6);
+    if (r->closed || r->q == NULL)
+        return luaL_argerror(L, 4, "an open queue expected");
+    for (;;) {
+        int n = wait_message(L, u, -1, 0, &w);
+        if (n)
+            return n;
+        struct task_hdr h = { 0 };
+        if (u->buf.len >= sizeof h)
+            memcpy(&h, u->buf.data, sizeof h);
+        if (u->buf.len < sizeof h || u->buf.len - sizeof h < h.flen || h.kind != 0
+            || lua_rawgeti(L, 3, h.fid) != LUA_TFUNCTION) {
+            lua_settop(L, 6);
+            return push_task(L, u, w.seq, 3);
+        }
+        /* stack: 7 f, 8 args */
+        size_t off = sizeof h + h.flen;
+        lua_Integer nargs = -1;
+        if (luamp_decode(L, u->buf.data + off, u->buf.len - off, 0) == 0 && lua_istable(L, 8)) {
+            lua_pushliteral(L, "n");
+            if (lua_rawget(L, 8) == LUA_TNUMBER && lua_isinteger(L, -1))
+                nargs = lua_tointeger(L, -1);
+            else
+                nargs = (lua_Integer)lua_rawlen(L, 8);
+            lua_pop(L, 1);
+        }
+        if (nargs < 0 || nargs > 250 || !lua_checkstack(L, (int)nargs + 8)) {
+            lua_settop(L, 6);   /* the Lua loop runs it, or says what is wrong */
+            return push_task(L, u, w.seq, 3);
+        }
+        luamp_collect_for(L, u->buf.len);
+        luamp_buf_trim(&u->buf);
+        lua_pushvalue(L, 5);          /* 9: handler */
+        lua_pushvalue(L, 7);          /* 10: f */
+        for (lua_Integer i = 1; i <= nargs; i++)
+            lua_rawgeti(L, 8, i);
+        double t0 = luamp_now();
+        int ok = lua_pcall(L, (int)nargs, LUA_MULTRET, 9) == LUA_OK;
+        int nvals = lua_gettop(L) - 9;
+        if (send_apply(L, r, &h, w.seq, pid, t0, ok, 10, nvals) != 1) {
+            /* nil, why: send an error instead */
+            int why = lua_gettop(L);
+            lua_createtable(L, 0, 2);
+            if (ok) {
+                lua_pushvalue(L, why);
+                lua_setfield(L, -2, "message");
+                lua_pushboolean(L, 1);
+                lua_setfield(L, -2, "serialize");
+            } else if (lua_istable(L, 10)) {
+                lua_getfield(L, 10, "message");
+                lua_setfield(L, -2, "message");
+                lua_getfield(L, 10, "traceback");
+                lua_setfield(L, -2, "traceback");
+            }
+            if (send_apply(L, r, &h, w.seq, pid, t0, 0, lua_gettop(L), 1) != 1)
+                return luaL_error(L, "cannot send a task's outcome: %s", lua_tostring(L, -1));
+        }
+        lua_settop(L, 6);
     }
-    lua_createtable(L, 1, 0);
-    if (top >= 7)
-        lua_pushvalue(L, 7);
-    else
-        lua_pushnil(L);
-    lua_rawseti(L, -2, 1);
-    return put_result_msg(L, u, &h, 0, top + 1, 0);
 }
 
 /* Pushes the 10 values after `true` of a get_result for the message in
@@ -700,6 +802,7 @@ void luamp_open_queue(lua_State *L)
         {"get_nowait", q_get_nowait},
         {"put_task", q_put_task},
         {"get_task", q_get_task},
+        {"serve", q_serve},
         {"put_result", q_put_result},
         {"put_apply", q_put_apply},
         {"get_result", q_get_result},

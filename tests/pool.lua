@@ -102,6 +102,38 @@ do
     "error object is a table", "an error value that cannot travel still fails the task")
   t.is(type(e6.value), "string", "an error value that cannot travel degrades to its description")
 
+  -- Once a worker knows a function, its apply tasks run in C (queue.c,
+  -- q_serve): the same outcomes, however they end.
+  do
+    local p1 <close> = mp.Pool(1)
+    local function outcome(kind, ...)
+      if kind == "error" then error("boom") end
+      if kind == "table error" then error({code = 7}) end
+      if kind == "unsendable" then return 1, coroutine.create(print) end
+      if kind == "unsendable error" then error({co = coroutine.create(print)}) end
+      if kind == "count" then return select("#", ...), ... end
+      if kind == "self" then local x = ...; return rawequal(x[2], x) end
+      return kind
+    end
+    t.is(p1:apply(outcome, {"warm"}), "warm", "a function the worker then knows")
+    t.is(p1:apply(outcome, {"again"}), "again", "run again")
+    local e = t.raises(function() p1:apply(outcome, {"error"}) end, "boom", "its error")
+    t.like(e.traceback or "", "remote traceback", "with the remote traceback")
+    local e1 = t.raises(function() p1:apply(outcome, {"table error"}) end, "error object", "a table error")
+    t.same(e1.value, {code = 7}, "its table error value")
+    t.raises(function() p1:apply(outcome, {"unsendable"}) end, "cannot send result%[2%]: a coroutine",
+      "an unsendable result names it")
+    local e2 = t.raises(function() p1:apply(outcome, {"unsendable error"}) end, "error object is a table",
+      "an unsendable error value still fails the task")
+    t.is(type(e2.value), "string", "and degrades to its description")
+    t.same({p1:apply(outcome, {"count", 1, nil, 3, n = 4})}, {3, 1, nil, 3}, "args.n counts the arguments, holes too")
+    t.same({p1:apply(outcome, {"count"})}, {0}, "no arguments after kind")
+    local a = {"self"}
+    a[2] = a
+    t.is(p1:apply(outcome, a), true, "args that refer to the args table itself")
+    t.is(p1:apply(outcome, {"after"}), "after", "the worker goes on")
+  end
+
   -- automatic chunksize batches small tasks: 800 items on 2 workers go in
   -- chunks of 100, each run by one worker from start to end
   local pids = pool:map_async(function() return mp.current_process().pid end, (function()
