@@ -263,7 +263,7 @@ local MAX_CACHED_FUNCTIONS = 256
 -- Runs a map-like task; returns results (a sequence, holes allowed) and
 -- errors by position (or false).
 local function run_chunk(f, kind, items, count)
-  local results, errs = {}, false
+  local results, errs = core.table(count), false
   local pos = 1
   local body
   if kind == "map" then
@@ -1006,7 +1006,8 @@ function Pool:_start_map(fname, kind, f, items, opts, probe)
   opts = check_opts(opts, 3, fname)
   local n = items.n or #items
   local job = new_job(self, kind, opts, fname, f, n)
-  job.results = { n = n }
+  job.results = core.table(math.min(n, 1 << 26), 1)   -- (filled at once: no growing)
+  job.results.n = n
   if opts.progress then job.progress = progress_bar(job) end
   local plain = getmetatable(items) == nil
   self._sinks[job.id] = job.results
