@@ -647,8 +647,8 @@ function Pool:_handle(jobid, start, count, results, errs, elapsed, pid, seq, nre
   self:_complete(job, start, count, results or {}, errors, nres)
 end
 
--- n apply tasks were settled by get_result itself (see queue.c,
--- settle_apply), in `elapsed` seconds in all.
+-- n items (apply tasks, map items) were settled by get_result itself
+-- (see queue.c, settle_apply and settle_map), in `elapsed` seconds in all.
 function Pool:_settled(n, elapsed)
   self._early_deaths = 0
   local cost = elapsed / n
@@ -752,19 +752,19 @@ function Pool:_pump(deadline)
     local dl = self:_check_deadlines()
     if dl and (not wait_until or dl < wait_until) then wait_until = dl end
   end
-  local sinks, inflight = self._sinks, self._inflight
-  local got, a, b, c, d, e, f, g, h, i, j = rq:get_result(remaining(wait_until), self._workers, sinks, inflight)
+  local sinks, inflight, jobs = self._sinks, self._inflight, self._jobs
+  local got, a, b, c, d, e, f, g, h, i, j = rq:get_result(remaining(wait_until), self._workers, sinks, inflight, jobs)
   if got or a == "settled" then
     repeat
       if got then self:_handle(a, b, c, d, e, f, g, h, i, j) else self:_settled(b, c) end
-      got, a, b, c, d, e, f, g, h, i, j = rq:get_result(0, nil, sinks, inflight)
+      got, a, b, c, d, e, f, g, h, i, j = rq:get_result(0, nil, sinks, inflight, jobs)
     until not got and a ~= "settled"
     return true
   end
   if a == "event" then
     local w = b
     repeat                           -- what the worker put before it died
-      got, a, b, c, d, e, f, g, h, i, j = rq:get_result(0, nil, sinks, inflight)
+      got, a, b, c, d, e, f, g, h, i, j = rq:get_result(0, nil, sinks, inflight, jobs)
       if got then self:_handle(a, b, c, d, e, f, g, h, i, j) elseif a == "settled" then self:_settled(b, c) end
     until not got and a ~= "settled"
     self:_reap(w)

@@ -644,17 +644,72 @@ static int settle_apply(lua_State *L, queue *u, const struct result_hdr *h, int 
     return done;
 }
 
+/* The integer t.k (t a stack index), not looking at t's metatable; 0 if
+ * it is not one. */
+static lua_Integer raw_int(lua_State *L, int t, const char *k)
+{
+    lua_pushstring(L, k);
+    lua_rawget(L, t);
+    lua_Integer v = lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    return v;
+}
+
 /*
- * q:get_result(timeout, waitables [, sinks [, inflight]])
+ * Settles a chunk of a map job here, as Pool:_handle would in Lua, when
+ * nothing else needs doing: no item failed, the task is inflight[seq] =
+ * {job = job, ...} without a timeout, and the job is a plain map (not
+ * imap: no chunks, no source; no progress bar, no callbacks, not
+ * probing).  Its results are decoded into sinks[jobid] at their indexes;
+ * job.done and job.inflight are counted; at the last chunk the job is
+ * finished and leaves jobs and sinks.  Returns 1 settled, 0 not for here
+ * (nothing changed).
+ */
+static int settle_map(lua_State *L, queue *u, const struct result_hdr *h, int sinks, int inflight, int jobs)
+{
+    if (h->apply || h->jobid <= 0 || h->elen != 0 || h->rlen == 0 || h->count <= 0
+        || !inflight || !sinks || !jobs)
+        return 0;
+    int top = lua_gettop(L), rec = top + 1, job = top + 2, sink = top + 3, done = 0;
+    luaL_checkstack(L, 6, NULL);
+    if (lua_rawgeti(L, inflight, h->seq) == LUA_TTABLE && raw_nil(L, rec, "timeout")
+        && lua_getfield(L, rec, "job") == LUA_TTABLE
+        && raw_nil(L, job, "chunks") && raw_nil(L, job, "source") && raw_nil(L, job, "progress")
+        && raw_nil(L, job, "probing") && raw_nil(L, job, "callback") && raw_nil(L, job, "error_callback")
+        && lua_rawgeti(L, sinks, h->jobid) == LUA_TTABLE
+        && luamp_decode_into(L, u->buf.data + sizeof *h, h->rlen, 0, sink, h->start - 1) == 0) {
+        lua_Integer ndone = raw_int(L, job, "done") + h->count;
+        lua_pushinteger(L, ndone);
+        lua_setfield(L, job, "done");
+        lua_pushinteger(L, raw_int(L, job, "inflight") - 1);
+        lua_setfield(L, job, "inflight");
+        lua_pushnil(L);
+        lua_rawseti(L, inflight, h->seq);
+        if (ndone == raw_int(L, job, "total")) {
+            lua_pushboolean(L, 1);
+            lua_setfield(L, job, "finished");
+            lua_pushnil(L);
+            lua_rawseti(L, jobs, h->jobid);
+            lua_pushnil(L);
+            lua_rawseti(L, sinks, h->jobid);
+        }
+        done = 1;
+    }
+    lua_settop(L, top);
+    return done;
+}
+
+/*
+ * q:get_result(timeout, waitables [, sinks [, inflight [, jobs]]])
  *   -> true, jobid, start, count, results, errs, elapsed, pid, seq, nres,
  *      rlen (the results' encoded size)
- *    | false, "settled", n, elapsed (the sum over those n)
+ *    | false, "settled", n (items), elapsed (the sum over their tasks)
  *    | false, "event", i | false, "timeout" | false, "closed".
  * A result that cannot be decoded here comes with results false and errs
  * the reason.  When sinks[jobid] is a table (inflight[seq] for an apply
  * task), the results go straight into it at their indexes (start, start +
- * 1, ...) and results is true.  Given inflight, the apply results
- * settle_apply can
+ * 1, ...) and results is true.  Given inflight (and jobs), the results
+ * settle_apply (and settle_map) can
  * settle are settled here, as many in a row as are waiting: "settled"
  * says how many, once no more are waiting or the next needs Lua (that one
  * is held for the next call).
@@ -662,9 +717,10 @@ static int settle_apply(lua_State *L, queue *u, const struct result_hdr *h, int 
 static int q_get_result(lua_State *L)
 {
     queue *u = check_queue(L);
-    lua_settop(L, 5);
+    lua_settop(L, 6);
     int sinks = lua_istable(L, 4) ? 4 : 0;
     int inflight = lua_istable(L, 5) ? 5 : 0;
+    int jobs = lua_istable(L, 6) ? 6 : 0;
     double deadline = luamp_opt_deadline(L, 2);
     lua_Integer settled = 0;
     double elapsed = 0;
@@ -689,8 +745,8 @@ static int q_get_result(lua_State *L)
             luamp_buf_trim(&u->buf);
             return luaL_error(L, "malformed result message");
         }
-        if (settle_apply(L, u, &h, inflight)) {
-            settled++;
+        if (h.apply ? settle_apply(L, u, &h, inflight) : settle_map(L, u, &h, sinks, inflight, jobs)) {
+            settled += h.count;
             elapsed += h.elapsed;
             luamp_collect_for(L, u->buf.len);
             continue;

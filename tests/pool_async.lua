@@ -132,4 +132,33 @@ do
     "its cost sizes later chunks")
 end
 
+-- Chunks of a plain map are settled in C too (settle_map); jobs that need
+-- Lua (callbacks, imap, errors) still get theirs.
+do
+  local pool <close> = mp.Pool(2)
+  local xs = {}
+  for i = 1, 200 do xs[i] = i end
+  local got
+  local a = pool:map_async(square, xs, 7)
+  local b = pool:map_async(square, xs, {chunksize = 5, callback = function(r) got = r end})
+  local c = pool:map_async(function(x) if x == 150 then error("bad item") end return x end, xs, 3)
+  local it = pool:imap(square, xs, 4)
+  local ra = a:get(10)
+  local ok = ra.n == 200
+  for i = 1, 200 do ok = ok and ra[i] == i * i end
+  t.ok(ok, "a map settled in C has every result in place")
+  b:wait(10)
+  t.ok(got and got[200] == 40000 and got.n == 200, "a map with a callback gets its results")
+  t.raises(function() c:get(10) end, "bad item", "a map with a failing item raises it")
+  local sum = 0
+  for _, v in it do sum = sum + v end
+  t.is(sum, 2686700, "imap alongside sees every result")
+  t.is(next(pool._jobs), nil, "no job is left in the books")
+  t.is(next(pool._inflight), nil, "no task is left in flight")
+  -- the cost of items settled in C sizes later chunks
+  pool._cost = nil
+  pool:map(function(x) mp._sleep(0.03) return x end, {1, 2, 3, 4}, 1)
+  t.is(pool:map_async(square, xs).chunksize, 1, "slow map items make later chunks small")
+end
+
 t.done()
