@@ -350,14 +350,14 @@ local function worker_main(pool, index, slot)
   local fcache, ncached = {}, 0
   local left = pool._maxtasks
   while true do
-    -- tq:serve runs apply tasks of known functions in C, and returns the
-    -- first other task as get_task does (it does not count tasks: with
+    -- tq:serve runs apply tasks and small map chunks of known functions
+    -- in C, and returns the first other task as get_task does (it does not count tasks: with
     -- maxtasksperchild, every task comes here)
     local got, jobid, fid, f, kind, start, items, count, seq
     if left then
       got, jobid, fid, f, kind, start, items, count, seq = tq:get_task(slot, fcache)
     else
-      got, jobid, fid, f, kind, start, items, count, seq = tq:serve(slot, fcache, rq, traceback_handler, pid)
+      got, jobid, fid, f, kind, start, items, count, seq = tq:serve(slot, fcache, rq, traceback_handler, pid, put_result)
     end
     if not got then
       if jobid ~= "undecodable" then core._exit(0) end   -- the pool was closed

@@ -478,17 +478,70 @@ static int q_put_apply(lua_State *L)
     return send_apply(L, u, &t, seq, pid, t0, lua_toboolean(L, 6), 7, top > 6 ? top - 6 : 0);
 }
 
+/* Largest map chunk serve runs in C.  Each item there costs a
+ * lua_pcall; Lua's run_chunk runs a whole chunk in one xpcall and calls
+ * f from Lua, cheaper per item once chunks are big. */
+#define SERVE_MAP_MAX 16
+
+/* Runs a map chunk (stack: 7 f, 8 items) as run_chunk in luamp.lua does,
+ * each item in a protected call with the handler at 5, and sends its
+ * results and errors; when they cannot be sent, put_result (at 6)
+ * sends what can be. */
+static void serve_map(lua_State *L, queue *r, const struct task_hdr *t, uint64_t seq, lua_Integer pid)
+{
+    lua_createtable(L, (int)t->count, 0);      /* 9: results */
+    lua_pushnil(L);                            /* 10: errors, once one fails */
+    double t0 = luamp_now();
+    for (lua_Integer i = 1; i <= t->count; i++) {
+        lua_pushvalue(L, 7);
+        lua_rawgeti(L, 8, i);
+        if (lua_pcall(L, 1, 1, 5) == LUA_OK) {
+            lua_rawseti(L, 9, i);
+        } else {
+            if (lua_isnil(L, 10)) {
+                lua_newtable(L);
+                lua_replace(L, 10);
+            }
+            lua_rawseti(L, 10, i);
+        }
+    }
+    struct result_hdr h;
+    memset(&h, 0, sizeof h);
+    h.jobid = t->jobid;
+    h.start = t->start;
+    h.count = t->count;
+    h.seq = (int64_t)seq;
+    h.pid = pid;
+    h.elapsed = luamp_now() - t0;
+    if (put_result_msg(L, r, &h, 9, lua_isnil(L, 10) ? 0 : 10, 0) == 1)
+        return;
+    lua_settop(L, 10);
+    lua_pushvalue(L, 6);
+    lua_pushvalue(L, 4);
+    lua_pushinteger(L, h.jobid);
+    lua_pushinteger(L, h.start);
+    lua_pushinteger(L, h.count);
+    lua_pushinteger(L, h.seq);
+    lua_pushinteger(L, h.pid);
+    lua_pushnumber(L, h.elapsed);
+    lua_pushvalue(L, 9);
+    lua_pushvalue(L, 10);
+    lua_call(L, 9, 0);
+}
+
 /*
- * tq:serve(slot, fcache, rq, handler, pid): a worker's loop, in C for
- * the tasks that need nothing else: apply tasks whose function is in
- * fcache.  Each runs as xpcall(f, handler, unpack(args)) would, and its
- * outcome goes to rq as put_apply's; an outcome that cannot be sent goes
- * as an error instead: {message = why, serialize = true} for results,
- * {message =, traceback =} of the error for an error.  Returns what
- * get_task would for the first other task (or when the queue closes).
- * This is most of what a worker does per task, and every task that
- * stays in C spares the worker a return to Lua with nine values, an
- * args table, xpcall and unpack there.
+ * tq:serve(slot, fcache, rq, handler, pid, put_result): a worker's loop,
+ * in C for the tasks that need nothing else: apply tasks, and map chunks
+ * of up to SERVE_MAP_MAX items, whose function is in fcache.  An apply
+ * runs as xpcall(f, handler, unpack(args)) would, and its outcome goes to
+ * rq as put_apply's; an outcome that cannot be sent goes as an error
+ * instead: {message = why, serialize = true} for results, {message =,
+ * traceback =} of the error for an error.  A map chunk runs as run_chunk
+ * in luamp.lua; the Lua put_result sends what it can when its results
+ * cannot all be sent.  Returns what get_task would for the first other
+ * task (or when the queue closes).  This is most of what a worker does
+ * per small task, and every task that stays in C spares the worker a
+ * return to Lua with nine values, an args table, xpcall and unpack there.
  */
 static int q_serve(lua_State *L)
 {
@@ -498,7 +551,9 @@ static int q_serve(lua_State *L)
     queue *r = luaL_checkudata(L, 4, LUAMP_QUEUE_MT);
     luaL_checktype(L, 5, LUA_TFUNCTION);
     lua_Integer pid = luaL_checkinteger(L, 6);
-    lua_settop(L, 6);
+    luaL_checktype(L, 7, LUA_TFUNCTION);
+    lua_settop(L, 7);
+    lua_remove(L, 6);          /* 6: put_result (pid is kept in C) */
     if (r->closed || r->q == NULL)
         return luaL_argerror(L, 4, "an open queue expected");
     for (;;) {
@@ -508,10 +563,23 @@ static int q_serve(lua_State *L)
         struct task_hdr h = { 0 };
         if (u->buf.len >= sizeof h)
             memcpy(&h, u->buf.data, sizeof h);
-        if (u->buf.len < sizeof h || u->buf.len - sizeof h < h.flen || h.kind != 0
+        if (u->buf.len < sizeof h || u->buf.len - sizeof h < h.flen
+            || !(h.kind == 0 || (h.kind == 1 && h.count >= 1 && h.count <= SERVE_MAP_MAX))
             || lua_rawgeti(L, 3, h.fid) != LUA_TFUNCTION) {
             lua_settop(L, 6);
             return push_task(L, u, w.seq, 3);
+        }
+        if (h.kind == 1) {
+            size_t off = sizeof h + h.flen;
+            if (luamp_decode(L, u->buf.data + off, u->buf.len - off, 0) != 0 || !lua_istable(L, 8)) {
+                lua_settop(L, 6);
+                return push_task(L, u, w.seq, 3);   /* (which says why) */
+            }
+            luamp_collect_for(L, u->buf.len);
+            luamp_buf_trim(&u->buf);
+            serve_map(L, r, &h, w.seq, pid);
+            lua_settop(L, 6);
+            continue;
         }
         /* stack: 7 f, 8 args */
         size_t off = sizeof h + h.flen;

@@ -132,6 +132,26 @@ do
     a[2] = a
     t.is(p1:apply(outcome, a), true, "args that refer to the args table itself")
     t.is(p1:apply(outcome, {"after"}), "after", "the worker goes on")
+
+    -- small map chunks of a known function run in C as well
+    local function item(x)
+      if x == 3 then error("three") end
+      if x == 5 then return coroutine.create(print) end
+      if x == 7 then return nil end
+      return x * 2
+    end
+    t.same(p1:map(item, {1, 2}, 1), {2, 4, n = 2}, "a map chunk of a function the worker knows")
+    t.same(p1:map(item, {1, 2, 4, 6}, 2), {2, 4, 8, 12, n = 4}, "chunks of two")
+    local r7 = p1:map(item, {6, 7, 8}, 3)
+    t.ok(r7.n == 3 and r7[1] == 12 and r7[2] == nil and r7[3] == 16, "a nil result leaves a hole")
+    t.raises(function() p1:map(item, {1, 2, 3, 4}, 2) end, "three", "a failing item raises its error")
+    local e5 = t.raises(function() p1:map(item, {4, 5, 6}, 3) end, "cannot send result%[2%]: a coroutine",
+      "an unsendable item result names its index")
+    t.ok(mp.Error.is(e5, "serialize"), "and has kind serialize")
+    local a = p1:map_async(item, {1, 3, 4, 5}, 4)
+    a:wait(5)
+    t.raises(function() a:get() end, "three", "a chunk with a failing and an unsendable item fails at the first")
+    t.same(p1:map(item, {8}, 1), {16, n = 1}, "the worker goes on after them")
   end
 
   -- automatic chunksize batches small tasks: 800 items on 2 workers go in
