@@ -672,13 +672,31 @@ static int push_result(lua_State *L, queue *u, const struct result_hdr *h, int s
     return 10;
 }
 
-/* Is t[k] (t a stack index) nil, not looking at t's metatable? */
-static int raw_nil(lua_State *L, int t, const char *k)
+/* The fields of a Pool's jobs that get_result reads and writes: its
+ * upvalues 2, 3, ... hold these names as strings, so that no field access
+ * there has to look a C string up (upvalue 1 is the metatable). */
+enum { K_CALLBACK = 2, K_TIMEOUT, K_JOB, K_CHUNKS, K_SOURCE, K_PROGRESS, K_PROBING,
+       K_ERROR_CALLBACK, K_DONE, K_INFLIGHT, K_TOTAL, K_FINISHED, K_END };
+static const char *const job_keys[] = { "callback", "timeout", "job", "chunks", "source",
+    "progress", "probing", "error_callback", "done", "inflight", "total", "finished" };
+_Static_assert(sizeof job_keys / sizeof *job_keys == K_END - K_CALLBACK, "a name for every K_ key");
+
+/* Is t[k] (t a stack index, k a K_ key) nil, not looking at t's
+ * metatable? */
+static int raw_nil(lua_State *L, int t, int k)
 {
-    lua_pushstring(L, k);
+    lua_pushvalue(L, lua_upvalueindex(k));
     int r = lua_rawget(L, t) == LUA_TNIL;
     lua_pop(L, 1);
     return r;
+}
+
+/* t[k] = the value on top (popped), raw. */
+static void raw_set(lua_State *L, int t, int k)
+{
+    lua_pushvalue(L, lua_upvalueindex(k));
+    lua_insert(L, -2);
+    lua_rawset(L, t);
 }
 
 /*
@@ -698,10 +716,10 @@ static int settle_apply(lua_State *L, queue *u, const struct result_hdr *h, int 
     int top = lua_gettop(L), job = top + 1, done = 0;
     luaL_checkstack(L, 4, NULL);
     if (lua_rawgeti(L, inflight, h->seq) == LUA_TTABLE
-        && raw_nil(L, job, "callback") && raw_nil(L, job, "timeout")
+        && raw_nil(L, job, K_CALLBACK) && raw_nil(L, job, K_TIMEOUT)
         && luamp_decode_into(L, u->buf.data + sizeof *h, h->rlen, 0, job, 0) == 0) {
         lua_pushinteger(L, h->nres);
-        lua_setfield(L, job, "finished");
+        raw_set(L, job, K_FINISHED);
         lua_pushnil(L);
         lua_rawseti(L, inflight, h->seq);
         done = 1;
@@ -712,11 +730,11 @@ static int settle_apply(lua_State *L, queue *u, const struct result_hdr *h, int 
     return done;
 }
 
-/* The integer t.k (t a stack index), not looking at t's metatable; 0 if
- * it is not one. */
-static lua_Integer raw_int(lua_State *L, int t, const char *k)
+/* The integer t[k] (t a stack index, k a K_ key), not looking at t's
+ * metatable; 0 if it is not one. */
+static lua_Integer raw_int(lua_State *L, int t, int k)
 {
-    lua_pushstring(L, k);
+    lua_pushvalue(L, lua_upvalueindex(k));
     lua_rawget(L, t);
     lua_Integer v = lua_tointeger(L, -1);
     lua_pop(L, 1);
@@ -740,22 +758,22 @@ static int settle_map(lua_State *L, queue *u, const struct result_hdr *h, int si
         return 0;
     int top = lua_gettop(L), rec = top + 1, job = top + 2, sink = top + 3, done = 0;
     luaL_checkstack(L, 6, NULL);
-    if (lua_rawgeti(L, inflight, h->seq) == LUA_TTABLE && raw_nil(L, rec, "timeout")
-        && lua_getfield(L, rec, "job") == LUA_TTABLE
-        && raw_nil(L, job, "chunks") && raw_nil(L, job, "source") && raw_nil(L, job, "progress")
-        && raw_nil(L, job, "probing") && raw_nil(L, job, "callback") && raw_nil(L, job, "error_callback")
+    if (lua_rawgeti(L, inflight, h->seq) == LUA_TTABLE && raw_nil(L, rec, K_TIMEOUT)
+        && (lua_pushvalue(L, lua_upvalueindex(K_JOB)), lua_rawget(L, rec) == LUA_TTABLE)
+        && raw_nil(L, job, K_CHUNKS) && raw_nil(L, job, K_SOURCE) && raw_nil(L, job, K_PROGRESS)
+        && raw_nil(L, job, K_PROBING) && raw_nil(L, job, K_CALLBACK) && raw_nil(L, job, K_ERROR_CALLBACK)
         && lua_rawgeti(L, sinks, h->jobid) == LUA_TTABLE
         && luamp_decode_into(L, u->buf.data + sizeof *h, h->rlen, 0, sink, h->start - 1) == 0) {
-        lua_Integer ndone = raw_int(L, job, "done") + h->count;
+        lua_Integer ndone = raw_int(L, job, K_DONE) + h->count;
         lua_pushinteger(L, ndone);
-        lua_setfield(L, job, "done");
-        lua_pushinteger(L, raw_int(L, job, "inflight") - 1);
-        lua_setfield(L, job, "inflight");
+        raw_set(L, job, K_DONE);
+        lua_pushinteger(L, raw_int(L, job, K_INFLIGHT) - 1);
+        raw_set(L, job, K_INFLIGHT);
         lua_pushnil(L);
         lua_rawseti(L, inflight, h->seq);
-        if (ndone == raw_int(L, job, "total")) {
+        if (ndone == raw_int(L, job, K_TOTAL)) {
             lua_pushboolean(L, 1);
-            lua_setfield(L, job, "finished");
+            raw_set(L, job, K_FINISHED);
             lua_pushnil(L);
             lua_rawseti(L, jobs, h->jobid);
             lua_pushnil(L);
@@ -929,7 +947,6 @@ void luamp_open_queue(lua_State *L)
         {"serve", q_serve},
         {"put_result", q_put_result},
         {"put_apply", q_put_apply},
-        {"get_result", q_get_result},
         {"claim", q_claim},
         {"release", q_release},
         {"destroy", q_destroy},
@@ -952,6 +969,11 @@ void luamp_open_queue(lua_State *L)
         luaL_newlibtable(L, methods);
         lua_pushvalue(L, -2);
         luaL_setfuncs(L, methods, 1);
+        lua_pushvalue(L, -2);
+        for (int k = K_CALLBACK; k < K_END; k++)
+            lua_pushstring(L, job_keys[k - K_CALLBACK]);
+        lua_pushcclosure(L, q_get_result, K_END - 1);
+        lua_setfield(L, -2, "get_result");
         lua_setfield(L, -2, "__index");
     }
     lua_pushcclosure(L, new_queue, 1);
