@@ -337,17 +337,27 @@ workload("pipe_pingpong", function(o)
   return O("n", n, "seconds", dt, "per_op_us", dt / n * 1e6)
 end)
 
+-- cpu_speedup and its ceiling: serial and parallel timings alternate
+-- CPU_ROUNDS times and each keeps its fastest, on every side alike (the
+-- Python side does the same): a shared VM's speed drifts within seconds,
+-- and one slow phase otherwise decides the ratio.
+local CPU_ROUNDS = 3
+
 local function cpu_speedup(n, nproc)
   local items = {}
   for i = 1, 8 do items[i] = n end
-  local t0 = now()
-  local serial = {}
-  for i = 1, 8 do serial[i] = cpu_task(items[i]) end
-  local ts = now() - t0
   local pool = warm_pool(nproc)
-  t0 = now()
-  local par = pool:map(cpu_task, items)
-  local tp = now() - t0
+  local ts, tp = math.huge, math.huge
+  local serial, par
+  for _ = 1, CPU_ROUNDS do
+    local t0 = now()
+    serial = {}
+    for i = 1, 8 do serial[i] = cpu_task(items[i]) end
+    ts = math.min(ts, now() - t0)
+    t0 = now()
+    par = pool:map(cpu_task, items)
+    tp = math.min(tp, now() - t0)
+  end
   done(pool)
   for i = 1, 8 do assert(par[i] == serial[i], "wrong result") end
   local sp = ts / tp
@@ -368,19 +378,22 @@ end
 
 workload("cpu_ceiling", function(o)
   local n, nproc = o.n or 3000000, o.workers or 2
-  local t0 = now()
-  loops(n, 8)
-  local ts = now() - t0
-  local procs = {}
-  for w = 1, nproc do
-    local k = 8 // nproc + (w <= 8 % nproc and 1 or 0)
-    procs[w] = mp.Process{ target = loops, args = { n, k } }
+  local ts, tp = math.huge, math.huge
+  for _ = 1, CPU_ROUNDS do
+    local t0 = now()
+    loops(n, 8)
+    ts = math.min(ts, now() - t0)
+    local procs = {}
+    for w = 1, nproc do
+      local k = 8 // nproc + (w <= 8 % nproc and 1 or 0)
+      procs[w] = mp.Process{ target = loops, args = { n, k } }
+    end
+    t0 = now()
+    for _, p in ipairs(procs) do p:start() end
+    for _, p in ipairs(procs) do p:join() end
+    tp = math.min(tp, now() - t0)
+    for _, p in ipairs(procs) do assert(p.exitcode == 0, "loop process failed") end
   end
-  t0 = now()
-  for _, p in ipairs(procs) do p:start() end
-  for _, p in ipairs(procs) do p:join() end
-  local tp = now() - t0
-  for _, p in ipairs(procs) do assert(p.exitcode == 0, "loop process failed") end
   local sp = ts / tp
   return O("n", n, "items", 8, "workers", nproc, "seconds", tp, "serial_s", ts, "parallel_s", tp,
            "speedup", sp, "efficiency", sp / math.min(nproc, mp.cpu_count()))
