@@ -138,8 +138,13 @@ local function become_child(name)
   pools = setmetatable({}, { __mode = "k" })
 end
 
+-- An error as a task reports it; `level` 1 is the function that raised.
+local function error_info(e, level)
+  return { value = e, message = errmsg(e), traceback = debug.traceback(errmsg(e), level + 1) }
+end
+
 local function traceback_handler(e)
-  return { value = e, message = errmsg(e), traceback = debug.traceback(errmsg(e), 2) }
+  return error_info(e, 2)
 end
 
 --------------------------------------------------------------------------
@@ -261,33 +266,55 @@ mp._sleep = core.sleep
 local MAX_CACHED_FUNCTIONS = 256
 
 -- Runs a map-like task; returns results (a sequence, holes allowed) and
--- errors by position (or false).
+-- errors by position (or false).  One xpcall runs the chunk; when an
+-- item fails, the message handler finds which in the loop's frame (a
+-- position kept up to date per item cost as much as a cheap f), and the
+-- loop goes on after it.
 local function run_chunk(f, kind, items, count)
   local results, errs = core.table(count), false
   local pos = 1
   local body
   if kind == "map" then
     body = function()
-      for i = pos, count do pos = i; results[i] = f(items[i]) end
-      pos = count + 1
+      for i = pos, count do results[i] = f(items[i]) end
     end
   else
     body = function()
       for i = pos, count do
-        pos = i
         local a = items[i]
         results[i] = f(unpack(a, 1, a.n or #a))
       end
-      pos = count + 1
     end
   end
-  while pos <= count do
-    local ok, info = xpcall(body, traceback_handler)
-    if not ok then
-      errs = errs or {}
-      errs[pos] = info
-      pos = pos + 1
+  local failed
+  local function handler(e)
+    for level = 2, math.huge do
+      local info = debug.getinfo(level, "f")
+      if not info then break end
+      if info.func == body then
+        for k = 1, math.huge do
+          local name, v = debug.getlocal(level, k)
+          if name == nil then break end
+          if name == "i" then failed = v end
+        end
+        break
+      end
     end
+    return error_info(e, 2)
+  end
+  while pos <= count do
+    failed = nil
+    local ok, info = xpcall(body, handler)
+    if ok then break end
+    errs = errs or {}
+    if not failed then
+      -- (the handler itself failed: which item ran last is unknown, so
+      -- every item from pos fails rather than any running twice)
+      for k = pos, count do errs[k] = info end
+      break
+    end
+    errs[failed] = info
+    pos = failed + 1
   end
   return results, errs
 end

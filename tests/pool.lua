@@ -154,6 +154,27 @@ do
     t.same(p1:map(item, {8}, 1), {16, n = 1}, "the worker goes on after them")
   end
 
+  -- in a big chunk (run in Lua), failing items are found where they failed
+  do
+    local xs = {}
+    for i = 1, 100 do xs[i] = i end
+    local function picky(x) if x == 10 or x == 20 or x == 75 then error("no " .. x) end return -x end
+    local failed, ok = {}, true
+    local it = pool:imap(picky, xs, 50)
+    for k = 1, 100 do
+      local good, i, v = pcall(it)
+      if good then
+        ok = ok and v == -i
+      else
+        failed[#failed + 1] = tostring(i):match("no (%d+)")
+      end
+    end
+    t.same(failed, {"10", "20", "75"}, "each failing item of a 50-item chunk fails alone, in place")
+    t.ok(ok, "and every other item of it has its result")
+    local sm = pool:starmap_async(function(a, b) return a + b end, {{1, 2}, {3, 4}, {5}, {5, 6}}, 4)
+    t.raises(function() sm:get(5) end, "arithmetic on a nil value", "starmap: an item that fails raises")
+  end
+
   -- automatic chunksize batches small tasks: 800 items on 2 workers go in
   -- chunks of 100, each run by one worker from start to end
   local pids = pool:map_async(function() return mp.current_process().pid end, (function()
