@@ -1212,7 +1212,7 @@ static int fast_body(encoder *e, int depth)
             lua_Unsigned k = (lua_Unsigned)lua_tointeger(L, -2);
             map = k - 1 >= n || lua_rawgeti(L, t, (lua_Integer)i + 1) == LUA_TNIL;
         } else {
-            if (enc_value(e, depth + 1))
+            if (lua_isinteger(L, -1) ? put_int(e, (int64_t)lua_tointeger(L, -1)) : enc_value(e, depth + 1))
                 return -1;
             lua_pop(L, 1);
             i++;
@@ -1396,11 +1396,17 @@ static int enc_slice(encoder *e, int t)
     if (put_header(e, 0x90, (size_t)e->count))
         return -1;
     for (lua_Integer i = 0; i < e->count; i++) {
-        if (e->stack)
+        int type;
+        if (e->stack) {
             lua_pushvalue(L, t + (int)i);
-        else
-            lua_rawgeti(L, t, e->first + i);
-        if (enc_value(e, 2)) {
+            type = lua_type(L, -1);
+        } else {
+            type = lua_rawgeti(L, t, e->first + i);
+        }
+        if (type == LUA_TNUMBER && lua_isinteger(L, -1)) {   /* (the common case, inline) */
+            if (put_int(e, (int64_t)lua_tointeger(L, -1)))
+                return -1;
+        } else if (enc_value(e, 2)) {
             path_index(e, e->first + i);
             return -1;
         }
@@ -1587,6 +1593,27 @@ static uint64_t get_be(const unsigned char *p, int n)
 {
     uint64_t v = 0;
 
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    /* the widths MessagePack uses, as single loads (numbers and lengths
+     * of every big message go through here) */
+    switch (n) {
+    case 1:
+        return p[0];
+    case 2: {
+        uint16_t x;
+        memcpy(&x, p, 2);
+        return __builtin_bswap16(x);
+    }
+    case 4: {
+        uint32_t x;
+        memcpy(&x, p, 4);
+        return __builtin_bswap32(x);
+    }
+    case 8:
+        memcpy(&v, p, 8);
+        return __builtin_bswap64(v);
+    }
+#endif
     for (int i = 0; i < n; i++)
         v = (v << 8) | p[i];
     return v;
