@@ -394,6 +394,11 @@ static int put_result_msg(lua_State *L, queue *u, struct result_hdr *h, int ridx
     if (values) {
         bad = luamp_encode_values(L, values, (int)h->nres, "result", &u->buf) != 0;
         h->rlen = (uint32_t)(u->buf.len - sizeof *h);
+    } else if (!h->apply && h->count > 0 && ridx && lua_type(L, ridx) == LUA_TTABLE) {
+        /* a chunk's results, 1..count (nil ones too): as an array, read
+         * by index, whatever holes the table has */
+        bad = luamp_encode_slice(L, ridx, 1, h->count, "result", &u->buf) != 0;
+        h->rlen = (uint32_t)(u->buf.len - sizeof *h);
     } else {
         bad = encode_part(L, u, ridx, "result", &h->rlen) != 0;
     }
