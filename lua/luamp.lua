@@ -969,6 +969,9 @@ end
 -- first items sooner, and its buffers and decoded strings stay small and
 -- are reused (256 items of 1 MiB: ~1,000 -> ~1,400 MiB/s).
 local CHUNK_BYTES = 2 << 20
+-- map and starmap put the chunks of more string bytes than this as
+-- earlier ones come back (see Pool:_start_map).
+local LAZY_BYTES = 16 << 20
 
 -- The mean length of the string items among up to 8 spread over items.
 local function sampled_item_bytes(items, n)
@@ -1057,6 +1060,19 @@ function Pool:_start_map(fname, kind, f, items, opts, probe)
   end
   cs = cs or auto_chunksize(self, n, items)
   job.chunksize, self._chunksize = cs, cs   -- (the pool's copy is for tests)
+  if probe and sampled_item_bytes(items, n) * (n - first + 1) > LAZY_BYTES then
+    -- Big data, and the caller waits anyway: chunks are put as earlier
+    -- ones come back, a few per worker at a time, not all at once (256
+    -- MiB of items would grow the task queue to 256 MiB of fresh pages,
+    -- which cost more than sending them)
+    job.items, job.next_index, job.yielded = items, first, 0
+    job.source = true
+    job.maxinflight = self.processes * 4
+    job.window = math.huge
+    job.lazy = true                          -- (for tests)
+    feed(self, job)
+    return job
+  end
   for start = first, n, cs do put(start, math.min(cs, n - start + 1)) end
   if n == 0 then finish(self, job) end
   return job

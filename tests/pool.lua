@@ -205,6 +205,22 @@ do
   t.is(r_big.chunksize, 4, "64 strings of 512 KiB go in chunks of 4 (2 MiB), not 8")
   local lens = r_big:get()
   t.ok(lens.n == 64 and lens[1] == 512 << 10 and lens[64] == 512 << 10, "and all arrive")
+  -- map (which waits anyway) puts the chunks of more than 16 MiB as earlier
+  -- ones come back, at most 4 per worker in the task queue: the worker
+  -- sees how many wait there (items 3, 29 and 55, "C", pause first, so
+  -- that all 15 chunks would be there by then if they were put at once)
+  do
+    local p1 <close> = mp.Pool(1)
+    local tq = p1._tq
+    local waiting = p1:map(function(s)
+      if s:byte(1) == 67 then mp._sleep(0.1) end
+      return tq:qsize()
+    end, big)
+    local most = 0
+    for i = 1, waiting.n do most = math.max(most, waiting[i]) end
+    t.ok(waiting.n == 64 and most <= 4, "a map of 32 MiB keeps at most 4 chunks per worker waiting (saw "
+      .. most .. " of 15)")
+  end
   big = nil
   -- (slow tasks lower the pool's cost-based chunksize for later calls, so
   -- this one comes last)
