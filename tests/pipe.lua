@@ -91,13 +91,13 @@ do
   t.is(a:recv(0), "later", "and recv returns it")
 end
 
--- the ring (1 MiB a direction) wraps and rewinds: many messages of all
+-- the ring (2 MiB a direction) wraps and rewinds: many messages of all
 -- sizes, more than it holds in all, and sizes on both sides of its size
 do
   local a, b = mp.Pipe()
   local function msg(i) return string.rep(string.char(65 + i % 26), (i * 37) % 5000) end
   -- a string of n bytes is a 4-byte length, a 5-byte str32 head and n bytes
-  local edge = {(1 << 20) - 10, (1 << 20) - 9, (1 << 20) - 8, 3 << 20}
+  local edge = {(2 << 20) - 10, (2 << 20) - 9, (2 << 20) - 8, 6 << 20}
   local p = mp.Process{target = function()
     a:close()
     for i = 1, 3000 do b:send(msg(i)) end
@@ -142,7 +142,7 @@ do
   t.is(a:poll(0), true, "and poll is true: recv would not wait")
 end
 
--- a sender killed in the middle of a message over 1 MiB: an error, not garbage
+-- a sender killed in the middle of a message over 2 MiB: an error, not garbage
 do
   local a, b = mp.Pipe()
   local p = mp.Process{target = function() a:close(); b:send(string.rep("x", 8 << 20)) end}
