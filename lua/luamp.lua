@@ -20,6 +20,8 @@ local core = ...
 local mp = { version = core.version }
 local getpid, now = core.getpid, core.now
 local pack, unpack = table.pack, table.unpack
+-- (upvalues rather than global lookups: apply_async runs them per task)
+local setmetatable, getmetatable, type, error = setmetatable, getmetatable, type, error
 local tointeger = math.tointeger
 
 --------------------------------------------------------------------------
