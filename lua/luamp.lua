@@ -950,15 +950,14 @@ function Pool:apply_async(f, args, opts)
   local fid, fbytes
   local cached = self._fcache[f]
   if cached then fid, fbytes = cached[1], cached[2] else fid, fbytes = encode_function(self, f, "apply_async") end
-  local timeout = opts.timeout
-  local job = setmetatable({ id = id, _pool = self, finished = false }, ApplyResult)
+  -- (tq:apply_task puts the task, makes the job and files it in _inflight)
+  local job, why = self._tq:apply_task(self._inflight, ApplyResult, self, id, fid, fbytes, args or NO_ARGS)
+  if not job then error(new_error("serialize", why), 0) end
   if opts ~= NO_OPTS then
+    local timeout = opts.timeout
     job.timeout, job.callback, job.error_callback = timeout, opts.callback, opts.error_callback
+    if timeout then self._ntimed = self._ntimed + 1 end
   end
-  local seq, why = self._tq:put_task(id, fid, fbytes, "apply", 1, args or NO_ARGS, 1, "args")
-  if not seq then error(new_error("serialize", why), 0) end
-  self._inflight[seq] = job
-  if timeout then self._ntimed = self._ntimed + 1 end
   return job
 end
 

@@ -259,6 +259,58 @@ static int q_put_task(lua_State *L)
     return 1;
 }
 
+/*
+ * q:apply_task(inflight, mt, pool, jobid, fid, fbytes, args) -> job |
+ * nil, message (args cannot be encoded): Pool:apply_async's task.  Puts
+ * the task, makes its job {id = jobid, _pool = pool, finished = false}
+ * with metatable mt, and files it as inflight[seq]; one C call where
+ * put_task, a table constructor, setmetatable and the filing were four
+ * steps of Lua per task.  Its upvalues 2-4 are the field names.
+ */
+static int q_apply_task(lua_State *L)
+{
+    queue *u = open_queue(L, "put");
+    luaL_checktype(L, 2, LUA_TTABLE);
+    luaL_checktype(L, 3, LUA_TTABLE);
+    struct task_hdr h = { 0 };
+    size_t flen;
+    h.jobid = luaL_checkinteger(L, 5);
+    h.fid = luaL_checkinteger(L, 6);
+    const char *f = luaL_checklstring(L, 7, &flen);
+    h.kind = 0;
+    h.start = 1;
+    h.count = 1;
+    lua_settop(L, 8);
+    if (flen > LUAMP_MAX_MESSAGE)
+        return luaL_error(L, "apply_task: function too large");
+    h.flen = (uint32_t)flen;
+    u->buf.len = 0;
+    if (luamp_buf_append(&u->buf, &h, sizeof h) != 0 || luamp_buf_append(&u->buf, f, flen) != 0)
+        return luaL_error(L, "not enough memory");
+    uint64_t seq;
+    if (luamp_encode(L, 8, "args", &u->buf) != 0 || put_msg(L, u, "the task", &seq) != 0) {
+        luamp_buf_trim(&u->buf);
+        lua_pushnil(L);
+        lua_insert(L, -2);
+        return 2;
+    }
+    lua_createtable(L, 0, 4);
+    lua_pushvalue(L, lua_upvalueindex(2));
+    lua_pushvalue(L, 5);
+    lua_rawset(L, -3);
+    lua_pushvalue(L, lua_upvalueindex(3));
+    lua_pushvalue(L, 4);
+    lua_rawset(L, -3);
+    lua_pushvalue(L, lua_upvalueindex(4));
+    lua_pushboolean(L, 0);
+    lua_rawset(L, -3);
+    lua_pushvalue(L, 3);
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, 2, (lua_Integer)seq);
+    return 1;
+}
+
 /* Waits for a message, and also for the child handles in the table at
  * widx (0: none) to finish.  On SHMQ_OK leaves the message in u->buf and
  * returns 0; else pushes false, "event", i (the i-th handle finished) |
@@ -979,6 +1031,12 @@ void luamp_open_queue(lua_State *L)
             lua_pushstring(L, job_keys[k - K_CALLBACK]);
         lua_pushcclosure(L, q_get_result, K_END - 1);
         lua_setfield(L, -2, "get_result");
+        lua_pushvalue(L, -2);
+        lua_pushliteral(L, "id");
+        lua_pushliteral(L, "_pool");
+        lua_pushliteral(L, "finished");
+        lua_pushcclosure(L, q_apply_task, 4);
+        lua_setfield(L, -2, "apply_task");
         lua_setfield(L, -2, "__index");
     }
     lua_pushcclosure(L, new_queue, 1);
