@@ -6,8 +6,9 @@
  * own scratch buffers.  A Queue made before a fork is usable in the child:
  * the shared memory and eventfds are inherited.  Pools use the same type
  * for their task and result queues, with their own messages (put_task,
- * get_task, put_result, put_apply, get_result below); get_result also
- * wakes up when a worker dies.
+ * apply_task, get_task, put_result, put_apply, get_result below, and a
+ * worker's loop, serve); get_result also wakes up when a worker dies and
+ * settles the results that need no Lua.
  */
 #include "shmq.h"
 #include "sys.h"
