@@ -1470,23 +1470,38 @@ static void encoder_init(encoder *e, lua_State *L, const char *root, luamp_buf *
  * and the protected pass encodes the whole value again, with the
  * checks, tables and error paths described above.
  */
-static int encode(lua_State *L, int idx, const char *root, luamp_buf *out,
-                  lua_Integer first, lua_Integer count)
+/* The fast pass over the value at idx, or the slice (first, count) of
+ * the table there, or (stack) the count stack values from idx: 0, or -1
+ * with out cut back when it gives up. */
+static int fast_pass(lua_State *L, int idx, const char *root, luamp_buf *out,
+                     lua_Integer first, lua_Integer count, int stack)
 {
     encoder e;
-    int top = lua_gettop(L), r;
+    int top = lua_gettop(L), r, tables = 0;
 
-    idx = lua_absindex(L, idx);
-    luaL_checkstack(L, SLACK, NULL);
     encoder_init(&e, L, root, out, 1, first, count);
-    if (lua_type(L, idx) == LUA_TTABLE && lua_rawgetp(L, LUA_REGISTRYINDEX, &names_key) == LUA_TTABLE)
+    e.stack = stack;
+    if (!stack)
+        tables = lua_type(L, idx) == LUA_TTABLE;
+    for (int i = 0; stack && i < count && !tables; i++)
+        tables = lua_type(L, idx + i) == LUA_TTABLE;
+    if (tables && lua_rawgetp(L, LUA_REGISTRYINDEX, &names_key) == LUA_TTABLE)
         e.names = lua_gettop(L);
     r = enc_root(&e, idx);
     seen_free(&e.seen);
     lua_settop(L, top);
-    if (r == 0)
-        return 0;
-    out->len = e.start;
+    if (r != 0)
+        out->len = e.start;
+    return r;
+}
+
+/* The protected pass over the value at idx (an absolute index), or the
+ * slice of the table there. */
+static int protected_pass(lua_State *L, int idx, const char *root, luamp_buf *out,
+                          lua_Integer first, lua_Integer count)
+{
+    encoder e;
+
     encoder_init(&e, L, root, out, 0, first, count);
     lua_pushcfunction(L, encode_main);
     lua_pushvalue(L, idx);
@@ -1503,6 +1518,16 @@ static int encode(lua_State *L, int idx, const char *root, luamp_buf *out,
     return -1;
 }
 
+static int encode(lua_State *L, int idx, const char *root, luamp_buf *out,
+                  lua_Integer first, lua_Integer count)
+{
+    idx = lua_absindex(L, idx);
+    luaL_checkstack(L, SLACK, NULL);
+    if (fast_pass(L, idx, root, out, first, count, 0) == 0)
+        return 0;
+    return protected_pass(L, idx, root, out, first, count);
+}
+
 int luamp_encode(lua_State *L, int idx, const char *root, luamp_buf *out)
 {
     return encode(L, idx, root, out, 0, -1);
@@ -1517,30 +1542,19 @@ int luamp_encode_slice(lua_State *L, int idx, lua_Integer first, lua_Integer cou
 
 int luamp_encode_values(lua_State *L, int first, int n, const char *root, luamp_buf *out)
 {
-    encoder e;
-    int top = lua_gettop(L), r, tables = 0;
+    int top = lua_gettop(L), r;
 
     first = lua_absindex(L, first);
     luaL_checkstack(L, SLACK, NULL);
-    encoder_init(&e, L, root, out, 1, 1, n);
-    e.stack = 1;
-    for (int i = 0; i < n && !tables; i++)
-        tables = lua_type(L, first + i) == LUA_TTABLE;
-    if (tables && lua_rawgetp(L, LUA_REGISTRYINDEX, &names_key) == LUA_TTABLE)
-        e.names = lua_gettop(L);
-    r = enc_slice(&e, first);
-    seen_free(&e.seen);
-    lua_settop(L, top);
-    if (r == 0)
+    if (fast_pass(L, first, root, out, 1, n, 1) == 0)
         return 0;
-    out->len = e.start;
     /* The protected pass cannot see this stack: it gets them in a table. */
     lua_createtable(L, n, 0);
     for (int i = 0; i < n; i++) {
         lua_pushvalue(L, first + i);
         lua_rawseti(L, -2, i + 1);
     }
-    r = encode(L, -1, root, out, 1, n);
+    r = protected_pass(L, top + 1, root, out, 1, n);
     lua_remove(L, top + 1);   /* (above it: the refusal, if any) */
     return r;
 }
