@@ -220,6 +220,39 @@ static int put_msg(lua_State *L, queue *u, const char *what, uint64_t *seq)
     return -1;
 }
 
+/* Builds a task message in u->buf: the header h, the function's bytes
+ * (f, flen), then the items (the value at idx, or with `first` its slice
+ * first .. first + h->count - 1), and puts it.  Returns 0 with *seq, or
+ * -1 with a message pushed (the items cannot be encoded); raises, naming
+ * fname, when the function is too large. */
+static int put_task_msg(lua_State *L, const char *fname, queue *u, struct task_hdr *h, const char *f,
+                        size_t flen, int idx, const char *root, lua_Integer first, uint64_t *seq)
+{
+    if (flen > LUAMP_MAX_MESSAGE)
+        return luaL_error(L, "%s: function too large", fname);
+    h->flen = (uint32_t)flen;
+    u->buf.len = 0;
+    if (luamp_buf_append(&u->buf, h, sizeof *h) != 0 || luamp_buf_append(&u->buf, f, flen) != 0)
+        return luaL_error(L, "not enough memory");
+    if ((first > 0 ? luamp_encode_slice(L, idx, first, h->count, root, &u->buf)
+                   : luamp_encode(L, idx, root, &u->buf)) != 0) {
+        luamp_buf_trim(&u->buf);
+        return -1;
+    }
+    return put_msg(L, u, "the task", seq);
+}
+
+/* Reads the header of the task message in u->buf into h; whether the
+ * message holds that header, the function's bytes and a known kind. */
+static int read_task(const queue *u, struct task_hdr *h)
+{
+    memset(h, 0, sizeof *h);
+    if (u->buf.len < sizeof *h)
+        return 0;
+    memcpy(h, u->buf.data, sizeof *h);
+    return u->buf.len - sizeof *h >= h->flen && h->kind <= 2;
+}
+
 /* q:put_task(jobid, fid, fbytes, kind, start, items, count, root [, first])
  * -> seq | nil, message (an item cannot be encoded).  With `first`, the
  * task's items are items[first .. first + count - 1], encoded straight
@@ -227,7 +260,7 @@ static int put_msg(lua_State *L, queue *u, const char *what, uint64_t *seq)
 static int q_put_task(lua_State *L)
 {
     queue *u = open_queue(L, "put");
-    struct task_hdr h;
+    struct task_hdr h = { 0 };
     size_t flen;
     h.jobid = luaL_checkinteger(L, 2);
     h.fid = luaL_checkinteger(L, 3);
@@ -237,21 +270,8 @@ static int q_put_task(lua_State *L)
     h.count = luaL_checkinteger(L, 8);
     const char *root = luaL_optstring(L, 9, "items");
     lua_Integer first = luaL_optinteger(L, 10, 0);
-    if (flen > LUAMP_MAX_MESSAGE)
-        return luaL_error(L, "put_task: function too large");
-    h.flen = (uint32_t)flen;
-    u->buf.len = 0;
-    if (luamp_buf_append(&u->buf, &h, sizeof h) != 0 || luamp_buf_append(&u->buf, f, flen) != 0)
-        return luaL_error(L, "not enough memory");
-    if ((first > 0 ? luamp_encode_slice(L, 7, first, h.count, root, &u->buf)
-                   : luamp_encode(L, 7, root, &u->buf)) != 0) {
-        luamp_buf_trim(&u->buf);
-        lua_pushnil(L);
-        lua_insert(L, -2);
-        return 2;
-    }
     uint64_t seq;
-    if (put_msg(L, u, "the task", &seq) != 0) {
+    if (put_task_msg(L, "put_task", u, &h, f, flen, 7, root, first, &seq) != 0) {
         lua_pushnil(L);
         lua_insert(L, -2);
         return 2;
@@ -273,24 +293,14 @@ static int q_apply_task(lua_State *L)
     queue *u = open_queue(L, "put");
     luaL_checktype(L, 2, LUA_TTABLE);
     luaL_checktype(L, 3, LUA_TTABLE);
-    struct task_hdr h = { 0 };
+    struct task_hdr h = { .kind = 0, .start = 1, .count = 1 };
     size_t flen;
     h.jobid = luaL_checkinteger(L, 5);
     h.fid = luaL_checkinteger(L, 6);
     const char *f = luaL_checklstring(L, 7, &flen);
-    h.kind = 0;
-    h.start = 1;
-    h.count = 1;
     lua_settop(L, 8);
-    if (flen > LUAMP_MAX_MESSAGE)
-        return luaL_error(L, "apply_task: function too large");
-    h.flen = (uint32_t)flen;
-    u->buf.len = 0;
-    if (luamp_buf_append(&u->buf, &h, sizeof h) != 0 || luamp_buf_append(&u->buf, f, flen) != 0)
-        return luaL_error(L, "not enough memory");
     uint64_t seq;
-    if (luamp_encode(L, 8, "args", &u->buf) != 0 || put_msg(L, u, "the task", &seq) != 0) {
-        luamp_buf_trim(&u->buf);
+    if (put_task_msg(L, "apply_task", u, &h, f, flen, 8, "args", 0, &seq) != 0) {
         lua_pushnil(L);
         lua_insert(L, -2);
         return 2;
@@ -378,10 +388,8 @@ static int undecodable(lua_State *L, uint64_t seq)
  * as `seq`; fcache is a stack index. */
 static int push_task(lua_State *L, queue *u, uint64_t seq, int fcache)
 {
-    struct task_hdr h = { 0 };
-    if (u->buf.len >= sizeof h)
-        memcpy(&h, u->buf.data, sizeof h);
-    if (u->buf.len < sizeof h || u->buf.len - sizeof h < h.flen || h.kind > 2) {
+    struct task_hdr h;
+    if (!read_task(u, &h)) {
         luamp_buf_trim(&u->buf);
         lua_pushliteral(L, "malformed task message");
         return undecodable(L, seq);
@@ -618,10 +626,8 @@ static int q_serve(lua_State *L)
         int n = wait_message(L, u, -1, 0, &w);
         if (n)
             return n;
-        struct task_hdr h = { 0 };
-        if (u->buf.len >= sizeof h)
-            memcpy(&h, u->buf.data, sizeof h);
-        if (u->buf.len < sizeof h || u->buf.len - sizeof h < h.flen
+        struct task_hdr h;
+        if (!read_task(u, &h)
             || !(h.kind == 0 || (h.kind == 1 && h.count >= 1 && h.count <= SERVE_MAP_MAX))
             || lua_rawgeti(L, 3, h.fid) != LUA_TFUNCTION) {
             lua_settop(L, 6);
