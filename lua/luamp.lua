@@ -354,16 +354,6 @@ local function put_result(rq, jobid, start, count, seq, pid, elapsed, results, e
   assert(rq:put_result(jobid, start, count, seq, pid, elapsed, results, errs))
 end
 
--- Sends an apply task's outcome, straight from xpcall (t0: when it
--- started).
-local function put_apply(rq, jobid, seq, pid, t0, ok, ...)
-  local sent, why = rq:put_apply(jobid, seq, pid, t0, ok, ...)
-  if sent then return end
-  local info = ...
-  local e = ok and { message = why, serialize = true } or plain_error(info)
-  assert(rq:put_apply(jobid, seq, pid, t0, false, e))
-end
-
 local function worker_main(pool, index, slot)
   become_child("PoolWorker-" .. index)
   local tq, rq = pool._tq, pool._rq
@@ -406,7 +396,7 @@ local function worker_main(pool, index, slot)
     end
     if kind == "apply" then
       local t0 = now()
-      put_apply(rq, jobid, seq, pid, t0, xpcall(f, traceback_handler, unpack(items, 1, items.n or #items)))
+      rq:put_apply(jobid, seq, pid, t0, xpcall(f, traceback_handler, unpack(items, 1, items.n or #items)))
     else
       local t0 = now()
       local results, errs = run_chunk(f, kind, items, count)

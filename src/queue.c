@@ -529,10 +529,36 @@ static int send_apply(lua_State *L, queue *u, const struct task_hdr *t, uint64_t
     return put_result_msg(L, u, &h, 0, lua_gettop(L), 0);
 }
 
+/* send_apply, and when the outcome cannot be sent, an error in its
+ * place: {message = why, serialize = true} for results, the {message,
+ * traceback} of the error (the message handler's table at `first`) for an
+ * error.  Raises if even that cannot be sent. */
+static void send_outcome(lua_State *L, queue *u, const struct task_hdr *t, uint64_t seq,
+                         lua_Integer pid, double t0, int ok, int first, int nvals)
+{
+    if (send_apply(L, u, t, seq, pid, t0, ok, first, nvals) == 1)
+        return;
+    int why = lua_gettop(L);
+    lua_createtable(L, 0, 2);
+    if (ok) {
+        lua_pushvalue(L, why);
+        lua_setfield(L, -2, "message");
+        lua_pushboolean(L, 1);
+        lua_setfield(L, -2, "serialize");
+    } else if (lua_istable(L, first)) {
+        lua_getfield(L, first, "message");
+        lua_setfield(L, -2, "message");
+        lua_getfield(L, first, "traceback");
+        lua_setfield(L, -2, "traceback");
+    }
+    if (send_apply(L, u, t, seq, pid, t0, 0, lua_gettop(L), 1) != 1)
+        luaL_error(L, "cannot send a task's outcome: %s", lua_tostring(L, -1));
+}
+
 /* q:put_apply(jobid, seq, pid, t0, ok, ...): an apply task's outcome
  * straight from xpcall: its results, or (ok false) its error; t0 is when
- * it started (core.now()).
- * -> true | nil, message (something cannot be encoded) */
+ * it started (core.now()).  What cannot be sent is replaced by an error
+ * (see send_outcome). */
 static int q_put_apply(lua_State *L)
 {
     queue *u = open_queue(L, "put");
@@ -541,7 +567,8 @@ static int q_put_apply(lua_State *L)
     lua_Integer pid = luaL_checkinteger(L, 4);
     double t0 = luaL_checknumber(L, 5);
     int top = lua_gettop(L);
-    return send_apply(L, u, &t, seq, pid, t0, lua_toboolean(L, 6), 7, top > 6 ? top - 6 : 0);
+    send_outcome(L, u, &t, seq, pid, t0, lua_toboolean(L, 6), 7, top > 6 ? top - 6 : 0);
+    return 0;
 }
 
 /* Largest map chunk serve runs in C.  Each item there costs a
@@ -600,9 +627,7 @@ static void serve_map(lua_State *L, queue *r, const struct task_hdr *t, uint64_t
  * in C for the tasks that need nothing else: apply tasks, and map chunks
  * of up to SERVE_MAP_MAX items, whose function is in fcache.  An apply
  * runs as xpcall(f, handler, unpack(args)) would, and its outcome goes to
- * rq as put_apply's; an outcome that cannot be sent goes as an error
- * instead: {message = why, serialize = true} for results, {message =,
- * traceback =} of the error for an error.  A map chunk runs as run_chunk
+ * rq as put_apply sends it.  A map chunk runs as run_chunk
  * in luamp.lua; the Lua put_result sends what it can when its results
  * cannot all be sent.  Returns what get_task would for the first other
  * task (or when the queue closes).  This is most of what a worker does
@@ -668,25 +693,7 @@ static int q_serve(lua_State *L)
             lua_rawgeti(L, 8, i);
         double t0 = luamp_now();
         int ok = lua_pcall(L, (int)nargs, LUA_MULTRET, 9) == LUA_OK;
-        int nvals = lua_gettop(L) - 9;
-        if (send_apply(L, r, &h, w.seq, pid, t0, ok, 10, nvals) != 1) {
-            /* nil, why: send an error instead */
-            int why = lua_gettop(L);
-            lua_createtable(L, 0, 2);
-            if (ok) {
-                lua_pushvalue(L, why);
-                lua_setfield(L, -2, "message");
-                lua_pushboolean(L, 1);
-                lua_setfield(L, -2, "serialize");
-            } else if (lua_istable(L, 10)) {
-                lua_getfield(L, 10, "message");
-                lua_setfield(L, -2, "message");
-                lua_getfield(L, 10, "traceback");
-                lua_setfield(L, -2, "traceback");
-            }
-            if (send_apply(L, r, &h, w.seq, pid, t0, 0, lua_gettop(L), 1) != 1)
-                return luaL_error(L, "cannot send a task's outcome: %s", lua_tostring(L, -1));
-        }
+        send_outcome(L, r, &h, w.seq, pid, t0, ok, 10, lua_gettop(L) - 9);
         lua_settop(L, 6);
     }
 }
