@@ -1015,7 +1015,8 @@ local function progress_bar(job)
   end
 end
 
--- Starts a map-like job over a sequence: all chunks are put at once.
+-- Starts a map-like job over a sequence: all chunks are put at once
+-- (but see the big-data case at the end).
 -- With `probe` (map and starmap, which wait for the job anyway) and no
 -- chunksize given, one item per worker goes first, and the rest in chunks
 -- sized by what the first of them cost and returned: a function that
@@ -1060,7 +1061,6 @@ function Pool:_start_map(fname, kind, f, items, opts, probe)
     job.source = true
     job.maxinflight = self.processes * 4
     job.window = math.huge
-    job.lazy = true                          -- (for tests)
     feed(self, job)
     return job
   end
