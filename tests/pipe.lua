@@ -127,14 +127,17 @@ end
 -- a sender that dies, however it dies: what it sent is delivered, then closed
 do
   local a, b = mp.Pipe()
+  local sent = mp.Queue()
   local p = mp.Process{target = function()
     a:close()
     for i = 1, 3 do b:send(i) end
+    sent:put(true)
     mp._sleep(60)
   end}
   p:start()
   b:close()
   t.is(a:recv(10), 1, "a message from a child that will be killed")
+  t.is(sent:get(10), true, "the child sent all three before it is killed")
   p:kill(); p:join()
   t.is(a:recv(5), 2, "messages sent before the sender was killed are still delivered")
   t.is(a:recv(5), 3, "all of them")
