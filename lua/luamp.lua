@@ -621,19 +621,24 @@ end
 function Pool:_break(e)
   if self._broken then return end
   self._broken = e
-  local applies = {}      -- (apply jobs are in _inflight only)
-  for seq, rec in pairs(self._inflight) do
-    if rec.kind == "apply" then applies[#applies + 1] = rec end
-    self:_settle(seq)
-  end
-  for _, job in pairs(self._jobs) do
+  local jobs = self:_unfinished()
+  for seq in pairs(self._inflight) do self:_settle(seq) end
+  for _, job in ipairs(jobs) do
     job.err = job.err or e
     finish(self, job)
   end
-  for _, job in ipairs(applies) do
-    job.err = job.err or e
-    finish(self, job)
+end
+
+-- Every job not finished yet, in submission order: those in _jobs, and
+-- the apply jobs, which are in _inflight only (see apply_async).
+function Pool:_unfinished()
+  local jobs = {}
+  for _, job in pairs(self._jobs) do jobs[#jobs + 1] = job end
+  for _, rec in pairs(self._inflight) do
+    if rec.kind == "apply" then jobs[#jobs + 1] = rec end
   end
+  table.sort(jobs, function(a, b) return a.id < b.id end)
+  return jobs
 end
 
 function Pool:_handle(jobid, start, count, results, errs, elapsed, pid, seq, nres, rlen)
@@ -1261,17 +1266,10 @@ function Pool:terminate()
   for _, h in ipairs(self._workers) do h:signal(9) end
   for _, h in ipairs(self._workers) do h:poll(-1) end
   self._workers = {}
-  local jobs = self._jobs
-  for _, rec in pairs(self._inflight) do   -- (apply jobs are in _inflight only)
-    if rec.kind == "apply" then jobs[rec.id] = rec end
-  end
+  local jobs = self:_unfinished()
   self._inflight, self._ntimed = {}, 0
   self._jobs, self._sinks = {}, {}
-  local ids = {}
-  for id in pairs(jobs) do ids[#ids + 1] = id end
-  table.sort(ids)
-  for _, id in ipairs(ids) do
-    local job = jobs[id]
+  for _, job in ipairs(jobs) do
     job.err = job.err or new_error("cancelled", "the task was cancelled: the Pool was terminated")
     finish(self, job)
   end
