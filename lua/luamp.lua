@@ -659,8 +659,7 @@ function Pool:_handle(jobid, start, count, results, errs, elapsed, pid, seq, nre
   end
   local job = rec.job or rec
   if count > 0 then
-    local cost = elapsed / count
-    self._cost = self._cost and (self._cost * 0.7 + cost * 0.3) or cost
+    local cost = self:_observe_cost(elapsed / count)
     if job.probing then job.probe_cost, job.probe_bytes = cost, rlen / count end
   end
   local errors
@@ -675,8 +674,14 @@ end
 -- (see queue.c, settle_apply and settle_map), in `elapsed` seconds in all.
 function Pool:_settled(n, elapsed)
   self._early_deaths = 0
-  local cost = elapsed / n
+  self:_observe_cost(elapsed / n)
+end
+
+-- Folds a task's seconds per item into the pool's estimate (for chunk
+-- sizes); returns the task's own.
+function Pool:_observe_cost(cost)
   self._cost = self._cost and (self._cost * 0.7 + cost * 0.3) or cost
+  return cost
 end
 
 local signames = { [1] = "SIGHUP", [2] = "SIGINT", [3] = "SIGQUIT", [4] = "SIGILL", [6] = "SIGABRT",
