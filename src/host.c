@@ -16,13 +16,24 @@
  *    memory becomes an error status instead of a panic that aborts the
  *    embedding application.
  *
+ * States made here allocate as luaL_newstate's do (realloc and free), but
+ * fault in the pages of every big block at once (MADV_POPULATE_WRITE):
+ * one system call instead of a page fault per 4 KiB.  Big blocks are
+ * strings and buffers about to be filled, above all the results a Pool's
+ * parent receives; faulting them in page by page was most of its time
+ * for 1 MiB results (doc/design.md, "Big messages").
+ *
  * Settings such as the default pool size live in the state's registry, not
  * in C globals, so that two states in one process do not share them.
  */
 #include "luamp.h"
 
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#include <sys/mman.h>
 
 #include <lauxlib.h>
 #include <lualib.h>
@@ -70,12 +81,49 @@ static int open_host(lua_State *L)
     return 0;
 }
 
+/* Blocks from this size up are faulted in when allocated.  Smaller ones
+ * mostly reuse memory the process already has. */
+#define POPULATE_FROM ((size_t)256 << 10)
+
+/* Faults in the whole pages of [p + from, p + to). */
+static void populate(char *p, size_t from, size_t to)
+{
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = ((uintptr_t)p + from + page - 1) & ~(page - 1);
+    uintptr_t e = ((uintptr_t)p + to) & ~(page - 1);
+
+    /* Advice only: if it fails (EINVAL before Linux 5.14, ENOMEM), the
+     * pages fault in when written, as they would have anyway. */
+    if (e > a)
+        (void)madvise((void *)a, e - a, MADV_POPULATE_WRITE);
+}
+
+/* lua_Alloc: luaL_newstate's allocator plus populate() for big blocks.
+ * For a new object ptr is NULL and osize is its type, not a size. */
+static void *alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    (void)ud;
+    if (nsize == 0) {
+        free(ptr);
+        return NULL;
+    }
+    void *p = realloc(ptr, nsize);
+    if (p != NULL && nsize >= POPULATE_FROM) {
+        size_t kept = ptr != NULL ? osize : 0;
+        if (kept < nsize)
+            populate(p, kept, nsize);
+    }
+    return p;
+}
+
 lua_State *luamp_newstate(void)
 {
     lua_State *L = luaL_newstate();
 
     if (L == NULL)
         return NULL;
+    /* Blocks allocated so far are realloc's, as alloc's are. */
+    lua_setallocf(L, alloc, NULL);
     lua_pushcfunction(L, open_host);
     if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
         lua_close(L);

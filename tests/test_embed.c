@@ -8,10 +8,12 @@
 #include <lauxlib.h>           /* LUA_ERRFILE */
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/mman.h>
 
 /* The string on top of the stack, "" when it is not one. */
 static const char *top(lua_State *L)
@@ -225,6 +227,55 @@ static void test_close(void)
     unlink(errpath);
 }
 
+/* How many of the whole pages inside [p, p + n) are resident. */
+static size_t resident_pages(void *p, size_t n, size_t *pages)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = ((uintptr_t)p + page - 1) & ~(uintptr_t)(page - 1);
+    uintptr_t e = ((uintptr_t)p + n) & ~(uintptr_t)(page - 1);
+    unsigned char vec[4096];
+    size_t count = 0;
+
+    *pages = (e - a) / page;
+    if (*pages > sizeof vec || mincore((void *)a, e - a, vec) != 0) {
+        diag("mincore: %s", strerror(errno));
+        return 0;
+    }
+    for (size_t i = 0; i < *pages; i++)
+        count += vec[i] & 1;
+    return count;
+}
+
+/* A big block comes with its pages faulted in, without being written. */
+static void test_populate(lua_State *L)
+{
+    size_t size = (size_t)4 << 20, pages, got;
+    void *ud;
+    lua_Alloc f = lua_getallocf(L, &ud);
+
+    /* The check can fail: an untouched malloc block is not resident. */
+    char *plain = malloc(size);
+    got = plain ? resident_pages(plain, size, &pages) : 0;
+    ok(plain && got < pages, "an untouched malloc block is not resident (%zu of %zu pages)", got, pages);
+    free(plain);
+
+    void *u = lua_newuserdatauv(L, size, 0);
+    got = resident_pages(u, size, &pages);
+    ok(pages > 0 && got == pages, "a new 4 MiB userdata is resident before it is written (%zu of %zu pages)",
+       got, pages);
+    lua_pop(L, 1);
+
+    char *p = f(ud, NULL, 0, 100);
+    if (p)
+        memset(p, 'x', 100);
+    char *q = p ? f(ud, p, 100, size) : NULL;
+    got = q ? resident_pages(q + 100, size - 100, &pages) : 0;
+    ok(q && memcmp(q, "xxxx", 4) == 0 && got == pages,
+       "a block grown to 4 MiB keeps its bytes and has its new pages resident (%zu of %zu)", got, pages);
+    if (q)
+        f(ud, q, size, 0);
+}
+
 int main(void)
 {
     lua_State *L = luamp_newstate();
@@ -237,6 +288,7 @@ int main(void)
     test_dofile_stdin(L);
     test_default_processes(L);
     test_require(L);
+    test_populate(L);
     luamp_close(L);
     test_close();
     return done_testing();
