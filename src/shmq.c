@@ -24,6 +24,13 @@
  * (shrinking at 16 MiB made 32 MiB result chunks fault in every page of
  * the ring again for each chunk).
  *
+ * Lending (shmq.h): the record at the head may be lent to its only
+ * consumer, which reads it in place.  It is no longer counted, but its
+ * bytes stay in `used` until given back, so no put can overwrite it, and
+ * neither growing (which only moves the wrapped part, which ends before
+ * the head) nor shrinking (only when empty) moves it.  Only records that
+ * do not wrap are lent.
+ *
  * Claims: a consumer that names a slot records in it, under the lock
  * that moves the message out, which message it took; nothing can be
  * taken and lost between the two.
@@ -83,6 +90,8 @@ struct shmq_hdr {
     double last_get;     /* when a consumer last took an item from a ring
                             holding PACE_FROM bytes or more (luamp_now) */
     uint32_t no_pace;    /* producers never wait for a consumer (shmq_no_pace) */
+    uint64_t lent;       /* bytes of the record at the head lent to the
+                            consumer (0: none), still counted in used */
     struct { uint64_t seq; double since; } claims[SHMQ_MAX_CLAIMS];
 };
 
@@ -474,6 +483,40 @@ int shmq_put(shmq *q, const void *p, size_t n, double deadline, uint64_t *seq)
     return SHMQ_OK;
 }
 
+/* Under the lock: frees the n bytes of records at the head. */
+static void consumed(shmq *q, uint64_t n)
+{
+    struct shmq_hdr *h = q->hdr;
+    h->head = (h->head + n) % h->cap;
+    h->used -= n;
+    if (h->used == 0) {
+        h->head = 0;
+        if (h->cap > SHRINK_ABOVE)
+            resize(q, INITIAL_CAP);   /* failure just keeps the big ring */
+    }
+}
+
+/* Under the lock: frees the record lent at the head, if any. */
+static void take_back(shmq *q)
+{
+    uint64_t n = q->hdr->lent;
+    if (n) {
+        q->hdr->lent = 0;
+        consumed(q, n);
+    }
+}
+
+int shmq_give_back(shmq *q)
+{
+    if (lock(q) != 0)
+        return -1;
+    take_back(q);
+    uint32_t wake = tokens_due(q->hdr->putters, &q->hdr->put_tokens);
+    unlock(q);
+    ring(q->ev_put, wake);
+    return 0;
+}
+
 int shmq_get(shmq *q, luamp_buf *out, double deadline, shmq_wait *w)
 {
     struct shmq_hdr *h = q->hdr;
@@ -484,6 +527,8 @@ int shmq_get(shmq *q, luamp_buf *out, double deadline, shmq_wait *w)
         return SHMQ_ERROR;
     if (w->claim >= 0)
         h->claims[w->claim].seq = 0;    /* what it held before is done */
+    take_back(q);                       /* and so is what it borrowed */
+    w->lent = NULL;
     int spun = !q->spin;
     double waited_from = 0;
     while (h->count == 0) {
@@ -531,29 +576,33 @@ int shmq_get(shmq *q, luamp_buf *out, double deadline, shmq_wait *w)
     ring_read(q, h->head, rec, REC_HDR);
     memcpy(&len, rec, 4);
     memcpy(&w->seq, rec + 4, 8);
+    uint64_t need = REC_HDR + (uint64_t)len;
+    int lend = w->lend_from && len >= w->lend_from && h->head + need <= h->cap;
     out->len = 0;
-    if (luamp_buf_reserve(out, len) != 0) {
-        unlock(q);
-        errno = ENOMEM;
-        return SHMQ_ERROR;
+    if (lend) {
+        w->lent = q->ring + h->head + REC_HDR;
+        w->lent_len = len;
+    } else {
+        if (luamp_buf_reserve(out, len) != 0) {
+            unlock(q);
+            errno = ENOMEM;
+            return SHMQ_ERROR;
+        }
+        ring_read(q, h->head + REC_HDR, out->data, len);
+        out->len = len;
     }
-    ring_read(q, h->head + REC_HDR, out->data, len);
-    out->len = len;
     if (w->claim >= 0) {
         h->claims[w->claim].seq = w->seq;
         h->claims[w->claim].since = t;
     }
-    h->head = (h->head + REC_HDR + len) % h->cap;
-    h->used -= REC_HDR + (uint64_t)len;
+    if (lend)
+        h->lent = need;
+    else
+        consumed(q, need);
     h->count--;
     if (pacing)
         h->last_get = t;
-    if (h->used == 0) {
-        h->head = 0;
-        if (h->cap > SHRINK_ABOVE)
-            resize(q, INITIAL_CAP);   /* failure just keeps the big ring */
-    }
-    uint32_t wake = tokens_due(h->putters, &h->put_tokens);
+    uint32_t wake = lend ? 0 : tokens_due(h->putters, &h->put_tokens);
     unlock(q);
     ring(q->ev_put, wake);
     return SHMQ_OK;

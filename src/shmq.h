@@ -38,6 +38,9 @@ typedef struct shmq_wait {
     int which;          /* out: index into extra, with SHMQ_EVENT */
     int claim;          /* slot to claim the message in, or -1 */
     uint64_t seq;       /* out: the message's sequence number */
+    size_t lend_from;   /* 0, or lend messages of this many bytes and more */
+    const char *lent;   /* out: the message, lent in place, or NULL */
+    size_t lent_len;    /* out: its length */
 } shmq_wait;
 
 /* deadline: a luamp_now() time, or < 0 to wait forever.
@@ -46,6 +49,14 @@ typedef struct shmq_wait {
 int shmq_put(shmq *q, const void *p, size_t n, double deadline, uint64_t *seq);
 #define SHMQ_MAX_EXTRA 256
 int shmq_get(shmq *q, luamp_buf *out, double deadline, shmq_wait *w);
+
+/* Lending: a get asked to (w->lend_from) may hand out a big message where
+ * it lies in the ring instead of copying it into `out` (which is then
+ * left empty): w->lent points at it.  Its room stays taken until
+ * shmq_give_back, or until the next get on the queue, so only a queue
+ * with a single consumer may lend, and the lent bytes are only valid
+ * until then.  A Pool's result queue, read by its parent alone, lends. */
+int shmq_give_back(shmq *q);
 
 /* What slot `slot` holds: the sequence number (0: nothing) and when it
  * was taken (luamp_now() time).  release empties the slot. */

@@ -132,6 +132,27 @@ do
     "its cost sizes later chunks")
 end
 
+-- Results of 64 KiB and more are decoded where they lie in the result
+-- queue's ring (lent, shmq.h).  One that needs Lua, right after one
+-- settled in C, is copied aside for the next call before the ring gets
+-- its room back.
+do
+  local pool <close> = mp.Pool(1)
+  local deadline = mp._now() + 10
+  local a = pool:apply_async(string.rep, {"a", 100000})
+  local got
+  local b = pool:apply_async(string.rep, {"b", 200000}, {callback = function(v) got = v end})
+  local c = pool:apply_async(string.rep, {"c", 300000})
+  while pool._rq:qsize() < 3 and mp._now() < deadline do mp._sleep(0.001) end
+  t.is(pool._rq:qsize(), 3, "three big results wait in the results queue")
+  t.ok(a:get(5) == string.rep("a", 100000), "a big plain result settled in C is intact")
+  t.ok(got == string.rep("b", 200000), "the big result held after it reached its callback intact")
+  t.ok(b:get(5) == got and c:get(5) == string.rep("c", 300000), "so did the one after that")
+  local blobs = pool:starmap(string.rep, {{"p", 70000}, {"q", 1 << 20}, {"r", 65536}})
+  t.ok(blobs[1] == string.rep("p", 70000) and blobs[2] == string.rep("q", 1 << 20)
+    and blobs[3] == string.rep("r", 65536), "big map results decoded in place are intact")
+end
+
 -- Chunks of a plain map are settled in C too (settle_map); jobs that need
 -- Lua (callbacks, imap, errors) still get theirs.
 do

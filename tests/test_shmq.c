@@ -40,6 +40,79 @@ static int finish(pid_t pid, int rfd, char *out, size_t cap)
     return waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0;
 }
 
+static void fill(char *p, size_t n, char first)
+{
+    for (size_t i = 0; i < n; i++)
+        p[i] = (char)(first + i % 26);
+}
+
+/* Big messages lent in place to a queue's only consumer (shmq.h). */
+static void test_lending(void)
+{
+    static char a[100 << 10], c[100 << 10], d[100 << 10];
+    shmq *q = shmq_create(0);
+    luamp_buf b;
+    luamp_buf_init(&b);
+    fill(a, sizeof a, 'a');
+    fill(c, sizeof c, 'c');
+    fill(d, sizeof d, 'A');
+    if (!q)
+        return;
+
+    shmq_put(q, a, sizeof a, -1, NULL);
+    shmq_put(q, "small", 5, -1, NULL);
+    shmq_wait w = { .claim = -1, .lend_from = 64 << 10 };
+    int r = shmq_get(q, &b, 0, &w);
+    ok(r == SHMQ_OK && w.lent != NULL && w.lent_len == sizeof a && memcmp(w.lent, a, sizeof a) == 0
+       && b.len == 0, "a message of at least lend_from bytes is lent in place, not copied");
+    ok(shmq_count(q) == 1, "a lent message no longer counts as held");
+
+    /* Another process fills the ring past its 256 KiB: it grows around the
+     * lent bytes instead of writing over them. */
+    pid_t pid = fork();
+    if (pid == 0) {
+        int good = 1;
+        for (int i = 0; i < 4; i++)
+            good &= shmq_put(q, c, sizeof c, -1, NULL) == SHMQ_OK;
+        _exit(good ? 0 : 1);
+    }
+    int st;
+    int put_ok = pid > 0 && waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0;
+    ok(put_ok && memcmp(w.lent, a, sizeof a) == 0,
+       "puts that grow the ring leave a lent message as it was");
+    int order = shmq_give_back(q) == 0;
+    order &= shmq_get(q, &b, 0, NULL) == SHMQ_OK && b.len == 5 && memcmp(b.data, "small", 5) == 0;
+    for (int i = 0; i < 4; i++)
+        order &= shmq_get(q, &b, 0, NULL) == SHMQ_OK && b.len == sizeof c && memcmp(b.data, c, sizeof c) == 0;
+    ok(order && shmq_count(q) == 0, "once it is given back, the messages behind it come out whole and in order");
+    shmq_destroy(q);
+
+    /* The next get takes back what was lent, given back or not. */
+    q = shmq_create(0);
+    if (!q)
+        return;
+    shmq_put(q, a, sizeof a, -1, NULL);
+    r = shmq_get(q, &b, 0, &w);
+    int lent = r == SHMQ_OK && w.lent != NULL;
+    r = shmq_get(q, &b, 0, &w);
+    ok(lent && r == SHMQ_TIMEOUT && w.lent == NULL, "a get finds nothing after the only message was lent");
+    shmq_put(q, a, sizeof a, -1, NULL);
+    shmq_put(q, c, sizeof c, -1, NULL);
+    ok(shmq_test_capacity(q) == (256 << 10), "that get freed the lent room: 200 KiB more fit the 256 KiB ring");
+
+    /* A message that wraps around the end of the ring is copied. */
+    r = shmq_get(q, &b, 0, NULL);                      /* a: the head moves on */
+    shmq_put(q, d, sizeof d, -1, NULL);                /* wraps */
+    r = shmq_get(q, &b, 0, &w);                        /* c: lent */
+    lent = r == SHMQ_OK && w.lent != NULL && memcmp(w.lent, c, sizeof c) == 0;
+    r = shmq_get(q, &b, 0, &w);                        /* d */
+    ok(lent && r == SHMQ_OK && w.lent == NULL && b.len == sizeof d && memcmp(b.data, d, sizeof d) == 0,
+       "a message that wraps around the ring's end is copied out whole, not lent");
+    ok(shmq_test_capacity(q) == (256 << 10), "(the ring did not grow, so it wrapped)");
+    shmq_destroy(q);
+    luamp_buf_free(&b);
+}
+
 int main(void)
 {
     char got[64];
@@ -125,5 +198,6 @@ int main(void)
     ok(puts_ok && shmq_count(q) == 64 && shmq_test_capacity(q) >= ((uint64_t)32 << 20),
        "without a consumer, 32 MiB of puts all go in at once");
     shmq_destroy(q);
+    test_lending();
     return done_testing();
 }
