@@ -99,6 +99,23 @@ void luamp_buf_init(luamp_buf *b)
     b->data = NULL;
     b->len = 0;
     b->cap = 0;
+    b->span_from = 0;
+    b->spans = NULL;
+    b->nspans = b->spancap = b->spanlen = 0;
+}
+
+void luamp_buf_reset(luamp_buf *b)
+{
+    b->len = 0;
+    b->nspans = 0;
+    b->spanlen = 0;
+}
+
+/* Drops the spans from the n-th on (a cut back to before they were made). */
+static void cut_spans(luamp_buf *b, size_t n)
+{
+    while (b->nspans > n)
+        b->spanlen -= b->spans[--b->nspans].n;
 }
 
 int luamp_buf_reserve(luamp_buf *b, size_t extra)
@@ -134,8 +151,12 @@ int luamp_buf_append(luamp_buf *b, const void *p, size_t n)
 
 void luamp_buf_free(luamp_buf *b)
 {
+    size_t from = b->span_from;
+
     free(b->data);
+    free(b->spans);
     luamp_buf_init(b);
+    b->span_from = from;
 }
 
 /* ------------------------------------------------------------------ */
@@ -165,6 +186,8 @@ typedef struct encoder {
     lua_State *L;
     luamp_buf *out;
     size_t start;          /* out->len before this message */
+    size_t spans0;         /* out->nspans, and */
+    size_t spanlen0;       /* out->spanlen before it */
     const char *root;
     uint32_t next_id;
     int have_seen, have_upvals, have_names, names_rebuilt;
@@ -199,9 +222,22 @@ static int refuse_whole(encoder *e, const char *why)
 /* Makes room for n more bytes, within the message size limit.  It must
  * not touch the Lua stack, as it also serves lua_dump; it only records
  * why it failed. */
+/* The message's bytes so far, spans included. */
+static inline size_t written(const encoder *e)
+{
+    return e->out->len - e->start + (e->out->spanlen - e->spanlen0);
+}
+
+/* Cuts the message back to `len` bytes of data and `spans` spans. */
+static void cut_back(encoder *e, size_t len, size_t spans)
+{
+    e->out->len = len;
+    cut_spans(e->out, spans);
+}
+
 static int grow(encoder *e, size_t n)
 {
-    if (e->out->len - e->start + n > LUAMP_MAX_MESSAGE)
+    if (written(e) + n > LUAMP_MAX_MESSAGE)
         return refuse_whole(e, TOO_BIG);
     if (luamp_buf_reserve(e->out, n) < 0)
         return refuse_whole(e, "out of memory");
@@ -212,7 +248,7 @@ static inline int room(encoder *e, size_t n)
 {
     const luamp_buf *b = e->out;
 
-    if (b->cap - b->len >= n && b->len - e->start + n <= LUAMP_MAX_MESSAGE)
+    if (b->cap - b->len >= n && written(e) + n <= LUAMP_MAX_MESSAGE)
         return 0;
     return grow(e, n);
 }
@@ -948,18 +984,43 @@ static int utf8_valid(const unsigned char *s, size_t n)
     }
 }
 
+/* Records the n bytes at s as a span at the end of the message (see
+ * luamp_buf).  Only the fast pass makes spans: it runs no Lua code, so
+ * no string it meets can be collected before the message is sent. */
+static int add_span(encoder *e, const char *s, size_t n)
+{
+    luamp_buf *b = e->out;
+
+    if (written(e) + n > LUAMP_MAX_MESSAGE)
+        return refuse_whole(e, TOO_BIG);
+    if (b->nspans == b->spancap) {
+        size_t cap = b->spancap ? b->spancap * 2 : 8;
+        luamp_span *p = realloc(b->spans, cap * sizeof *p);
+        if (p == NULL)
+            return refuse_whole(e, "out of memory");
+        b->spans = p;
+        b->spancap = cap;
+    }
+    b->spans[b->nspans++] = (luamp_span){ b->len, s, n };
+    b->spanlen += n;
+    return 0;
+}
+
 static int enc_string(encoder *e)
 {
     size_t n;
     const char *s = lua_tolstring(e->L, -1, &n);
     unsigned char *p;
+    int span = e->fast && e->out->span_from && n >= e->out->span_from;
 
     if (n > LUAMP_MAX_MESSAGE)
         return refuse_whole(e, TOO_BIG);   /* before spending time on checking it */
-    if (room(e, 5 + n))
+    if (room(e, span ? 5 : 5 + n))
         return -1;
     if (put_header(e, utf8_valid((const unsigned char *)s, n) ? 0xa0 : 0, n))
         return -1;
+    if (span)
+        return add_span(e, s, n);
     p = cursor(e);
     memcpy(p, s, n);
     e->out->len += n;
@@ -1148,7 +1209,7 @@ static int enc_table(encoder *e, int depth)
 static int fast_map(encoder *e, int t, int depth)
 {
     lua_State *L = e->L;
-    size_t mark = e->out->len, count = 0;
+    size_t mark = e->out->len, count = 0, spans = e->out->nspans;
 
     if (put_byte(e, 0x80))
         return -1;
@@ -1174,6 +1235,8 @@ static int fast_map(encoder *e, int t, int depth)
         p[0] = hdr == 3 ? 0xde : 0xdf;
         put_be(p + 1, count, (int)hdr - 1);
         e->out->len += hdr - 1;
+        for (size_t k = spans; k < e->out->nspans; k++)
+            e->out->spans[k].at += hdr - 1;
     } else {
         e->out->data[mark] = (char)(0x80 | count);
     }
@@ -1195,7 +1258,7 @@ static int fast_body(encoder *e, int depth)
     lua_State *L = e->L;
     int t = lua_gettop(L), map = 0;
     lua_Unsigned n = lua_rawlen(L, t), i = 0;
-    size_t mark = e->out->len;
+    size_t mark = e->out->len, spans = e->out->nspans;
     uint32_t ids = e->next_id;
 
     if (depth > LUAMP_MAX_DEPTH || !lua_checkstack(L, SLACK))
@@ -1219,7 +1282,7 @@ static int fast_body(encoder *e, int depth)
             continue;
         }
         lua_settop(L, t);
-        e->out->len = mark;
+        cut_back(e, mark, spans);
         e->next_id = ids;
         return map ? fast_map(e, t, depth + 1) : enc_body(e, depth);
     }
@@ -1448,6 +1511,8 @@ static void encoder_init(encoder *e, lua_State *L, const char *root, luamp_buf *
     e->L = L;
     e->out = out;
     e->start = out->len;
+    e->spans0 = out->nspans;
+    e->spanlen0 = out->spanlen;
     e->root = root != NULL ? root : "value";
     e->next_id = 0;
     e->have_seen = e->have_upvals = e->have_names = e->names_rebuilt = 0;
@@ -1491,7 +1556,7 @@ static int fast_pass(lua_State *L, int idx, const char *root, luamp_buf *out,
     seen_free(&e.seen);
     lua_settop(L, top);
     if (r != 0)
-        out->len = e.start;
+        cut_back(&e, e.start, e.spans0);
     return r;
 }
 
@@ -1507,14 +1572,14 @@ static int protected_pass(lua_State *L, int idx, const char *root, luamp_buf *ou
     lua_pushvalue(L, idx);
     lua_pushlightuserdata(L, &e);
     if (lua_pcall(L, 2, 1, 0) != LUA_OK) {
-        out->len = e.start;
+        cut_back(&e, e.start, e.spans0);
         lua_error(L);
     }
     if (lua_isnil(L, -1)) {
         lua_pop(L, 1);
         return 0;
     }
-    out->len = e.start;
+    cut_back(&e, e.start, e.spans0);
     return -1;
 }
 

@@ -23,13 +23,39 @@
 /* Largest message that is encoded, sent or decoded: 1 GiB. */
 #define LUAMP_MAX_MESSAGE ((size_t)1 << 30)
 
+/* A string of a message left where it is, not copied into the buffer:
+ * its n bytes at p belong at offset `at` of the buffer's data. */
+typedef struct luamp_span {
+    size_t at;
+    const char *p;
+    size_t n;
+} luamp_span;
+
+/*
+ * A message being built.  With span_from > 0, the encoder's fast pass
+ * (plain data) does not copy strings of span_from bytes or more: it
+ * writes their headers and records spans, so that the message is data
+ * with each span's bytes inserted at its offset (luamp_buf_size bytes in
+ * all), and a queue copies the string once, straight into shared memory
+ * (shmq_put_buf).  The strings are those of the value encoded, so they
+ * live as long as it does; the message must be sent before the value
+ * can be collected (no Lua code runs in between).
+ */
 typedef struct luamp_buf {
     char *data;
     size_t len;
     size_t cap;
+    size_t span_from;     /* 0: copy every string */
+    luamp_span *spans;    /* in order of offset */
+    size_t nspans, spancap;
+    size_t spanlen;       /* their bytes in all */
 } luamp_buf;
 
 void luamp_buf_init(luamp_buf *b);
+/* The message's length: data and spans. */
+static inline size_t luamp_buf_size(const luamp_buf *b) { return b->len + b->spanlen; }
+/* Empties the message, spans included. */
+void luamp_buf_reset(luamp_buf *b);
 /* Makes room for `extra` more bytes; 0, or -1 when out of memory. */
 int luamp_buf_reserve(luamp_buf *b, size_t extra);
 int luamp_buf_append(luamp_buf *b, const void *p, size_t n);

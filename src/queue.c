@@ -31,6 +31,11 @@ typedef struct queue {
     char id[48];
 } queue;
 
+/* Strings of this size and more in what a process puts are copied once,
+ * straight into the ring, instead of into the scratch buffer and then
+ * into the ring (luamp_buf, "spans"). */
+#define SPAN_FROM ((size_t)64 << 10)
+
 /* The queue at index 1.  Every function of the type has the metatable as
  * its upvalue: comparing with it is much cheaper than luaL_checkudata's
  * lookup by name, and the parent and each worker call these for every
@@ -66,6 +71,7 @@ static int new_queue(lua_State *L)
     queue *u = lua_newuserdatauv(L, sizeof *u, 0);
     memset(u, 0, sizeof *u);
     luamp_buf_init(&u->buf);
+    u->buf.span_from = SPAN_FROM;
     luamp_buf_init(&u->held);
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_setmetatable(L, -2);
@@ -84,7 +90,7 @@ static void encode_item(lua_State *L, queue *u, const char *fname)
 {
     if (lua_isnoneornil(L, 2))
         luaL_error(L, "bad argument #1 to '%s' (nil cannot be put on a queue)", fname);
-    u->buf.len = 0;
+    luamp_buf_reset(&u->buf);
     if (luamp_encode(L, 2, "item", &u->buf) != 0)
         luamp_raise(L, "serialize", "%s", lua_tostring(L, -1));
 }
@@ -94,7 +100,7 @@ static void encode_item(lua_State *L, queue *u, const char *fname)
  * returns SHMQ_OK, SHMQ_TIMEOUT, or SHMQ_ERROR for an item over 1 GiB. */
 static int put_buf(lua_State *L, queue *u, double deadline, uint64_t *seq)
 {
-    int r = shmq_put(u->q, u->buf.data, u->buf.len, deadline, seq);
+    int r = shmq_put_buf(u->q, &u->buf, deadline, seq);
     luamp_buf_trim(&u->buf);
     if (r == SHMQ_INTERRUPTED)
         luamp_raise_interrupt(L);
@@ -234,7 +240,7 @@ static int put_task_msg(lua_State *L, const char *fname, queue *u, struct task_h
     if (flen > LUAMP_MAX_MESSAGE)
         return luaL_error(L, "%s: function too large", fname);
     h->flen = (uint32_t)flen;
-    u->buf.len = 0;
+    luamp_buf_reset(&u->buf);
     if (luamp_buf_append(&u->buf, h, sizeof *h) != 0 || luamp_buf_append(&u->buf, f, flen) != 0)
         return luaL_error(L, "not enough memory");
     if ((first > 0 ? luamp_encode_slice(L, idx, first, h->count, root, &u->buf)
@@ -437,13 +443,13 @@ static int q_get_task(lua_State *L)
  * Returns 0, or -1 with the encoder's message pushed. */
 static int encode_part(lua_State *L, queue *u, int idx, const char *root, uint32_t *len)
 {
-    size_t before = u->buf.len;
+    size_t before = luamp_buf_size(&u->buf);
     *len = 0;
     if (idx == 0 || lua_isnoneornil(L, idx) || (lua_isboolean(L, idx) && !lua_toboolean(L, idx)))
         return 0;
     if (luamp_encode(L, idx, root, &u->buf) != 0)
         return -1;
-    *len = (uint32_t)(u->buf.len - before);
+    *len = (uint32_t)(luamp_buf_size(&u->buf) - before);
     return 0;
 }
 
@@ -451,18 +457,18 @@ static int encode_part(lua_State *L, queue *u, int idx, const char *root, uint32
  * or whose results are the h->nres stack values from `values` (not 0). */
 static int put_result_msg(lua_State *L, queue *u, struct result_hdr *h, int ridx, int eidx, int values)
 {
-    u->buf.len = 0;
+    luamp_buf_reset(&u->buf);
     if (luamp_buf_append(&u->buf, h, sizeof *h) != 0)
         return luaL_error(L, "not enough memory");
     int bad;
     if (values) {
         bad = luamp_encode_values(L, values, (int)h->nres, "result", &u->buf) != 0;
-        h->rlen = (uint32_t)(u->buf.len - sizeof *h);
+        h->rlen = (uint32_t)(luamp_buf_size(&u->buf) - sizeof *h);
     } else if (!h->apply && h->count > 0 && ridx && lua_type(L, ridx) == LUA_TTABLE) {
         /* a chunk's results, 1..count (nil ones too): as an array, read
          * by index, whatever holes the table has */
         bad = luamp_encode_slice(L, ridx, 1, h->count, "result", &u->buf) != 0;
-        h->rlen = (uint32_t)(u->buf.len - sizeof *h);
+        h->rlen = (uint32_t)(luamp_buf_size(&u->buf) - sizeof *h);
     } else {
         bad = encode_part(L, u, ridx, "result", &h->rlen) != 0;
     }

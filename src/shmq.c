@@ -427,7 +427,32 @@ static int wait_for_room(shmq *q, double until)
 
 int shmq_put(shmq *q, const void *p, size_t n, double deadline, uint64_t *seq)
 {
+    luamp_buf b;
+    luamp_buf_init(&b);
+    b.data = (char *)p;     /* only read */
+    b.len = n;
+    return shmq_put_buf(q, &b, deadline, seq);
+}
+
+/* Writes message m (its data with its spans inserted) at ring offset off. */
+static void write_message(shmq *q, uint64_t off, const luamp_buf *m)
+{
+    size_t from = 0;
+    for (size_t i = 0; i < m->nspans; i++) {
+        const luamp_span *s = &m->spans[i];
+        ring_write(q, off, m->data + from, s->at - from);
+        off += s->at - from;
+        ring_write(q, off, s->p, s->n);
+        off += s->n;
+        from = s->at;
+    }
+    ring_write(q, off, m->data + from, m->len - from);
+}
+
+int shmq_put_buf(shmq *q, const luamp_buf *m, double deadline, uint64_t *seq)
+{
     struct shmq_hdr *h = q->hdr;
+    size_t n = luamp_buf_size(m);
     uint64_t need = REC_HDR + (uint64_t)n;
     if (n > LUAMP_MAX_MESSAGE) {
         errno = EMSGSIZE;
@@ -472,7 +497,7 @@ int shmq_put(shmq *q, const void *p, size_t n, double deadline, uint64_t *seq)
     memcpy(rec + 4, &s, 8);
     uint64_t tail = h->head + h->used;
     ring_write(q, tail, rec, REC_HDR);
-    ring_write(q, tail + REC_HDR, p, n);
+    write_message(q, tail + REC_HDR, m);
     if (seq)
         *seq = s;
     h->used += need;
@@ -578,7 +603,7 @@ int shmq_get(shmq *q, luamp_buf *out, double deadline, shmq_wait *w)
     memcpy(&w->seq, rec + 4, 8);
     uint64_t need = REC_HDR + (uint64_t)len;
     int lend = w->lend_from && len >= w->lend_from && h->head + need <= h->cap;
-    out->len = 0;
+    luamp_buf_reset(out);
     if (lend) {
         w->lent = q->ring + h->head + REC_HDR;
         w->lent_len = len;

@@ -47,6 +47,8 @@ typedef struct shmq_wait {
  * put copies `n` bytes in (*seq, if not NULL, gets its sequence number);
  * get copies the next message out into `out` (replacing its contents). */
 int shmq_put(shmq *q, const void *p, size_t n, double deadline, uint64_t *seq);
+/* put for a message built in a luamp_buf: its data with its spans. */
+int shmq_put_buf(shmq *q, const luamp_buf *m, double deadline, uint64_t *seq);
 #define SHMQ_MAX_EXTRA 256
 int shmq_get(shmq *q, luamp_buf *out, double deadline, shmq_wait *w);
 

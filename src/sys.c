@@ -639,7 +639,6 @@ void luamp_buf_trim(luamp_buf *b)
 {
     if (b->cap > ((size_t)64 << 20)) {
         luamp_buf_free(b);
-        luamp_buf_init(b);
     }
-    b->len = 0;
+    luamp_buf_reset(b);
 }

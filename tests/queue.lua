@@ -111,6 +111,36 @@ do
   t.is(q:get(5), "after", "the item after a big one follows")
 end
 
+-- Strings of 64 KiB and more go into the queue's memory straight from
+-- the Lua string (spans, codec.h): beside small values, in maps that
+-- grow a long header, and in a value the fast pass leaves to the slow one.
+do
+  local q = mp.Queue()
+  local function blob(c, n) return string.rep(c, n - 3) .. "end" end
+  local function items()
+    local m = {}
+    for i = 1, 20 do m["k" .. i] = i end
+    m.big = blob("m", 1 << 16)
+    return {
+      {blob("a", 100000), "small", blob("b", 1 << 20), 7},
+      m,
+      {blob("c", 70000), setmetatable({blob("d", 80000)}, {__index = {}})},
+      blob("e", 65535),
+    }
+  end
+  local p = mp.Process{target = function() for _, v in ipairs(items()) do q:put(v) end end}
+  p:start()
+  local want = items()
+  local got = {}
+  for i = 1, #want do got[i] = q:get(10) end
+  p:join()
+  t.same(got[1], want[1], "a table with big strings arrives intact")
+  t.same(got[2], want[2], "a map of 21 entries with a big string arrives intact")
+  t.ok(got[3] and got[3][1] == want[3][1] and got[3][2][1] == want[3][2][1]
+       and getmetatable(got[3][2]) ~= nil, "big strings beside a metatable arrive intact")
+  t.is(got[4], want[4], "a string just under 64 KiB arrives intact")
+end
+
 -- a bounded queue blocks a producer until a consumer makes room
 do
   local q = mp.Queue(1)

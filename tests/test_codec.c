@@ -530,6 +530,74 @@ static void test_objects(void)
 }
 
 /* 2 x 512 MiB of the same string go over 1 GiB. */
+/* The message b holds: its data with its spans inserted, into out. */
+static void flatten(const luamp_buf *b, luamp_buf *out)
+{
+    size_t from = 0;
+
+    luamp_buf_reset(out);
+    for (size_t i = 0; i < b->nspans; i++) {
+        luamp_buf_append(out, b->data + from, b->spans[i].at - from);
+        luamp_buf_append(out, b->spans[i].p, b->spans[i].n);
+        from = b->spans[i].at;
+    }
+    luamp_buf_append(out, b->data + from, b->len - from);
+}
+
+/* Whether expr encodes, after a prefix, to the same bytes with spans as
+ * without; *nspans: how many spans that took. */
+static int same_with_spans(const char *expr, size_t *nspans)
+{
+    luamp_buf plain, spanned, flat;
+    int same;
+
+    luamp_buf_init(&plain);
+    luamp_buf_init(&spanned);
+    luamp_buf_init(&flat);
+    spanned.span_from = 64 << 10;
+    luamp_buf_append(&plain, "hd", 2);
+    luamp_buf_append(&spanned, "hd", 2);
+    same = encode_expr(expr, NULL, &plain) == 0 && encode_expr(expr, NULL, &spanned) == 0;
+    flatten(&spanned, &flat);
+    same = same && luamp_buf_size(&spanned) == plain.len && flat.len == plain.len
+           && memcmp(flat.data, plain.data, plain.len) == 0;
+    *nspans = spanned.nspans;
+    luamp_buf_free(&plain);
+    luamp_buf_free(&spanned);
+    luamp_buf_free(&flat);
+    return same;
+}
+
+/* Strings of span_from bytes or more stay where they are (luamp_buf). */
+static void test_spans(void)
+{
+    size_t n = 0;
+    luamp_buf b;
+
+    run("BIG = string.rep('a', 100000); BIG2 = string.rep('\\xff', 1 << 16)");
+    ok(same_with_spans("{BIG, 'small', BIG2, 42}", &n) && n == 2,
+       "big strings become spans, and the message is the same bytes (%zu spans)", n);
+    ok(same_with_spans("string.rep('s', 65535)", &n) && n == 0, "a string below span_from is copied");
+    ok(same_with_spans("{a = BIG, b = 1, c = 2, d = 3, e = 4, f = 5, g = 6, h = 7, i = 8, j = 9,"
+                       " k = 10, l = 11, m = 12, n = 13, o = 14, p = 15, q = BIG2}", &n) && n == 2,
+       "spans stay in place when a map of 16 entries or more moves up behind its header");
+    ok(same_with_spans("{BIG, BIG2, x = 1}", &n) && n == 2,
+       "a sequence that turns out to be a map drops the spans it wrote (%zu left)", n);
+    ok(same_with_spans("{BIG, setmetatable({}, {})}", &n) && n == 0,
+       "a value the fast pass gives up on is copied whole by the protected pass");
+
+    luamp_buf_init(&b);
+    b.span_from = 64 << 10;
+    luamp_buf_append(&b, "keep", 4);
+    eval("{BIG, coroutine.create(print)}");
+    ok(luamp_encode(L, -1, "item", &b) == -1 && b.len == 4 && b.nspans == 0 && b.spanlen == 0,
+       "a refused message leaves no span behind");
+    lua_pop(L, 2);
+    luamp_buf_free(&b);
+    ok(b.span_from == 64 << 10, "free keeps the buffer's span_from");
+    run("BIG = nil; BIG2 = nil");
+}
+
 static void test_size_limit(void)
 {
     luamp_buf b;
@@ -544,6 +612,11 @@ static void test_size_limit(void)
        "the size refusal names the root only");
     lua_pop(L, 2);
     ok(b.len == 4, "a refused large message leaves the buffer as it was");
+    b.span_from = 1 << 16;
+    eval("{HALF, HALF}");
+    ok(luamp_encode(L, -1, "args", &b) == -1 && b.len == 4 && b.nspans == 0,
+       "so does one over 1 GiB in spans");
+    lua_pop(L, 2);
     run("HALF = nil; collectgarbage()");
     luamp_buf_free(&b);
 }
@@ -974,6 +1047,7 @@ int main(void)
     test_memory_error();
     test_decode_memory_error();
     test_objects();
+    test_spans();
     test_size_limit();
     fuzz_truncations();
     fuzz_random();

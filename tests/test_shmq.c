@@ -113,6 +113,54 @@ static void test_lending(void)
     luamp_buf_free(&b);
 }
 
+/* A message with spans goes in as its data with the spans' bytes in
+ * place, even across the end of the ring. */
+static void test_spans(void)
+{
+    static char a[60 << 10], c[20 << 10];
+    shmq *q = shmq_create(0);
+    luamp_buf m, got, want;
+    luamp_buf_init(&m);
+    luamp_buf_init(&got);
+    luamp_buf_init(&want);
+    fill(a, sizeof a, 'a');
+    fill(c, sizeof c, 'c');
+    if (!q)
+        return;
+    /* spans at the very start, in the middle and at the very end */
+    luamp_buf_append(&m, "<mid>", 5);
+    luamp_span spans[] = { { 0, a, sizeof a }, { 2, c, sizeof c }, { 5, a, 1000 } };
+    m.spans = spans;
+    m.nspans = m.spancap = 3;
+    m.spanlen = sizeof a + sizeof c + 1000;
+    luamp_buf_append(&want, a, sizeof a);
+    luamp_buf_append(&want, "<m", 2);
+    luamp_buf_append(&want, c, sizeof c);
+    luamp_buf_append(&want, "id>", 3);
+    luamp_buf_append(&want, a, 1000);
+
+    /* 81 KiB messages in a 256 KiB ring, one always held: the fourth
+     * starts 243 KiB in and wraps */
+    int all = 1;
+    for (int i = 0; i < 4; i++) {
+        all &= shmq_put_buf(q, &m, -1, NULL) == SHMQ_OK;
+        if (i > 0)
+            all &= shmq_get(q, &got, 0, NULL) == SHMQ_OK && got.len == want.len
+                   && memcmp(got.data, want.data, want.len) == 0;
+    }
+    all &= shmq_get(q, &got, 0, NULL) == SHMQ_OK && got.len == want.len
+           && memcmp(got.data, want.data, want.len) == 0;     /* the one that wrapped */
+    ok(all && shmq_count(q) == 0 && shmq_test_capacity(q) == (256 << 10),
+       "a message with spans comes out as its data with the spans in place, across the ring's end too");
+    m.spans = NULL;
+    m.nspans = m.spancap = 0;
+    m.spanlen = 0;
+    luamp_buf_free(&m);
+    luamp_buf_free(&got);
+    luamp_buf_free(&want);
+    shmq_destroy(q);
+}
+
 int main(void)
 {
     char got[64];
@@ -199,5 +247,6 @@ int main(void)
        "without a consumer, 32 MiB of puts all go in at once");
     shmq_destroy(q);
     test_lending();
+    test_spans();
     return done_testing();
 }
