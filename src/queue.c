@@ -870,6 +870,16 @@ static int settle_map(lua_State *L, queue *u, const struct result_hdr *h, int si
  * was a tenth of what the parent spent per result of map_large_result. */
 #define LEND_FROM ((size_t)64 << 10)
 
+/* Swaps the buffers buf and held; buf keeps its settings. */
+static void swap_held(queue *u)
+{
+    luamp_buf t = u->buf;
+    u->buf = u->held;
+    u->held = t;
+    u->held.span_from = u->buf.span_from;
+    u->buf.span_from = t.span_from;
+}
+
 /* Gives the message get_result decodes back to the ring if it was lent:
  * before anything that may run Lua code (a collection step's finalizers),
  * which might read this queue again. */
@@ -909,9 +919,7 @@ static int q_get_result(lua_State *L)
     double elapsed = 0;
     for (;;) {
         if (u->held.len > 0) {
-            luamp_buf t = u->buf;
-            u->buf = u->held;
-            u->held = t;
+            swap_held(u);
             u->held.len = 0;
             u->msg = u->buf.data;
             u->mlen = u->buf.len;
@@ -949,9 +957,7 @@ static int q_get_result(lua_State *L)
                 }
                 give_back(L, u);
             } else {
-                luamp_buf t = u->held;
-                u->held = u->buf;
-                u->buf = t;
+                swap_held(u);
             }
             break;
         }
