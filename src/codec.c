@@ -111,6 +111,45 @@ void luamp_buf_reset(luamp_buf *b)
     b->spanlen = 0;
 }
 
+void luamp_buf_copy_out(const luamp_buf *b, char *dst)
+{
+    size_t from = 0;
+
+    for (size_t i = 0; i < b->nspans; i++) {
+        const luamp_span *s = &b->spans[i];
+        memcpy(dst, b->data + from, s->at - from);
+        dst += s->at - from;
+        memcpy(dst, s->p, s->n);
+        dst += s->n;
+        from = s->at;
+    }
+    if (b->len > from)
+        memcpy(dst, b->data + from, b->len - from);
+}
+
+int luamp_buf_flatten(luamp_buf *b)
+{
+    size_t end = b->len, shift = b->spanlen;
+
+    if (b->nspans == 0)
+        return 0;
+    if (luamp_buf_reserve(b, shift) != 0)
+        return -1;
+    /* from the back: each stretch of data moves up by the spans before
+     * its end, then the span before it goes in */
+    for (size_t i = b->nspans; i-- > 0;) {
+        const luamp_span *s = &b->spans[i];
+        memmove(b->data + s->at + shift, b->data + s->at, end - s->at);
+        shift -= s->n;
+        memcpy(b->data + s->at + shift, s->p, s->n);
+        end = s->at;
+    }
+    b->len += b->spanlen;
+    b->nspans = 0;
+    b->spanlen = 0;
+    return 0;
+}
+
 /* Drops the spans from the n-th on (a cut back to before they were made). */
 static void cut_spans(luamp_buf *b, size_t n)
 {

@@ -51,11 +51,19 @@ typedef struct luamp_buf {
     size_t spanlen;       /* their bytes in all */
 } luamp_buf;
 
+/* The span_from of the buffers queues and pipes send from: a copy of
+ * 16 KiB costs more than keeping a span. */
+#define LUAMP_SPAN_FROM ((size_t)16 << 10)
+
 void luamp_buf_init(luamp_buf *b);
 /* The message's length: data and spans. */
 static inline size_t luamp_buf_size(const luamp_buf *b) { return b->len + b->spanlen; }
 /* Empties the message, spans included. */
 void luamp_buf_reset(luamp_buf *b);
+/* Copies the whole message, spans in place, to dst (luamp_buf_size bytes). */
+void luamp_buf_copy_out(const luamp_buf *b, char *dst);
+/* Copies the spans' bytes into the data: 0, or -1 when out of memory. */
+int luamp_buf_flatten(luamp_buf *b);
 /* Makes room for `extra` more bytes; 0, or -1 when out of memory. */
 int luamp_buf_reserve(luamp_buf *b, size_t extra);
 int luamp_buf_append(luamp_buf *b, const void *p, size_t n);

@@ -400,7 +400,7 @@ static int c_send(lua_State *L)
     if (lua_isnoneornil(L, 2))
         return luaL_error(L, "bad argument #1 to 'send' (nil cannot be sent on a Pipe)");
     dir *d = s->d;
-    c->buf.len = 0;
+    luamp_buf_reset(&c->buf);
     if (luamp_buf_reserve(&c->buf, 4) != 0)
         return luaL_error(L, "Pipe:send: out of memory");
     c->buf.len = 4;
@@ -408,7 +408,7 @@ static int c_send(lua_State *L)
         luamp_buf_trim(&c->buf);
         return luamp_raise(L, "serialize", "%s", lua_tostring(L, -1));
     }
-    uint64_t n = c->buf.len - 4;
+    uint64_t n = luamp_buf_size(&c->buf) - 4;
     if (n > LUAMP_MAX_MESSAGE) {
         luamp_buf_trim(&c->buf);
         return luaL_error(L, "Pipe:send: a message of %I bytes is over the 1 GiB limit", (lua_Integer)n);
@@ -416,6 +416,11 @@ static int c_send(lua_State *L)
     for (int i = 0; i < 4; i++)
         c->buf.data[i] = (char)(n >> (8 * i));
     uint64_t total = 4 + n;
+    /* (a message that streams goes from one piece of memory) */
+    if (total > CAP && luamp_buf_flatten(&c->buf) != 0) {
+        luamp_buf_trim(&c->buf);
+        return luaL_error(L, "Pipe:send: out of memory");
+    }
 
     /* Now and then (and first of all), ask whether anyone can still
      * receive: a full ring would tell, but only after 2 MiB. */
@@ -465,7 +470,7 @@ static int c_send(lua_State *L)
                     s->skip_at = t + 4096;
                 }
             }
-            memcpy(s->data + t % CAP, c->buf.data, total);
+            luamp_buf_copy_out(&c->buf, s->data + t % CAP);
             atomic_store_explicit(&d->tx_cpu, sched_getcpu(), memory_order_relaxed);
             atomic_store(&d->tail, t + total);
             unlock_dir(&d->tx_lock);
@@ -728,6 +733,7 @@ static conn *new_end(lua_State *L)
     memset(c, 0, sizeof *c);
     c->rx.fd = c->tx.fd = -1;
     luamp_buf_init(&c->buf);
+    c->buf.span_from = LUAMP_SPAN_FROM;  /* big strings go straight into the ring */
     luamp_buf_init(&c->in);
     luaL_setmetatable(L, LUAMP_CONN_MT);
     return c;

@@ -31,11 +31,6 @@ typedef struct queue {
     char id[48];
 } queue;
 
-/* Strings of this size and more in what a process puts are copied once,
- * straight into the ring, instead of into the scratch buffer and then
- * into the ring (luamp_buf, "spans"). */
-#define SPAN_FROM ((size_t)64 << 10)
-
 /* The queue at index 1.  Every function of the type has the metatable as
  * its upvalue: comparing with it is much cheaper than luaL_checkudata's
  * lookup by name, and the parent and each worker call these for every
@@ -71,7 +66,7 @@ static int new_queue(lua_State *L)
     queue *u = lua_newuserdatauv(L, sizeof *u, 0);
     memset(u, 0, sizeof *u);
     luamp_buf_init(&u->buf);
-    u->buf.span_from = SPAN_FROM;
+    u->buf.span_from = LUAMP_SPAN_FROM;  /* big strings go straight into the ring */
     luamp_buf_init(&u->held);
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_setmetatable(L, -2);

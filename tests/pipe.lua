@@ -124,6 +124,28 @@ do
   t.same({a:recv(5)}, {nil, "closed"}, "and then closed")
 end
 
+-- Strings of 16 KiB and more go from the Lua string straight into the
+-- ring (spans, codec.h), in a message that fits the ring and in one
+-- that streams through it.
+do
+  local a, b = mp.Pipe()
+  local function s(c, n) return string.rep(c, n - 1) .. "." end
+  local function msgs()
+    return {
+      {s("a", 16 << 10), "small", s("b", 1 << 20), 42, {s("c", 20000)}},
+      {s("d", 1500000), s("e", 1500000), "end"},     -- 3 MB: streams
+      s("f", (16 << 10) - 1),
+    }
+  end
+  local p = mp.Process{target = function() for _, m in ipairs(msgs()) do b:send(m) end end}
+  p:start()
+  local want = msgs()
+  t.same(a:recv(10), want[1], "a table of big and small strings arrives intact")
+  t.same(a:recv(10), want[2], "a table of big strings that streams through the ring arrives intact")
+  t.is(a:recv(10), want[3], "a string just under 16 KiB arrives intact")
+  p:join()
+end
+
 -- a sender that dies, however it dies: what it sent is delivered, then closed
 do
   local a, b = mp.Pipe()

@@ -111,7 +111,7 @@ do
   t.is(q:get(5), "after", "the item after a big one follows")
 end
 
--- Strings of 64 KiB and more go into the queue's memory straight from
+-- Strings of 16 KiB and more go into the queue's memory straight from
 -- the Lua string (spans, codec.h): beside small values, in maps that
 -- grow a long header, and in a value the fast pass leaves to the slow one.
 do
@@ -125,7 +125,7 @@ do
       {blob("a", 100000), "small", blob("b", 1 << 20), 7},
       m,
       {blob("c", 70000), setmetatable({blob("d", 80000)}, {__index = {}})},
-      blob("e", 65535),
+      blob("e", (16 << 10) - 1),
     }
   end
   local p = mp.Process{target = function() for _, v in ipairs(items()) do q:put(v) end end}
@@ -138,7 +138,7 @@ do
   t.same(got[2], want[2], "a map of 21 entries with a big string arrives intact")
   t.ok(got[3] and got[3][1] == want[3][1] and got[3][2][1] == want[3][2][1]
        and getmetatable(got[3][2]) ~= nil, "big strings beside a metatable arrive intact")
-  t.is(got[4], want[4], "a string just under 64 KiB arrives intact")
+  t.is(got[4], want[4], "a string just under 16 KiB arrives intact")
 end
 
 -- a bounded queue blocks a producer until a consumer makes room

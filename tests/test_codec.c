@@ -586,8 +586,26 @@ static void test_spans(void)
     ok(same_with_spans("{BIG, setmetatable({}, {})}", &n) && n == 0,
        "a value the fast pass gives up on is copied whole by the protected pass");
 
+    /* copy_out and flatten give the message the encoder meant */
+    luamp_buf plain, flat;
+    luamp_buf_init(&plain);
+    luamp_buf_init(&flat);
     luamp_buf_init(&b);
     b.span_from = 64 << 10;
+    encode_expr("{BIG, 'x', {BIG2, BIG}, 'tail'}", NULL, &plain);
+    encode_expr("{BIG, 'x', {BIG2, BIG}, 'tail'}", NULL, &b);
+    luamp_buf_reserve(&flat, luamp_buf_size(&b));
+    luamp_buf_copy_out(&b, flat.data);
+    flat.len = luamp_buf_size(&b);
+    size_t spans = b.nspans;
+    ok(spans == 3 && flat.len == plain.len && memcmp(flat.data, plain.data, plain.len) == 0,
+       "copy_out writes the message with its %zu spans in place", spans);
+    ok(luamp_buf_flatten(&b) == 0 && b.nspans == 0 && b.spanlen == 0 && b.len == plain.len
+       && memcmp(b.data, plain.data, plain.len) == 0, "flatten copies the spans into the data");
+    luamp_buf_free(&plain);
+    luamp_buf_free(&flat);
+    luamp_buf_reset(&b);
+
     luamp_buf_append(&b, "keep", 4);
     eval("{BIG, coroutine.create(print)}");
     ok(luamp_encode(L, -1, "item", &b) == -1 && b.len == 4 && b.nspans == 0 && b.spanlen == 0,
