@@ -257,6 +257,7 @@ function mp.Pipe(duplex)
   return core.pipe(duplex ~= false)
 end
 
+mp._pipe_ring = core.pipe_ring   -- bytes of a Pipe's ring, each way
 mp._encode = core.encode
 mp._decode = core.decode
 mp._now = core.now

@@ -6,12 +6,12 @@
  *
  * A Pipe is one memfd, mapped by every process that holds an end: a page
  * of headers and, per direction (two for a duplex Pipe, one otherwise), a
- * ring of 2 MiB mapped twice in a row, so that any run of bytes in the
+ * ring of 4 MiB mapped twice in a row, so that any run of bytes in the
  * ring is contiguous in memory.  A message is a 4-byte little-endian
  * length and the encoded value.  The sender copies it in and publishes it
  * by one store of the ring's tail; the receiver copies it out and frees it
  * by one store of the head.  A message that does not fit the ring (over
- * 2 MiB) streams through it: the sender writes what fits, the receiver
+ * 4 MiB) streams through it: the sender writes what fits, the receiver
  * takes what came, until it is whole.  Positions only grow; when a sender
  * finds the ring empty well past its start, it moves both positions back
  * to offset 0, so a Pipe that carries one message at a time touches a
@@ -20,7 +20,7 @@
  * Any number of processes may use an end at once (Python's Connection is
  * not safe for that): senders of a direction take its send lock, receivers
  * its receive lock, both robust process-shared mutexes, held only while
- * bytes are copied (and while a message over 2 MiB streams), and while a
+ * bytes are copied (and while a message over 4 MiB streams), and while a
  * message of 16 KiB or more is decoded where it lies in the ring (in a
  * protected call: nothing here raises with a lock held).
  *
@@ -46,7 +46,7 @@
  * Once send returns, the message is in shared memory: the receiver gets it
  * even if the sender then computes for an hour, exits or is killed.
  * Sending never raises SIGPIPE.  A message cut in the middle (a sender or
- * receiver of a message over 2 MiB was interrupted or died) makes the
+ * receiver of a message over 4 MiB was interrupted or died) makes the
  * direction "broken": later calls raise instead of reading garbage (a
  * receiver still gets the whole messages that came before the cut).
  *
@@ -70,7 +70,7 @@
 
 #include <lauxlib.h>
 
-#define CAP ((uint64_t)2 << 20)         /* ring bytes per direction: a 1 MiB message fits whole */
+#define CAP ((uint64_t)4 << 20)         /* ring bytes per direction: two 1 MiB messages fit */
 #define HDR_SIZE ((size_t)4096)         /* the headers of both directions */
 #define SKIP_AFTER ((uint64_t)64 << 10) /* rewind an empty ring past this */
 #define STREAM_CHUNK (CAP / 4)          /* least a big message is written in */
@@ -339,7 +339,7 @@ static int wait_error(lua_State *L, int r, const char *what)
 
 static int broken_error(lua_State *L)
 {
-    return luamp_raise(L, "closed", "the Pipe is broken: a message over 2 MiB was cut "
+    return luamp_raise(L, "closed", "the Pipe is broken: a message over 4 MiB was cut "
                        "when its sender or receiver was interrupted or died");
 }
 
@@ -423,7 +423,7 @@ static int c_send(lua_State *L)
     }
 
     /* Now and then (and first of all), ask whether anyone can still
-     * receive: a full ring would tell, but only after 2 MiB. */
+     * receive: a full ring would tell, but only after 4 MiB. */
     double now = luamp_now();
     if (now >= c->next_check) {
         c->next_check = now + 1e-3;
@@ -545,7 +545,7 @@ static int decode_in_place(lua_State *L)
     return 1;
 }
 
-/* Whether a message (or the start of one over 2 MiB) is waiting. */
+/* Whether a message (or the start of one over 4 MiB) is waiting. */
 static int ready(side *s)
 {
     dir *d = s->d;
@@ -920,4 +920,6 @@ void luamp_open_pipe(lua_State *L)
     lua_pop(L, 1);
     lua_pushcfunction(L, l_pipe);
     lua_setfield(L, -2, "pipe");
+    lua_pushinteger(L, (lua_Integer)CAP);    /* for tests at the ring's edge */
+    lua_setfield(L, -2, "pipe_ring");
 }

@@ -91,13 +91,14 @@ do
   t.is(a:recv(0), "later", "and recv returns it")
 end
 
--- the ring (2 MiB a direction) wraps and rewinds: many messages of all
+-- the ring (4 MiB a direction) wraps and rewinds: many messages of all
 -- sizes, more than it holds in all, and sizes on both sides of its size
 do
   local a, b = mp.Pipe()
   local function msg(i) return string.rep(string.char(65 + i % 26), (i * 37) % 5000) end
   -- a string of n bytes is a 4-byte length, a 5-byte str32 head and n bytes
-  local edge = {(2 << 20) - 10, (2 << 20) - 9, (2 << 20) - 8, 6 << 20}
+  local R = mp._pipe_ring
+  local edge = {R - 10, R - 9, R - 8, 3 * R}
   local p = mp.Process{target = function()
     a:close()
     for i = 1, 3000 do b:send(msg(i)) end
@@ -133,7 +134,7 @@ do
   local function msgs()
     return {
       {s("a", 16 << 10), "small", s("b", 1 << 20), 42, {s("c", 20000)}},
-      {s("d", 1500000), s("e", 1500000), "end"},     -- 3 MB: streams
+      {s("d", mp._pipe_ring // 2 + 1000), s("e", mp._pipe_ring // 2), "end"},   -- streams
       s("f", (16 << 10) - 1),
     }
   end
@@ -167,10 +168,10 @@ do
   t.is(a:poll(0), true, "and poll is true: recv would not wait")
 end
 
--- a sender killed in the middle of a message over 2 MiB: an error, not garbage
+-- a sender killed in the middle of a message bigger than the ring: an error, not garbage
 do
   local a, b = mp.Pipe()
-  local p = mp.Process{target = function() a:close(); b:send(string.rep("x", 8 << 20)) end}
+  local p = mp.Process{target = function() a:close(); b:send(string.rep("x", 4 * mp._pipe_ring)) end}
   p:start()
   b:close()
   t.is(a:poll(10), true, "the start of a big message arrived")
@@ -189,7 +190,7 @@ do
   local e = t.raises(function() b:send("x") end, "closed", "send raises once nobody holds the other end")
   t.ok(mp.Error.is(e, "closed"), "of kind closed")
 
-  for _, size in ipairs({1000, 3 << 20}) do
+  for _, size in ipairs({1000, mp._pipe_ring + (1 << 20)}) do
     a, b = mp.Pipe()
     local q = mp.Queue()
     p = mp.Process{target = function()
@@ -215,7 +216,7 @@ do
     ps[w] = mp.Process{target = function()
       a:close()
       for i = 1, 2000 do b:send({w, i, string.rep("m", i % 300)}) end
-      if w == 1 then b:send(string.rep("B", 3 << 20)) end   -- streams, holding the lock
+      if w == 1 then b:send(string.rep("B", mp._pipe_ring + (1 << 20))) end   -- streams, holding the lock
     end}
     ps[w]:start()
   end
@@ -225,7 +226,7 @@ do
     local m = a:recv(20)
     if type(m) == "string" then
       big = big + 1
-      ok = ok and m == string.rep("B", 3 << 20)
+      ok = ok and m == string.rep("B", mp._pipe_ring + (1 << 20))
     elseif not m or m[2] ~= last[m[1]] + 1 or #m[3] ~= m[2] % 300 then
       ok = false
     else
@@ -285,7 +286,7 @@ do
 
   b:send("before")
   p = ctrl_c_soon()
-  ok, e = pcall(b.send, b, string.rep("h", 3 << 20))
+  ok, e = pcall(b.send, b, string.rep("h", mp._pipe_ring + (1 << 20)))
   t.ok(not ok and mp.Error.is(e, "interrupted"), "SIGINT in the middle of sending a big message raises interrupted")
   p:join()
   t.is(a:recv(1), "before", "what was sent before the cut message is still received")
