@@ -552,8 +552,17 @@ int shmq_get(shmq *q, luamp_buf *out, double deadline, shmq_wait *w)
         return SHMQ_ERROR;
     if (w->claim >= 0)
         h->claims[w->claim].seq = 0;    /* what it held before is done */
-    take_back(q);                       /* and so is what it borrowed */
     w->lent = NULL;
+    if (h->lent) {                      /* and so is what it borrowed */
+        take_back(q);
+        uint32_t wake = tokens_due(h->putters, &h->put_tokens);
+        if (wake) {
+            unlock(q);
+            ring(q->ev_put, wake);
+            if (lock(q) != 0)
+                return SHMQ_ERROR;
+        }
+    }
     int spun = !q->spin;
     double waited_from = 0;
     while (h->count == 0) {
