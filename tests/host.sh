@@ -238,4 +238,41 @@ is "$out" "nil${tab}signal${tab}13" "commands started by the script keep the def
 run "$LUAMP" -e 'local mp = require "luamp"; print(type(mp), package.loaded.luamp == mp)'
 is "$out" "table${tab}true" "require \"luamp\" works in the host (preloaded)"
 
+# --- malloc: freed memory is kept for the next messages ------------------
+# 16 MiB of 64 KiB strings, freed, then made again: glibc's defaults give
+# the freed top of the heap back and fault it in again (4,096 pages); the
+# binary keeps it.  A setting in the environment wins.
+cat >"$tmp/refill.lua" <<'EOF'
+local function minflt()
+  local f = assert(io.open("/proc/self/stat"))
+  local s = f:read("a")
+  f:close()
+  return tonumber(s:match("%) %S+ %S+ %S+ %S+ %S+ %S+ %S+ (%d+)"))
+end
+local function fill()
+  local t = {}
+  for i = 1, 256 do t[i] = string.rep(string.char(65 + i % 26), 65536) end
+  return t
+end
+local t = fill()
+t = nil
+collectgarbage()
+collectgarbage()
+local f0 = minflt()
+t = fill()
+print(minflt() - f0)
+EOF
+if [ -n "$SANITIZERS" ]; then
+    skip "freed heap memory is kept for reuse" "sanitizer build: ASan has its own allocator"
+    skip "a malloc setting in the environment wins" "sanitizer build: ASan has its own allocator"
+else
+    run "$LUAMP" "$tmp/refill.lua"
+    faults=$out
+    [ "$rc" = 0 ] && [ "$faults" -lt 1024 ]
+    tap_report $? "freed heap memory is kept for reuse ($faults page faults to make 16 MiB again)"
+    run env MALLOC_TRIM_THRESHOLD_=131072 "$LUAMP" "$tmp/refill.lua"
+    [ "$rc" = 0 ] && [ "$out" -ge 2048 ]
+    tap_report $? "a malloc setting in the environment wins ($out page faults)"
+fi
+
 done_testing
