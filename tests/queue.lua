@@ -152,6 +152,24 @@ do
   t.is(sum, 1275, "a bounded queue passes every item through a producer that waits")
 end
 
+-- a producer that waits for room holds its big items in place (spans)
+-- until they go in: they arrive intact
+do
+  local q = mp.Queue(1)
+  local p = mp.Process{target = function()
+    for i = 1, 8 do q:put({i, string.rep(string.char(64 + i), 100000 + i)}) end
+  end}
+  p:start()
+  local intact = true
+  for i = 1, 8 do
+    mp._sleep(0.002)     -- the producer is waiting for room by now
+    local v = q:get(10)
+    intact = intact and v[1] == i and v[2] == string.rep(string.char(64 + i), 100000 + i)
+  end
+  p:join()
+  t.ok(intact, "big items put while the queue was full arrive intact")
+end
+
 -- big items taken do not pile up as garbage until the heap doubles (every
 -- byte of them would land in fresh pages): get steps the collector
 do
