@@ -154,13 +154,20 @@ end
 
 -- 1,000 pools leave no descriptor behind
 do
-  -- descriptor -> what it is
+  -- descriptor -> what it is, and how many there are, counting a pipe
+  -- once however many of its ends are open here: `ls` may list this
+  -- process before io.popen closed its copy of the write end of the pipe
+  -- it reads (seen under make -j2).
   local function fds()
-    local set, n = {}, 0
+    local set, n, pipes = {}, 0, {}
     local h = io.popen("ls -l /proc/" .. mp.current_process().pid .. "/fd")
     for line in h:lines() do
       local fd, what = line:match("(%d+) %-> (.*)$")
-      if fd then set[fd], n = what, n + 1 end
+      if fd then
+        set[fd] = what
+        if not (what:match("^pipe:") and pipes[what]) then n = n + 1 end
+        if what:match("^pipe:") then pipes[what] = true end
+      end
     end
     h:close()
     return set, n
