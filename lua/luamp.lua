@@ -250,6 +250,25 @@ function mp.Queue(maxsize)
   return core.queue(maxsize or 0)
 end
 
+-- Lock, RLock, Value, Array: C objects in shared memory (src/sync.c).
+function mp.Lock() return core.lock(false) end
+function mp.RLock() return core.lock(true) end
+
+-- (the C constructors raise without a position; these give their caller's)
+function mp.Value(typecode, init)
+  if type(typecode) ~= "string" then argerror(1, "Value", "typecode (a string) expected, got " .. typename(typecode)) end
+  local ok, v = pcall(core.value, typecode, init)
+  if not ok then error(v, 2) end
+  return v
+end
+
+function mp.Array(typecode, size_or_values)
+  if type(typecode) ~= "string" then argerror(1, "Array", "typecode (a string) expected, got " .. typename(typecode)) end
+  local ok, a = pcall(core.array, typecode, size_or_values)
+  if not ok then error(a, 2) end
+  return a
+end
+
 function mp.Pipe(duplex)
   if duplex ~= nil and type(duplex) ~= "boolean" then
     argerror(1, "Pipe", "boolean expected, got " .. typename(duplex))

@@ -37,6 +37,8 @@ void luamp_open_sys(lua_State *L);
 /* From pipe.c and shmq.c: register their constructors into the table on top. */
 void luamp_open_pipe(lua_State *L);
 void luamp_open_queue(lua_State *L);
+/* From sync.c: Lock, RLock, Value and Array. */
+void luamp_open_sync(lua_State *L);
 
 /* A file descriptor a waitable object exposes to core.wait(). */
 int luamp_waitable_fd(lua_State *L, int idx);

@@ -1,0 +1,648 @@
+/*
+ * sync.c - mp.Lock, mp.RLock, mp.Value and mp.Array.
+ *
+ * Each object is one block of shared anonymous memory, mapped before any
+ * fork that should see it (like a Queue, it travels to a child as its id,
+ * and the child finds the mapping it inherited).  A block starts with a
+ * lock word; a Value or an Array keeps its elements after it, and its
+ * lock (get_lock) is an RLock on the same word, as in Python.
+ *
+ * The lock word is 0 when free, else the pid of the process holding it:
+ * taking it is one compare-and-swap, and a waiter sleeps on the word with
+ * futex(2) (process-shared: no FUTEX_PRIVATE_FLAG).  `waiters` counts the
+ * sleepers, so a release makes no system call when nobody waits.  Storing
+ * the holder's pid in the word itself (not beside it) means a process that
+ * dies holding a lock cannot leave it taken for ever: a waiter that finds
+ * the holder gone (kill(pid, 0) fails with ESRCH once it is reaped) takes
+ * the lock over.  Python's lock stays taken, and its other users hang.
+ * Waiters look again at least every RECHECK seconds for that reason.
+ *
+ * As in Python, a Lock may be released by a process other than the one
+ * that acquired it; an RLock only by its holder, once per acquire.
+ * Element reads and writes of a Value or Array are single atomic loads
+ * and stores; `v.value = v.value + 1` is still two of them, hence
+ * get_lock():guard().
+ */
+#include "sys.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <linux/futex.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+
+#include <lauxlib.h>
+
+#define LOCK_MT  "luamp.Lock"
+#define GUARD_MT "luamp.LockGuard"
+#define VALUE_MT "luamp.Value"
+#define ARRAY_MT "luamp.Array"
+#define RECHECK 0.1          /* seconds between looks for a dead holder */
+#define DATA_OFFSET 64       /* the elements start here in the block */
+
+typedef struct block {
+    _Atomic uint32_t word;     /* 0: free; else the holder's pid */
+    _Atomic uint32_t waiters;  /* processes sleeping on word */
+    uint32_t depth;            /* RLock: acquires by the holder not released */
+    uint32_t pad;
+} block;
+
+_Static_assert(sizeof(block) <= DATA_OFFSET, "the lock fits before the elements");
+
+/* This process's mapping of a block, shared by the userdata that use it
+ * here (a Value and its lock). */
+typedef struct mapping {
+    int refs;
+    void *base;
+    size_t len;
+} mapping;
+
+typedef struct lockud {
+    mapping *m;
+    block *b;
+    int rlock;
+    char id[48];
+} lockud;
+
+/* Element types: Python's typecodes and their names. */
+typedef struct etype {
+    const char *code, *name;
+    size_t size;
+    int is_float, is_signed;
+} etype;
+
+static const etype etypes[] = {
+    { "b", "int8", 1, 0, 1 },   { "B", "uint8", 1, 0, 0 },
+    { "h", "int16", 2, 0, 1 },  { "H", "uint16", 2, 0, 0 },
+    { "i", "int32", 4, 0, 1 },  { "I", "uint32", 4, 0, 0 },
+    { "l", "int64", 8, 0, 1 },  { "L", "uint64", 8, 0, 0 },
+    { "q", "int64", 8, 0, 1 },  { "Q", "uint64", 8, 0, 0 },
+    { "f", "float", 4, 1, 1 },  { "d", "double", 8, 1, 1 },
+    { NULL, NULL, 0, 0, 0 }
+};
+
+typedef struct shared {        /* a Value (n == 0) or an Array */
+    mapping *m;
+    block *b;
+    const etype *t;
+    lua_Integer n;
+    char id[48];
+} shared;
+
+/* ---- the lock word ------------------------------------------------------ */
+
+static int futex_wait(_Atomic uint32_t *word, uint32_t seen, double deadline)
+{
+    double wait = RECHECK;
+    if (deadline >= 0) {
+        double left = deadline - luamp_now();
+        if (left < wait)
+            wait = left > 0 ? left : 0;
+    }
+    struct timespec ts = { (time_t)wait, (long)((wait - (double)(time_t)wait) * 1e9) };
+    if (syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT, seen, &ts, NULL, 0) == 0)
+        return 0;
+    return errno;   /* EAGAIN: it changed; ETIMEDOUT; EINTR */
+}
+
+static void futex_wake(_Atomic uint32_t *word)
+{
+    /* (the only failures are bad arguments, which these are not) */
+    (void)syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, 1, NULL, NULL, 0);
+}
+
+/* Whether the process holding the lock is gone (reaped: a zombie still
+ * counts as there until its parent waits for it). */
+static int holder_gone(uint32_t pid)
+{
+    return pid != 0 && kill((pid_t)pid, 0) != 0 && errno == ESRCH;
+}
+
+/* 1: taken; 0: not by the deadline; -1: interrupted (SIGINT/SIGTERM). */
+static int acquire(block *b, int rlock, double deadline)
+{
+    uint32_t me = (uint32_t)getpid();
+    for (;;) {
+        uint32_t w = 0;
+        if (atomic_compare_exchange_strong(&b->word, &w, me)) {
+            b->depth = 1;
+            return 1;
+        }
+        if (w == me && rlock) {
+            b->depth++;
+            return 1;
+        }
+        if (w != me && holder_gone(w)) {
+            if (atomic_compare_exchange_strong(&b->word, &w, me)) {
+                b->depth = 1;
+                return 1;
+            }
+            continue;
+        }
+        if (deadline == 0 || (deadline > 0 && luamp_now() >= deadline))
+            return 0;
+        atomic_fetch_add(&b->waiters, 1);
+        int e = futex_wait(&b->word, w, deadline);
+        atomic_fetch_sub(&b->waiters, 1);
+        if (e == EINTR && luamp_interrupt_pending())
+            return -1;
+    }
+}
+
+/* NULL, or why the release is refused. */
+static const char *release(block *b, int rlock)
+{
+    uint32_t w = atomic_load(&b->word);
+    if (w == 0)
+        return "release of an unlocked lock";
+    if (rlock) {
+        if (w != (uint32_t)getpid())
+            return "cannot release an RLock this process does not hold";
+        if (--b->depth > 0)
+            return NULL;
+    }
+    atomic_store(&b->word, 0);
+    if (atomic_load(&b->waiters) > 0)
+        futex_wake(&b->word);
+    return NULL;
+}
+
+/* ---- blocks --------------------------------------------------------------- */
+
+static mapping *new_mapping(lua_State *L, size_t data)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    size_t len = (DATA_OFFSET + data + page - 1) / page * page;
+    mapping *m = malloc(sizeof *m);
+    if (m == NULL)
+        luaL_error(L, "not enough memory");
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+        free(m);
+        luamp_sys_error(L, "cannot map shared memory");
+    }
+    m->refs = 0;
+    m->base = p;
+    m->len = len;
+    return m;
+}
+
+static void unref(mapping *m)
+{
+    if (m != NULL && --m->refs == 0) {
+        munmap(m->base, m->len);
+        free(m);
+    }
+}
+
+/* Pushes a new lock userdata on mapping m, registered for sending. */
+static lockud *push_lock(lua_State *L, mapping *m, int rlock)
+{
+    lockud *u = lua_newuserdatauv(L, sizeof *u, 1);
+    memset(u, 0, sizeof *u);
+    u->m = m;
+    u->b = m->base;
+    u->rlock = rlock;
+    m->refs++;
+    luamp_new_object_id(u->id, sizeof u->id, rlock ? "rlock" : "lock");
+    luaL_setmetatable(L, LOCK_MT);
+    /* its guard, made once: guard() hands out the same one */
+    lua_newuserdatauv(L, 0, 1);
+    lua_pushvalue(L, -2);
+    lua_setiuservalue(L, -2, 1);
+    luaL_setmetatable(L, GUARD_MT);
+    lua_setiuservalue(L, -2, 1);
+    luamp_register_object(L, -1, u->id);
+    return u;
+}
+
+/* ---- Lock and RLock --------------------------------------------------------- */
+
+static lockud *check_lock(lua_State *L)
+{
+    lockud *u = luaL_checkudata(L, 1, LOCK_MT);
+    if (u->m == NULL)
+        luaL_error(L, "the lock was destroyed");
+    return u;
+}
+
+static int l_new_lock(lua_State *L)
+{
+    int rlock = lua_toboolean(L, 1);
+    mapping *m = new_mapping(L, 0);
+    push_lock(L, m, rlock);
+    return 1;
+}
+
+/* lock:acquire([timeout]) -> boolean */
+static int lock_acquire(lua_State *L)
+{
+    lockud *u = check_lock(L);
+    double deadline = luamp_opt_deadline(L, 2);
+    int r = acquire(u->b, u->rlock, deadline);
+    if (r < 0)
+        luamp_raise_interrupt(L);
+    lua_pushboolean(L, r > 0);
+    return 1;
+}
+
+static int lock_release(lua_State *L)
+{
+    lockud *u = check_lock(L);
+    const char *why = release(u->b, u->rlock);
+    if (why)
+        return luaL_error(L, "%s", why);
+    return 0;
+}
+
+static int lock_locked(lua_State *L)
+{
+    lockud *u = check_lock(L);
+    lua_pushboolean(L, atomic_load(&u->b->word) != 0);
+    return 1;
+}
+
+/* lock:guard() -> a to-be-closed value that releases the lock */
+static int lock_guard(lua_State *L)
+{
+    lockud *u = check_lock(L);
+    int r = acquire(u->b, u->rlock, -1);
+    if (r < 0)
+        luamp_raise_interrupt(L);
+    lua_getiuservalue(L, 1, 1);
+    return 1;
+}
+
+static int guard_close(lua_State *L)
+{
+    luaL_checkudata(L, 1, GUARD_MT);
+    lua_getiuservalue(L, 1, 1);
+    lockud *u = lua_touserdata(L, -1);
+    if (u == NULL || u->m == NULL)
+        return 0;
+    const char *why = release(u->b, u->rlock);
+    if (why)
+        return luaL_error(L, "lock guard: %s", why);
+    return 0;
+}
+
+static int lock_gc(lua_State *L)
+{
+    lockud *u = luaL_checkudata(L, 1, LOCK_MT);
+    unref(u->m);
+    u->m = NULL;
+    return 0;
+}
+
+static int lock_ref(lua_State *L)
+{
+    lua_pushstring(L, check_lock(L)->id);
+    return 1;
+}
+
+static int lock_tostring(lua_State *L)
+{
+    lockud *u = check_lock(L);
+    lua_pushfstring(L, "%s (%s, %s)", u->rlock ? "RLock" : "Lock", u->id,
+                    atomic_load(&u->b->word) ? "locked" : "unlocked");
+    return 1;
+}
+
+/* ---- Value and Array ------------------------------------------------------- */
+
+static const etype *check_type(lua_State *L, int idx, const char *fname)
+{
+    const char *s = luaL_checkstring(L, idx);
+    for (const etype *t = etypes; t->code; t++)
+        if (strcmp(s, t->code) == 0 || strcmp(s, t->name) == 0)
+            return t;
+    luaL_error(L, "bad argument #%d to '%s' (unknown typecode '%s': one of b B h H i I l L q Q f d,"
+               " or int8 ... uint64, float, double)", idx, fname, s);
+    return NULL;
+}
+
+static void *elem(const shared *s, lua_Integer i)
+{
+    return (char *)s->b + DATA_OFFSET + (size_t)i * s->t->size;
+}
+
+static void push_elem(lua_State *L, const shared *s, lua_Integer i)
+{
+    void *p = elem(s, i);
+    switch (s->t->code[0]) {
+    case 'b': lua_pushinteger(L, __atomic_load_n((int8_t *)p, __ATOMIC_RELAXED)); break;
+    case 'B': lua_pushinteger(L, __atomic_load_n((uint8_t *)p, __ATOMIC_RELAXED)); break;
+    case 'h': lua_pushinteger(L, __atomic_load_n((int16_t *)p, __ATOMIC_RELAXED)); break;
+    case 'H': lua_pushinteger(L, __atomic_load_n((uint16_t *)p, __ATOMIC_RELAXED)); break;
+    case 'i': lua_pushinteger(L, __atomic_load_n((int32_t *)p, __ATOMIC_RELAXED)); break;
+    case 'I': lua_pushinteger(L, __atomic_load_n((uint32_t *)p, __ATOMIC_RELAXED)); break;
+    case 'l': case 'q': case 'L': case 'Q':
+        lua_pushinteger(L, (lua_Integer)__atomic_load_n((int64_t *)p, __ATOMIC_RELAXED));
+        break;
+    case 'f': {
+        uint32_t bits = __atomic_load_n((uint32_t *)p, __ATOMIC_RELAXED);
+        float f;
+        memcpy(&f, &bits, sizeof f);
+        lua_pushnumber(L, f);
+        break;
+    }
+    default: {
+        uint64_t bits = __atomic_load_n((uint64_t *)p, __ATOMIC_RELAXED);
+        double d;
+        memcpy(&d, &bits, sizeof d);
+        lua_pushnumber(L, d);
+        break;
+    }
+    }
+}
+
+/* Stores the value at idx into element i, or raises naming `what`. */
+static void set_elem(lua_State *L, const shared *s, lua_Integer i, int idx, const char *what)
+{
+    const etype *t = s->t;
+    void *p = elem(s, i);
+    if (t->is_float) {
+        int isnum;
+        lua_Number x = lua_tonumberx(L, idx, &isnum);
+        if (!isnum || lua_type(L, idx) != LUA_TNUMBER)
+            luaL_error(L, "cannot store a %s in %s: a number expected", luaL_typename(L, idx), what);
+        if (t->size == 4) {
+            float f = (float)x;
+            uint32_t bits;
+            memcpy(&bits, &f, sizeof bits);
+            __atomic_store_n((uint32_t *)p, bits, __ATOMIC_RELAXED);
+        } else {
+            uint64_t bits;
+            memcpy(&bits, &x, sizeof bits);
+            __atomic_store_n((uint64_t *)p, bits, __ATOMIC_RELAXED);
+        }
+        return;
+    }
+    int isint;
+    lua_Integer v = lua_tointegerx(L, idx, &isint);
+    if (!isint || lua_type(L, idx) != LUA_TNUMBER)
+        luaL_error(L, "cannot store %s in %s: an integer expected", lua_type(L, idx) == LUA_TNUMBER
+                   ? "a float with a fraction" : lua_pushfstring(L, "a %s", luaL_typename(L, idx)), what);
+    int bits = (int)t->size * 8;
+    int ok = t->is_signed ? (bits == 64 || (v >= -((lua_Integer)1 << (bits - 1)) && v < ((lua_Integer)1 << (bits - 1))))
+                          : (v >= 0 && (bits == 64 || v < ((lua_Integer)1 << bits)));
+    if (!ok)
+        luaL_error(L, "cannot store %I in %s: out of range for %s", v, what, t->name);
+    switch (t->size) {
+    case 1: __atomic_store_n((uint8_t *)p, (uint8_t)v, __ATOMIC_RELAXED); break;
+    case 2: __atomic_store_n((uint16_t *)p, (uint16_t)v, __ATOMIC_RELAXED); break;
+    case 4: __atomic_store_n((uint32_t *)p, (uint32_t)v, __ATOMIC_RELAXED); break;
+    default: __atomic_store_n((uint64_t *)p, (uint64_t)v, __ATOMIC_RELAXED); break;
+    }
+}
+
+/* Pushes a new Value (n < 0) or Array of n elements, with its lock as
+ * user value 1, registered for sending. */
+static shared *push_shared(lua_State *L, const etype *t, lua_Integer n)
+{
+    size_t count = n < 0 ? 1 : (size_t)n;
+    if (count > (SIZE_MAX - 2 * DATA_OFFSET) / t->size)
+        luaL_error(L, "Array: too many elements");
+    mapping *m = new_mapping(L, count * t->size);
+    shared *s = lua_newuserdatauv(L, sizeof *s, 1);
+    memset(s, 0, sizeof *s);
+    s->m = m;
+    s->b = m->base;
+    s->t = t;
+    s->n = n;
+    m->refs++;
+    luamp_new_object_id(s->id, sizeof s->id, n < 0 ? "value" : "array");
+    luaL_setmetatable(L, n < 0 ? VALUE_MT : ARRAY_MT);
+    push_lock(L, m, 1);
+    lua_setiuservalue(L, -2, 1);
+    luamp_register_object(L, -1, s->id);
+    return s;
+}
+
+/* core.value(typecode [, init]); errors without a position: mp.Value
+ * gives them its caller's. */
+static int l_new_value(lua_State *L)
+{
+    const etype *t = check_type(L, 1, "Value");
+    shared *s = push_shared(L, t, -1);
+    if (!lua_isnoneornil(L, 2))
+        set_elem(L, s, 0, 2, "a Value");
+    return 1;
+}
+
+/* core.array(typecode, size_or_table), as core.value */
+static int l_new_array(lua_State *L)
+{
+    const etype *t = check_type(L, 1, "Array");
+    lua_Integer n;
+    if (lua_type(L, 2) == LUA_TTABLE) {
+        n = luaL_len(L, 2);
+    } else {
+        int isint;
+        n = lua_tointegerx(L, 2, &isint);
+        if (!isint || lua_type(L, 2) != LUA_TNUMBER || n < 0)
+            return luaL_error(L, "bad argument #2 to 'Array' (a size (a non-negative integer) or a table of"
+                              " values expected, got %s)", lua_type(L, 2) == LUA_TNUMBER
+                              ? lua_pushfstring(L, "%s", lua_tostring(L, 2)) : luaL_typename(L, 2));
+    }
+    shared *s = push_shared(L, t, n);
+    if (lua_type(L, 2) == LUA_TTABLE) {
+        for (lua_Integer i = 0; i < n; i++) {
+            lua_geti(L, 2, i + 1);
+            char what[48];
+            snprintf(what, sizeof what, "Array element %lld", (long long)(i + 1));
+            set_elem(L, s, i, -1, what);
+            lua_pop(L, 1);
+        }
+    }
+    return 1;
+}
+
+static shared *check_shared(lua_State *L, const char *mt)
+{
+    shared *s = luaL_checkudata(L, 1, mt);
+    if (s->m == NULL)
+        luaL_error(L, "the shared object was destroyed");
+    return s;
+}
+
+static int shared_get_lock(lua_State *L)
+{
+    shared *s = lua_touserdata(L, 1);
+    if (s == NULL || (!luaL_testudata(L, 1, VALUE_MT) && !luaL_testudata(L, 1, ARRAY_MT)))
+        return luaL_argerror(L, 1, "a Value or an Array expected");
+    lua_getiuservalue(L, 1, 1);
+    return 1;
+}
+
+static int value_index(lua_State *L)
+{
+    shared *s = check_shared(L, VALUE_MT);
+    const char *k = lua_tostring(L, 2);
+    if (k && strcmp(k, "value") == 0) {
+        push_elem(L, s, 0);
+        return 1;
+    }
+    if (k && strcmp(k, "get_lock") == 0) {
+        lua_pushcfunction(L, shared_get_lock);
+        return 1;
+    }
+    if (k && strcmp(k, "typecode") == 0) {
+        lua_pushstring(L, s->t->code);
+        return 1;
+    }
+    return 0;
+}
+
+static int value_newindex(lua_State *L)
+{
+    shared *s = check_shared(L, VALUE_MT);
+    const char *k = lua_tostring(L, 2);
+    if (!k || strcmp(k, "value") != 0)
+        return luaL_error(L, "a Value has no field '%s' to set (only 'value')", k ? k : luaL_typename(L, 2));
+    set_elem(L, s, 0, 3, "a Value");
+    return 0;
+}
+
+/* Array index i (1-based) at stack index idx, checked: 0-based. */
+static lua_Integer array_slot(lua_State *L, const shared *s, int idx)
+{
+    int isint;
+    lua_Integer i = lua_tointegerx(L, idx, &isint);
+    if (!isint || lua_type(L, idx) != LUA_TNUMBER)
+        luaL_error(L, "Array index must be an integer, got %s", luaL_typename(L, idx));
+    if (i < 1 || i > s->n)
+        luaL_error(L, "Array index %I out of range 1..%I", i, s->n);
+    return i - 1;
+}
+
+static int array_totable(lua_State *L)
+{
+    shared *s = check_shared(L, ARRAY_MT);
+    lua_createtable(L, (int)(s->n < INT_MAX ? s->n : INT_MAX), 0);
+    for (lua_Integer i = 0; i < s->n; i++) {
+        push_elem(L, s, i);
+        lua_rawseti(L, -2, i + 1);
+    }
+    return 1;
+}
+
+static int array_index(lua_State *L)
+{
+    shared *s = check_shared(L, ARRAY_MT);
+    if (lua_type(L, 2) == LUA_TNUMBER) {
+        int isint;
+        lua_Integer i = lua_tointegerx(L, 2, &isint);
+        if (isint && (i < 1 || i > s->n))
+            return 0;      /* nil past the ends, so ipairs stops */
+        push_elem(L, s, array_slot(L, s, 2));
+        return 1;
+    }
+    const char *k = lua_tostring(L, 2);
+    if (k && strcmp(k, "get_lock") == 0)
+        lua_pushcfunction(L, shared_get_lock);
+    else if (k && strcmp(k, "totable") == 0)
+        lua_pushcfunction(L, array_totable);
+    else if (k && strcmp(k, "typecode") == 0)
+        lua_pushstring(L, s->t->code);
+    else
+        return 0;
+    return 1;
+}
+
+static int array_newindex(lua_State *L)
+{
+    shared *s = check_shared(L, ARRAY_MT);
+    lua_Integer i = array_slot(L, s, 2);
+    char what[48];
+    snprintf(what, sizeof what, "Array element %lld", (long long)(i + 1));
+    set_elem(L, s, i, 3, what);
+    return 0;
+}
+
+static int array_len(lua_State *L)
+{
+    lua_pushinteger(L, check_shared(L, ARRAY_MT)->n);
+    return 1;
+}
+
+static int shared_gc(lua_State *L)
+{
+    shared *s = lua_touserdata(L, 1);
+    if (s != NULL) {
+        unref(s->m);
+        s->m = NULL;
+    }
+    return 0;
+}
+
+static int shared_ref(lua_State *L)
+{
+    shared *s = lua_touserdata(L, 1);
+    lua_pushstring(L, s->id);
+    return 1;
+}
+
+static int value_tostring(lua_State *L)
+{
+    shared *s = check_shared(L, VALUE_MT);
+    push_elem(L, s, 0);
+    lua_pushfstring(L, "Value('%s', %s)", s->t->code, luaL_tolstring(L, -1, NULL));
+    return 1;
+}
+
+static int array_tostring(lua_State *L)
+{
+    shared *s = check_shared(L, ARRAY_MT);
+    lua_pushfstring(L, "Array('%s', %I elements)", s->t->code, s->n);
+    return 1;
+}
+
+void luamp_open_sync(lua_State *L)
+{
+    static const luaL_Reg lock_methods[] = {
+        {"acquire", lock_acquire}, {"release", lock_release}, {"locked", lock_locked},
+        {"guard", lock_guard}, {NULL, NULL}
+    };
+    static const luaL_Reg lock_meta[] = {
+        {"__gc", lock_gc}, {"__luamp_ref", lock_ref}, {"__tostring", lock_tostring}, {NULL, NULL}
+    };
+    static const luaL_Reg value_meta[] = {
+        {"__index", value_index}, {"__newindex", value_newindex}, {"__gc", shared_gc},
+        {"__luamp_ref", shared_ref}, {"__tostring", value_tostring}, {NULL, NULL}
+    };
+    static const luaL_Reg array_meta[] = {
+        {"__index", array_index}, {"__newindex", array_newindex}, {"__len", array_len},
+        {"__gc", shared_gc}, {"__luamp_ref", shared_ref}, {"__tostring", array_tostring}, {NULL, NULL}
+    };
+    if (luaL_newmetatable(L, LOCK_MT)) {
+        luaL_setfuncs(L, lock_meta, 0);
+        luaL_newlib(L, lock_methods);
+        lua_setfield(L, -2, "__index");
+    }
+    lua_pop(L, 1);
+    if (luaL_newmetatable(L, GUARD_MT)) {
+        lua_pushcfunction(L, guard_close);
+        lua_setfield(L, -2, "__close");
+    }
+    lua_pop(L, 1);
+    if (luaL_newmetatable(L, VALUE_MT))
+        luaL_setfuncs(L, value_meta, 0);
+    lua_pop(L, 1);
+    if (luaL_newmetatable(L, ARRAY_MT))
+        luaL_setfuncs(L, array_meta, 0);
+    lua_pop(L, 1);
+    lua_pushcfunction(L, l_new_lock);
+    lua_setfield(L, -2, "lock");
+    lua_pushcfunction(L, l_new_value);
+    lua_setfield(L, -2, "value");
+    lua_pushcfunction(L, l_new_array);
+    lua_setfield(L, -2, "array");
+}
