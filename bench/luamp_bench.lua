@@ -367,6 +367,34 @@ end
 
 workload("cpu_speedup", function(o) return cpu_speedup(o.n or 3000000, 2) end)
 
+-- value_lock: `with v.get_lock(): v.value += 1` in Python
+local function incr(v, n)
+  local lock = v:get_lock()
+  for _ = 1, n do
+    local _ <close> = lock:guard()
+    v.value = v.value + 1
+  end
+end
+
+workload("value_lock", function(o)
+  local n = o.n or 10000                   -- per process
+  local v = mp.Value("i", 0)
+  local procs = {}
+  for i = 1, 2 do procs[i] = mp.Process{ target = incr, args = { v, n } } end
+  local t0 = now()
+  for _, p in ipairs(procs) do p:start() end
+  for _, p in ipairs(procs) do p:join() end
+  local dt = now() - t0
+  assert(v.value == 2 * n, "lost updates: " .. v.value .. " of " .. 2 * n)
+  -- the same number of locked increments in one process, uncontended
+  local u = mp.Value("i", 0)
+  local t1 = now()
+  incr(u, 2 * n)
+  local du = now() - t1
+  return O("n", 2 * n, "seconds", dt, "ops_per_s", 2 * n / dt, "final", v.value, "correct", true,
+           "uncontended_ops_per_s", 2 * n / du)
+end)
+
 -- The ceiling for cpu_speedup: the same 8 loops, serial and then shared by
 -- W bare processes (8/W loops each) that exchange no message at all; the
 -- parent only forks them and waits for their exit.

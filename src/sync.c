@@ -28,6 +28,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -98,6 +99,22 @@ typedef struct shared {        /* a Value (n == 0) or an Array */
 
 /* ---- the lock word ------------------------------------------------------ */
 
+/* This process's pid: getpid() is a system call, and an acquire and a
+ * release each need it.  A fork resets it in the child. */
+static uint32_t my_pid;
+
+static void forget_pid(void)
+{
+    my_pid = 0;
+}
+
+static uint32_t self(void)
+{
+    if (my_pid == 0)
+        my_pid = (uint32_t)getpid();
+    return my_pid;
+}
+
 static int futex_wait(_Atomic uint32_t *word, uint32_t seen, double deadline)
 {
     double wait = RECHECK;
@@ -128,7 +145,7 @@ static int holder_gone(uint32_t pid)
 /* 1: taken; 0: not by the deadline; -1: interrupted (SIGINT/SIGTERM). */
 static int acquire(block *b, int rlock, double deadline)
 {
-    uint32_t me = (uint32_t)getpid();
+    uint32_t me = self();
     for (;;) {
         uint32_t w = 0;
         if (atomic_compare_exchange_strong(&b->word, &w, me)) {
@@ -163,7 +180,7 @@ static const char *release(block *b, int rlock)
     if (w == 0)
         return "release of an unlocked lock";
     if (rlock) {
-        if (w != (uint32_t)getpid())
+        if (w != self())
             return "cannot release an RLock this process does not hold";
         if (--b->depth > 0)
             return NULL;
@@ -607,6 +624,14 @@ static int array_tostring(lua_State *L)
 
 void luamp_open_sync(lua_State *L)
 {
+    static int registered;
+    if (!registered) {
+        /* (fails only without memory for the handler: then every fork's
+         * child would take its parent's pid for its own, so say so) */
+        if (pthread_atfork(NULL, NULL, forget_pid) != 0)
+            luaL_error(L, "luamp: cannot register a fork handler");
+        registered = 1;
+    }
     static const luaL_Reg lock_methods[] = {
         {"acquire", lock_acquire}, {"release", lock_release}, {"locked", lock_locked},
         {"guard", lock_guard}, {NULL, NULL}
