@@ -186,4 +186,22 @@ do
   t.ok(not ok and mp.Error.is(e, "serialize"), "a lock made after the pool cannot reach its workers yet")
 end
 
+-- Ctrl-C while acquire waits raises "interrupted"; the lock is unharmed
+do
+  local me = mp.current_process().pid
+  local l = mp.Lock()
+  local q = mp.Queue()
+  local holder = mp.Process{target = function() l:acquire(); q:put("held"); mp._sleep(30) end}
+  holder:start()
+  t.is(q:get(10), "held", "a child holds the lock")
+  local p = mp.Process{target = function() mp._sleep(0.3); os.execute("kill -INT " .. me) end}
+  p:start()
+  local ok, e = pcall(l.acquire, l)
+  t.ok(not ok and mp.Error.is(e, "interrupted"), "SIGINT while acquire waits raises interrupted")
+  p:join()
+  holder:terminate()
+  holder:join()
+  t.is(l:acquire(10), true, "the lock of the terminated holder is taken over afterwards")
+end
+
 t.done()
