@@ -254,7 +254,21 @@ end
 function mp.Lock() return core.lock(false) end
 function mp.RLock() return core.lock(true) end
 
+function mp.Event() return core.event() end
+
 -- (the C constructors raise without a position; these give their caller's)
+function mp.Semaphore(value)
+  local ok, s = pcall(core.semaphore, value, false)
+  if not ok then error(s, 2) end
+  return s
+end
+
+function mp.BoundedSemaphore(value)
+  local ok, s = pcall(core.semaphore, value, true)
+  if not ok then error(s, 2) end
+  return s
+end
+
 function mp.Value(typecode, init)
   if type(typecode) ~= "string" then argerror(1, "Value", "typecode (a string) expected, got " .. typename(typecode)) end
   local ok, v = pcall(core.value, typecode, init)

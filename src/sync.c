@@ -22,6 +22,10 @@
  * Element reads and writes of a Value or Array are single atomic loads
  * and stores; `v.value = v.value + 1` is still two of them, hence
  * get_lock():guard().
+ *
+ * A Semaphore's word is its count, an Event's 0 or 1; waiters sleep on
+ * them the same way.  A semaphore has no holder, so one that a dead
+ * process took is not given back (as in Python).
  */
 #include "sys.h"
 
@@ -45,6 +49,8 @@
 #define GUARD_MT "luamp.LockGuard"
 #define VALUE_MT "luamp.Value"
 #define ARRAY_MT "luamp.Array"
+#define SEM_MT   "luamp.Semaphore"
+#define EVENT_MT "luamp.Event"
 #define RECHECK 0.1          /* seconds between looks for a dead holder */
 #define DATA_OFFSET 64       /* the elements start here in the block */
 
@@ -71,6 +77,17 @@ typedef struct lockud {
     int rlock;
     char id[48];
 } lockud;
+
+/* A Semaphore or an Event.  In its block, word is the count (or the
+ * Event's flag) and depth a BoundedSemaphore's bound (0: none). */
+typedef struct semud {
+    mapping *m;
+    block *b;
+    int event;
+    char id[48];
+} semud;
+
+static const char *sem_give(block *b);
 
 /* Element types: Python's typecodes and their names. */
 typedef struct etype {
@@ -301,12 +318,18 @@ static int guard_close(lua_State *L)
 {
     luaL_checkudata(L, 1, GUARD_MT);
     lua_getiuservalue(L, 1, 1);
-    lockud *u = lua_touserdata(L, -1);
-    if (u == NULL || u->m == NULL)
-        return 0;
-    const char *why = release(u->b, u->rlock);
+    const char *why = NULL;
+    if (luaL_testudata(L, -1, LOCK_MT)) {
+        lockud *u = lua_touserdata(L, -1);
+        if (u->m != NULL)
+            why = release(u->b, u->rlock);
+    } else {
+        semud *u = luaL_testudata(L, -1, SEM_MT);
+        if (u != NULL && u->m != NULL)
+            why = sem_give(u->b);
+    }
     if (why)
-        return luaL_error(L, "lock guard: %s", why);
+        return luaL_error(L, "guard: %s", why);
     return 0;
 }
 
@@ -329,6 +352,203 @@ static int lock_tostring(lua_State *L)
     lockud *u = check_lock(L);
     lua_pushfstring(L, "%s (%s, %s)", u->rlock ? "RLock" : "Lock", u->id,
                     atomic_load(&u->b->word) ? "locked" : "unlocked");
+    return 1;
+}
+
+/* ---- Semaphore, BoundedSemaphore and Event ------------------------------- */
+
+static semud *check_sem(lua_State *L, const char *mt)
+{
+    semud *u = luaL_checkudata(L, 1, mt);
+    if (u->m == NULL)
+        luaL_error(L, "the object was destroyed");
+    return u;
+}
+
+/* Waits while the word is `seen`: 1 when it changed, 0 at the deadline,
+ * -1 when interrupted. */
+static int wait_while(block *b, uint32_t seen, double deadline)
+{
+    if (deadline == 0 || (deadline > 0 && luamp_now() >= deadline))
+        return 0;
+    atomic_fetch_add(&b->waiters, 1);
+    int e = futex_wait(&b->word, seen, deadline);
+    atomic_fetch_sub(&b->waiters, 1);
+    if (e == EINTR && luamp_interrupt_pending())
+        return -1;
+    return 1;
+}
+
+/* 1: taken; 0: not by the deadline; -1: interrupted. */
+static int sem_take(block *b, double deadline)
+{
+    for (;;) {
+        uint32_t c = atomic_load(&b->word);
+        if (c > 0) {
+            if (atomic_compare_exchange_strong(&b->word, &c, c - 1))
+                return 1;
+            continue;
+        }
+        int r = wait_while(b, 0, deadline);
+        if (r <= 0 && atomic_load(&b->word) == 0)
+            return r;
+    }
+}
+
+/* NULL, or why the release is refused. */
+static const char *sem_give(block *b)
+{
+    uint32_t c = atomic_load(&b->word);
+    do {
+        if (b->depth > 0 && c >= b->depth)
+            return "BoundedSemaphore released too many times";
+        if (c == UINT32_MAX)
+            return "Semaphore released too many times";
+    } while (!atomic_compare_exchange_weak(&b->word, &c, c + 1));
+    if (atomic_load(&b->waiters) > 0)
+        futex_wake(&b->word);
+    return NULL;
+}
+
+static semud *push_sem(lua_State *L, int event, uint32_t value, uint32_t bound)
+{
+    mapping *m = new_mapping(L, 0);
+    semud *u = lua_newuserdatauv(L, sizeof *u, 1);
+    memset(u, 0, sizeof *u);
+    u->m = m;
+    u->b = m->base;
+    u->event = event;
+    m->refs++;
+    atomic_store(&u->b->word, value);
+    u->b->depth = bound;
+    luamp_new_object_id(u->id, sizeof u->id, event ? "event" : "semaphore");
+    luaL_setmetatable(L, event ? EVENT_MT : SEM_MT);
+    if (!event) {   /* its guard, as a lock's */
+        lua_newuserdatauv(L, 0, 1);
+        lua_pushvalue(L, -2);
+        lua_setiuservalue(L, -2, 1);
+        luaL_setmetatable(L, GUARD_MT);
+        lua_setiuservalue(L, -2, 1);
+    }
+    luamp_register_object(L, -1, u->id);
+    return u;
+}
+
+/* core.semaphore(value, bounded); errors without a position, as core.value */
+static int l_new_semaphore(lua_State *L)
+{
+    const char *fname = lua_toboolean(L, 2) ? "BoundedSemaphore" : "Semaphore";
+    int isint;
+    lua_Integer n = lua_isnoneornil(L, 1) ? 1 : lua_tointegerx(L, 1, &isint);
+    if (!lua_isnoneornil(L, 1) && (!isint || lua_type(L, 1) != LUA_TNUMBER || n < 0 || n > INT32_MAX))
+        return luaL_error(L, "bad argument #1 to '%s' (a non-negative integer expected, got %s)", fname,
+                          lua_type(L, 1) == LUA_TNUMBER ? lua_tostring(L, 1) : luaL_typename(L, 1));
+    push_sem(L, 0, (uint32_t)n, lua_toboolean(L, 2) ? (uint32_t)n : 0);
+    return 1;
+}
+
+static int l_new_event(lua_State *L)
+{
+    push_sem(L, 1, 0, 0);
+    return 1;
+}
+
+static int sem_acquire(lua_State *L)
+{
+    semud *u = check_sem(L, SEM_MT);
+    int r = sem_take(u->b, luamp_opt_deadline(L, 2));
+    if (r < 0)
+        luamp_raise_interrupt(L);
+    lua_pushboolean(L, r > 0);
+    return 1;
+}
+
+static int sem_release(lua_State *L)
+{
+    semud *u = check_sem(L, SEM_MT);
+    const char *why = sem_give(u->b);
+    if (why)
+        return luaL_error(L, "%s", why);
+    return 0;
+}
+
+static int sem_get_value(lua_State *L)
+{
+    lua_pushinteger(L, atomic_load(&check_sem(L, SEM_MT)->b->word));
+    return 1;
+}
+
+static int sem_guard(lua_State *L)
+{
+    semud *u = check_sem(L, SEM_MT);
+    if (sem_take(u->b, -1) < 0)
+        luamp_raise_interrupt(L);
+    lua_getiuservalue(L, 1, 1);
+    return 1;
+}
+
+static int event_set(lua_State *L)
+{
+    semud *u = check_sem(L, EVENT_MT);
+    atomic_store(&u->b->word, 1);
+    if (atomic_load(&u->b->waiters) > 0)
+        (void)syscall(SYS_futex, (uint32_t *)&u->b->word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+    return 0;
+}
+
+static int event_clear(lua_State *L)
+{
+    atomic_store(&check_sem(L, EVENT_MT)->b->word, 0);
+    return 0;
+}
+
+static int event_is_set(lua_State *L)
+{
+    lua_pushboolean(L, atomic_load(&check_sem(L, EVENT_MT)->b->word) != 0);
+    return 1;
+}
+
+/* event:wait([timeout]) -> whether it is set */
+static int event_wait(lua_State *L)
+{
+    semud *u = check_sem(L, EVENT_MT);
+    double deadline = luamp_opt_deadline(L, 2);
+    while (atomic_load(&u->b->word) == 0) {
+        int r = wait_while(u->b, 0, deadline);
+        if (r < 0)
+            luamp_raise_interrupt(L);
+        if (r == 0)
+            break;
+    }
+    lua_pushboolean(L, atomic_load(&u->b->word) != 0);
+    return 1;
+}
+
+static int sem_gc(lua_State *L)
+{
+    semud *u = lua_touserdata(L, 1);
+    if (u != NULL) {
+        unref(u->m);
+        u->m = NULL;
+    }
+    return 0;
+}
+
+static int sem_ref(lua_State *L)
+{
+    semud *u = lua_touserdata(L, 1);
+    lua_pushstring(L, u->id);
+    return 1;
+}
+
+static int sem_tostring(lua_State *L)
+{
+    semud *u = lua_touserdata(L, 1);
+    if (u->event)
+        lua_pushfstring(L, "Event (%s, %s)", u->id, atomic_load(&u->b->word) ? "set" : "not set");
+    else
+        lua_pushfstring(L, "%s (%s, value %d)", u->b->depth ? "BoundedSemaphore" : "Semaphore", u->id,
+                        (int)atomic_load(&u->b->word));
     return 1;
 }
 
@@ -670,4 +890,32 @@ void luamp_open_sync(lua_State *L)
     lua_setfield(L, -2, "value");
     lua_pushcfunction(L, l_new_array);
     lua_setfield(L, -2, "array");
+
+    static const luaL_Reg sem_methods[] = {
+        {"acquire", sem_acquire}, {"release", sem_release}, {"get_value", sem_get_value},
+        {"guard", sem_guard}, {NULL, NULL}
+    };
+    static const luaL_Reg event_methods[] = {
+        {"set", event_set}, {"clear", event_clear}, {"is_set", event_is_set}, {"wait", event_wait},
+        {NULL, NULL}
+    };
+    static const luaL_Reg sem_meta[] = {
+        {"__gc", sem_gc}, {"__luamp_ref", sem_ref}, {"__tostring", sem_tostring}, {NULL, NULL}
+    };
+    if (luaL_newmetatable(L, SEM_MT)) {
+        luaL_setfuncs(L, sem_meta, 0);
+        luaL_newlib(L, sem_methods);
+        lua_setfield(L, -2, "__index");
+    }
+    lua_pop(L, 1);
+    if (luaL_newmetatable(L, EVENT_MT)) {
+        luaL_setfuncs(L, sem_meta, 0);
+        luaL_newlib(L, event_methods);
+        lua_setfield(L, -2, "__index");
+    }
+    lua_pop(L, 1);
+    lua_pushcfunction(L, l_new_semaphore);
+    lua_setfield(L, -2, "semaphore");
+    lua_pushcfunction(L, l_new_event);
+    lua_setfield(L, -2, "event");
 }

@@ -186,6 +186,69 @@ do
   t.ok(not ok and mp.Error.is(e, "serialize"), "a lock made after the pool cannot reach its workers yet")
 end
 
+-- Semaphore and BoundedSemaphore
+do
+  local s = mp.Semaphore(2)
+  t.ok(s:acquire() and s:acquire(0), "a Semaphore(2) is taken twice")
+  t.is(s:acquire(0), false, "not a third time")
+  t.is(s:get_value(), 0, "get_value counts what is left")
+  s:release()
+  t.is(s:acquire(0), true, "a release makes room for one more")
+  t.is(mp.Semaphore():get_value(), 1, "the default value is 1")
+  t.is(mp.Semaphore(0):acquire(0.05), false, "acquire with a timeout on Semaphore(0) returns false")
+  t.raises(function() mp.Semaphore(-1) end, "bad argument #1 to 'Semaphore'", "a negative value is refused")
+  t.raises(function() mp.Semaphore("x") end, "bad argument #1 to 'Semaphore'", "so is a string")
+
+  -- a release in one process wakes a waiter in another
+  local z = mp.Semaphore(0)
+  local q = mp.Queue()
+  local p = mp.Process{target = function() q:put("waiting"); q:put(z:acquire(10)) end}
+  p:start()
+  t.is(q:get(10), "waiting", "a child waits on a Semaphore(0)")
+  z:release()
+  t.is(q:get(10), true, "the parent's release lets it through")
+  p:join()
+
+  local b = mp.BoundedSemaphore(2)
+  b:acquire()
+  b:release()
+  t.raises(function() b:release() end, "released too many times",
+           "a BoundedSemaphore refuses a release past its value")
+  t.is(b:get_value(), 2, "and keeps its value")
+  t.raises(function() mp.BoundedSemaphore(-3) end, "bad argument #1 to 'BoundedSemaphore'",
+           "BoundedSemaphore checks its value too")
+  local g = mp.Semaphore(1)
+  pcall(function() local _ <close> = g:guard(); error("x") end)
+  t.is(g:get_value(), 1, "a semaphore's guard gives it back, by error too")
+  t.like(tostring(b), "^BoundedSemaphore %(semaphore:", "tostring says which kind")
+end
+
+-- Event
+do
+  local e = mp.Event()
+  t.is(e:is_set(), false, "a new Event is not set")
+  t.is(e:wait(0), false, "wait(0) returns false at once")
+  t.is(e:wait(0.05), false, "wait with a timeout returns false when not set")
+  e:set()
+  t.ok(e:is_set() and e:wait() and e:wait(0), "set: is_set and wait return true")
+  e:clear()
+  t.is(e:is_set(), false, "clear unsets it")
+
+  -- one set wakes every waiting process
+  local q = mp.Queue()
+  local ps = {}
+  for i = 1, 3 do
+    ps[i] = mp.Process{target = function() q:put("ready"); q:put(e:wait(10)) end}
+    ps[i]:start()
+  end
+  for _ = 1, 3 do q:get(10) end
+  e:set()
+  local all = true
+  for _ = 1, 3 do all = all and q:get(10) == true end
+  for i = 1, 3 do ps[i]:join() end
+  t.ok(all, "one set wakes all three waiting processes")
+end
+
 -- Ctrl-C while acquire waits raises "interrupted"; the lock is unharmed
 do
   local me = mp.current_process().pid
