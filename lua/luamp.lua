@@ -256,31 +256,25 @@ function mp.RLock() return core.lock(true) end
 
 function mp.Event() return core.event() end
 
--- (the C constructors raise without a position; these give their caller's)
-function mp.Semaphore(value)
-  local ok, s = pcall(core.semaphore, value, false)
-  if not ok then error(s, 2) end
-  return s
+-- The C constructors raise without a position; this gives the error its
+-- place in the caller of mp.X.
+local function construct(make, ...)
+  local ok, v = pcall(make, ...)
+  if not ok then error(v, 3) end
+  return v
 end
 
-function mp.BoundedSemaphore(value)
-  local ok, s = pcall(core.semaphore, value, true)
-  if not ok then error(s, 2) end
-  return s
-end
+function mp.Semaphore(value) return (construct(core.semaphore, value, false)) end
+function mp.BoundedSemaphore(value) return (construct(core.semaphore, value, true)) end
 
 function mp.Value(typecode, init)
   if type(typecode) ~= "string" then argerror(1, "Value", "typecode (a string) expected, got " .. typename(typecode)) end
-  local ok, v = pcall(core.value, typecode, init)
-  if not ok then error(v, 2) end
-  return v
+  return (construct(core.value, typecode, init))
 end
 
 function mp.Array(typecode, size_or_values)
   if type(typecode) ~= "string" then argerror(1, "Array", "typecode (a string) expected, got " .. typename(typecode)) end
-  local ok, a = pcall(core.array, typecode, size_or_values)
-  if not ok then error(a, 2) end
-  return a
+  return (construct(core.array, typecode, size_or_values))
 end
 
 function mp.Pipe(duplex)

@@ -71,20 +71,23 @@ typedef struct mapping {
     size_t len;
 } mapping;
 
-typedef struct lockud {
+/* What every object of this file starts with; m is NULL once collected. */
+typedef struct handle {
     mapping *m;
     block *b;
+    char id[48];     /* what it travels as (__luamp_ref) */
+} handle;
+
+typedef struct lockud {
+    handle h;
     int rlock;
-    char id[48];
 } lockud;
 
 /* A Semaphore or an Event.  In its block, word is the count (or the
  * Event's flag) and depth a BoundedSemaphore's bound (0: none). */
 typedef struct semud {
-    mapping *m;
-    block *b;
+    handle h;
     int event;
-    char id[48];
 } semud;
 
 static const char *sem_give(block *b);
@@ -106,12 +109,10 @@ static const etype etypes[] = {
     { NULL, NULL, 0, 0, 0 }
 };
 
-typedef struct shared {        /* a Value (n == 0) or an Array */
-    mapping *m;
-    block *b;
+typedef struct shared {        /* a Value (n < 0) or an Array */
+    handle h;
     const etype *t;
     lua_Integer n;
-    char id[48];
 } shared;
 
 /* ---- the lock word ------------------------------------------------------ */
@@ -159,6 +160,20 @@ static int holder_gone(uint32_t pid)
     return pid != 0 && kill((pid_t)pid, 0) != 0 && errno == ESRCH;
 }
 
+/* Sleeps while the word is `seen`: 1 when it may have changed (or it is
+ * time to look again), 0 at the deadline, -1 when interrupted. */
+static int wait_while(block *b, uint32_t seen, double deadline)
+{
+    if (deadline == 0 || (deadline > 0 && luamp_now() >= deadline))
+        return 0;
+    atomic_fetch_add(&b->waiters, 1);
+    int e = futex_wait(&b->word, seen, deadline);
+    atomic_fetch_sub(&b->waiters, 1);
+    if (e == EINTR && luamp_interrupt_pending())
+        return -1;
+    return 1;
+}
+
 /* 1: taken; 0: not by the deadline; -1: interrupted (SIGINT/SIGTERM). */
 static int acquire(block *b, int rlock, double deadline)
 {
@@ -180,13 +195,9 @@ static int acquire(block *b, int rlock, double deadline)
             }
             continue;
         }
-        if (deadline == 0 || (deadline > 0 && luamp_now() >= deadline))
-            return 0;
-        atomic_fetch_add(&b->waiters, 1);
-        int e = futex_wait(&b->word, w, deadline);
-        atomic_fetch_sub(&b->waiters, 1);
-        if (e == EINTR && luamp_interrupt_pending())
-            return -1;
+        int r = wait_while(b, w, deadline);
+        if (r <= 0)
+            return r;
     }
 }
 
@@ -236,35 +247,55 @@ static void unref(mapping *m)
     }
 }
 
-/* Pushes a new lock userdata on mapping m, registered for sending. */
-static lockud *push_lock(lua_State *L, mapping *m, int rlock)
+/* Pushes a new object of `size` bytes (a struct that starts with a
+ * handle) on mapping m, with metatable mt and an id of `kind`. */
+static void *push_handle(lua_State *L, size_t size, mapping *m, const char *kind, const char *mt)
 {
-    lockud *u = lua_newuserdatauv(L, sizeof *u, 1);
-    memset(u, 0, sizeof *u);
-    u->m = m;
-    u->b = m->base;
-    u->rlock = rlock;
+    handle *h = lua_newuserdatauv(L, size, 1);
+    memset(h, 0, size);
+    h->m = m;
+    h->b = m->base;
     m->refs++;
-    luamp_new_object_id(u->id, sizeof u->id, rlock ? "rlock" : "lock");
-    luaL_setmetatable(L, LOCK_MT);
-    /* its guard, made once: guard() hands out the same one */
+    luamp_new_object_id(h->id, sizeof h->id, kind);
+    luaL_setmetatable(L, mt);
+    return h;
+}
+
+/* Makes the guard of the lock or semaphore on top, its user value 1:
+ * made once, guard() hands out the same one, whose __close releases. */
+static void set_guard(lua_State *L)
+{
     lua_newuserdatauv(L, 0, 1);
     lua_pushvalue(L, -2);
     lua_setiuservalue(L, -2, 1);
     luaL_setmetatable(L, GUARD_MT);
     lua_setiuservalue(L, -2, 1);
-    luamp_register_object(L, -1, u->id);
+}
+
+/* Pushes a new lock userdata on mapping m, registered for sending. */
+static lockud *push_lock(lua_State *L, mapping *m, int rlock)
+{
+    lockud *u = push_handle(L, sizeof *u, m, rlock ? "rlock" : "lock", LOCK_MT);
+    u->rlock = rlock;
+    set_guard(L);
+    luamp_register_object(L, -1, u->h.id);
     return u;
 }
 
 /* ---- Lock and RLock --------------------------------------------------------- */
 
+/* The object of metatable mt at index 1 (not one its finalizer ran for). */
+static void *check_handle(lua_State *L, const char *mt)
+{
+    handle *h = luaL_checkudata(L, 1, mt);
+    if (h->m == NULL)
+        luaL_error(L, "the object was collected");
+    return h;
+}
+
 static lockud *check_lock(lua_State *L)
 {
-    lockud *u = luaL_checkudata(L, 1, LOCK_MT);
-    if (u->m == NULL)
-        luaL_error(L, "the lock was destroyed");
-    return u;
+    return check_handle(L, LOCK_MT);
 }
 
 static int l_new_lock(lua_State *L)
@@ -280,7 +311,7 @@ static int lock_acquire(lua_State *L)
 {
     lockud *u = check_lock(L);
     double deadline = luamp_opt_deadline(L, 2);
-    int r = acquire(u->b, u->rlock, deadline);
+    int r = acquire(u->h.b, u->rlock, deadline);
     if (r < 0)
         luamp_raise_interrupt(L);
     lua_pushboolean(L, r > 0);
@@ -290,7 +321,7 @@ static int lock_acquire(lua_State *L)
 static int lock_release(lua_State *L)
 {
     lockud *u = check_lock(L);
-    const char *why = release(u->b, u->rlock);
+    const char *why = release(u->h.b, u->rlock);
     if (why)
         return luaL_error(L, "%s", why);
     return 0;
@@ -299,7 +330,7 @@ static int lock_release(lua_State *L)
 static int lock_locked(lua_State *L)
 {
     lockud *u = check_lock(L);
-    lua_pushboolean(L, atomic_load(&u->b->word) != 0);
+    lua_pushboolean(L, atomic_load(&u->h.b->word) != 0);
     return 1;
 }
 
@@ -307,7 +338,7 @@ static int lock_locked(lua_State *L)
 static int lock_guard(lua_State *L)
 {
     lockud *u = check_lock(L);
-    int r = acquire(u->b, u->rlock, -1);
+    int r = acquire(u->h.b, u->rlock, -1);
     if (r < 0)
         luamp_raise_interrupt(L);
     lua_getiuservalue(L, 1, 1);
@@ -321,37 +352,41 @@ static int guard_close(lua_State *L)
     const char *why = NULL;
     if (luaL_testudata(L, -1, LOCK_MT)) {
         lockud *u = lua_touserdata(L, -1);
-        if (u->m != NULL)
-            why = release(u->b, u->rlock);
+        if (u->h.m != NULL)
+            why = release(u->h.b, u->rlock);
     } else {
         semud *u = luaL_testudata(L, -1, SEM_MT);
-        if (u != NULL && u->m != NULL)
-            why = sem_give(u->b);
+        if (u != NULL && u->h.m != NULL)
+            why = sem_give(u->h.b);
     }
     if (why)
         return luaL_error(L, "guard: %s", why);
     return 0;
 }
 
-static int lock_gc(lua_State *L)
+/* __gc and __luamp_ref of every object here (its metatable says it is one). */
+static int handle_gc(lua_State *L)
 {
-    lockud *u = luaL_checkudata(L, 1, LOCK_MT);
-    unref(u->m);
-    u->m = NULL;
+    handle *h = lua_touserdata(L, 1);
+    if (h != NULL) {
+        unref(h->m);
+        h->m = NULL;
+    }
     return 0;
 }
 
-static int lock_ref(lua_State *L)
+static int handle_ref(lua_State *L)
 {
-    lua_pushstring(L, check_lock(L)->id);
+    handle *h = lua_touserdata(L, 1);
+    lua_pushstring(L, h->id);
     return 1;
 }
 
 static int lock_tostring(lua_State *L)
 {
     lockud *u = check_lock(L);
-    lua_pushfstring(L, "%s (%s, %s)", u->rlock ? "RLock" : "Lock", u->id,
-                    atomic_load(&u->b->word) ? "locked" : "unlocked");
+    lua_pushfstring(L, "%s (%s, %s)", u->rlock ? "RLock" : "Lock", u->h.id,
+                    atomic_load(&u->h.b->word) ? "locked" : "unlocked");
     return 1;
 }
 
@@ -359,24 +394,7 @@ static int lock_tostring(lua_State *L)
 
 static semud *check_sem(lua_State *L, const char *mt)
 {
-    semud *u = luaL_checkudata(L, 1, mt);
-    if (u->m == NULL)
-        luaL_error(L, "the object was destroyed");
-    return u;
-}
-
-/* Waits while the word is `seen`: 1 when it changed, 0 at the deadline,
- * -1 when interrupted. */
-static int wait_while(block *b, uint32_t seen, double deadline)
-{
-    if (deadline == 0 || (deadline > 0 && luamp_now() >= deadline))
-        return 0;
-    atomic_fetch_add(&b->waiters, 1);
-    int e = futex_wait(&b->word, seen, deadline);
-    atomic_fetch_sub(&b->waiters, 1);
-    if (e == EINTR && luamp_interrupt_pending())
-        return -1;
-    return 1;
+    return check_handle(L, mt);
 }
 
 /* 1: taken; 0: not by the deadline; -1: interrupted. */
@@ -413,24 +431,13 @@ static const char *sem_give(block *b)
 static semud *push_sem(lua_State *L, int event, uint32_t value, uint32_t bound)
 {
     mapping *m = new_mapping(L, 0);
-    semud *u = lua_newuserdatauv(L, sizeof *u, 1);
-    memset(u, 0, sizeof *u);
-    u->m = m;
-    u->b = m->base;
+    semud *u = push_handle(L, sizeof *u, m, event ? "event" : "semaphore", event ? EVENT_MT : SEM_MT);
     u->event = event;
-    m->refs++;
-    atomic_store(&u->b->word, value);
-    u->b->depth = bound;
-    luamp_new_object_id(u->id, sizeof u->id, event ? "event" : "semaphore");
-    luaL_setmetatable(L, event ? EVENT_MT : SEM_MT);
-    if (!event) {   /* its guard, as a lock's */
-        lua_newuserdatauv(L, 0, 1);
-        lua_pushvalue(L, -2);
-        lua_setiuservalue(L, -2, 1);
-        luaL_setmetatable(L, GUARD_MT);
-        lua_setiuservalue(L, -2, 1);
-    }
-    luamp_register_object(L, -1, u->id);
+    atomic_store(&u->h.b->word, value);
+    u->h.b->depth = bound;
+    if (!event)
+        set_guard(L);
+    luamp_register_object(L, -1, u->h.id);
     return u;
 }
 
@@ -456,7 +463,7 @@ static int l_new_event(lua_State *L)
 static int sem_acquire(lua_State *L)
 {
     semud *u = check_sem(L, SEM_MT);
-    int r = sem_take(u->b, luamp_opt_deadline(L, 2));
+    int r = sem_take(u->h.b, luamp_opt_deadline(L, 2));
     if (r < 0)
         luamp_raise_interrupt(L);
     lua_pushboolean(L, r > 0);
@@ -466,7 +473,7 @@ static int sem_acquire(lua_State *L)
 static int sem_release(lua_State *L)
 {
     semud *u = check_sem(L, SEM_MT);
-    const char *why = sem_give(u->b);
+    const char *why = sem_give(u->h.b);
     if (why)
         return luaL_error(L, "%s", why);
     return 0;
@@ -474,14 +481,14 @@ static int sem_release(lua_State *L)
 
 static int sem_get_value(lua_State *L)
 {
-    lua_pushinteger(L, atomic_load(&check_sem(L, SEM_MT)->b->word));
+    lua_pushinteger(L, atomic_load(&check_sem(L, SEM_MT)->h.b->word));
     return 1;
 }
 
 static int sem_guard(lua_State *L)
 {
     semud *u = check_sem(L, SEM_MT);
-    if (sem_take(u->b, -1) < 0)
+    if (sem_take(u->h.b, -1) < 0)
         luamp_raise_interrupt(L);
     lua_getiuservalue(L, 1, 1);
     return 1;
@@ -490,21 +497,21 @@ static int sem_guard(lua_State *L)
 static int event_set(lua_State *L)
 {
     semud *u = check_sem(L, EVENT_MT);
-    atomic_store(&u->b->word, 1);
-    if (atomic_load(&u->b->waiters) > 0)
-        (void)syscall(SYS_futex, (uint32_t *)&u->b->word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+    atomic_store(&u->h.b->word, 1);
+    if (atomic_load(&u->h.b->waiters) > 0)
+        (void)syscall(SYS_futex, (uint32_t *)&u->h.b->word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
     return 0;
 }
 
 static int event_clear(lua_State *L)
 {
-    atomic_store(&check_sem(L, EVENT_MT)->b->word, 0);
+    atomic_store(&check_sem(L, EVENT_MT)->h.b->word, 0);
     return 0;
 }
 
 static int event_is_set(lua_State *L)
 {
-    lua_pushboolean(L, atomic_load(&check_sem(L, EVENT_MT)->b->word) != 0);
+    lua_pushboolean(L, atomic_load(&check_sem(L, EVENT_MT)->h.b->word) != 0);
     return 1;
 }
 
@@ -513,31 +520,14 @@ static int event_wait(lua_State *L)
 {
     semud *u = check_sem(L, EVENT_MT);
     double deadline = luamp_opt_deadline(L, 2);
-    while (atomic_load(&u->b->word) == 0) {
-        int r = wait_while(u->b, 0, deadline);
+    while (atomic_load(&u->h.b->word) == 0) {
+        int r = wait_while(u->h.b, 0, deadline);
         if (r < 0)
             luamp_raise_interrupt(L);
         if (r == 0)
             break;
     }
-    lua_pushboolean(L, atomic_load(&u->b->word) != 0);
-    return 1;
-}
-
-static int sem_gc(lua_State *L)
-{
-    semud *u = lua_touserdata(L, 1);
-    if (u != NULL) {
-        unref(u->m);
-        u->m = NULL;
-    }
-    return 0;
-}
-
-static int sem_ref(lua_State *L)
-{
-    semud *u = lua_touserdata(L, 1);
-    lua_pushstring(L, u->id);
+    lua_pushboolean(L, atomic_load(&u->h.b->word) != 0);
     return 1;
 }
 
@@ -545,10 +535,10 @@ static int sem_tostring(lua_State *L)
 {
     semud *u = lua_touserdata(L, 1);
     if (u->event)
-        lua_pushfstring(L, "Event (%s, %s)", u->id, atomic_load(&u->b->word) ? "set" : "not set");
+        lua_pushfstring(L, "Event (%s, %s)", u->h.id, atomic_load(&u->h.b->word) ? "set" : "not set");
     else
-        lua_pushfstring(L, "%s (%s, value %d)", u->b->depth ? "BoundedSemaphore" : "Semaphore", u->id,
-                        (int)atomic_load(&u->b->word));
+        lua_pushfstring(L, "%s (%s, value %d)", u->h.b->depth ? "BoundedSemaphore" : "Semaphore", u->h.id,
+                        (int)atomic_load(&u->h.b->word));
     return 1;
 }
 
@@ -567,7 +557,7 @@ static const etype *check_type(lua_State *L, int idx, const char *fname)
 
 static void *elem(const shared *s, lua_Integer i)
 {
-    return (char *)s->b + DATA_OFFSET + (size_t)i * s->t->size;
+    return (char *)s->h.b + DATA_OFFSET + (size_t)i * s->t->size;
 }
 
 static void push_elem(lua_State *L, const shared *s, lua_Integer i)
@@ -648,18 +638,12 @@ static shared *push_shared(lua_State *L, const etype *t, lua_Integer n)
     if (count > (SIZE_MAX - 2 * DATA_OFFSET) / t->size)
         luaL_error(L, "Array: too many elements");
     mapping *m = new_mapping(L, count * t->size);
-    shared *s = lua_newuserdatauv(L, sizeof *s, 1);
-    memset(s, 0, sizeof *s);
-    s->m = m;
-    s->b = m->base;
+    shared *s = push_handle(L, sizeof *s, m, n < 0 ? "value" : "array", n < 0 ? VALUE_MT : ARRAY_MT);
     s->t = t;
     s->n = n;
-    m->refs++;
-    luamp_new_object_id(s->id, sizeof s->id, n < 0 ? "value" : "array");
-    luaL_setmetatable(L, n < 0 ? VALUE_MT : ARRAY_MT);
     push_lock(L, m, 1);
     lua_setiuservalue(L, -2, 1);
-    luamp_register_object(L, -1, s->id);
+    luamp_register_object(L, -1, s->h.id);
     return s;
 }
 
@@ -704,10 +688,7 @@ static int l_new_array(lua_State *L)
 
 static shared *check_shared(lua_State *L, const char *mt)
 {
-    shared *s = luaL_checkudata(L, 1, mt);
-    if (s->m == NULL)
-        luaL_error(L, "the shared object was destroyed");
-    return s;
+    return check_handle(L, mt);
 }
 
 static int shared_get_lock(lua_State *L)
@@ -810,23 +791,6 @@ static int array_len(lua_State *L)
     return 1;
 }
 
-static int shared_gc(lua_State *L)
-{
-    shared *s = lua_touserdata(L, 1);
-    if (s != NULL) {
-        unref(s->m);
-        s->m = NULL;
-    }
-    return 0;
-}
-
-static int shared_ref(lua_State *L)
-{
-    shared *s = lua_touserdata(L, 1);
-    lua_pushstring(L, s->id);
-    return 1;
-}
-
 static int value_tostring(lua_State *L)
 {
     shared *s = check_shared(L, VALUE_MT);
@@ -840,6 +804,21 @@ static int array_tostring(lua_State *L)
     shared *s = check_shared(L, ARRAY_MT);
     lua_pushfstring(L, "Array('%s', %I elements)", s->t->code, s->n);
     return 1;
+}
+
+/* Registers metatable mt with the metamethods meta and, unless NULL,
+ * the methods as its __index. */
+static void new_type(lua_State *L, const char *mt, const luaL_Reg *meta, const luaL_Reg *methods)
+{
+    if (luaL_newmetatable(L, mt)) {
+        luaL_setfuncs(L, meta, 0);
+        if (methods) {
+            lua_newtable(L);
+            luaL_setfuncs(L, methods, 0);
+            lua_setfield(L, -2, "__index");
+        }
+    }
+    lua_pop(L, 1);
 }
 
 void luamp_open_sync(lua_State *L)
@@ -857,40 +836,21 @@ void luamp_open_sync(lua_State *L)
         {"guard", lock_guard}, {NULL, NULL}
     };
     static const luaL_Reg lock_meta[] = {
-        {"__gc", lock_gc}, {"__luamp_ref", lock_ref}, {"__tostring", lock_tostring}, {NULL, NULL}
+        {"__gc", handle_gc}, {"__luamp_ref", handle_ref}, {"__tostring", lock_tostring}, {NULL, NULL}
     };
     static const luaL_Reg value_meta[] = {
-        {"__index", value_index}, {"__newindex", value_newindex}, {"__gc", shared_gc},
-        {"__luamp_ref", shared_ref}, {"__tostring", value_tostring}, {NULL, NULL}
+        {"__index", value_index}, {"__newindex", value_newindex}, {"__gc", handle_gc},
+        {"__luamp_ref", handle_ref}, {"__tostring", value_tostring}, {NULL, NULL}
     };
     static const luaL_Reg array_meta[] = {
         {"__index", array_index}, {"__newindex", array_newindex}, {"__len", array_len},
-        {"__gc", shared_gc}, {"__luamp_ref", shared_ref}, {"__tostring", array_tostring}, {NULL, NULL}
+        {"__gc", handle_gc}, {"__luamp_ref", handle_ref}, {"__tostring", array_tostring}, {NULL, NULL}
     };
-    if (luaL_newmetatable(L, LOCK_MT)) {
-        luaL_setfuncs(L, lock_meta, 0);
-        luaL_newlib(L, lock_methods);
-        lua_setfield(L, -2, "__index");
-    }
-    lua_pop(L, 1);
-    if (luaL_newmetatable(L, GUARD_MT)) {
-        lua_pushcfunction(L, guard_close);
-        lua_setfield(L, -2, "__close");
-    }
-    lua_pop(L, 1);
-    if (luaL_newmetatable(L, VALUE_MT))
-        luaL_setfuncs(L, value_meta, 0);
-    lua_pop(L, 1);
-    if (luaL_newmetatable(L, ARRAY_MT))
-        luaL_setfuncs(L, array_meta, 0);
-    lua_pop(L, 1);
-    lua_pushcfunction(L, l_new_lock);
-    lua_setfield(L, -2, "lock");
-    lua_pushcfunction(L, l_new_value);
-    lua_setfield(L, -2, "value");
-    lua_pushcfunction(L, l_new_array);
-    lua_setfield(L, -2, "array");
-
+    static const luaL_Reg guard_meta[] = { {"__close", guard_close}, {NULL, NULL} };
+    new_type(L, LOCK_MT, lock_meta, lock_methods);
+    new_type(L, GUARD_MT, guard_meta, NULL);
+    new_type(L, VALUE_MT, value_meta, NULL);
+    new_type(L, ARRAY_MT, array_meta, NULL);
     static const luaL_Reg sem_methods[] = {
         {"acquire", sem_acquire}, {"release", sem_release}, {"get_value", sem_get_value},
         {"guard", sem_guard}, {NULL, NULL}
@@ -900,22 +860,13 @@ void luamp_open_sync(lua_State *L)
         {NULL, NULL}
     };
     static const luaL_Reg sem_meta[] = {
-        {"__gc", sem_gc}, {"__luamp_ref", sem_ref}, {"__tostring", sem_tostring}, {NULL, NULL}
+        {"__gc", handle_gc}, {"__luamp_ref", handle_ref}, {"__tostring", sem_tostring}, {NULL, NULL}
     };
-    if (luaL_newmetatable(L, SEM_MT)) {
-        luaL_setfuncs(L, sem_meta, 0);
-        luaL_newlib(L, sem_methods);
-        lua_setfield(L, -2, "__index");
-    }
-    lua_pop(L, 1);
-    if (luaL_newmetatable(L, EVENT_MT)) {
-        luaL_setfuncs(L, sem_meta, 0);
-        luaL_newlib(L, event_methods);
-        lua_setfield(L, -2, "__index");
-    }
-    lua_pop(L, 1);
-    lua_pushcfunction(L, l_new_semaphore);
-    lua_setfield(L, -2, "semaphore");
-    lua_pushcfunction(L, l_new_event);
-    lua_setfield(L, -2, "event");
+    static const luaL_Reg constructors[] = {
+        {"lock", l_new_lock}, {"value", l_new_value}, {"array", l_new_array},
+        {"semaphore", l_new_semaphore}, {"event", l_new_event}, {NULL, NULL}
+    };
+    new_type(L, SEM_MT, sem_meta, sem_methods);
+    new_type(L, EVENT_MT, sem_meta, event_methods);
+    luaL_setfuncs(L, constructors, 0);
 }
