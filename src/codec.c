@@ -111,20 +111,31 @@ void luamp_buf_reset(luamp_buf *b)
     b->spanlen = 0;
 }
 
-void luamp_buf_copy_out(const luamp_buf *b, char *dst)
+void luamp_buf_each(const luamp_buf *b, void (*put)(void *ctx, const char *p, size_t n), void *ctx)
 {
     size_t from = 0;
 
     for (size_t i = 0; i < b->nspans; i++) {
         const luamp_span *s = &b->spans[i];
-        memcpy(dst, b->data + from, s->at - from);
-        dst += s->at - from;
-        memcpy(dst, s->p, s->n);
-        dst += s->n;
+        put(ctx, b->data + from, s->at - from);
+        put(ctx, s->p, s->n);
         from = s->at;
     }
-    if (b->len > from)
-        memcpy(dst, b->data + from, b->len - from);
+    put(ctx, b->data + from, b->len - from);
+}
+
+static void copy_piece(void *ctx, const char *p, size_t n)
+{
+    char **dst = ctx;
+
+    if (n > 0)
+        memcpy(*dst, p, n);
+    *dst += n;
+}
+
+void luamp_buf_copy_out(const luamp_buf *b, char *dst)
+{
+    luamp_buf_each(b, copy_piece, &dst);
 }
 
 int luamp_buf_flatten(luamp_buf *b)

@@ -60,6 +60,9 @@ void luamp_buf_init(luamp_buf *b);
 static inline size_t luamp_buf_size(const luamp_buf *b) { return b->len + b->spanlen; }
 /* Empties the message, spans included. */
 void luamp_buf_reset(luamp_buf *b);
+/* Calls put(ctx, p, n) for each piece of the message in order: stretches
+ * of data and the spans between them. */
+void luamp_buf_each(const luamp_buf *b, void (*put)(void *ctx, const char *p, size_t n), void *ctx);
 /* Copies the whole message, spans in place, to dst (luamp_buf_size bytes). */
 void luamp_buf_copy_out(const luamp_buf *b, char *dst);
 /* Copies the spans' bytes into the data: 0, or -1 when out of memory. */

@@ -17,8 +17,8 @@
  *    embedding application.
  *
  * States made here allocate as luaL_newstate's do (realloc and free), but
- * fault in the pages of every big block at once (MADV_POPULATE_WRITE):
- * one system call instead of a page fault per 4 KiB.  Big blocks are
+ * fault in the missing pages of every big block at once
+ * (MADV_POPULATE_WRITE): one system call instead of a page fault per 4 KiB.  Big blocks are
  * strings and buffers about to be filled, above all the results a Pool's
  * parent receives; faulting them in page by page was most of its time
  * for 1 MiB results (doc/design.md, "Big messages").

@@ -434,19 +434,24 @@ int shmq_put(shmq *q, const void *p, size_t n, double deadline, uint64_t *seq)
     return shmq_put_buf(q, &b, deadline, seq);
 }
 
+/* Where write_piece writes next. */
+struct ring_cursor {
+    shmq *q;
+    uint64_t off;
+};
+
+static void write_piece(void *ctx, const char *p, size_t n)
+{
+    struct ring_cursor *c = ctx;
+    ring_write(c->q, c->off, p, n);
+    c->off += n;
+}
+
 /* Writes message m (its data with its spans inserted) at ring offset off. */
 static void write_message(shmq *q, uint64_t off, const luamp_buf *m)
 {
-    size_t from = 0;
-    for (size_t i = 0; i < m->nspans; i++) {
-        const luamp_span *s = &m->spans[i];
-        ring_write(q, off, m->data + from, s->at - from);
-        off += s->at - from;
-        ring_write(q, off, s->p, s->n);
-        off += s->n;
-        from = s->at;
-    }
-    ring_write(q, off, m->data + from, m->len - from);
+    struct ring_cursor c = { q, off };
+    luamp_buf_each(m, write_piece, &c);
 }
 
 int shmq_put_buf(shmq *q, const luamp_buf *m, double deadline, uint64_t *seq)
