@@ -285,8 +285,8 @@ static int q_put_task(lua_State *L)
 }
 
 /*
- * q:apply_task(inflight, mt, pool, jobid, fid, fbytes, args) -> job |
- * nil, message (args cannot be encoded): Pool:apply_async's task.  Puts
+ * q:apply_task(inflight, mt, pool, jobid, fid, fbytes, args) -> job, seq
+ * | nil, message (args cannot be encoded): Pool:apply_async's task.  Puts
  * the task, makes its job {id = jobid, _pool = pool, finished = false}
  * with metatable mt, and files it as inflight[seq]; one C call where
  * put_task, a table constructor, setmetatable and the filing were four
@@ -323,7 +323,8 @@ static int q_apply_task(lua_State *L)
     lua_setmetatable(L, -2);
     lua_pushvalue(L, -1);
     lua_rawseti(L, 2, (lua_Integer)seq);
-    return 1;
+    lua_pushinteger(L, (lua_Integer)seq);
+    return 2;
 }
 
 /* Waits for a message, and also for the child handles in the table at
@@ -984,6 +985,19 @@ static int q_claim(lua_State *L)
     return 2;
 }
 
+/* q:cancel(seq) -> whether the message was withdrawn before any consumer
+ * took it (an Executor's future.cancel) */
+static int q_cancel(lua_State *L)
+{
+    queue *u = check_queue(L);
+    lua_Integer seq = luaL_checkinteger(L, 2);
+    int r = shmq_cancel(u->q, (uint64_t)seq);
+    if (r < 0)
+        return luamp_sys_error(L, "Queue:cancel");
+    lua_pushboolean(L, r);
+    return 1;
+}
+
 static int q_release(lua_State *L)
 {
     queue *u = check_queue(L);
@@ -1062,6 +1076,7 @@ void luamp_open_queue(lua_State *L)
         {"put_result", q_put_result},
         {"put_apply", q_put_apply},
         {"claim", q_claim},
+        {"cancel", q_cancel},
         {"release", q_release},
         {"destroy", q_destroy},
         {"qsize", q_qsize},

@@ -31,6 +31,10 @@
  * the head) nor shrinking (only when empty) moves it.  Only records that
  * do not wrap are lent.
  *
+ * Cancelling (shmq_cancel) marks a record still in the ring as withdrawn
+ * and stops counting it; the next get that finds it at the head frees it
+ * and goes on to the next.
+ *
  * Claims: a consumer that names a slot records in it, under the lock
  * that moves the message out, which message it took; nothing can be
  * taken and lost between the two.
@@ -73,6 +77,8 @@
 #define INITIAL_CAP ((size_t)256 << 10)
 #define SHRINK_ABOVE ((size_t)256 << 20)
 #define REC_HDR 12     /* u32 length, u64 sequence number */
+/* In a record's sequence number: withdrawn by shmq_cancel, to be skipped. */
+#define REC_CANCELLED ((uint64_t)1 << 63)
 
 struct shmq_hdr {
     pthread_mutex_t lock;
@@ -536,6 +542,59 @@ static void take_back(shmq *q)
     }
 }
 
+/* Under the lock: the length and sequence number of the record at ring
+ * offset off. */
+static void read_rec(shmq *q, uint64_t off, uint32_t *len, uint64_t *seq)
+{
+    unsigned char rec[REC_HDR];
+    ring_read(q, off, rec, REC_HDR);
+    memcpy(len, rec, 4);
+    memcpy(seq, rec + 4, 8);
+}
+
+/* Under the lock, with count > 0 and nothing lent: frees the withdrawn
+ * records at the head, so that the head is a live record. */
+static void skip_cancelled(shmq *q)
+{
+    struct shmq_hdr *h = q->hdr;
+    for (;;) {
+        uint32_t len;
+        uint64_t seq;
+        read_rec(q, h->head, &len, &seq);
+        if (!(seq & REC_CANCELLED))
+            return;
+        consumed(q, REC_HDR + (uint64_t)len);
+    }
+}
+
+int shmq_cancel(shmq *q, uint64_t seq)
+{
+    struct shmq_hdr *h = q->hdr;
+    if (lock(q) != 0)
+        return -1;
+    int found = 0;
+    uint64_t off = h->head + h->lent, end = h->head + h->used;
+    while (off < end) {
+        uint32_t len;
+        uint64_t s;
+        read_rec(q, off, &len, &s);
+        if (s == seq) {
+            s |= REC_CANCELLED;
+            ring_write(q, off + 4, &s, 8);
+            h->count--;
+            found = 1;
+            break;
+        }
+        if ((s & ~REC_CANCELLED) > seq)
+            break;              /* records are in order: it was taken */
+        off += REC_HDR + (uint64_t)len;
+    }
+    uint32_t wake = found ? tokens_due(h->putters, &h->put_tokens) : 0;
+    unlock(q);
+    ring(q->ev_put, wake);
+    return found;
+}
+
 int shmq_give_back(shmq *q)
 {
     if (lock(q) != 0)
@@ -604,6 +663,7 @@ int shmq_get(shmq *q, luamp_buf *out, double deadline, shmq_wait *w)
             return r;
         }
     }
+    skip_cancelled(q);
     /* One clock read serves everything below; none when nothing needs it
      * (last_get only matters once the ring is big enough to pace). */
     int pacing = h->used >= PACE_FROM;

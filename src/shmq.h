@@ -65,6 +65,11 @@ int shmq_give_back(shmq *q);
 int shmq_claim(shmq *q, int slot, uint64_t *seq, double *since);
 int shmq_release(shmq *q, int slot);
 
+/* Withdraws the message numbered seq if no consumer has taken it yet: it
+ * no longer counts, and no get returns it.  1 withdrawn, 0 not in the
+ * queue (taken, or never put), -1 on error (errno). */
+int shmq_cancel(shmq *q, uint64_t seq);
+
 /* Number of messages held now; whether a put would wait. */
 uint64_t shmq_count(shmq *q);
 int shmq_full(shmq *q);

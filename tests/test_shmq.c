@@ -161,6 +161,45 @@ static void test_spans(void)
     shmq_destroy(q);
 }
 
+/* Gets one message as a string into buf (empty on failure). */
+static const char *get_str(shmq *q, luamp_buf *b, char *buf, size_t n)
+{
+    buf[0] = 0;
+    if (shmq_get(q, b, 0, NULL) == SHMQ_OK && b->len < n) {
+        memcpy(buf, b->data, b->len);
+        buf[b->len] = 0;
+    }
+    return buf;
+}
+
+static void test_cancel(void)
+{
+    shmq *q = shmq_create(0);
+    luamp_buf b;
+    luamp_buf_init(&b);
+    char s[16];
+    if (!q)
+        return;
+    uint64_t seq[4];
+    const char *words[] = { "one", "two", "three", "four" };
+    int puts_ok = 1;
+    for (int i = 0; i < 4; i++)
+        puts_ok &= shmq_put(q, words[i], strlen(words[i]), -1, &seq[i]) == SHMQ_OK;
+    ok(puts_ok && shmq_cancel(q, seq[0]) == 1 && shmq_cancel(q, seq[2]) == 1,
+       "messages still queued can be withdrawn, at the head and further back");
+    ok(shmq_count(q) == 2, "withdrawn messages no longer count (%llu)", (unsigned long long)shmq_count(q));
+    ok(shmq_cancel(q, seq[2]) == 0, "withdrawing twice finds nothing the second time");
+    ok(strcmp(get_str(q, &b, s, sizeof s), "two") == 0, "get skips the withdrawn head (got %s)", s);
+    ok(shmq_cancel(q, seq[1]) == 0, "a message already taken cannot be withdrawn");
+    ok(strcmp(get_str(q, &b, s, sizeof s), "four") == 0, "and skips one further back (got %s)", s);
+    ok(shmq_get(q, &b, 0, NULL) == SHMQ_TIMEOUT && shmq_count(q) == 0, "then the queue is empty");
+    ok(shmq_cancel(q, seq[3] + 100) == 0, "a number never put is not found");
+    ok(shmq_put(q, "five", 4, -1, NULL) == SHMQ_OK && strcmp(get_str(q, &b, s, sizeof s), "five") == 0,
+       "the queue works on after withdrawals");
+    luamp_buf_free(&b);
+    shmq_destroy(q);
+}
+
 int main(void)
 {
     char got[64];
@@ -248,5 +287,6 @@ int main(void)
     shmq_destroy(q);
     test_lending();
     test_spans();
+    test_cancel();
     return done_testing();
 }
