@@ -125,6 +125,7 @@ end
 local current = { name = "MainProcess", pid = getpid() }
 local children = {}        -- live Process objects started here -> true
 local pools = setmetatable({}, { __mode = "k" })   -- live pools started here
+local executors = setmetatable({}, { __mode = "k" })   -- live executors made here
 
 function mp.current_process()
   return { name = current.name, pid = current.pid }
@@ -138,6 +139,7 @@ local function become_child(name)
   current = { name = name, pid = getpid() }
   children = {}
   pools = setmetatable({}, { __mode = "k" })
+  executors = setmetatable({}, { __mode = "k" })
 end
 
 -- An error as a task reports it; `level` 1 is the function that raised.
@@ -195,9 +197,10 @@ function Process:start()
     local ok, info = xpcall(self.target, traceback_handler, unpack(args, 1, args.n or #args))
     if not ok then
       io.stderr:write(string.format("Process %s (pid %d):\n%s\n", self.name, getpid(), info.traceback))
-      core._exit(1)
     end
-    core._exit(0)
+    -- what the target left running ends as at the end of a script
+    pcall(mp._shutdown)
+    core._exit(ok and 0 or 1)
   end
   self._h = h
   self.pid = h.pid
@@ -1182,6 +1185,7 @@ local function start_imap(self, fname, f, items, opts)
   end
   opts = check_opts(opts, 3, fname)
   local job = new_job(self, "map", opts, fname, f)
+  job.fname = fname
   job.results = {}
   job.next_index = 1
   job.yielded = 0
@@ -1204,8 +1208,10 @@ end
 
 -- imap's loop: yields (index, result) from whole chunks as they come.
 -- `take` returns the next chunk to yield, or nil when none is waiting.
--- A failed item raises at its turn; the loop may go on after it.
-local function chunk_iterator(self, job, take)
+-- A failed item raises at its turn; the loop may go on after it.  With a
+-- deadline (and the timeout it came from), waiting past it raises
+-- "timeout".
+local function chunk_iterator(self, job, take, deadline, timeout)
   -- the chunk being yielded: its results, errors, size, index before it
   local results, errors, count, base, k = nil, nil, 0, 0, 0
   return function()
@@ -1218,7 +1224,10 @@ local function chunk_iterator(self, job, take)
       local rec = take()
       while not rec do
         if job.total and job.taken >= job.total then return nil end
-        self:_pump()
+        if self._ended then error("the Pool has ended", 2) end
+        if not self:_pump(deadline) and deadline and now() >= deadline then
+          raise("timeout", string.format("timed out after %gs waiting for the results of %s", timeout, job.fname), 2)
+        end
         rec = take()
       end
       results, errors, count, base, k = rec.results, rec.errors, rec.count, rec.start - 1, 0
@@ -1234,8 +1243,7 @@ end
 
 -- Yields (index, result) in input order; results are dropped once yielded
 -- so memory stays bounded.
-function Pool:imap(f, items, opts)
-  local job = start_imap(self, "imap", f, items, opts)
+local function ordered_iterator(self, job, deadline, timeout)
   job.chunks, job.ordered, job.taken = {}, true, 0
   return chunk_iterator(self, job, function()
     local rec = job.chunks[job.taken + 1]
@@ -1244,7 +1252,11 @@ function Pool:imap(f, items, opts)
       job.taken = job.taken + rec.count
     end
     return rec
-  end)
+  end, deadline, timeout)
+end
+
+function Pool:imap(f, items, opts)
+  return ordered_iterator(self, start_imap(self, "imap", f, items, opts))
 end
 
 -- Yields (index, result) as results arrive.
@@ -1334,6 +1346,386 @@ PoolMT.__tostring = function(self)
 end
 
 --------------------------------------------------------------------------
+-- Executor and futures (Python's concurrent.futures)
+--
+-- An Executor is a Pool with futures in front.  submit puts the task in
+-- the pool's task queue at once, so it runs while the script computes;
+-- until a worker takes it, cancel can still withdraw it from the queue
+-- (the task then never runs).  A future is pending while its task waits
+-- in the queue, running once a worker has taken it (the queue's claim
+-- slots say which), then finished or cancelled.  Results are handled, and
+-- done callbacks run, while the script waits on a future of the executor
+-- (or asks done(), or iterates its map, or shuts it down).
+
+local Executor = {}
+local ExecutorMT = { __index = Executor, __name = "luamp.Executor" }
+local Future = {}
+local FutureMT = { __index = Future, __name = "luamp.Future" }
+local executor_count = 0
+
+local EXECUTOR_OPTS = { max_workers = true, initializer = true, initargs = true,
+                        max_tasks_per_child = true, start_method = true }
+
+function mp.Executor(opts)
+  if opts == nil then opts = {} end
+  if type(opts) ~= "table" then argerror(1, "Executor", "options table expected, got " .. typename(opts)) end
+  for k in pairs(opts) do
+    if not EXECUTOR_OPTS[k] then argerror(1, "Executor", "unknown option '" .. tostring(k) .. "'") end
+  end
+  local n = check_posint(opts.max_workers, 1, "Executor", true)
+  if opts.initializer ~= nil then check_callable(opts.initializer, 1, "Executor") end
+  if opts.initargs ~= nil and type(opts.initargs) ~= "table" then
+    argerror(1, "Executor", "initargs must be a table, got " .. typename(opts.initargs))
+  end
+  local maxtasks = check_posint(opts.max_tasks_per_child, 1, "Executor", true)
+  if opts.start_method ~= nil and opts.start_method ~= "fork" then
+    argerror(1, "Executor", "start_method " .. tostring(opts.start_method) ..
+      " is not supported (only \"fork\" is, so far)")
+  end
+  local pool = mp.Pool{ processes = n, initializer = opts.initializer, initargs = opts.initargs,
+                        maxtasksperchild = maxtasks }
+  executor_count = executor_count + 1
+  local self = setmetatable({
+    max_workers = pool.processes,
+    _id = executor_count,
+    _owner = current.pid,
+    _pool = pool,
+    _futures = {},          -- sequence number of its task -> future not settled
+    _unsettled = 0,
+    _shutdown = false,
+  }, ExecutorMT)
+  executors[self] = true
+  return self
+end
+
+local function check_executor(self, fname)
+  if getmetatable(self) ~= ExecutorMT then
+    error(string.format("bad argument #1 to '%s' (Executor expected, got %s)", fname, typename(self)), 3)
+  end
+  if self._owner ~= current.pid then
+    error(string.format("cannot use an Executor of process %d in process %d", self._owner, current.pid), 3)
+  end
+end
+
+local function is_done(fut)
+  local s = fut._state
+  return s == "finished" or s == "cancelled"
+end
+
+-- A future ends: finished (with values, or err) or cancelled.  Those
+-- waiting on it (as_completed, wait) learn it first, then its done
+-- callbacks run.
+local function settle(fut, state, err, values)
+  fut._state, fut._err, fut._values = state, err, values
+  local ex = fut._ex
+  ex._futures[fut._seq] = nil
+  ex._unsettled = ex._unsettled - 1
+  local ws = fut._waiters
+  if ws then
+    fut._waiters = nil
+    for i = 1, #ws do
+      local w = ws[i]
+      if not w.dead then w.n = w.n + 1; w[w.n] = fut end
+    end
+  end
+  local cbs = fut._callbacks
+  if cbs then
+    fut._callbacks = nil
+    for i = 1, #cbs do run_callback(cbs[i], fut) end
+  end
+end
+
+function Executor:submit(f, ...)
+  check_executor(self, "submit")
+  if self._shutdown then raise("closed", "cannot submit: the Executor is shut down", 2) end
+  check_callable(f, 1, "submit")
+  local pool = self._pool
+  check_running(pool, "submit")
+  -- as Pool:apply_async does, keeping the task's sequence number
+  local id = pool._nextjob + 1
+  pool._nextjob = id
+  local fid, fbytes = encode_function(pool, f, "submit")
+  local job, seq = pool._tq:apply_task(pool._inflight, ApplyResult, pool, id, fid, fbytes, pack(...))
+  if not job then error(new_error("serialize", seq), 2) end
+  local fut = setmetatable({ _ex = self, _seq = seq, _state = "pending" }, FutureMT)
+  job.callback = function(...) settle(fut, "finished", nil, pack(...)) end
+  job.error_callback = function(e) settle(fut, "finished", e) end
+  self._futures[seq] = fut
+  self._unsettled = self._unsettled + 1
+  return fut
+end
+
+-- Waits until something happens in one of the executors `exs` (results
+-- arrive, a worker exits) or the deadline passes; false at the deadline.
+local MULTI_SLICE = 0.002
+local function wait_some(exs, deadline)
+  for _, ex in ipairs(exs) do
+    if ex._pool._ended then error("the Executor has ended", 3) end
+  end
+  if #exs == 1 then return exs[1]._pool:_pump(deadline) end
+  -- Several executors: take what has arrived anywhere, else sleep on one
+  -- for a short slice at a time, in turn.
+  for _, ex in ipairs(exs) do
+    if ex._pool:_pump(now()) then return true end
+  end
+  exs.turn = (exs.turn or 0) % #exs + 1
+  local slice = now() + MULTI_SLICE
+  if deadline and deadline < slice then slice = deadline end
+  return exs[exs.turn]._pool:_pump(slice) or not deadline or now() < deadline
+end
+
+local function owned_executor(fut, level)
+  local ex = fut._ex
+  if ex._owner ~= current.pid then
+    error(string.format("cannot wait for a Future of process %d in process %d", ex._owner, current.pid), level + 1)
+  end
+  return ex
+end
+
+-- Waits for the future to end; false if the timeout passed first.
+local function wait_future(fut, timeout, fname)
+  if is_done(fut) then return true end
+  check_timeout(timeout, 1, fname)
+  local exs = { owned_executor(fut, 3) }
+  local deadline = deadline_of(timeout)
+  while not is_done(fut) do
+    if not wait_some(exs, deadline) and deadline and now() >= deadline then return false end
+  end
+  return true
+end
+
+function Future:result(timeout)
+  if not wait_future(self, timeout, "result") then
+    raise("timeout", string.format("timed out after %gs waiting for a future", timeout), 2)
+  end
+  if self._state == "cancelled" then raise("cancelled", "the future was cancelled", 2) end
+  if self._err ~= nil then error(self._err, 2) end
+  local v = self._values
+  return unpack(v, 1, v.n)
+end
+
+function Future:exception(timeout)
+  if not wait_future(self, timeout, "exception") then
+    raise("timeout", string.format("timed out after %gs waiting for a future", timeout), 2)
+  end
+  if self._state == "cancelled" then raise("cancelled", "the future was cancelled", 2) end
+  return self._err
+end
+
+-- Takes what has arrived, without waiting, so that done() and running()
+-- are current.
+local function refresh(fut)
+  if is_done(fut) then return end
+  local ex = fut._ex
+  if ex._owner == current.pid and not ex._pool._ended then ex._pool:_pump(now()) end
+end
+
+function Future:done()
+  refresh(self)
+  return is_done(self)
+end
+
+-- Whether a worker has taken the task and not finished it.
+function Future:running()
+  refresh(self)
+  if is_done(self) then return false end
+  local pool = self._ex._pool
+  for _, h in ipairs(pool._workers) do
+    if pool._tq:claim(pool._slot[h]) == self._seq then return true end
+  end
+  return false
+end
+
+function Future:cancelled() return self._state == "cancelled" end
+
+-- A future whose task no worker has taken yet is cancelled: the task is
+-- withdrawn from the queue and never runs.
+function Future:cancel()
+  if is_done(self) then return self._state == "cancelled" end
+  local pool = self._ex._pool
+  if pool._ended or not pool._tq:cancel(self._seq) then return false end
+  pool:_settle(self._seq)
+  settle(self, "cancelled")
+  return true
+end
+
+function Future:add_done_callback(fn)
+  check_callable(fn, 1, "add_done_callback")
+  if is_done(self) then
+    run_callback(fn, self)
+  else
+    local cbs = self._callbacks
+    if not cbs then cbs = {}; self._callbacks = cbs end
+    cbs[#cbs + 1] = fn
+  end
+end
+
+FutureMT.__tostring = function(self)
+  return "Future (" .. self._state .. ")"
+end
+
+-- for i, v in ex:map(f, items, {timeout =, chunksize =}): results in input
+-- order, as the Pool's imap (items: a table or an iterator function).
+-- The timeout counts from the call, as in Python.
+function Executor:map(f, items, opts)
+  check_executor(self, "map")
+  if self._shutdown then raise("closed", "cannot map: the Executor is shut down", 2) end
+  if opts ~= nil and type(opts) ~= "table" then argerror(3, "map", "options table expected, got " .. typename(opts)) end
+  opts = opts or {}
+  for k in pairs(opts) do
+    if k ~= "timeout" and k ~= "chunksize" then argerror(3, "map", "unknown option '" .. tostring(k) .. "'") end
+  end
+  local timeout = opts.timeout
+  check_timeout(timeout, 3, "map")
+  local deadline = deadline_of(timeout)
+  local job = start_imap(self._pool, "map", f, items, { chunksize = opts.chunksize })
+  return ordered_iterator(self._pool, job, deadline, timeout)
+end
+
+local function check_bool(v, n, fname, what)
+  if v ~= nil and type(v) ~= "boolean" then
+    argerror(n, fname, what .. " must be a boolean, got " .. typename(v))
+  end
+end
+
+-- Stops taking work.  cancel_futures cancels the futures no worker has
+-- taken yet; wait (the default) waits for every other future to end and
+-- for the workers to exit.  Without wait, the workers run what is queued
+-- and exit.
+function Executor:shutdown(opts)
+  check_executor(self, "shutdown")
+  if opts ~= nil and type(opts) ~= "table" then argerror(1, "shutdown", "options table expected, got " .. typename(opts)) end
+  opts = opts or {}
+  check_bool(opts.wait, 1, "shutdown", "wait")
+  check_bool(opts.cancel_futures, 1, "shutdown", "cancel_futures")
+  self._shutdown = true
+  local pool = self._pool
+  if opts.cancel_futures then
+    local seqs = {}
+    for seq in pairs(self._futures) do seqs[#seqs + 1] = seq end
+    table.sort(seqs)      -- (callbacks run in submission order)
+    for _, seq in ipairs(seqs) do
+      local fut = self._futures[seq]
+      if fut then Future.cancel(fut) end
+    end
+  end
+  if opts.wait == false then
+    if pool._state == "run" then pool:close() end
+    return
+  end
+  while not pool._ended and self._unsettled > 0 do pool:_pump() end
+  if pool._state == "run" then pool:close() end
+  if not pool._ended then pool:join() end
+end
+
+ExecutorMT.__close = function(self, err)
+  if self._owner ~= getpid() then return end
+  self:shutdown{ wait = true, cancel_futures = err ~= nil }
+end
+
+ExecutorMT.__tostring = function(self)
+  return string.format("Executor %d (%d workers%s)", self._id, self.max_workers,
+    self._shutdown and ", shut down" or "")
+end
+
+-- The distinct futures of a sequence (checked), and the executors of
+-- those not done yet.
+local function future_set(futures, fname)
+  if type(futures) ~= "table" then argerror(1, fname, "table of futures expected, got " .. typename(futures)) end
+  local list, seen, exs, exset = {}, {}, {}, {}
+  for i = 1, futures.n or #futures do
+    local fut = futures[i]
+    if getmetatable(fut) ~= FutureMT then
+      argerror(1, fname, "futures[" .. i .. "] is not a Future (got " .. typename(fut) .. ")")
+    end
+    if not seen[fut] then
+      seen[fut] = true
+      list[#list + 1] = fut
+      if not is_done(fut) then
+        local ex = owned_executor(fut, 3)
+        if not exset[ex] then exset[ex] = true; exs[#exs + 1] = ex end
+      end
+    end
+  end
+  return list, exs
+end
+
+-- A list that learns of each future of `list` as it ends (already ended
+-- ones first, in order).
+local function completions(list)
+  local w = { n = 0 }
+  for _, fut in ipairs(list) do
+    if is_done(fut) then
+      w.n = w.n + 1
+      w[w.n] = fut
+    else
+      local ws = fut._waiters
+      if not ws then ws = {}; fut._waiters = ws end
+      ws[#ws + 1] = w
+    end
+  end
+  return w
+end
+
+-- for fut in mp.as_completed(futures, timeout): each future once, as it
+-- ends (those already ended first).
+function mp.as_completed(futures, timeout)
+  local list, exs = future_set(futures, "as_completed")
+  check_timeout(timeout, 2, "as_completed")
+  local deadline = deadline_of(timeout)
+  local w = completions(list)
+  local head = 0
+  return function()
+    if head == #list then return nil end
+    while head == w.n do
+      if not wait_some(exs, deadline) and deadline and now() >= deadline then
+        w.dead = true
+        raise("timeout", string.format("%d of %d futures unfinished after %gs",
+          #list - head, #list, timeout), 2)
+      end
+    end
+    head = head + 1
+    local fut = w[head]
+    w[head] = nil
+    return fut
+  end
+end
+
+local RETURN_WHEN = { ALL_COMPLETED = true, FIRST_COMPLETED = true, FIRST_EXCEPTION = true }
+
+-- done, pending = mp.wait(futures, {timeout =, return_when =})
+function mp.wait(futures, opts)
+  local list, exs = future_set(futures, "wait")
+  if opts ~= nil and type(opts) ~= "table" then argerror(2, "wait", "options table expected, got " .. typename(opts)) end
+  opts = opts or {}
+  local timeout, when = opts.timeout, opts.return_when or "ALL_COMPLETED"
+  check_timeout(timeout, 2, "wait")
+  if not RETURN_WHEN[when] then
+    argerror(2, "wait", "return_when must be \"ALL_COMPLETED\", \"FIRST_COMPLETED\" or \"FIRST_EXCEPTION\", got " ..
+      tostring(when))
+  end
+  local deadline = deadline_of(timeout)
+  local w = completions(list)
+  local seen, failed = 0, false
+  while true do
+    for i = seen + 1, w.n do
+      local fut = w[i]
+      if fut._state == "finished" and fut._err ~= nil then failed = true end
+    end
+    seen = w.n
+    if seen == #list or (when == "FIRST_COMPLETED" and seen > 0) or (when == "FIRST_EXCEPTION" and failed) then break end
+    if not wait_some(exs, deadline) and deadline and now() >= deadline then break end
+  end
+  w.dead = true
+  local done, pending = {}, {}
+  for _, fut in ipairs(list) do
+    local t = is_done(fut) and done or pending
+    t[#t + 1] = fut
+  end
+  return done, pending
+end
+
+--------------------------------------------------------------------------
 -- The end of the main script (luamp_close calls this): nothing is left
 -- running.  Closed pools finish their work, others are terminated;
 -- non-daemon Processes are joined, daemon ones terminated.  After a
@@ -1342,6 +1734,16 @@ end
 function mp._shutdown()
   local hard = core.interrupted()
   local list = {}
+  -- Executors not shut down run their submitted futures to the end, as
+  -- Python's do at exit (the pools below then end).
+  if not hard then
+    for ex in pairs(executors) do list[#list + 1] = ex end
+    table.sort(list, function(a, b) return a._id < b._id end)
+    for _, ex in ipairs(list) do
+      if ex._owner == getpid() and not ex._shutdown then pcall(Executor.shutdown, ex) end
+    end
+    list = {}
+  end
   for pool in pairs(pools) do list[#list + 1] = pool end
   for _, pool in ipairs(list) do
     if pool._owner == getpid() then
