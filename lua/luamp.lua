@@ -241,16 +241,25 @@ end
 --------------------------------------------------------------------------
 -- Queue and Pipe: C objects; these check arguments the Lua way.
 
-function mp.Queue(maxsize)
-  if maxsize ~= nil then
-    local i = tointeger(maxsize)
-    if not i or i < 0 then
-      argerror(1, "Queue", "non-negative integer expected, got " ..
-        (type(maxsize) == "number" and tostring(maxsize) or typename(maxsize)))
-    end
-    maxsize = i
+local function check_maxsize(maxsize, fname)
+  if maxsize == nil then return 0 end
+  local i = tointeger(maxsize)
+  if not i or i < 0 then
+    argerror(1, fname, "non-negative integer expected, got " ..
+      (type(maxsize) == "number" and tostring(maxsize) or typename(maxsize)))
   end
-  return core.queue(maxsize or 0)
+  return i
+end
+
+function mp.Queue(maxsize)
+  return core.queue(check_maxsize(maxsize, "Queue"))
+end
+
+-- A Queue that also counts the items put and not yet marked done:
+-- jq:task_done() after dealing with an item, jq:join(timeout) waits until
+-- every item put is done.
+function mp.JoinableQueue(maxsize)
+  return core.queue(check_maxsize(maxsize, "JoinableQueue"), false, true)
 end
 
 -- Lock, RLock, Value, Array: C objects in shared memory (src/sync.c).
@@ -269,6 +278,9 @@ end
 
 function mp.Semaphore(value) return (construct(core.semaphore, value, false)) end
 function mp.BoundedSemaphore(value) return (construct(core.semaphore, value, true)) end
+
+function mp.Condition(lock) return (construct(core.condition, lock)) end
+function mp.Barrier(parties, action, timeout) return (construct(core.barrier, parties, action, timeout)) end
 
 function mp.Value(typecode, init)
   if type(typecode) ~= "string" then argerror(1, "Value", "typecode (a string) expected, got " .. typename(typecode)) end

@@ -75,6 +75,8 @@ static int new_queue(lua_State *L)
         return luamp_sys_error(L, "cannot create a Queue");
     if (no_pace)
         shmq_no_pace(u->q);
+    if (lua_toboolean(L, 3))             /* core.queue(maxsize, false, true) */
+        shmq_joinable(u->q);
     luamp_new_object_id(u->id, sizeof u->id, "queue");
     luamp_register_object(L, -1, u->id);
     return 1;
@@ -1051,6 +1053,38 @@ static int q_shutdown(lua_State *L)
     return 0;
 }
 
+/* The queue at index 1, which must be a JoinableQueue, for fname. */
+static queue *check_joinable(lua_State *L, const char *fname)
+{
+    queue *u = check_queue(L);
+    if (!shmq_is_joinable(u->q))
+        luaL_error(L, "%s is only for a JoinableQueue", fname);
+    return u;
+}
+
+/* jq:task_done(): one item taken earlier is dealt with */
+static int q_task_done(lua_State *L)
+{
+    queue *u = check_joinable(L, "task_done");
+    int r = shmq_task_done(u->q);
+    if (r < 0)
+        return luamp_sys_error(L, "JoinableQueue:task_done");
+    if (r > 0)
+        return luaL_error(L, "task_done() called more times than items were put");
+    return 0;
+}
+
+/* jq:join([timeout]) -> true when every item put is done; false at the timeout */
+static int q_join(lua_State *L)
+{
+    queue *u = check_joinable(L, "join");
+    int r = shmq_join(u->q, luamp_opt_deadline(L, 2));
+    if (r == SHMQ_INTERRUPTED)
+        luamp_raise_interrupt(L);
+    lua_pushboolean(L, r == SHMQ_OK);
+    return 1;
+}
+
 static int q_ref(lua_State *L)
 {
     lua_pushstring(L, check_queue(L)->id);
@@ -1059,7 +1093,8 @@ static int q_ref(lua_State *L)
 
 static int q_tostring(lua_State *L)
 {
-    lua_pushfstring(L, "Queue (%s)", check_queue(L)->id);
+    queue *u = check_queue(L);
+    lua_pushfstring(L, "%s (%s)", shmq_is_joinable(u->q) ? "JoinableQueue" : "Queue", u->id);
     return 1;
 }
 
@@ -1077,6 +1112,8 @@ void luamp_open_queue(lua_State *L)
         {"put_apply", q_put_apply},
         {"claim", q_claim},
         {"cancel", q_cancel},
+        {"task_done", q_task_done},
+        {"join", q_join},
         {"release", q_release},
         {"destroy", q_destroy},
         {"qsize", q_qsize},

@@ -70,8 +70,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <time.h>
+#include <linux/futex.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 
 #define HDR_SIZE 8192
 #define INITIAL_CAP ((size_t)256 << 10)
@@ -98,6 +101,9 @@ struct shmq_hdr {
     uint32_t no_pace;    /* producers never wait for a consumer (shmq_no_pace) */
     uint64_t lent;       /* bytes of the record at the head lent to the
                             consumer (0: none), still counted in used */
+    uint32_t joinable;   /* a JoinableQueue: puts count in unfinished */
+    uint32_t unfinished; /* items put and not marked done (a futex word,
+                            accessed atomically) */
     struct { uint64_t seq; double since; } claims[SHMQ_MAX_CLAIMS];
 };
 
@@ -513,6 +519,8 @@ int shmq_put_buf(shmq *q, const luamp_buf *m, double deadline, uint64_t *seq)
         *seq = s;
     h->used += need;
     h->count++;
+    if (h->joinable)
+        __atomic_add_fetch(&h->unfinished, 1, __ATOMIC_RELAXED);
     uint32_t wake = tokens_due(h->getters, &h->get_tokens);
     unlock(q);
     ring(q->ev_get, wake);
@@ -705,6 +713,62 @@ int shmq_get(shmq *q, luamp_buf *out, double deadline, shmq_wait *w)
     unlock(q);
     ring(q->ev_put, wake);
     return SHMQ_OK;
+}
+
+void shmq_joinable(shmq *q)
+{
+    q->hdr->joinable = 1;     /* (before anyone else sees the queue) */
+}
+
+int shmq_is_joinable(shmq *q)
+{
+    return q->hdr->joinable != 0;
+}
+
+int shmq_task_done(shmq *q)
+{
+    struct shmq_hdr *h = q->hdr;
+    if (lock(q) != 0)
+        return -1;
+    uint32_t n = __atomic_load_n(&h->unfinished, __ATOMIC_RELAXED);
+    if (n > 0)
+        __atomic_store_n(&h->unfinished, n - 1, __ATOMIC_RELEASE);
+    unlock(q);
+    if (n == 0)
+        return 1;
+    if (n == 1)     /* (the only failures are bad arguments) */
+        (void)syscall(SYS_futex, &h->unfinished, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
+    return 0;
+}
+
+/* A joiner looks again at least this often (seconds), so a wakeup lost
+ * to a process killed between its store and its wake costs only that. */
+#define JOIN_RECHECK 0.1
+
+int shmq_join(shmq *q, double deadline)
+{
+    uint32_t *word = &q->hdr->unfinished;
+    for (;;) {
+        uint32_t n = __atomic_load_n(word, __ATOMIC_ACQUIRE);
+        if (n == 0)
+            return SHMQ_OK;
+        double t = luamp_now(), wait = JOIN_RECHECK;
+        if (deadline >= 0) {
+            if (t >= deadline)
+                return SHMQ_TIMEOUT;
+            if (deadline - t < wait)
+                wait = deadline - t;
+        }
+        struct timespec ts = { (time_t)wait, (long)((wait - (double)(time_t)wait) * 1e9) };
+        if (syscall(SYS_futex, word, FUTEX_WAIT, n, &ts, NULL, 0) != 0
+            && errno == EINTR && luamp_interrupt_pending())
+            return SHMQ_INTERRUPTED;
+    }
+}
+
+uint64_t shmq_unfinished(shmq *q)
+{
+    return __atomic_load_n(&q->hdr->unfinished, __ATOMIC_ACQUIRE);
 }
 
 uint64_t shmq_count(shmq *q)

@@ -70,6 +70,16 @@ int shmq_release(shmq *q, int slot);
  * queue (taken, or never put), -1 on error (errno). */
 int shmq_cancel(shmq *q, uint64_t seq);
 
+/* JoinableQueue: made joinable right after shmq_create, every put counts
+ * an unfinished item; shmq_task_done marks one done (1: none was
+ * unfinished, -1: error); shmq_join waits until none is unfinished
+ * (SHMQ_OK, SHMQ_TIMEOUT or SHMQ_INTERRUPTED). */
+void shmq_joinable(shmq *q);
+int shmq_is_joinable(shmq *q);
+int shmq_task_done(shmq *q);
+int shmq_join(shmq *q, double deadline);
+uint64_t shmq_unfinished(shmq *q);
+
 /* Number of messages held now; whether a put would wait. */
 uint64_t shmq_count(shmq *q);
 int shmq_full(shmq *q);

@@ -1,5 +1,6 @@
 /*
- * sync.c - mp.Lock, mp.RLock, mp.Value and mp.Array.
+ * sync.c - mp.Lock, mp.RLock, mp.Value, mp.Array, mp.Semaphore,
+ * mp.BoundedSemaphore, mp.Event, mp.Condition and mp.Barrier.
  *
  * Each object is one block of shared anonymous memory, mapped before any
  * fork that should see it (like a Queue, it travels to a child as its id,
@@ -51,6 +52,8 @@
 #define ARRAY_MT "luamp.Array"
 #define SEM_MT   "luamp.Semaphore"
 #define EVENT_MT "luamp.Event"
+#define COND_MT  "luamp.Condition"
+#define BARRIER_MT "luamp.Barrier"
 #define RECHECK 0.1          /* seconds between looks for a dead holder */
 #define DATA_OFFSET 64       /* the elements start here in the block */
 
@@ -806,6 +809,403 @@ static int array_tostring(lua_State *L)
     return 1;
 }
 
+/* ---- Condition ------------------------------------------------------------- */
+
+/*
+ * A Condition's block holds a slot per waiting process: its pid, its
+ * arrival ticket and a word it sleeps on.  Slots change only under the
+ * Condition's lock (its user value 1), which wait and notify require, as
+ * in Python.  notify(n) wakes the n oldest waiters, each on its own word,
+ * so a notification goes to exactly one waiter; a waiter whose timeout
+ * passed but that was notified before it got the lock back counts as
+ * notified, so no notification is lost.  A waiter that died is skipped
+ * and its slot taken back.
+ */
+#define COND_SLOTS 128
+
+typedef struct cond_slot {
+    uint32_t pid;               /* 0: free */
+    _Atomic uint32_t notified;  /* its waiter sleeps on this word */
+    uint64_t ticket;            /* order of arrival */
+} cond_slot;
+
+typedef struct cond_data {
+    uint64_t next_ticket;
+    cond_slot slots[COND_SLOTS];
+} cond_data;
+
+typedef struct condud {
+    handle h;
+} condud;
+
+static cond_data *cond_of(condud *u)
+{
+    return (cond_data *)((char *)u->h.b + DATA_OFFSET);
+}
+
+/* The Condition at index 1 and its lock (which it keeps alive). */
+static condud *check_cond(lua_State *L, lockud **lock)
+{
+    condud *u = check_handle(L, COND_MT);
+    lua_getiuservalue(L, 1, 1);
+    *lock = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    return u;
+}
+
+static int holds(const lockud *l)
+{
+    return atomic_load(&l->h.b->word) == self();
+}
+
+/* core.condition([lock]): a new RLock when none is given */
+static int l_new_condition(lua_State *L)
+{
+    if (lua_isnoneornil(L, 1)) {
+        push_lock(L, new_mapping(L, 0), 1);
+    } else {
+        lockud *l = luaL_testudata(L, 1, LOCK_MT);
+        if (l == NULL)
+            return luaL_error(L, "bad argument #1 to 'Condition' (a Lock or an RLock expected, got %s)",
+                              luaL_typename(L, 1));
+        lua_pushvalue(L, 1);
+    }
+    mapping *m = new_mapping(L, sizeof(cond_data));
+    condud *u = push_handle(L, sizeof *u, m, "condition", COND_MT);
+    lua_pushvalue(L, -2);
+    lua_setiuservalue(L, -2, 1);
+    luamp_register_object(L, -1, u->h.id);
+    return 1;
+}
+
+/* Takes the lock back after a wait, however long it takes. */
+static void retake(lockud *l, uint32_t depth)
+{
+    while (acquire(l->h.b, l->rlock, -1) < 0)
+        ;
+    l->h.b->depth = depth;
+}
+
+/* Waits on the Condition, whose lock the caller holds (released while
+ * waiting, fully for an RLock, and taken back before returning): 1 when
+ * notified, 0 at the deadline.  Raises on an interrupt (lock held). */
+static int cond_wait_on(lua_State *L, condud *u, lockud *l, double deadline)
+{
+    uint32_t me = self();
+    if (!holds(l))
+        luaL_error(L, "cannot wait on a Condition whose lock this process does not hold");
+    cond_data *c = cond_of(u);
+    cond_slot *slot = NULL;
+    for (int i = 0; i < COND_SLOTS && slot == NULL; i++) {
+        cond_slot *s = &c->slots[i];
+        if (s->pid == 0 || holder_gone(s->pid))
+            slot = s;
+    }
+    if (slot == NULL)
+        luaL_error(L, "more than %d processes wait on this Condition", COND_SLOTS);
+    slot->pid = me;
+    atomic_store(&slot->notified, 0);
+    slot->ticket = c->next_ticket++;
+    uint32_t depth = l->h.b->depth;
+    l->h.b->depth = 1;
+    release(l->h.b, l->rlock);
+    int interrupted = 0;
+    while (atomic_load(&slot->notified) == 0) {
+        if (deadline == 0 || (deadline > 0 && luamp_now() >= deadline))
+            break;
+        if (futex_wait(&slot->notified, 0, deadline) == EINTR && luamp_interrupt_pending()) {
+            interrupted = 1;
+            break;
+        }
+    }
+    retake(l, depth);
+    int notified = atomic_load(&slot->notified) != 0;
+    slot->pid = 0;
+    if (interrupted && !notified)
+        luamp_raise_interrupt(L);
+    return notified;
+}
+
+/* cond:wait([timeout]) -> false if the timeout passed first */
+static int cond_wait(lua_State *L)
+{
+    lockud *l;
+    condud *u = check_cond(L, &l);
+    lua_pushboolean(L, cond_wait_on(L, u, l, luamp_opt_deadline(L, 2)));
+    return 1;
+}
+
+/* cond:wait_for(predicate [, timeout]) -> the predicate's last value */
+static int cond_wait_for(lua_State *L)
+{
+    lockud *l;
+    condud *u = check_cond(L, &l);
+    luaL_checkany(L, 2);
+    double deadline = luamp_opt_deadline(L, 3);
+    for (;;) {
+        lua_pushvalue(L, 2);
+        lua_call(L, 0, 1);
+        if (lua_toboolean(L, -1) || deadline == 0 || (deadline > 0 && luamp_now() >= deadline))
+            return 1;
+        lua_pop(L, 1);
+        cond_wait_on(L, u, l, deadline);
+    }
+}
+
+/* Wakes up to n of the oldest waiters (the caller holds the lock). */
+static int cond_notify_n(lua_State *L, lua_Integer n)
+{
+    lockud *l;
+    condud *u = check_cond(L, &l);
+    if (!holds(l))
+        return luaL_error(L, "cannot notify on a Condition whose lock this process does not hold");
+    cond_data *c = cond_of(u);
+    for (; n > 0; n--) {
+        cond_slot *best = NULL;
+        for (int i = 0; i < COND_SLOTS; i++) {
+            cond_slot *s = &c->slots[i];
+            if (s->pid == 0 || atomic_load(&s->notified) != 0)
+                continue;
+            if (holder_gone(s->pid)) {
+                s->pid = 0;
+                continue;
+            }
+            if (best == NULL || s->ticket < best->ticket)
+                best = s;
+        }
+        if (best == NULL)
+            break;
+        atomic_store(&best->notified, 1);
+        futex_wake(&best->notified);
+    }
+    return 0;
+}
+
+static int cond_notify(lua_State *L)
+{
+    lua_Integer n = luaL_optinteger(L, 2, 1);
+    return cond_notify_n(L, n);
+}
+
+static int cond_notify_all(lua_State *L)
+{
+    return cond_notify_n(L, COND_SLOTS);
+}
+
+static int cond_acquire(lua_State *L)
+{
+    lockud *l;
+    check_cond(L, &l);
+    int r = acquire(l->h.b, l->rlock, luamp_opt_deadline(L, 2));
+    if (r < 0)
+        luamp_raise_interrupt(L);
+    lua_pushboolean(L, r > 0);
+    return 1;
+}
+
+static int cond_release(lua_State *L)
+{
+    lockud *l;
+    check_cond(L, &l);
+    const char *why = release(l->h.b, l->rlock);
+    if (why)
+        return luaL_error(L, "%s", why);
+    return 0;
+}
+
+/* cond:guard(): acquires the lock; its guard releases it */
+static int cond_guard(lua_State *L)
+{
+    lockud *l;
+    check_cond(L, &l);
+    if (acquire(l->h.b, l->rlock, -1) < 0)
+        luamp_raise_interrupt(L);
+    lua_getiuservalue(L, 1, 1);
+    lua_getiuservalue(L, -1, 1);
+    return 1;
+}
+
+static int cond_tostring(lua_State *L)
+{
+    condud *u = lua_touserdata(L, 1);
+    lua_pushfstring(L, "Condition (%s)", u->h.id);
+    return 1;
+}
+
+/* ---- Barrier ---------------------------------------------------------------- */
+
+/*
+ * The block's word is the generation: parties arriving in generation g
+ * sleep while it is g; the last to arrive runs the action and moves it on.
+ * What became of generation g (released, or broken by a timeout, abort,
+ * reset or a failed action) is kept in outcome[g % 64], read by its
+ * waiters when they wake.  The fields are guarded by a lock of their own.
+ */
+#define BAR_RELEASED 1
+#define BAR_BROKEN 2
+
+typedef struct barrier_data {
+    block inner;          /* guards what follows */
+    uint32_t parties;
+    uint32_t count;       /* arrived in this generation */
+    uint32_t broken;
+    double timeout;       /* default for wait (< 0: none) */
+    uint8_t outcome[64];
+} barrier_data;
+
+typedef struct barud {
+    handle h;
+} barud;
+
+static barrier_data *bar_of(barud *u)
+{
+    return (barrier_data *)((char *)u->h.b + DATA_OFFSET);
+}
+
+static void bar_lock(barrier_data *d)
+{
+    while (acquire(&d->inner, 0, -1) < 0)
+        ;
+}
+
+/* Under the inner lock: ends generation gen with outcome o, then unlocks
+ * and wakes its waiters. */
+static void bar_end(barud *u, uint32_t gen, int o)
+{
+    barrier_data *d = bar_of(u);
+    d->outcome[gen % 64] = (uint8_t)o;
+    d->count = 0;
+    atomic_store(&u->h.b->word, gen + 1);
+    release(&d->inner, 0);
+    if (atomic_load(&u->h.b->waiters) > 0)
+        (void)syscall(SYS_futex, (uint32_t *)&u->h.b->word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+/* core.barrier(parties, action, timeout); errors without a position */
+static int l_new_barrier(lua_State *L)
+{
+    int isint;
+    lua_Integer n = lua_tointegerx(L, 1, &isint);
+    if (!isint || lua_type(L, 1) != LUA_TNUMBER || n < 1 || n > INT32_MAX)
+        return luaL_error(L, "bad argument #1 to 'Barrier' (a positive number of parties expected, got %s)",
+                          lua_type(L, 1) == LUA_TNUMBER ? lua_tostring(L, 1) : luaL_typename(L, 1));
+    if (!lua_isnoneornil(L, 2) && lua_type(L, 2) != LUA_TFUNCTION && !luaL_getmetafield(L, 2, "__call"))
+        return luaL_error(L, "bad argument #2 to 'Barrier' (an action function expected, got %s)",
+                          luaL_typename(L, 2));
+    double timeout = -1;
+    if (!lua_isnoneornil(L, 3)) {
+        if (lua_type(L, 3) != LUA_TNUMBER || !(lua_tonumber(L, 3) >= 0))
+            return luaL_error(L, "bad argument #3 to 'Barrier' (a timeout in seconds expected, got %s)",
+                              lua_type(L, 3) == LUA_TNUMBER ? lua_tostring(L, 3) : luaL_typename(L, 3));
+        timeout = lua_tonumber(L, 3);
+    }
+    lua_settop(L, 2);
+    mapping *m = new_mapping(L, sizeof(barrier_data));
+    barud *u = push_handle(L, sizeof *u, m, "barrier", BARRIER_MT);
+    barrier_data *d = bar_of(u);
+    d->parties = (uint32_t)n;
+    d->timeout = timeout;
+    lua_pushvalue(L, 2);
+    lua_setiuservalue(L, -2, 1);
+    luamp_register_object(L, -1, u->h.id);
+    return 1;
+}
+
+/* barrier:wait([timeout]) -> this party's index, 1 .. parties */
+static int barrier_wait(lua_State *L)
+{
+    barud *u = check_handle(L, BARRIER_MT);
+    barrier_data *d = bar_of(u);
+    block *b = u->h.b;
+    double deadline = !lua_isnoneornil(L, 2) ? luamp_opt_deadline(L, 2)
+                      : d->timeout >= 0 ? luamp_now() + d->timeout : -1;
+    bar_lock(d);
+    if (d->broken) {
+        release(&d->inner, 0);
+        return luamp_raise(L, "broken_barrier", "the Barrier is broken (reset it to use it again)");
+    }
+    uint32_t gen = atomic_load(&b->word);
+    uint32_t index = d->count++;
+    if (d->count == d->parties) {
+        /* the last party runs the action, then releases the others */
+        lua_getiuservalue(L, 1, 1);
+        if (!lua_isnil(L, -1) && lua_pcall(L, 0, 0, 0) != LUA_OK) {
+            d->broken = 1;
+            bar_end(u, gen, BAR_BROKEN);
+            return lua_error(L);
+        }
+        bar_end(u, gen, BAR_RELEASED);
+        lua_pushinteger(L, (lua_Integer)index + 1);
+        return 1;
+    }
+    release(&d->inner, 0);
+    int r = 1;
+    while (r > 0 && atomic_load(&b->word) == gen)
+        r = wait_while(b, gen, deadline);
+    if (r <= 0) {
+        /* Timed out or interrupted still waiting: the others would wait
+         * for ever for this party, so the barrier breaks. */
+        bar_lock(d);
+        if (atomic_load(&b->word) == gen) {
+            uint32_t arrived = d->count;
+            d->broken = 1;
+            bar_end(u, gen, BAR_BROKEN);
+            if (r < 0)
+                luamp_raise_interrupt(L);
+            return luamp_raise(L, "timeout", "timed out at the Barrier with %d of %d parties arrived;"
+                               " the Barrier is now broken", (int)arrived, (int)d->parties);
+        }
+        release(&d->inner, 0);   /* released meanwhile */
+    }
+    if (d->outcome[gen % 64] == BAR_BROKEN)
+        return luamp_raise(L, "broken_barrier", "the Barrier was broken while this process waited"
+                           " (reset, abort, a party's timeout or a failed action)");
+    lua_pushinteger(L, (lua_Integer)index + 1);
+    return 1;
+}
+
+/* Ends the waiting generation as broken; broken stays set (abort) or not (reset). */
+static int bar_interrupt(lua_State *L, int stay_broken)
+{
+    barud *u = check_handle(L, BARRIER_MT);
+    barrier_data *d = bar_of(u);
+    bar_lock(d);
+    d->broken = (uint32_t)stay_broken;
+    bar_end(u, atomic_load(&u->h.b->word), BAR_BROKEN);
+    return 0;
+}
+
+static int barrier_abort(lua_State *L) { return bar_interrupt(L, 1); }
+static int barrier_reset(lua_State *L) { return bar_interrupt(L, 0); }
+
+/* barrier.parties, .n_waiting, .broken; methods from the upvalue */
+static int barrier_index(lua_State *L)
+{
+    barud *u = check_handle(L, BARRIER_MT);
+    barrier_data *d = bar_of(u);
+    const char *k = lua_tostring(L, 2);
+    if (k && strcmp(k, "parties") == 0)
+        lua_pushinteger(L, d->parties);
+    else if (k && strcmp(k, "n_waiting") == 0)
+        lua_pushinteger(L, d->broken ? 0 : d->count);
+    else if (k && strcmp(k, "broken") == 0)
+        lua_pushboolean(L, d->broken != 0);
+    else {
+        lua_pushvalue(L, 2);
+        lua_rawget(L, lua_upvalueindex(1));
+    }
+    return 1;
+}
+
+static int barrier_tostring(lua_State *L)
+{
+    barud *u = lua_touserdata(L, 1);
+    barrier_data *d = bar_of(u);
+    lua_pushfstring(L, "Barrier (%s, %d of %d waiting%s)", u->h.id, (int)d->count, (int)d->parties,
+                    d->broken ? ", broken" : "");
+    return 1;
+}
+
 /* Registers metatable mt with the metamethods meta and, unless NULL,
  * the methods as its __index. */
 static void new_type(lua_State *L, const char *mt, const luaL_Reg *meta, const luaL_Reg *methods)
@@ -862,11 +1262,35 @@ void luamp_open_sync(lua_State *L)
     static const luaL_Reg sem_meta[] = {
         {"__gc", handle_gc}, {"__luamp_ref", handle_ref}, {"__tostring", sem_tostring}, {NULL, NULL}
     };
+    static const luaL_Reg cond_methods[] = {
+        {"acquire", cond_acquire}, {"release", cond_release}, {"guard", cond_guard},
+        {"wait", cond_wait}, {"wait_for", cond_wait_for}, {"notify", cond_notify},
+        {"notify_all", cond_notify_all}, {NULL, NULL}
+    };
+    static const luaL_Reg cond_meta[] = {
+        {"__gc", handle_gc}, {"__luamp_ref", handle_ref}, {"__tostring", cond_tostring}, {NULL, NULL}
+    };
+    static const luaL_Reg barrier_methods[] = {
+        {"wait", barrier_wait}, {"abort", barrier_abort}, {"reset", barrier_reset}, {NULL, NULL}
+    };
+    static const luaL_Reg barrier_meta[] = {
+        {"__gc", handle_gc}, {"__luamp_ref", handle_ref}, {"__tostring", barrier_tostring}, {NULL, NULL}
+    };
     static const luaL_Reg constructors[] = {
         {"lock", l_new_lock}, {"value", l_new_value}, {"array", l_new_array},
-        {"semaphore", l_new_semaphore}, {"event", l_new_event}, {NULL, NULL}
+        {"semaphore", l_new_semaphore}, {"event", l_new_event}, {"condition", l_new_condition},
+        {"barrier", l_new_barrier}, {NULL, NULL}
     };
     new_type(L, SEM_MT, sem_meta, sem_methods);
     new_type(L, EVENT_MT, sem_meta, event_methods);
+    new_type(L, COND_MT, cond_meta, cond_methods);
+    if (luaL_newmetatable(L, BARRIER_MT)) {    /* __index: fields, then methods */
+        luaL_setfuncs(L, barrier_meta, 0);
+        lua_newtable(L);
+        luaL_setfuncs(L, barrier_methods, 0);
+        lua_pushcclosure(L, barrier_index, 1);
+        lua_setfield(L, -2, "__index");
+    }
+    lua_pop(L, 1);
     luaL_setfuncs(L, constructors, 0);
 }

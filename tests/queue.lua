@@ -199,4 +199,37 @@ do
   collectgarbage()
 end
 
+-- JoinableQueue: join waits until every item put is marked done
+do
+  local jq = mp.JoinableQueue()
+  t.like(tostring(jq), "^JoinableQueue", "tostring says JoinableQueue")
+  t.is(jq:join(0), true, "join on a queue that never had items returns true at once")
+  for i = 1, 3 do jq:put(i) end
+  t.is(jq:join(0.05), false, "join(timeout) is false while items are not done")
+  t.is(jq:get(), 1, "a JoinableQueue is a Queue")
+  jq:task_done()
+  t.is(jq:join(0.01), false, "still false with items not done")
+  local p = mp.Process{ target = function()
+    for _ = 1, 2 do jq:get(5); jq:task_done() end
+    for i = 1, 5 do jq:put(i) end          -- puts from another process count too
+  end }
+  p:start()
+  p:join()
+  t.is(jq:join(0.05), false, "items put by a child count as unfinished")
+  for _ = 1, 5 do jq:get(5); jq:task_done() end
+  t.is(jq:join(), true, "join returns once every item was marked done")
+  t.raises(function() jq:task_done() end, "called more times than items were put",
+    "task_done beyond the items put raises")
+  t.raises(function() mp.Queue():task_done() end, "only for a JoinableQueue", "a plain Queue has no task_done")
+  t.raises(function() mp.Queue():join() end, "only for a JoinableQueue", "nor join")
+  t.raises(function() mp.JoinableQueue(-1) end, "bad argument #1 to 'JoinableQueue'", "maxsize is checked")
+  local bounded = mp.JoinableQueue(1)
+  t.is(bounded:put_nowait("x"), true, "a bounded JoinableQueue takes up to maxsize")
+  t.is(bounded:put_nowait("y"), false, "and no more")
+  t.is(bounded:join(0), false, "the refused put does not count")
+  bounded:get()
+  bounded:task_done()
+  t.is(bounded:join(0), true, "the one put, done, leaves none unfinished")
+end
+
 t.done()
