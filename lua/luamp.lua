@@ -142,6 +142,60 @@ local function become_child(name)
   executors = setmetatable({}, { __mode = "k" })
 end
 
+--------------------------------------------------------------------------
+-- Logging: one line per message on stderr, written whole by one write(2)
+-- (core.log_write), so lines from different processes never mix.  At
+-- "debug", pools say what they do: workers started, tasks put, deaths
+-- and replacements.  A forked child logs at its parent's level.
+
+local LOG_LEVELS = { debug = 1, info = 2, warn = 3, error = 4 }
+local LOG_PREFIX = { debug = "", info = "", warn = "WARN ", error = "ERROR " }
+local log_level            -- nil: off
+local debugging = false    -- log_level == 1, for the pool's hot paths
+
+local function set_log_level(l)
+  log_level = l
+  debugging = l == 1
+end
+
+local function check_level(level, n, fname)
+  local l = LOG_LEVELS[level]
+  if not l then
+    argerror(n, fname, 'level must be "debug", "info", "warn" or "error", got ' ..
+      (type(level) == "string" and ("\"" .. level .. "\"") or typename(level)))
+  end
+  return l
+end
+
+function mp.log_to_stderr(level)
+  if level == nil then set_log_level(nil) else set_log_level(check_level(level, 1, "log_to_stderr")) end
+end
+
+function mp.log(level, fmt, ...)
+  local l = check_level(level, 1, "log")
+  if type(fmt) ~= "string" then argerror(2, "log", "format string expected, got " .. typename(fmt)) end
+  if not log_level or l < log_level then return end
+  local ok, msg = pcall(string.format, fmt, ...)
+  if not ok then argerror(2, "log", "bad format or arguments: " .. tostring(msg)) end
+  core.log_write(current.name, LOG_PREFIX[level] .. msg)
+end
+
+-- The pool's own messages (callers check `debugging` first).
+local function debug_log(fmt, ...)
+  core.log_write(current.name, string.format(fmt, ...))
+end
+
+do
+  local env = os.getenv("LUAMP_LOG")
+  if env and env ~= "" then
+    if LOG_LEVELS[env] then
+      set_log_level(LOG_LEVELS[env])
+    else
+      io.stderr:write("luamp: LUAMP_LOG=", env, " is not a level (debug, info, warn, error); ignored\n")
+    end
+  end
+end
+
 -- An error as a task reports it; `level` 1 is the function that raised.
 local function error_info(e, level)
   return { value = e, message = errmsg(e), traceback = debug.traceback(errmsg(e), level + 1) }
@@ -297,6 +351,80 @@ function mp.Pipe(duplex)
     argerror(1, "Pipe", "boolean expected, got " .. typename(duplex))
   end
   return core.pipe(duplex ~= false)
+end
+
+--------------------------------------------------------------------------
+-- Running programs
+
+local NO_OPTS_RUN = {}
+local describe_exit      -- (Pool section)
+local RUN_OPTS = { capture = true, input = true, timeout = true, check = true, cwd = true, env = true }
+
+-- The command line, shortened, for messages.
+local function describe_command(argv)
+  local s = table.concat(argv, " ")
+  if #s > 60 then s = s:sub(1, 57) .. "..." end
+  return "'" .. s .. "'"
+end
+
+function mp.run(argv, opts)
+  if type(argv) ~= "table" then
+    argerror(1, "run", "argument list (a table of strings) expected, got " .. typename(argv) ..
+      (type(argv) == "string" and "; no shell is involved: {\"sh\", \"-c\", command} runs one" or ""))
+  end
+  local args = {}
+  for i = 1, #argv do
+    local a = argv[i]
+    if math.type(a) then a = tostring(a) end
+    if type(a) ~= "string" then argerror(1, "run", "argument " .. i .. " must be a string, got " .. typename(a)) end
+    if a:find("\0", 1, true) then argerror(1, "run", "argument " .. i .. " contains a NUL byte") end
+    args[i] = a
+  end
+  if #args == 0 then argerror(1, "run", "the argument list is empty") end
+  if opts == nil then opts = NO_OPTS_RUN end
+  if type(opts) ~= "table" then argerror(2, "run", "options table expected, got " .. typename(opts)) end
+  for k in pairs(opts) do
+    if not RUN_OPTS[k] then argerror(2, "run", "unknown option '" .. tostring(k) .. "'") end
+  end
+  local timeout = opts.timeout
+  if timeout ~= nil and (type(timeout) ~= "number" or not (timeout > 0)) then
+    argerror(2, "run", "timeout must be a positive number, got " .. tostring(timeout))
+  end
+  for _, k in ipairs({ "capture", "check" }) do
+    if opts[k] ~= nil and type(opts[k]) ~= "boolean" then argerror(2, "run", k .. " must be a boolean, got " .. typename(opts[k])) end
+  end
+  for _, k in ipairs({ "input", "cwd" }) do
+    if opts[k] ~= nil and type(opts[k]) ~= "string" then argerror(2, "run", k .. " must be a string, got " .. typename(opts[k])) end
+  end
+  local env = opts.env
+  if env ~= nil then
+    if type(env) ~= "table" then argerror(2, "run", "env must be a table, got " .. typename(env)) end
+    for k, v in pairs(env) do
+      if type(k) ~= "string" or k == "" or k:find("[=%z]") then
+        argerror(2, "run", "env: " .. tostring(k) .. " is not a variable name")
+      end
+      if v ~= false and type(v) ~= "string" then
+        argerror(2, "run", "env." .. k .. " must be a string (or false to remove it), got " .. typename(v))
+      end
+      if v and v:find("\0", 1, true) then argerror(2, "run", "env." .. k .. " contains a NUL byte") end
+    end
+  end
+  local ok, code, sig, out, err, timed_out = pcall(core.run, args, opts.capture, opts.input, timeout, opts.cwd, env)
+  if not ok then
+    if Error.is(code) then error(code, 2) end          -- (interrupted)
+    raise("process", tostring(code), 2)
+  end
+  local r = { code = code, signal = sig, stdout = out, stderr = err }
+  if timed_out then
+    error(new_error("timeout", string.format("%s ran past its %gs timeout and was killed",
+      describe_command(args), timeout), { stdout = out, stderr = err }), 2)
+  end
+  if opts.check and code ~= 0 then
+    error(new_error("process", string.format("%s %s", describe_command(args),
+      code and ("exited with status " .. code) or describe_exit(-sig)),
+      { code = code, signal = sig, stdout = out, stderr = err }), 2)
+  end
+  return r
 end
 
 mp._pipe_ring = core.pipe_ring   -- bytes of a Pipe's ring, each way
@@ -505,6 +633,7 @@ function mp.Pool(opts)
     _killed = {},           -- slot -> sequence number of a task past its deadline
   }, PoolMT)
   for slot = n - 1, 0, -1 do self._free_slots[#self._free_slots + 1] = slot end
+  if debugging then debug_log("Pool %d: starting %d workers", self._id, n) end
   for _ = 1, n do self:_spawn() end
   pools[self] = true
   return self
@@ -524,6 +653,7 @@ function Pool:_spawn()
   self._workers[#self._workers + 1] = h
   self._slot[h] = slot
   self._wname[h] = "PoolWorker-" .. self._spawned
+  if debugging then debug_log("Pool %d: started PoolWorker-%d (pid %d)", self._id, self._spawned, h.pid) end
 end
 
 local function check_pool(self, fname)
@@ -734,7 +864,7 @@ end
 local signames = { [1] = "SIGHUP", [2] = "SIGINT", [3] = "SIGQUIT", [4] = "SIGILL", [6] = "SIGABRT",
   [7] = "SIGBUS", [8] = "SIGFPE", [9] = "SIGKILL", [11] = "SIGSEGV", [13] = "SIGPIPE", [15] = "SIGTERM" }
 
-local function describe_exit(code)
+function describe_exit(code)
   if code < 0 then
     return string.format("killed by signal %d (%s)", -code, signames[-code] or "?")
   end
@@ -764,6 +894,11 @@ function Pool:_reap(i)
     end
     self:_fail_task(rec, e)
   end
+  if debugging then
+    debug_log("Pool %d: %s (pid %d) %s%s", self._id, self._wname[h], h.pid, describe_exit(code),
+      rec and (self._killed[slot] == seq and "; its task ran past its timeout and fails"
+               or "; the task it ran fails (worker_lost)") or "")
+  end
   self._killed[slot] = nil
   self._wname[h] = nil
   self._tq:release(slot)
@@ -782,7 +917,10 @@ function Pool:_reap(i)
     end
   end
   if self._state == "terminate" or self._broken then return end
-  if self._state == "run" or next(self._jobs) ~= nil or next(self._inflight) ~= nil then self:_spawn() end
+  if self._state == "run" or next(self._jobs) ~= nil or next(self._inflight) ~= nil then
+    if debugging then debug_log("Pool %d: replacing it", self._id) end
+    self:_spawn()
+  end
 end
 
 -- The earliest deadline of a running task; kills the workers of tasks
@@ -805,6 +943,7 @@ function Pool:_check_deadlines()
         local dl = since + rec.timeout
         if dl <= t then
           self._killed[slot] = seq
+          if debugging then debug_log("Pool %d: killing %s (pid %d): its task is past its timeout", self._id, self._wname[h], h.pid) end
           h:signal(9)
         elseif not first or dl < first then
           first = dl
@@ -1000,6 +1139,7 @@ function Pool:apply_async(f, args, opts)
   -- (tq:apply_task puts the task, makes the job and files it in _inflight)
   local job, why = self._tq:apply_task(self._inflight, ApplyResult, self, id, fid, fbytes, args or NO_ARGS)
   if not job then error(new_error("serialize", why), 0) end
+  if debugging then debug_log("Pool %d: put apply task %d (job %d)", self._id, why, id) end
   if opts ~= NO_OPTS then
     local timeout = opts.timeout
     job.timeout, job.callback, job.error_callback = timeout, opts.callback, opts.error_callback
@@ -1120,6 +1260,10 @@ function Pool:_start_map(fname, kind, f, items, opts, probe)
     job.window = math.huge
     feed(self, job)
     return job
+  end
+  if debugging then
+    debug_log("Pool %d: %s of %d items: putting %d tasks of %d items", self._id, fname, n,
+      (n - first + cs) // cs, cs)
   end
   for start = first, n, cs do put(start, math.min(cs, n - start + 1)) end
   if n == 0 then finish(self, job) end
@@ -1295,6 +1439,7 @@ function Pool:close()
   if self._state == "run" then
     self._state = "close"
     self._tq:shutdown()
+    if debugging then debug_log("Pool %d: closed", self._id) end
   end
 end
 
@@ -1323,6 +1468,7 @@ function Pool:terminate()
   check_pool(self, "terminate")
   if self._state == "terminate" then return end
   self._state = "terminate"
+  if debugging then debug_log("Pool %d: terminating %d workers", self._id, #self._workers) end
   self._tq:shutdown()
   for _, h in ipairs(self._workers) do h:signal(9) end
   for _, h in ipairs(self._workers) do h:poll(-1) end

@@ -39,6 +39,7 @@ void luamp_open_pipe(lua_State *L);
 void luamp_open_queue(lua_State *L);
 /* From sync.c: Lock, RLock, Value and Array. */
 void luamp_open_sync(lua_State *L);
+void luamp_open_run(lua_State *L);
 
 /* A file descriptor a waitable object exposes to core.wait(). */
 int luamp_waitable_fd(lua_State *L, int idx);

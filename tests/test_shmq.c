@@ -266,9 +266,15 @@ int main(void)
         }
         _exit(0);
     }
+    /* The first 8 MiB go in before the consumer may have started (a fork
+     * takes milliseconds on a busy machine, and pacing waits only for a
+     * consumer seen taking); the rest once it has taken one. */
     int puts_ok = 1;
-    for (int i = 0; i < NBIG; i++)
+    for (int i = 0; i < NBIG; i++) {
         puts_ok &= shmq_put(q, big, sizeof big, -1, NULL) == SHMQ_OK;
+        for (int k = 0; i == 15 && k < 100000 && shmq_count(q) > 15; k++)
+            usleep(100);
+    }
     int st;
     ok(puts_ok && waitpid(eater, &st, 0) == eater && WIFEXITED(st) && WEXITSTATUS(st) == 0,
        "64 MiB pass through a queue to a consumer");

@@ -1,0 +1,411 @@
+/*
+ * run.c - mp.run: runs a program from an argument list (never a shell)
+ * and waits for it, feeding its standard input and collecting its output
+ * at the same time, so that neither side can fill a pipe the other does
+ * not read, with a deadline after which the program is killed.
+ *
+ * The program is started with posix_spawnp (a vfork-like clone: no copy
+ * of a big parent's page tables), with the default signal dispositions
+ * and an empty signal mask, whatever luamp set for itself.  The parent
+ * waits in poll() on the program's pidfd and its pipes, so a Ctrl-C
+ * reaches it at once: the program is then killed and reaped before the
+ * interrupt is raised.  Nothing is left running and no zombie remains.
+ */
+#include "sys.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <sys/wait.h>
+
+#include <lauxlib.h>
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+
+extern char **environ;
+
+/* A growing byte buffer for what the program writes. */
+typedef struct sink {
+    char *data;
+    size_t len, cap;
+} sink;
+
+static int sink_read(sink *s, int fd)
+{
+    if (s->cap - s->len < 65536) {
+        size_t cap = s->cap ? s->cap * 2 : 65536;
+        while (cap - s->len < 65536)
+            cap *= 2;
+        char *p = realloc(s->data, cap);
+        if (p == NULL) {
+            errno = ENOMEM;
+            return -1;
+        }
+        s->data = p;
+        s->cap = cap;
+    }
+    ssize_t n = read(fd, s->data + s->len, s->cap - s->len);
+    if (n > 0)
+        s->len += (size_t)n;
+    return (int)(n > 0 ? 1 : n);   /* 1 more, 0 end of file, -1 error */
+}
+
+typedef struct run_state {
+    pid_t pid;
+    int pidfd;
+    int in, out, err;            /* our ends, or -1 */
+    char **envp;                 /* built, or NULL (environ) */
+    sink so, se;
+} run_state;
+
+static void close_fd(int *fd)
+{
+    if (*fd >= 0) {
+        close(*fd);
+        *fd = -1;
+    }
+}
+
+/* Kills the program (when not reaped yet), reaps it, frees everything. */
+static void run_cleanup(run_state *r, int kill_it)
+{
+    if (r->pid > 0) {
+        if (kill_it)
+            kill(r->pid, SIGKILL);
+        while (waitpid(r->pid, NULL, 0) < 0 && errno == EINTR)
+            ;
+        r->pid = -1;
+    }
+    close_fd(&r->pidfd);
+    close_fd(&r->in);
+    close_fd(&r->out);
+    close_fd(&r->err);
+    if (r->envp) {
+        for (char **e = r->envp; *e; e++)
+            free(*e);
+        free(r->envp);
+        r->envp = NULL;
+    }
+    free(r->so.data);
+    free(r->se.data);
+    r->so.data = r->se.data = NULL;
+}
+
+/* The environment: this process's, with the table at idx applied
+ * (name -> string sets, name -> false removes).  NULL with errno. */
+static char **build_env(lua_State *L, int idx)
+{
+    size_t n = 0, extra = 0;
+    for (char **e = environ; *e; e++)
+        n++;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        extra++;
+        lua_pop(L, 1);
+    }
+    char **envp = calloc(n + extra + 1, sizeof *envp);
+    if (envp == NULL)
+        return NULL;
+    size_t k = 0;
+    for (char **e = environ; *e; e++) {
+        const char *eq = strchr(*e, '=');
+        size_t nl = eq ? (size_t)(eq - *e) : strlen(*e);
+        lua_pushlstring(L, *e, nl);
+        int overridden = lua_rawget(L, idx) != LUA_TNIL;
+        lua_pop(L, 1);
+        if (!overridden && (envp[k] = strdup(*e)) != NULL)
+            k++;
+    }
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        if (lua_type(L, -1) == LUA_TSTRING) {
+            size_t nl, vl;
+            const char *name = lua_tolstring(L, -2, &nl);
+            const char *val = lua_tolstring(L, -1, &vl);
+            char *s = malloc(nl + vl + 2);
+            if (s != NULL) {
+                memcpy(s, name, nl);
+                s[nl] = '=';
+                memcpy(s + nl + 1, val, vl + 1);
+                envp[k++] = s;
+            }
+        }
+        lua_pop(L, 1);
+    }
+    envp[k] = NULL;
+    return envp;
+}
+
+static int set_nonblock(int fd)
+{
+    int fl = fcntl(fd, F_GETFL);
+    return fl < 0 ? -1 : fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+}
+
+/* Writes what it can of the input without SIGPIPE: a program that closed
+ * its standard input early is no error (as in Python).  Returns bytes
+ * written, 0 when the program took no more (EPIPE), -1 on error. */
+static ssize_t feed(int fd, const char *p, size_t n)
+{
+    sigset_t pipe_set, old;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+    ssize_t w = write(fd, p, n > 65536 ? 65536 : n);
+    int e = errno;
+    if (w < 0 && e == EPIPE) {
+        struct timespec zero = { 0, 0 };
+        while (sigtimedwait(&pipe_set, NULL, &zero) < 0 && errno == EINTR)
+            ;
+        w = 0;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    errno = e;
+    return w;
+}
+
+/*
+ * core.run(argv, capture, input, timeout, cwd, env)
+ *   -> code|nil, signal|nil, stdout|nil, stderr|nil, timed_out
+ * argv: a non-empty sequence of strings (checked by the caller); env: a
+ * table or nil.  Raises "cannot run '<prog>': <why>".
+ */
+static int l_run(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    int capture = lua_toboolean(L, 2);
+    size_t inlen = 0;
+    const char *input = luaL_optlstring(L, 3, NULL, &inlen);
+    double deadline = luamp_opt_deadline(L, 4);
+    const char *cwd = luaL_optstring(L, 5, NULL);
+    int has_env = lua_istable(L, 6);
+
+    lua_Integer argc = luaL_len(L, 1);
+    const char **argv = lua_newuserdatauv(L, sizeof(char *) * (size_t)(argc + 1), 0);
+    for (lua_Integer i = 0; i < argc; i++) {
+        lua_geti(L, 1, i + 1);
+        argv[i] = lua_tostring(L, -1);
+        lua_pop(L, 1);      /* (the strings stay in the table) */
+    }
+    argv[argc] = NULL;
+
+    run_state r = { .pid = -1, .pidfd = -1, .in = -1, .out = -1, .err = -1 };
+    int child_in[2] = { -1, -1 }, child_out[2] = { -1, -1 }, child_err[2] = { -1, -1 };
+    posix_spawn_file_actions_t fa;
+    posix_spawnattr_t attr;
+    int fa_ok = 0, attr_ok = 0, e = 0;
+    const char *what = "cannot run '%s': %s";
+
+    if (has_env && (r.envp = build_env(L, 6)) == NULL) {
+        e = errno;
+        goto fail;
+    }
+    if ((input && pipe2(child_in, O_CLOEXEC) != 0)
+        || (capture && (pipe2(child_out, O_CLOEXEC) != 0 || pipe2(child_err, O_CLOEXEC) != 0))) {
+        e = errno;
+        goto fail;
+    }
+    if ((e = posix_spawn_file_actions_init(&fa)) != 0)
+        goto fail;
+    fa_ok = 1;
+    if ((e = posix_spawnattr_init(&attr)) != 0)
+        goto fail;
+    attr_ok = 1;
+    sigset_t none, all;
+    sigemptyset(&none);
+    sigfillset(&all);
+    if ((e = posix_spawnattr_setsigmask(&attr, &none)) != 0
+        || (e = posix_spawnattr_setsigdefault(&attr, &all)) != 0
+        || (e = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF)) != 0)
+        goto fail;
+    if (input && (e = posix_spawn_file_actions_adddup2(&fa, child_in[0], 0)) != 0)
+        goto fail;
+    if (capture && ((e = posix_spawn_file_actions_adddup2(&fa, child_out[1], 1)) != 0
+                    || (e = posix_spawn_file_actions_adddup2(&fa, child_err[1], 2)) != 0))
+        goto fail;
+    if (cwd && (e = posix_spawn_file_actions_addchdir_np(&fa, cwd)) != 0)
+        goto fail;
+    fflush(NULL);   /* what the script printed comes before what the program prints */
+    e = posix_spawnp(&r.pid, argv[0], &fa, &attr, (char *const *)argv, r.envp ? r.envp : environ);
+    if (e != 0) {
+        r.pid = -1;
+        if (cwd && e == ENOENT && access(cwd, X_OK) != 0)
+            what = "cannot run '%s' in the directory given as cwd: %s";
+        goto fail;
+    }
+    posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&attr);
+    fa_ok = attr_ok = 0;
+    close_fd(&child_in[0]);
+    close_fd(&child_out[1]);
+    close_fd(&child_err[1]);
+    r.in = child_in[1];
+    r.out = child_out[0];
+    r.err = child_err[0];
+    r.pidfd = (int)syscall(SYS_pidfd_open, r.pid, 0);
+    if (r.pidfd < 0 || (r.in >= 0 && set_nonblock(r.in) != 0) || (r.out >= 0 && set_nonblock(r.out) != 0)
+        || (r.err >= 0 && set_nonblock(r.err) != 0)) {
+        e = errno;
+        what = "cannot watch '%s': %s";
+        goto fail_running;
+    }
+    if (r.in >= 0 && inlen == 0)
+        close_fd(&r.in);
+
+    size_t fed = 0;
+    int exited = 0, timed_out = 0;
+    while (!exited || r.out >= 0 || r.err >= 0) {
+        struct pollfd p[4];
+        int np = 0, i_pid = -1, i_in = -1, i_out = -1, i_err = -1;
+        if (!exited) { i_pid = np; p[np].fd = r.pidfd; p[np++].events = POLLIN; }
+        if (r.in >= 0) { i_in = np; p[np].fd = r.in; p[np++].events = POLLOUT; }
+        if (r.out >= 0) { i_out = np; p[np].fd = r.out; p[np++].events = POLLIN; }
+        if (r.err >= 0) { i_err = np; p[np].fd = r.err; p[np++].events = POLLIN; }
+        int n = poll(p, (nfds_t)np, luamp_poll_ms(deadline));
+        if (n < 0) {
+            if (errno != EINTR) {
+                e = errno;
+                what = "cannot wait for '%s': %s";
+                goto fail_running;
+            }
+            if (luamp_interrupt_pending()) {
+                run_cleanup(&r, 1);
+                luamp_raise_interrupt(L);
+            }
+            continue;
+        }
+        if (n == 0) {
+            if (deadline >= 0 && luamp_now() >= deadline) {
+                timed_out = 1;
+                kill(r.pid, SIGKILL);
+                break;
+            }
+            continue;
+        }
+        if (i_in >= 0 && p[i_in].revents) {
+            ssize_t w = feed(r.in, input + fed, inlen - fed);
+            if (w > 0)
+                fed += (size_t)w;
+            if (w == 0 || fed == inlen || (w < 0 && errno != EAGAIN && errno != EINTR))
+                close_fd(&r.in);
+        }
+        if (i_out >= 0 && p[i_out].revents) {
+            int k = sink_read(&r.so, r.out);
+            if (k == 0 || (k < 0 && errno != EAGAIN && errno != EINTR))
+                close_fd(&r.out);
+        }
+        if (i_err >= 0 && p[i_err].revents) {
+            int k = sink_read(&r.se, r.err);
+            if (k == 0 || (k < 0 && errno != EAGAIN && errno != EINTR))
+                close_fd(&r.err);
+        }
+        if (i_pid >= 0 && p[i_pid].revents) {
+            exited = 1;
+            close_fd(&r.in);     /* nobody left to read it */
+        }
+    }
+    if (timed_out) {
+        /* what was written before the kill, without waiting for a pipe a
+         * grandchild may hold open */
+        while (r.out >= 0 && sink_read(&r.so, r.out) > 0)
+            ;
+        while (r.err >= 0 && sink_read(&r.se, r.err) > 0)
+            ;
+    }
+    int st = 0;
+    while (waitpid(r.pid, &st, 0) < 0) {
+        if (errno != EINTR) {
+            st = 0;
+            break;
+        }
+    }
+    r.pid = -1;
+    if (WIFEXITED(st)) {
+        lua_pushinteger(L, WEXITSTATUS(st));
+        lua_pushnil(L);
+    } else {
+        lua_pushnil(L);
+        lua_pushinteger(L, WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+    }
+    if (capture) {
+        lua_pushlstring(L, r.so.data ? r.so.data : "", r.so.len);
+        lua_pushlstring(L, r.se.data ? r.se.data : "", r.se.len);
+    } else {
+        lua_pushnil(L);
+        lua_pushnil(L);
+    }
+    lua_pushboolean(L, timed_out);
+    run_cleanup(&r, 0);
+    return 5;
+
+fail:
+    close_fd(&child_in[0]);
+    close_fd(&child_in[1]);
+    close_fd(&child_out[0]);
+    close_fd(&child_out[1]);
+    close_fd(&child_err[0]);
+    close_fd(&child_err[1]);
+    if (fa_ok)
+        posix_spawn_file_actions_destroy(&fa);
+    if (attr_ok)
+        posix_spawnattr_destroy(&attr);
+fail_running:
+    run_cleanup(&r, 1);
+    return luaL_error(L, what, argv[0], strerror(e));
+}
+
+/* core.log_write(name, message): one line on stderr, in one write(2), so
+ * that lines from different processes never mix:
+ * [luamp 12:00:01.234 pid=812 name] message */
+static int l_log_write(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    size_t len;
+    const char *msg = luaL_checklstring(L, 2, &len);
+    struct timespec ts;
+    struct tm tm;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    localtime_r(&ts.tv_sec, &tm);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    char head[128];
+    snprintf(head, sizeof head, "[luamp %02d:%02d:%02d.%03ld pid=%ld %s] ", tm.tm_hour, tm.tm_min, tm.tm_sec,
+             ts.tv_nsec / 1000000, (long)getpid(), name);
+    luaL_addstring(&b, head);
+    luaL_addlstring(&b, msg, len);
+    luaL_addchar(&b, '\n');
+    luaL_pushresult(&b);
+    size_t n;
+    const char *line = lua_tolstring(L, -1, &n);
+    fflush(stderr);
+    while (n > 0) {
+        ssize_t w = write(2, line, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            break;      /* nowhere to say it: logging never fails the caller */
+        }
+        line += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+void luamp_open_run(lua_State *L)
+{
+    static const luaL_Reg funcs[] = {
+        {"run", l_run},
+        {"log_write", l_log_write},
+        {NULL, NULL}
+    };
+    luaL_setfuncs(L, funcs, 0);
+}
