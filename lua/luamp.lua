@@ -554,8 +554,15 @@ local function worker_main(pool, index, slot)
       got, jobid, fid, f, kind, start, items, count, seq = tq:serve(slot, fcache, rq, traceback_handler, pid, put_result)
     end
     if not got then
+      if jobid == "requeued" then
+        -- The task refers to an object made after this worker was forked;
+        -- it went back to the queue, and the worker forked to replace this
+        -- one has the object.
+        if debugging then debug_log("a task needs an object made after this worker started: leaving it to a new worker") end
+        core._exit(0)
+      end
       if jobid ~= "undecodable" then core._exit(0) end   -- the pool was closed
-      -- e.g. a Queue created after this worker started: fail the task
+      -- e.g. an object this process cannot know: fail the task
       rq:put_result(-1, 0, 0, fid, pid, 0, nil, f)
       goto continue
     end

@@ -2004,6 +2004,12 @@ static int dec_named(decoder *d, const ext *x)
     return 0;
 }
 
+/* A decode failed on an object made after this process started (see
+ * luamp_decode_missed_newer). */
+static int missed_newer;
+
+int (*luamp_codec_newer_hook)(const char *id, size_t len);
+
 static int dec_obj(decoder *d, const ext *x)
 {
     lua_State *L = d->L;
@@ -2016,9 +2022,21 @@ static int dec_obj(decoder *d, const ext *x)
         }
     }
     lua_pushlstring(L, (const char *)x->data, x->len);
+    if (luamp_codec_newer_hook && luamp_codec_newer_hook((const char *)x->data, x->len)) {
+        missed_newer = 1;
+        return fail(d, "cannot receive a luamp object (%s) made after this process started: "
+                    "such an object can reach a pool's workers only as a task's argument",
+                    lua_tostring(L, -1));
+    }
     return fail(d, "cannot receive a luamp object (%s) that this process does not know: "
-                "objects created after a worker started cannot be sent to it yet",
-                lua_tostring(L, -1));
+                "it was made in a process that did not start this one", lua_tostring(L, -1));
+}
+
+int luamp_decode_missed_newer(void)
+{
+    int r = missed_newer;
+    missed_newer = 0;
+    return r;
 }
 
 static int dec_ext(decoder *d, unsigned c)

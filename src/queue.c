@@ -392,8 +392,11 @@ static int undecodable(lua_State *L, uint64_t seq)
 }
 
 /* Pushes what q:get_task returns for the task message in u->buf, taken
- * as `seq`; fcache is a stack index. */
-static int push_task(lua_State *L, queue *u, uint64_t seq, int fcache)
+ * as `seq` (claimed in `slot`); fcache is a stack index.  A task that
+ * refers to an object made after this worker was forked goes back to the
+ * queue (false, "requeued"): the worker then exits, and the one forked to
+ * replace it has the object. */
+static int push_task(lua_State *L, queue *u, uint64_t seq, int slot, int fcache)
 {
     struct task_hdr h;
     if (!read_task(u, &h)) {
@@ -411,7 +414,15 @@ static int push_task(lua_State *L, queue *u, uint64_t seq, int fcache)
     }
     lua_pushstring(L, task_kinds[h.kind]);
     lua_pushinteger(L, h.start);
+    luamp_decode_missed_newer();
     if (luamp_decode(L, u->buf.data + off, u->buf.len - off, 0) != 0) {
+        if (slot >= 0 && luamp_decode_missed_newer()
+            && shmq_requeue(u->q, slot, u->buf.data, u->buf.len, seq) == SHMQ_OK) {
+            luamp_buf_trim(&u->buf);
+            lua_pushboolean(L, 0);
+            lua_pushliteral(L, "requeued");
+            return 2;
+        }
         luamp_buf_trim(&u->buf);
         return undecodable(L, seq);
     }
@@ -433,7 +444,7 @@ static int q_get_task(lua_State *L)
     int n = wait_message(L, u, -1, 0, &w);
     if (n)
         return n;
-    return push_task(L, u, w.seq, 3);
+    return push_task(L, u, w.seq, w.claim, 3);
 }
 
 /* Appends the value at idx (0, nil or false: nothing) to u->buf; its
@@ -663,13 +674,13 @@ static int q_serve(lua_State *L)
             || !(h.kind == 0 || (h.kind == 1 && h.count >= 1 && h.count <= SERVE_MAP_MAX))
             || lua_rawgeti(L, 3, h.fid) != LUA_TFUNCTION) {
             lua_settop(L, 6);
-            return push_task(L, u, w.seq, 3);
+            return push_task(L, u, w.seq, w.claim, 3);
         }
         if (h.kind == 1) {
             size_t off = sizeof h + h.flen;
             if (luamp_decode(L, u->buf.data + off, u->buf.len - off, 0) != 0 || !lua_istable(L, 8)) {
                 lua_settop(L, 6);
-                return push_task(L, u, w.seq, 3);   /* (which says why) */
+                return push_task(L, u, w.seq, w.claim, 3);   /* (which says why) */
             }
             luamp_collect_for(L, u->buf.len);
             luamp_buf_trim(&u->buf);
@@ -690,7 +701,7 @@ static int q_serve(lua_State *L)
         }
         if (nargs < 0 || nargs > 250 || !lua_checkstack(L, (int)nargs + 8)) {
             lua_settop(L, 6);   /* the Lua loop runs it, or says what is wrong */
-            return push_task(L, u, w.seq, 3);
+            return push_task(L, u, w.seq, w.claim, 3);
         }
         luamp_collect_for(L, u->buf.len);
         luamp_buf_trim(&u->buf);

@@ -466,7 +466,27 @@ static void write_message(shmq *q, uint64_t off, const luamp_buf *m)
     luamp_buf_each(m, write_piece, &c);
 }
 
+/* Puts message m as record number `fixed` (0: the next number) and, with
+ * clear_slot >= 0, empties that claim slot in the same locked step. */
+static int put_rec(shmq *q, const luamp_buf *m, double deadline, uint64_t fixed, int clear_slot,
+                   uint64_t *seq);
+
 int shmq_put_buf(shmq *q, const luamp_buf *m, double deadline, uint64_t *seq)
+{
+    return put_rec(q, m, deadline, 0, -1, seq);
+}
+
+int shmq_requeue(shmq *q, int slot, const void *p, size_t n, uint64_t seq)
+{
+    luamp_buf b;
+    luamp_buf_init(&b);
+    b.data = (char *)p;     /* only read */
+    b.len = n;
+    return put_rec(q, &b, -1, seq, slot, NULL);
+}
+
+static int put_rec(shmq *q, const luamp_buf *m, double deadline, uint64_t fixed, int clear_slot,
+                   uint64_t *seq)
 {
     struct shmq_hdr *h = q->hdr;
     size_t n = luamp_buf_size(m);
@@ -509,7 +529,7 @@ int shmq_put_buf(shmq *q, const luamp_buf *m, double deadline, uint64_t *seq)
     }
     unsigned char rec[REC_HDR];
     uint32_t len = (uint32_t)n;
-    uint64_t s = ++h->next_seq;
+    uint64_t s = fixed ? fixed : ++h->next_seq;
     memcpy(rec, &len, 4);
     memcpy(rec + 4, &s, 8);
     uint64_t tail = h->head + h->used;
@@ -519,8 +539,10 @@ int shmq_put_buf(shmq *q, const luamp_buf *m, double deadline, uint64_t *seq)
         *seq = s;
     h->used += need;
     h->count++;
-    if (h->joinable)
+    if (h->joinable && !fixed)
         __atomic_add_fetch(&h->unfinished, 1, __ATOMIC_RELAXED);
+    if (clear_slot >= 0)
+        h->claims[clear_slot].seq = 0;
     uint32_t wake = tokens_due(h->getters, &h->get_tokens);
     unlock(q);
     ring(q->ev_get, wake);
@@ -593,9 +615,7 @@ int shmq_cancel(shmq *q, uint64_t seq)
             found = 1;
             break;
         }
-        if ((s & ~REC_CANCELLED) > seq)
-            break;              /* records are in order: it was taken */
-        off += REC_HDR + (uint64_t)len;
+        off += REC_HDR + (uint64_t)len;   /* (a requeued record is out of order) */
     }
     uint32_t wake = found ? tokens_due(h->putters, &h->put_tokens) : 0;
     unlock(q);

@@ -65,6 +65,11 @@ int shmq_give_back(shmq *q);
 int shmq_claim(shmq *q, int slot, uint64_t *seq, double *since);
 int shmq_release(shmq *q, int slot);
 
+/* Puts a message taken from the queue back, under its own sequence
+ * number, and empties claim slot `slot` in the same step: a consumer that
+ * cannot handle a message hands it to another (see queue.c, push_task). */
+int shmq_requeue(shmq *q, int slot, const void *p, size_t n, uint64_t seq);
+
 /* Withdraws the message numbered seq if no consumer has taken it yet: it
  * no longer counts, and no get returns it.  1 withdrawn, 0 not in the
  * queue (taken, or never put), -1 on error (errno). */

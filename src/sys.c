@@ -88,10 +88,30 @@ int luamp_sys_error(lua_State *L, const char *what)
     return luaL_error(L, "%s: %s", what, strerror(errno));
 }
 
+static unsigned long object_counter;
+/* In a child of core.fork: its parent, and how many objects the parent
+ * had made when it forked (the child inherited every one of those). */
+static pid_t forked_from;
+static unsigned long objects_at_fork;
+
 void luamp_new_object_id(char *out, size_t n, const char *kind)
 {
-    static unsigned long counter;
-    snprintf(out, n, "%s:%ld:%lu", kind, (long)getpid(), ++counter);
+    snprintf(out, n, "%s:%ld:%lu", kind, (long)getpid(), ++object_counter);
+}
+
+int luamp_object_is_newer(const char *id, size_t len)
+{
+    char buf[64];
+    if (forked_from == 0 || len >= sizeof buf)
+        return 0;
+    memcpy(buf, id, len);
+    buf[len] = 0;
+    long pid;
+    unsigned long n;
+    const char *colon = strchr(buf, ':');
+    if (colon == NULL || sscanf(colon + 1, "%ld:%lu", &pid, &n) != 2)
+        return 0;
+    return pid == (long)forked_from && n > objects_at_fork;
 }
 
 void luamp_register_object(lua_State *L, int idx, const char *id)
@@ -295,6 +315,8 @@ static int l_fork(lua_State *L)
     if (pid == 0) {
         if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent)
             _exit(70);
+        forked_from = parent;
+        objects_at_fork = object_counter;
         reset_child_signals(worker);
         lua_pushinteger(L, 0);
         return 1;
@@ -602,6 +624,7 @@ void luamp_open_sys(lua_State *L)
         {"decode", luamp_l_decode},
         {NULL, NULL}
     };
+    luamp_codec_newer_hook = luamp_object_is_newer;
     if (luaL_newmetatable(L, LUAMP_CHILD_MT))
         luaL_setfuncs(L, child_methods, 0);
     lua_pop(L, 1);

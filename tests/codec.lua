@@ -419,7 +419,7 @@ do
   local unknown = setmetatable({n = 2}, Obj)
   t.is(decode_error(assert(enc(unknown))),
        "cannot receive a luamp object (codec-test-2) that this process does not know: "
-       .. "objects created after a worker started cannot be sent to it yet",
+       .. "it was made in a process that did not start this one",
        "an object unknown to the receiver is a decode error")
   local Nested = {__luamp_ref = function() local inner = assert(enc({1, 2, 3})); return "codec-test-" .. #inner end}
   local n4 = setmetatable({}, Nested)

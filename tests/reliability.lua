@@ -107,21 +107,31 @@ end
 t.raises(function() pool:apply_async(square, {1}, {timeout = -1}) end,
   "bad argument #3 to 'apply_async' %(timeout must be a positive number", "timeout is checked")
 
--- a Queue made after the pool cannot reach its workers yet: that task
--- fails with kind serialize, the worker lives on
+-- objects made after the pool reach its tasks: a worker forked before
+-- one hands the task back and is replaced by one forked after it
 do
-  local before = pool:apply(function() return mp.current_process().pid end)
+  local before = pool:map(function() mp._sleep(0.05) return mp.current_process().pid end, {1, 2, 3, 4}, 1)
   local late = mp.Queue()
-  local e = t.raises(function() pool:apply(function(q) q:put(1) end, {late}) end,
-    "cannot receive the task", "a task naming a Queue made after the pool fails")
-  t.ok(mp.Error.is(e, "serialize"), "that failure has kind serialize")
-  local pids = pool:map(function() mp._sleep(0.05) return mp.current_process().pid end, {1, 2, 3, 4}, 1)
-  local same = false
-  for i = 1, 4 do if pids[i] == before then same = true end end
-  t.ok(same, "the worker that could not decode the task lives on")
+  local a, b = mp.Pipe()
+  pool:apply(function(q, w) q:put(1); w:send("via a pipe") end, {late, b})
+  t.is(late:get(5), 1, "a Queue made after the pool reaches its task")
+  t.is(a:recv(5), "via a pipe", "so does a Pipe end")
+  local after = pool:map(function() mp._sleep(0.05) return mp.current_process().pid end, {1, 2, 3, 4}, 1)
+  local old = {}
+  for i = 1, 4 do old[before[i]] = true end
+  local replaced = 0
+  for i = 1, 4 do if not old[after[i]] then replaced = replaced + 1 end end
+  t.ok(replaced > 0, "by a worker forked after it")
+  local later = {}
+  for i = 1, 20 do later[i] = mp.Queue() end
+  local out = pool:map(function(q) q:put("x"); return true end, later, 1)
+  local n = 0
+  for i = 1, 20 do if out[i] and later[i]:get(5) == "x" then n = n + 1 end end
+  t.is(n, 20, "20 tasks, each with a Queue newer than the workers, all run")
   -- the other way round: a result naming a Queue the worker made
   local e2 = t.raises(function() pool:apply(function() return mp.Queue() end) end,
-    "cannot receive the result: cannot receive a luamp object", "a result the parent cannot decode fails its task")
+    "cannot receive the result: cannot receive a luamp object .* made in a process that did not start this one",
+    "a result the parent cannot decode fails its task, saying why")
   t.ok(mp.Error.is(e2, "serialize"), "that failure has kind serialize too")
   local it = pool:imap(function(x) if x == 2 then return mp.Queue() end return x * 10 end, {1, 2, 3}, 1)
   t.same({ it() }, {1, 10}, "imap: items before an undecodable result arrive")

@@ -181,9 +181,12 @@ do
   end, {1, 2, 3, 4, 5, 6, 7, 8})
   t.is(v.value, 36, "tasks add to a Value under its lock")
   t.same(a:totable(), {1, 4, 9, 16, 25, 36, 49, 64}, "tasks write an Array")
-  local later = mp.Lock()
-  local ok, e = pcall(pool.apply, pool, function(l) return l:locked() end, {later})
-  t.ok(not ok and mp.Error.is(e, "serialize"), "a lock made after the pool cannot reach its workers yet")
+  local later, lv = mp.Lock(), mp.Value("i", 5)
+  later:acquire()
+  t.same({ pool:apply(function(l, x) x.value = x.value * 2; return l:locked() end, { later, lv }) }, { true },
+    "a lock and a Value made after the pool reach its tasks")
+  t.is(lv.value, 10, "the same shared memory as here")
+  later:release()
 end
 
 -- Semaphore and BoundedSemaphore
