@@ -206,6 +206,84 @@ local function traceback_handler(e)
 end
 
 --------------------------------------------------------------------------
+-- Start methods.  "fork" (the default): a child is a fork of the running
+-- script.  "spawn": a child is a fresh luamp (or stock lua) process that
+-- runs mp._spawned, which reads a start message: package.path and cpath,
+-- the modules to preload, the queues it refers to (their descriptors stay
+-- open across exec) and then what to run, serialized like a task.
+
+local START_METHODS = { fork = true, spawn = true }
+local default_start_method = "fork"
+
+local function check_start_method(name, n, fname)
+  if name == nil then return default_start_method end
+  if not START_METHODS[name] then
+    argerror(n, fname, 'start_method must be "fork" or "spawn", got ' ..
+      (type(name) == "string" and ('"' .. name .. '"') or typename(name)))
+  end
+  return name
+end
+
+function mp.set_start_method(name)
+  if name == nil then argerror(1, "set_start_method", '"fork" or "spawn" expected, got nil') end
+  default_start_method = check_start_method(name, 1, "set_start_method")
+end
+
+function mp.get_start_method() return default_start_method end
+
+local function check_preload(list, n, fname)
+  if list == nil then return nil end
+  if type(list) ~= "table" then argerror(n, fname, "preload must be a table of module names, got " .. typename(list)) end
+  for i = 1, #list do
+    if type(list[i]) ~= "string" then argerror(n, fname, "preload[" .. i .. "] must be a module name, got " .. typename(list[i])) end
+  end
+  return list
+end
+
+-- The program a spawned child runs: LUAMP_EXE if set; this program when it
+-- is luamp or a stock lua (which finds the luamp module on package.cpath);
+-- else (an application embedding luamp) the installed luamp.
+local function spawn_program()
+  local exe = os.getenv("LUAMP_EXE")
+  if exe and exe ~= "" then return exe end
+  local me = core.self_exe()
+  local base = me:match("[^/]*$")
+  if base:find("^luamp") or base:find("^lua") then return me end
+  return core.installed_luamp or "luamp"
+end
+
+-- Starts a fresh process to run `body` (kind "process" or "worker").
+-- Raises "serialize" for what cannot travel, naming it under `root`.
+local function spawn_child(body, preload, root)
+  local reg = debug.getregistry()
+  local collect = {}
+  reg["luamp.collect"] = collect
+  local ok, bytes, why = pcall(core.encode, body, root)
+  reg["luamp.collect"] = nil
+  if not ok then error(bytes, 0) end
+  if not bytes then error(new_error("serialize", why), 0) end
+  local objects, fds = {}, {}
+  for id, obj in pairs(collect) do
+    local mt = getmetatable(obj)
+    if not (mt and mt.__name == "luamp.Queue") then
+      error(new_error("serialize", string.format("cannot send %s (%s) to a spawned process: " ..
+        "only queues reach one so far; use the fork start method", tostring(obj), id)), 0)
+    end
+    local m, g, p = obj:_fds()
+    objects[#objects + 1] = { id, m, g, p }
+    fds[#fds + 1], fds[#fds + 2], fds[#fds + 3] = m, g, p
+  end
+  local header = assert(core.encode({ path = package.path, cpath = package.cpath, preload = preload or {},
+                                      objects = objects, log = log_level }))
+  local exe = spawn_program()
+  -- (the paths first: a stock lua must find the luamp module where this
+  -- script found it, which may not be the default package.cpath)
+  local boot = string.format("package.path = %q; package.cpath = %q; require('luamp')._spawned()",
+    package.path, package.cpath)
+  return core.spawn(exe, { exe, "-e", boot }, fds, string.pack("<s4", header) .. bytes)
+end
+
+--------------------------------------------------------------------------
 -- Process
 
 local Process = {}
@@ -239,11 +317,21 @@ function mp.Process(opts)
   if name == nil then name = "Process-" .. process_count end
   if type(name) ~= "string" then argerror(1, "Process", "name must be a string, got " .. typename(name)) end
   return setmetatable({ target = opts.target, args = args, name = name,
-                        daemon = not not opts.daemon }, ProcessMT)
+                        daemon = not not opts.daemon,
+                        start_method = check_start_method(opts.start_method, 1, "Process"),
+                        preload = check_preload(opts.preload, 1, "Process") }, ProcessMT)
 end
 
 function Process:start()
   if rawget(self, "_h") then error("cannot start a Process twice", 2) end
+  if self.start_method == "spawn" then
+    local h = spawn_child({ kind = "process", name = self.name, target = self.target, args = self.args },
+      self.preload, "Process")
+    self._h = h
+    self.pid = h.pid
+    children[self] = true
+    return
+  end
   local h = core.fork(false)
   if h == 0 then
     become_child(self.name)
@@ -602,9 +690,12 @@ local pool_count = 0
 
 function mp.Pool(opts)
   local n, init, initargs, maxtasks
+  local method, preload = default_start_method, nil
   if type(opts) == "table" then
     n = check_posint(opts.processes, 1, "Pool", true)
     init, initargs, maxtasks = opts.initializer, opts.initargs or {}, opts.maxtasksperchild
+    method = check_start_method(opts.start_method, 1, "Pool")
+    preload = check_preload(opts.preload, 1, "Pool")
     if init ~= nil then check_callable(init, 1, "Pool") end
     if type(initargs) ~= "table" then argerror(1, "Pool", "initargs must be a table") end
     maxtasks = check_posint(maxtasks, 1, "Pool", true)
@@ -630,6 +721,8 @@ function mp.Pool(opts)
     _state = "run",
     _initializer = init,
     _initargs = initargs,
+    _start_method = method,
+    _preload = preload,
     _maxtasks = maxtasks,
     _cost = nil,            -- observed seconds per item, for chunk sizes
     _slot = {},             -- worker handle -> its claim slot in the task queue
@@ -649,7 +742,14 @@ end
 function Pool:_spawn()
   self._spawned = self._spawned + 1
   local slot = table.remove(self._free_slots)
-  local h = core.fork(true)
+  local h
+  if self._start_method == "spawn" then
+    h = spawn_child({ kind = "worker", tq = self._tq, rq = self._rq, index = self._spawned, slot = slot,
+                      init = self._initializer, initargs = self._initargs, maxtasks = self._maxtasks },
+                    self._preload, "Pool")
+  else
+    h = core.fork(true)
+  end
   if h == 0 then
     local ok, err = xpcall(worker_main, debug.traceback, self, self._spawned, slot)
     if not ok then
@@ -1529,7 +1629,7 @@ local FutureMT = { __index = Future, __name = "luamp.Future" }
 local executor_count = 0
 
 local EXECUTOR_OPTS = { max_workers = true, initializer = true, initargs = true,
-                        max_tasks_per_child = true, start_method = true }
+                        max_tasks_per_child = true, start_method = true, preload = true }
 
 function mp.Executor(opts)
   if opts == nil then opts = {} end
@@ -1543,12 +1643,10 @@ function mp.Executor(opts)
     argerror(1, "Executor", "initargs must be a table, got " .. typename(opts.initargs))
   end
   local maxtasks = check_posint(opts.max_tasks_per_child, 1, "Executor", true)
-  if opts.start_method ~= nil and opts.start_method ~= "fork" then
-    argerror(1, "Executor", "start_method " .. tostring(opts.start_method) ..
-      " is not supported (only \"fork\" is, so far)")
-  end
+  local method = check_start_method(opts.start_method, 1, "Executor")
+  local preload = check_preload(opts.preload, 1, "Executor")
   local pool = mp.Pool{ processes = n, initializer = opts.initializer, initargs = opts.initargs,
-                        maxtasksperchild = maxtasks }
+                        maxtasksperchild = maxtasks, start_method = method, preload = preload }
   executor_count = executor_count + 1
   local self = setmetatable({
     max_workers = pool.processes,
@@ -1922,6 +2020,50 @@ function mp._shutdown()
     if p.daemon or hard then p:kill() end
   end
   for _, p in ipairs(list) do p:join() end
+end
+
+--------------------------------------------------------------------------
+-- The start of a spawned process (see spawn_child).
+
+function mp._spawned()
+  local payload = core.spawn_payload()
+  if not payload then error("luamp: mp._spawned runs only in a process luamp spawned", 2) end
+  local header, pos = string.unpack("<s4", payload)
+  local h = core.decode(header)
+  package.path, package.cpath = h.path, h.cpath
+  if h.log then set_log_level(h.log) end
+  for _, o in ipairs(h.objects) do core.queue_attach(o[1], o[2], o[3], o[4]) end
+  local ok, err = pcall(function()
+    for _, name in ipairs(h.preload) do require(name) end
+  end)
+  if not ok then
+    io.stderr:write("luamp: a spawned process could not preload a module: ", errmsg(err), "\n")
+    core._exit(1)
+  end
+  local body
+  ok, body = pcall(core.decode, payload:sub(pos))
+  if not ok then
+    io.stderr:write("luamp: a spawned process could not receive what to run: ", errmsg(body), "\n")
+    core._exit(1)
+  end
+  if body.kind == "process" then
+    become_child(body.name)
+    local args = body.args
+    local ran, info = xpcall(body.target, traceback_handler, unpack(args, 1, args.n or #args))
+    if not ran then
+      io.stderr:write(string.format("Process %s (pid %d):\n%s\n", body.name, getpid(), info.traceback))
+    end
+    pcall(mp._shutdown)
+    core._exit(ran and 0 or 1)
+  end
+  core.ignore_sigint()
+  local pool = { _tq = body.tq, _rq = body.rq, _initializer = body.init, _initargs = body.initargs or {},
+                 _maxtasks = body.maxtasks }
+  local ran, e = xpcall(worker_main, debug.traceback, pool, body.index, body.slot)
+  if not ran then
+    io.stderr:write(string.format("luamp: %s (pid %d) failed: %s\n", current.name, getpid(), errmsg(e)))
+  end
+  core._exit(ran and 0 or 70)
 end
 
 return mp

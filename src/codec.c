@@ -1110,7 +1110,14 @@ static int enc_obj(encoder *e)
     id = lua_tolstring(L, -1, &n);
     if (put_ext(e, EXT_OBJ, id, n))
         return -1;
-    lua_pop(L, 1);
+    /* registry["luamp.collect"][id] = object, when that table is set: what
+     * a message refers to (the spawn start method sends their descriptors) */
+    if (lua_getfield(L, LUA_REGISTRYINDEX, "luamp.collect") == LUA_TTABLE) {
+        lua_pushvalue(L, -2);
+        lua_pushvalue(L, -4);
+        lua_rawset(L, -3);
+    }
+    lua_pop(L, 2);
     return 0;
 }
 
@@ -2022,7 +2029,11 @@ static int dec_obj(decoder *d, const ext *x)
         }
     }
     lua_pushlstring(L, (const char *)x->data, x->len);
-    if (luamp_codec_newer_hook && luamp_codec_newer_hook((const char *)x->data, x->len)) {
+    int why = luamp_codec_newer_hook ? luamp_codec_newer_hook((const char *)x->data, x->len) : 0;
+    if (why == 2)
+        return fail(d, "cannot receive a luamp object (%s) that this process does not know: "
+                    "a spawned process knows only the objects it was started with", lua_tostring(L, -1));
+    if (why == 1) {
         missed_newer = 1;
         return fail(d, "cannot receive a luamp object (%s) made after this process started: "
                     "such an object can reach a pool's workers only as a task's argument",

@@ -82,6 +82,42 @@ static int new_queue(lua_State *L)
     return 1;
 }
 
+/* core.queue_attach(id, memfd, ev_get, ev_put): the queue `id` of the
+ * process that spawned this one, from the descriptors it passed. */
+static int attach_queue(lua_State *L)
+{
+    size_t idlen;
+    const char *id = luaL_checklstring(L, 1, &idlen);
+    int fds[3];
+    for (int i = 0; i < 3; i++)
+        fds[i] = (int)luaL_checkinteger(L, 2 + i);
+    luaL_argcheck(L, idlen < sizeof ((queue *)0)->id, 1, "id too long");
+    queue *u = lua_newuserdatauv(L, sizeof *u, 0);
+    memset(u, 0, sizeof *u);
+    luamp_buf_init(&u->buf);
+    u->buf.span_from = LUAMP_SPAN_FROM;
+    luamp_buf_init(&u->held);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_setmetatable(L, -2);
+    u->q = shmq_attach(fds[0], fds[1], fds[2]);
+    if (u->q == NULL)
+        return luamp_sys_error(L, "cannot attach a Queue");
+    memcpy(u->id, id, idlen + 1);
+    luamp_register_object(L, -1, u->id);
+    return 1;
+}
+
+/* q:_fds() -> memfd, ev_get, ev_put: what a spawned process needs */
+static int q_fds(lua_State *L)
+{
+    queue *u = check_queue(L);
+    int fds[3];
+    shmq_fds(u->q, fds);
+    for (int i = 0; i < 3; i++)
+        lua_pushinteger(L, fds[i]);
+    return 3;
+}
+
 /* Encodes the item at index 2 into the scratch buffer, or raises. */
 static void encode_item(lua_State *L, queue *u, const char *fname)
 {
@@ -1123,6 +1159,7 @@ void luamp_open_queue(lua_State *L)
         {"put_apply", q_put_apply},
         {"claim", q_claim},
         {"cancel", q_cancel},
+        {"_fds", q_fds},
         {"task_done", q_task_done},
         {"join", q_join},
         {"release", q_release},
@@ -1159,6 +1196,9 @@ void luamp_open_queue(lua_State *L)
         lua_setfield(L, -2, "apply_task");
         lua_setfield(L, -2, "__index");
     }
+    lua_pushvalue(L, -1);
     lua_pushcclosure(L, new_queue, 1);
-    lua_setfield(L, -2, "queue");
+    lua_setfield(L, -3, "queue");
+    lua_pushcclosure(L, attach_queue, 1);
+    lua_setfield(L, -2, "queue_attach");
 }

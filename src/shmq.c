@@ -176,6 +176,34 @@ fail:
     return NULL;
 }
 
+shmq *shmq_attach(int memfd, int ev_get, int ev_put)
+{
+    shmq *q = calloc(1, sizeof *q);
+    if (!q)
+        return NULL;
+    q->memfd = memfd;
+    q->ev_get = ev_get;
+    q->ev_put = ev_put;
+    q->spin = 1;
+    void *h = mmap(NULL, HDR_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+    if (h == MAP_FAILED) {
+        int e = errno;
+        free(q);
+        errno = e;
+        return NULL;
+    }
+    q->hdr = h;
+    /* the ring is mapped by the first lock(), at the capacity it has then */
+    return q;
+}
+
+void shmq_fds(shmq *q, int fds[3])
+{
+    fds[0] = q->memfd;
+    fds[1] = q->ev_get;
+    fds[2] = q->ev_put;
+}
+
 void shmq_destroy(shmq *q)
 {
     if (!q)

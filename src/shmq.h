@@ -22,6 +22,11 @@ enum shmq_status {
 
 /* maxsize: most messages held at once (0: unbounded, up to memory). */
 shmq *shmq_create(uint64_t maxsize);
+/* The queue's descriptors (memfd, get eventfd, put eventfd), and a view
+ * of a queue from them in a process that received them across exec (the
+ * spawn start method); the view owns them. */
+void shmq_fds(shmq *q, int fds[3]);
+shmq *shmq_attach(int memfd, int ev_get, int ev_put);
 /* Unmaps and closes this process's view; the queue lives on elsewhere. */
 void shmq_destroy(shmq *q);
 

@@ -26,6 +26,9 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -99,9 +102,13 @@ void luamp_new_object_id(char *out, size_t n, const char *kind)
     snprintf(out, n, "%s:%ld:%lu", kind, (long)getpid(), ++object_counter);
 }
 
+static int spawned;     /* this process read a spawn start message */
+
 int luamp_object_is_newer(const char *id, size_t len)
 {
     char buf[64];
+    if (spawned && forked_from == 0)
+        return 2;
     if (forked_from == 0 || len >= sizeof buf)
         return 0;
     memcpy(buf, id, len);
@@ -335,6 +342,194 @@ static int l_fork(lua_State *L)
     }
     c->slot = reaper_add(pid);
     return 1;
+}
+
+/*
+ * core.spawn(exe, argv, keep_fds, payload) -> a child handle, as core.fork
+ * returns: a fresh process running `exe` with `argv` (the spawn start
+ * method).  The descriptors in keep_fds stay open across exec; payload
+ * goes in a memfd whose number the child finds in LUAMP_SPAWN_FD.  Only
+ * async-signal-safe calls run between fork and exec, so this is safe in
+ * a multi-threaded application; everything they need is built before.
+ * An exec that fails raises here: its errno comes back on a pipe that
+ * exec closes.
+ */
+extern char **environ;
+
+static int l_spawn(lua_State *L)
+{
+    const char *exe = luaL_checkstring(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    luaL_checktype(L, 3, LUA_TTABLE);
+    size_t plen;
+    const char *payload = luaL_checklstring(L, 4, &plen);
+
+    lua_Integer argc = luaL_len(L, 2), nkeep = luaL_len(L, 3);
+    luaL_argcheck(L, argc >= 1 && argc < 64, 2, "1 to 63 arguments expected");
+    luaL_argcheck(L, nkeep >= 0 && nkeep < 256, 3, "too many descriptors");
+    const char *argv[64];
+    for (lua_Integer i = 0; i < argc; i++) {
+        lua_geti(L, 2, i + 1);
+        argv[i] = luaL_checkstring(L, -1);
+        lua_pop(L, 1);
+    }
+    argv[argc] = NULL;
+    int keep[256];
+    for (lua_Integer i = 0; i < nkeep; i++) {
+        lua_geti(L, 3, i + 1);
+        keep[i] = (int)luaL_checkinteger(L, -1);
+        lua_pop(L, 1);
+    }
+
+    int mfd = memfd_create("luamp-spawn", MFD_CLOEXEC);
+    if (mfd < 0)
+        return luamp_sys_error(L, "cannot spawn a process: memfd_create");
+    for (size_t off = 0; off < plen;) {
+        ssize_t w = write(mfd, payload + off, plen - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0) {
+            int e = errno;
+            close(mfd);
+            errno = e;
+            return luamp_sys_error(L, "cannot spawn a process: writing its start message");
+        }
+        off += (size_t)w;
+    }
+    /* the environment, plus LUAMP_SPAWN_FD */
+    size_t nenv = 0;
+    for (char **e = environ; *e; e++)
+        nenv++;
+    const char **envp = lua_newuserdatauv(L, (nenv + 2) * sizeof *envp, 0);
+    size_t k = 0;
+    for (char **e = environ; *e; e++)
+        if (strncmp(*e, "LUAMP_SPAWN_FD=", 15) != 0)
+            envp[k++] = *e;
+    envp[k++] = lua_pushfstring(L, "LUAMP_SPAWN_FD=%d", mfd);
+    envp[k] = NULL;
+
+    int errpipe[2];
+    if (pipe2(errpipe, O_CLOEXEC) != 0) {
+        int e = errno;
+        close(mfd);
+        errno = e;
+        return luamp_sys_error(L, "cannot spawn a process: pipe");
+    }
+    child *c = lua_newuserdatauv(L, sizeof *c, 0);
+    memset(c, 0, sizeof *c);
+    c->pid = -1;
+    c->slot = -1;
+    c->pidfd = -1;
+    c->parent = getpid();
+    luaL_setmetatable(L, LUAMP_CHILD_MT);
+
+    fflush(NULL);
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid == 0) {
+        int e = 0;
+        sigset_t none;
+        sigemptyset(&none);
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent)
+            _exit(70);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        for (lua_Integer i = 0; i < nkeep && e == 0; i++)
+            if (fcntl(keep[i], F_SETFD, 0) != 0)
+                e = errno;
+        if (e == 0 && fcntl(mfd, F_SETFD, 0) != 0)
+            e = errno;
+        if (e == 0) {
+            execve(exe, (char *const *)argv, (char *const *)envp);
+            e = errno;
+        }
+        while (write(errpipe[1], &e, sizeof e) < 0 && errno == EINTR)
+            ;
+        _exit(127);
+    }
+    int fork_errno = errno;
+    close(errpipe[1]);
+    close(mfd);
+    if (pid < 0) {
+        close(errpipe[0]);
+        errno = fork_errno;
+        return luamp_sys_error(L, "cannot spawn a process: fork");
+    }
+    int e = 0;
+    ssize_t r;
+    while ((r = read(errpipe[0], &e, sizeof e)) < 0 && errno == EINTR)
+        ;
+    close(errpipe[0]);
+    if (r > 0) {
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+            ;
+        return luaL_error(L, "cannot spawn a process: cannot run %s: %s", exe, strerror(e));
+    }
+    c->pid = pid;
+    c->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (c->pidfd < 0) {
+        int e2 = errno;
+        kill(pid, SIGKILL);
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+            ;
+        errno = e2;
+        return luamp_sys_error(L, "cannot watch a child process: pidfd_open");
+    }
+    c->slot = reaper_add(pid);
+    return 1;
+}
+
+/* core.spawn_payload() -> the start message a spawning parent left, or
+ * nil when this process was not spawned (then or already read). */
+static int l_spawn_payload(lua_State *L)
+{
+    const char *v = getenv("LUAMP_SPAWN_FD");
+    if (v == NULL)
+        return 0;
+    int fd = atoi(v);
+    unsetenv("LUAMP_SPAWN_FD");
+    spawned = 1;
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0)
+        return luamp_sys_error(L, "cannot read the spawn start message");
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    char chunk[65536];
+    off_t off = 0;
+    for (;;) {
+        ssize_t n = pread(fd, chunk, sizeof chunk, off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            close(fd);
+            return luamp_sys_error(L, "cannot read the spawn start message");
+        }
+        if (n == 0)
+            break;
+        luaL_addlstring(&b, chunk, (size_t)n);
+        off += n;
+    }
+    close(fd);
+    luaL_pushresult(&b);
+    return 1;
+}
+
+/* core.self_exe() -> the path of this process's executable */
+static int l_self_exe(lua_State *L)
+{
+    char buf[4096];
+    ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
+    if (n < 0)
+        return luamp_sys_error(L, "cannot find this program's executable");
+    lua_pushlstring(L, buf, (size_t)n);
+    return 1;
+}
+
+/* core.ignore_sigint(): a spawned pool worker, as a forked one */
+static int l_ignore_sigint(lua_State *L)
+{
+    (void)L;
+    signal(SIGINT, SIG_IGN);
+    return 0;
 }
 
 /* Reaps the child if it has exited; wait: block until it has. */
@@ -610,6 +805,10 @@ void luamp_open_sys(lua_State *L)
     };
     static const luaL_Reg funcs[] = {
         {"fork", l_fork},
+        {"spawn", l_spawn},
+        {"spawn_payload", l_spawn_payload},
+        {"self_exe", l_self_exe},
+        {"ignore_sigint", l_ignore_sigint},
         {"wait", l_wait},
         {"now", l_now},
         {"getpid", l_getpid},
@@ -625,6 +824,10 @@ void luamp_open_sys(lua_State *L)
         {NULL, NULL}
     };
     luamp_codec_newer_hook = luamp_object_is_newer;
+#ifdef LUAMP_BINDIR
+    lua_pushliteral(L, LUAMP_BINDIR "/luamp");   /* the installed luamp, for spawn */
+    lua_setfield(L, -2, "installed_luamp");
+#endif
     if (luaL_newmetatable(L, LUAMP_CHILD_MT))
         luaL_setfuncs(L, child_methods, 0);
     lua_pop(L, 1);

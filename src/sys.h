@@ -46,9 +46,10 @@ int luamp_waitable_fd(lua_State *L, int idx);
 
 /* Remembers a luamp object under `id` in registry["luamp.objects"] (weak
  * values) so that the codec can send it by reference to a forked child. */
-/* Whether the object id names an object that the process which forked
+/* 1 when the object id names an object that the process which forked
  * this one (with core.fork) made after the fork: one this process cannot
- * have inherited. */
+ * have inherited; 2 when this process was spawned (it knows only the
+ * objects it was started with); else 0. */
 int luamp_object_is_newer(const char *id, size_t len);
 void luamp_register_object(lua_State *L, int idx, const char *id);
 /* A process-unique id for a new object: "<kind>:<pid>:<counter>". */

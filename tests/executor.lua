@@ -309,7 +309,7 @@ do
   t.raises(function() mp.Executor{ max_workers = 0 } end, "positive integer expected", "max_workers must be positive")
   t.raises(function() mp.Executor{ max_worker = 2 } end, "unknown option 'max_worker'", "unknown options are refused")
   t.raises(function() mp.Executor(3) end, "options table expected", "options must be a table")
-  t.raises(function() mp.Executor{ start_method = "spawn" } end, "not supported", "spawn is refused, clearly")
+  t.raises(function() mp.Executor{ start_method = "thread" } end, "start_method must be", "an unknown start method is refused")
   t.raises(function() mp.Executor{ initializer = 1 } end, "function expected", "a bad initializer is refused")
   local ex <close> = mp.Executor{ max_workers = 1 }
   t.raises(function() ex:submit(nil) end, "bad argument #1 to 'submit'", "submit wants a function")

@@ -28,4 +28,21 @@ is "$(printf '%s\n' "$out" | sed -n 1p)" "$LUAMP_MODULE_DIR/luamp.so" "the modul
 is "$(printf '%s\n' "$out" | sed -n 2p)" "0.1.0" "mp.version is \"0.1.0\""
 is "$(printf '%s\n' "$out" | sed -n 3p)" "integer${tab}true" "mp.cpu_count() is a positive integer"
 
+# spawn from stock lua: the child is a fresh lua5.4 that finds luamp.so
+# where the parent did (here a package.cpath set by the script itself)
+"$LUA54" -e '
+    package.cpath = "'"$LUAMP_MODULE_DIR"'/?.so;" .. package.cpath
+    local mp = require "luamp"
+    local q = mp.Queue()
+    local p = mp.Process{start_method = "spawn", target = function(parent)
+        q:put(mp.current_process().pid ~= parent and "spawned child" or "same process")
+    end, args = {mp.current_process().pid}}
+    p:start()
+    print(q:get(20))
+    p:join()
+    print(p.exitcode)' >"$tmp/out" 2>"$tmp/err"
+rc=$?
+is "$rc:$(cat "$tmp/err")" "0:" "stock lua5.4 spawns a Process without error"
+is "$(tr '\n' ' ' <"$tmp/out")" "spawned child 0 " "the spawned child is a fresh lua5.4 that loads luamp where its parent did"
+
 done_testing
