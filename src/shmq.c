@@ -83,27 +83,34 @@
 /* In a record's sequence number: withdrawn by shmq_cancel, to be skipped. */
 #define REC_CANCELLED ((uint64_t)1 << 63)
 
+/* The fields are grouped by who writes them, a cache line each: a put
+ * and a get on two CPUs then move only the first line (and the ring's)
+ * between them, not also lines that only one side writes. */
 struct shmq_hdr {
+    /* changed by every put and every get */
     pthread_mutex_t lock;
-    uint64_t cap;        /* ring bytes */
     uint64_t head;       /* offset of the oldest record */
     uint64_t used;       /* bytes held */
     uint64_t count;      /* records held */
+    /* read by every operation, changed rarely */
+    _Alignas(64) uint64_t cap;   /* ring bytes */
     uint64_t maxsize;    /* 0: unbounded */
     uint32_t getters;    /* consumers sleeping on ev_get */
     uint32_t putters;    /* producers sleeping on ev_put */
     uint32_t get_tokens; /* tokens written (or about to be) to ev_get, not taken */
     uint32_t put_tokens; /* the same for ev_put */
     uint32_t shutdown;
-    uint64_t next_seq;
-    double last_get;     /* when a consumer last took an item from a ring
-                            holding PACE_FROM bytes or more (luamp_now) */
     uint32_t no_pace;    /* producers never wait for a consumer (shmq_no_pace) */
-    uint64_t lent;       /* bytes of the record at the head lent to the
-                            consumer (0: none), still counted in used */
     uint32_t joinable;   /* a JoinableQueue: puts count in unfinished */
+    /* the producers' */
+    _Alignas(64) uint64_t next_seq;
     uint32_t unfinished; /* items put and not marked done (a futex word,
                             accessed atomically) */
+    /* the consumers' */
+    _Alignas(64) double last_get;  /* when a consumer last took an item from a
+                            ring holding PACE_FROM bytes or more (luamp_now) */
+    uint64_t lent;       /* bytes of the record at the head lent to the
+                            consumer (0: none), still counted in used */
     struct { uint64_t seq; double since; } claims[SHMQ_MAX_CLAIMS];
 };
 
