@@ -488,7 +488,7 @@ function mp.run(argv, opts)
   if env ~= nil then
     if type(env) ~= "table" then argerror(2, "run", "env must be a table, got " .. typename(env)) end
     for k, v in pairs(env) do
-      if type(k) ~= "string" or k == "" or k:find("[=%z]") then
+      if type(k) ~= "string" or k == "" or k:find("=", 1, true) or k:find("\0", 1, true) then
         argerror(2, "run", "env: " .. tostring(k) .. " is not a variable name")
       end
       if v ~= false and type(v) ~= "string" then

@@ -56,6 +56,8 @@ do
   t.is(r.stdout, "unset\n", "env removes a variable given false")
   r = mp.run({ "sh", "-c", "echo \"$HOME\"" }, { capture = true, env = { HOME = "/elsewhere" } })
   t.is(r.stdout, "/elsewhere\n", "and replaces one given a string")
+  r = mp.run({ "sh", "-c", "echo \"$TZ $LUAMP_Z\"" }, { capture = true, env = { TZ = "UTC", LUAMP_Z = "z" } })
+  t.is(r.stdout, "UTC z\n", "any name goes, z included")
 end
 
 -- bad input
