@@ -322,6 +322,18 @@ function mp.Process(opts)
                         preload = check_preload(opts.preload, 1, "Process") }, ProcessMT)
 end
 
+-- A Process's life in its child, forked or spawned: runs the target, ends
+-- what it left running as a script's end does, and exits.
+local function run_process(name, target, args)
+  become_child(name)
+  local ok, info = xpcall(target, traceback_handler, unpack(args, 1, args.n or #args))
+  if not ok then
+    io.stderr:write(string.format("Process %s (pid %d):\n%s\n", name, getpid(), info.traceback))
+  end
+  pcall(mp._shutdown)
+  core._exit(ok and 0 or 1)
+end
+
 function Process:start()
   if rawget(self, "_h") then error("cannot start a Process twice", 2) end
   if self.start_method == "spawn" then
@@ -333,17 +345,7 @@ function Process:start()
     return
   end
   local h = core.fork(false)
-  if h == 0 then
-    become_child(self.name)
-    local args = self.args
-    local ok, info = xpcall(self.target, traceback_handler, unpack(args, 1, args.n or #args))
-    if not ok then
-      io.stderr:write(string.format("Process %s (pid %d):\n%s\n", self.name, getpid(), info.traceback))
-    end
-    -- what the target left running ends as at the end of a script
-    pcall(mp._shutdown)
-    core._exit(ok and 0 or 1)
-  end
+  if h == 0 then run_process(self.name, self.target, self.args) end
   self._h = h
   self.pid = h.pid
   children[self] = true
@@ -2046,16 +2048,7 @@ function mp._spawned()
     io.stderr:write("luamp: a spawned process could not receive what to run: ", errmsg(body), "\n")
     core._exit(1)
   end
-  if body.kind == "process" then
-    become_child(body.name)
-    local args = body.args
-    local ran, info = xpcall(body.target, traceback_handler, unpack(args, 1, args.n or #args))
-    if not ran then
-      io.stderr:write(string.format("Process %s (pid %d):\n%s\n", body.name, getpid(), info.traceback))
-    end
-    pcall(mp._shutdown)
-    core._exit(ran and 0 or 1)
-  end
+  if body.kind == "process" then run_process(body.name, body.target, body.args) end
   core.ignore_sigint()
   local pool = { _tq = body.tq, _rq = body.rq, _initializer = body.init, _initargs = body.initargs or {},
                  _maxtasks = body.maxtasks }

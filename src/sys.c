@@ -299,6 +299,27 @@ static child *check_child(lua_State *L, int idx)
     return luaL_checkudata(L, idx, LUAMP_CHILD_MT);
 }
 
+/* Makes the handle c (on the stack top, returned) watch the new child
+ * pid: its pidfd, and a place in the reaper's table.  A child that cannot
+ * be watched is killed and reaped, and the error raised. */
+static int watch_child(lua_State *L, child *c, pid_t pid)
+{
+    c->pid = pid;
+    /* The pidfd first: until the pid is in the reaper's table, nobody
+     * reaps the child, so pidfd_open finds it even if it exited. */
+    c->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (c->pidfd < 0) {
+        int e = errno;
+        kill(pid, SIGKILL);
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+            ;
+        errno = e;
+        return luamp_sys_error(L, "cannot watch a child process: pidfd_open");
+    }
+    c->slot = reaper_add(pid);
+    return 1;
+}
+
 /* core.fork(worker) -> 0 in the child; in the parent a child handle.
  * worker: the child ignores SIGINT (the terminal's Ctrl-C is the main
  * script's business; workers stop when it tells them or when it dies). */
@@ -328,20 +349,7 @@ static int l_fork(lua_State *L)
         lua_pushinteger(L, 0);
         return 1;
     }
-    c->pid = pid;
-    /* The pidfd first: until the pid is in the reaper's table, nobody
-     * reaps the child, so pidfd_open finds it even if it exited. */
-    c->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
-    if (c->pidfd < 0) {
-        int e = errno;
-        kill(pid, SIGKILL);
-        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
-            ;
-        errno = e;
-        return luamp_sys_error(L, "cannot watch a child process: pidfd_open");
-    }
-    c->slot = reaper_add(pid);
-    return 1;
+    return watch_child(L, c, pid);
 }
 
 /*
@@ -464,18 +472,7 @@ static int l_spawn(lua_State *L)
             ;
         return luaL_error(L, "cannot spawn a process: cannot run %s: %s", exe, strerror(e));
     }
-    c->pid = pid;
-    c->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
-    if (c->pidfd < 0) {
-        int e2 = errno;
-        kill(pid, SIGKILL);
-        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
-            ;
-        errno = e2;
-        return luamp_sys_error(L, "cannot watch a child process: pidfd_open");
-    }
-    c->slot = reaper_add(pid);
-    return 1;
+    return watch_child(L, c, pid);
 }
 
 /* core.spawn_payload() -> the start message a spawning parent left, or
