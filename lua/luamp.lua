@@ -69,12 +69,14 @@ end
 --------------------------------------------------------------------------
 -- Argument checks, Lua style: bad argument #1 to 'Pool' (...)
 
--- The error points at the first caller outside this file: the user's line.
+-- The error points at the first caller outside this file (and its C fast
+-- paths, which call back into it): the user's line.
+local c_fast_paths = setmetatable({}, { __mode = "k" })
 local function argerror(n, fname, msg)
   local level = 2
   while true do
-    local info = debug.getinfo(level, "S")
-    if not info or info.source ~= "=luamp.lua" then break end
+    local info = debug.getinfo(level, "Sf")
+    if not info or (info.source ~= "=luamp.lua" and not c_fast_paths[info.func]) then break end
     level = level + 1
   end
   error(string.format("bad argument #%d to '%s' (%s)", n, fname, msg), level)
@@ -153,9 +155,12 @@ local LOG_PREFIX = { debug = "", info = "", warn = "WARN ", error = "ERROR " }
 local log_level            -- nil: off
 local debugging = false    -- log_level == 1, for the pool's hot paths
 
+local use_apply_fast      -- (set in the Pool section)
+
 local function set_log_level(l)
   log_level = l
   debugging = l == 1
+  if use_apply_fast then use_apply_fast(not debugging) end
 end
 
 local function check_level(level, n, fname)
@@ -1256,6 +1261,15 @@ function Pool:apply_async(f, args, opts)
   end
   return job
 end
+
+-- The common case in C (queue.c, apply_fast), which hands everything else
+-- to the function above; while the pools log at "debug", that function
+-- serves every call, so that each task is logged.
+local apply_async_lua = Pool.apply_async
+local apply_async_fast = core.apply_fast(PoolMT, ApplyResult, NO_ARGS, apply_async_lua)
+c_fast_paths[apply_async_fast] = true
+Pool.apply_async = debugging and apply_async_lua or apply_async_fast
+use_apply_fast = function(on) Pool.apply_async = on and apply_async_fast or apply_async_lua end
 
 function Pool:apply(f, args)
   check_running(self, "apply")

@@ -92,6 +92,15 @@ int luamp_sys_error(lua_State *L, const char *what)
 }
 
 static unsigned long object_counter;
+static pid_t cached_pid;     /* 0: not known yet; a core.fork child resets it */
+
+pid_t luamp_pid(void)
+{
+    if (cached_pid == 0)
+        cached_pid = getpid();
+    return cached_pid;
+}
+
 /* In a child of core.fork: its parent, and how many objects the parent
  * had made when it forked (the child inherited every one of those). */
 static pid_t forked_from;
@@ -345,6 +354,7 @@ static int l_fork(lua_State *L)
             _exit(70);
         forked_from = parent;
         objects_at_fork = object_counter;
+        cached_pid = 0;
         reset_child_signals(worker);
         lua_pushinteger(L, 0);
         return 1;

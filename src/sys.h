@@ -46,6 +46,9 @@ int luamp_waitable_fd(lua_State *L, int idx);
 
 /* Remembers a luamp object under `id` in registry["luamp.objects"] (weak
  * values) so that the codec can send it by reference to a forked child. */
+/* This process's pid (getpid() is a system call; this is not). */
+pid_t luamp_pid(void);
+
 /* 1 when the object id names an object that the process which forked
  * this one (with core.fork) made after the fork: one this process cannot
  * have inherited; 2 when this process was spawned (it knows only the
