@@ -137,6 +137,7 @@ do
   t.like(r.stderr, "Pool 1: starting 2 workers", "debug: the pool says it starts")
   t.like(r.stderr, "started PoolWorker%-1 %(pid %d+%)", "each worker started, with its pid")
   t.like(r.stderr, "map of 5 items: putting 3 tasks of 2 items", "what a map puts")
+  t.like(r.stderr, "put apply task %d+ %(job %d+%)", "each apply task (its C fast path steps aside)")
   t.like(r.stderr, "PoolWorker%-%d %(pid %d+%) exited with status 1; the task it ran fails",
     "a worker's death")
   t.like(r.stderr, "replacing it", "and its replacement")
