@@ -94,6 +94,13 @@ local function check_callable(v, n, fname)
   argerror(n, fname, "function expected, got " .. typename(v))
 end
 
+-- v must be a key of `set` (names); `must` says which, for the error.
+local function check_one_of(v, set, n, fname, must)
+  if type(v) ~= "string" or not set[v] then
+    argerror(n, fname, must .. ", got " .. (type(v) == "string" and ('"' .. v .. '"') or typename(v)))
+  end
+end
+
 local function check_timeout(v, n, fname)
   if v ~= nil and type(v) ~= "number" then
     argerror(n, fname, "number expected, got " .. typename(v))
@@ -164,12 +171,8 @@ local function set_log_level(l)
 end
 
 local function check_level(level, n, fname)
-  local l = LOG_LEVELS[level]
-  if not l then
-    argerror(n, fname, 'level must be "debug", "info", "warn" or "error", got ' ..
-      (type(level) == "string" and ("\"" .. level .. "\"") or typename(level)))
-  end
-  return l
+  check_one_of(level, LOG_LEVELS, n, fname, 'level must be "debug", "info", "warn" or "error"')
+  return LOG_LEVELS[level]
 end
 
 function mp.log_to_stderr(level)
@@ -222,10 +225,7 @@ local default_start_method = "fork"
 
 local function check_start_method(name, n, fname)
   if name == nil then return default_start_method end
-  if not START_METHODS[name] then
-    argerror(n, fname, 'start_method must be "fork" or "spawn", got ' ..
-      (type(name) == "string" and ('"' .. name .. '"') or typename(name)))
-  end
+  check_one_of(name, START_METHODS, n, fname, 'start_method must be "fork" or "spawn"')
   return name
 end
 
@@ -1979,10 +1979,8 @@ function mp.wait(futures, opts)
   opts = opts or {}
   local timeout, when = opts.timeout, opts.return_when or "ALL_COMPLETED"
   check_timeout(timeout, 2, "wait")
-  if not RETURN_WHEN[when] then
-    argerror(2, "wait", "return_when must be \"ALL_COMPLETED\", \"FIRST_COMPLETED\" or \"FIRST_EXCEPTION\", got " ..
-      tostring(when))
-  end
+  check_one_of(when, RETURN_WHEN, 2, "wait",
+    'return_when must be "ALL_COMPLETED", "FIRST_COMPLETED" or "FIRST_EXCEPTION"')
   local deadline = deadline_of(timeout)
   local w = completions(list)
   local seen, failed = 0, false
