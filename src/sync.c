@@ -935,7 +935,8 @@ static int cond_wait(lua_State *L)
     return 1;
 }
 
-/* cond:wait_for(predicate [, timeout]) -> the predicate's last value */
+/* cond:wait_for(predicate [, timeout]) -> whether the predicate held (a
+ * boolean, as the API contract has every wait return) */
 static int cond_wait_for(lua_State *L)
 {
     lockud *l;
@@ -945,8 +946,11 @@ static int cond_wait_for(lua_State *L)
     for (;;) {
         lua_pushvalue(L, 2);
         lua_call(L, 0, 1);
-        if (lua_toboolean(L, -1) || deadline == 0 || (deadline > 0 && luamp_now() >= deadline))
+        int held = lua_toboolean(L, -1);
+        if (held || deadline == 0 || (deadline > 0 && luamp_now() >= deadline)) {
+            lua_pushboolean(L, held);
             return 1;
+        }
         lua_pop(L, 1);
         cond_wait_on(L, u, l, deadline);
     }
@@ -1122,7 +1126,7 @@ static int barrier_wait(lua_State *L)
     bar_lock(d);
     if (d->broken) {
         release(&d->inner, 0);
-        return luamp_raise(L, "broken_barrier", "the Barrier is broken (reset it to use it again)");
+        return luamp_raise(L, "broken", "the Barrier is broken (reset it to use it again)");
     }
     uint32_t gen = atomic_load(&b->word);
     uint32_t index = d->count++;
@@ -1158,7 +1162,7 @@ static int barrier_wait(lua_State *L)
         release(&d->inner, 0);   /* released meanwhile */
     }
     if (d->outcome[gen % 64] == BAR_BROKEN)
-        return luamp_raise(L, "broken_barrier", "the Barrier was broken while this process waited"
+        return luamp_raise(L, "broken", "the Barrier was broken while this process waited"
                            " (reset, abort, a party's timeout or a failed action)");
     lua_pushinteger(L, (lua_Integer)index + 1);
     return 1;
