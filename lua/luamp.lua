@@ -270,13 +270,20 @@ local function spawn_child(body, preload, root)
   local objects, fds = {}, {}
   for id, obj in pairs(collect) do
     local mt = getmetatable(obj)
-    if not (mt and mt.__name == "luamp.Queue") then
+    local kind = mt and mt.__name
+    local o, at     -- (at: where the descriptors are in o)
+    if kind == "luamp.Queue" then
+      o, at = { "queue", id, obj:_fds() }, { 3, 4, 5 }          -- memfd, ev_get, ev_put
+    elseif kind == "luamp.Connection" then
+      o, at = { "pipe", id, obj:_fds() }, { 3, 6, 8 }           -- memfd, rx socket, tx socket
+    else
       error(new_error("serialize", string.format("cannot send %s (%s) to a spawned process: " ..
-        "only queues reach one so far; use the fork start method", tostring(obj), id)), 0)
+        "only queues and pipe ends reach one so far; use the fork start method", tostring(obj), id)), 0)
     end
-    local m, g, p = obj:_fds()
-    objects[#objects + 1] = { id, m, g, p }
-    fds[#fds + 1], fds[#fds + 2], fds[#fds + 3] = m, g, p
+    objects[#objects + 1] = o
+    for _, i in ipairs(at) do
+      if o[i] >= 0 then fds[#fds + 1] = o[i] end
+    end
   end
   local header = assert(core.encode({ path = package.path, cpath = package.cpath, preload = preload or {},
                                       objects = objects, log = log_level }))
@@ -2046,7 +2053,10 @@ function mp._spawned()
   local h = core.decode(header)
   package.path, package.cpath = h.path, h.cpath
   if h.log then set_log_level(h.log) end
-  for _, o in ipairs(h.objects) do core.queue_attach(o[1], o[2], o[3], o[4]) end
+  for _, o in ipairs(h.objects) do
+    if o[1] == "queue" then core.queue_attach(o[2], o[3], o[4], o[5])
+    else core.pipe_attach(o[2], o[3], o[4], o[5], o[6], o[7], o[8]) end
+  end
   local ok, err = pcall(function()
     for _, name in ipairs(h.preload) do require(name) end
   end)

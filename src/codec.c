@@ -1101,8 +1101,15 @@ static int enc_obj(encoder *e)
     if (status == LUA_ERRMEM)
         lua_error(L);
     if (status != LUA_OK) {
-        lua_pushfstring(L, "its __luamp_ref failed: %s",
-                        lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "(not a string)");
+        /* (an error object says what it is through its __tostring: a
+         * closed Pipe end raises luamp's "this Pipe end is closed") */
+        const char *why = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "(not a string)";
+        if (lua_type(L, -1) == LUA_TTABLE && luaL_getmetafield(L, -1, "__tostring") != LUA_TNIL) {
+            lua_pushvalue(L, -2);
+            if (lua_pcall(L, 1, 1, 0) == LUA_OK && lua_type(L, -1) == LUA_TSTRING)
+                why = lua_tostring(L, -1);
+        }
+        lua_pushfstring(L, "its __luamp_ref failed: %s", why);
         return refuse_top(e);
     }
     if (lua_type(L, -1) != LUA_TSTRING)

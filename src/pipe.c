@@ -106,9 +106,12 @@ typedef struct dir {
 
 _Static_assert(2 * sizeof(dir) <= HDR_SIZE, "the headers fit their page");
 
-/* This process's mapping of a Pipe's memfd, shared by its ends here. */
+/* This process's mapping of a Pipe's memfd, shared by its ends here.
+ * The memfd stays open so that an end can be sent to a spawned process. */
 typedef struct shm {
     int refs;
+    int fd;
+    int ndir;
     char *base;
     size_t len;
 } shm;
@@ -702,6 +705,7 @@ static void shm_unref(shm *m)
 {
     if (m && --m->refs == 0) {
         munmap(m->base, m->len);
+        close(m->fd);
         free(m);
     }
 }
@@ -762,18 +766,17 @@ static int init_lock(pthread_mutex_t *m)
     return e;
 }
 
-/* Maps `ndir` directions of a new memfd; NULL with errno on failure. */
-static shm *shm_create(int ndir)
+/* Maps `ndir` directions of the Pipe memfd `fd` (each ring twice in a
+ * row); with init, sets up their headers.  NULL with errno on failure
+ * (fd is left open). */
+static shm *shm_map(int fd, int ndir, int init)
 {
-    size_t file = HDR_SIZE + (size_t)ndir * CAP, len = HDR_SIZE + (size_t)ndir * 2 * CAP;
+    size_t len = HDR_SIZE + (size_t)ndir * 2 * CAP;
     shm *m = calloc(1, sizeof *m);
     if (!m)
         return NULL;
-    int e = 0, fd = memfd_create("luamp-pipe", MFD_CLOEXEC);
-    char *base = MAP_FAILED;
-    if (fd < 0 || ftruncate(fd, (off_t)file) != 0)
-        goto fail;
-    base = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    int e = 0;
+    char *base = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (base == MAP_FAILED)
         goto fail;
     if (mmap(base, HDR_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0) == MAP_FAILED)
@@ -785,12 +788,15 @@ static shm *shm_create(int ndir)
             || mmap(r + CAP, CAP, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, off) == MAP_FAILED)
             goto fail;
         dir *d = (dir *)base + i;
-        d->tx_cpu = d->rx_cpu = -1;
-        if ((e = init_lock(&d->tx_lock)) != 0 || (e = init_lock(&d->rx_lock)) != 0)
-            goto fail;
+        if (init) {
+            d->tx_cpu = d->rx_cpu = -1;
+            if ((e = init_lock(&d->tx_lock)) != 0 || (e = init_lock(&d->rx_lock)) != 0)
+                goto fail;
+        }
     }
-    close(fd);          /* the mappings keep the memory */
     m->refs = 0;
+    m->fd = fd;
+    m->ndir = ndir;
     m->base = base;
     m->len = len;
     return m;
@@ -799,11 +805,25 @@ fail:
         e = errno;
     if (base != MAP_FAILED)
         munmap(base, len);
-    if (fd >= 0)
-        close(fd);
     free(m);
     errno = e;
     return NULL;
+}
+
+/* A new Pipe memfd of `ndir` directions, mapped; NULL with errno. */
+static shm *shm_create(int ndir)
+{
+    size_t file = HDR_SIZE + (size_t)ndir * CAP;
+    int fd = memfd_create("luamp-pipe", MFD_CLOEXEC);
+    if (fd < 0)
+        return NULL;
+    shm *m = ftruncate(fd, (off_t)file) == 0 ? shm_map(fd, ndir, 1) : NULL;
+    if (!m) {
+        int e = errno;
+        close(fd);
+        errno = e;
+    }
+    return m;
 }
 
 /* core.pipe(duplex) -> a, b.  One-way: a receives, b sends.
@@ -875,6 +895,48 @@ static int c_waitfd(lua_State *L)
     return 1;
 }
 
+/* end:_fds() -> memfd, ndir, rx direction (-1: none), rx socket, tx
+ * direction, tx socket: what a spawned process needs to use this end */
+static int c_fds(lua_State *L)
+{
+    conn *c = check_conn(L);      /* (raises "closed" for a closed end) */
+    lua_pushinteger(L, c->m->fd);
+    lua_pushinteger(L, c->m->ndir);
+    lua_pushinteger(L, c->rx.d ? (lua_Integer)(c->rx.d - (dir *)c->m->base) : -1);
+    lua_pushinteger(L, c->rx.d ? c->rx.fd : -1);
+    lua_pushinteger(L, c->tx.d ? (lua_Integer)(c->tx.d - (dir *)c->m->base) : -1);
+    lua_pushinteger(L, c->tx.d ? c->tx.fd : -1);
+    return 6;
+}
+
+/* core.pipe_attach(id, memfd, ndir, rx_dir, rx_fd, tx_dir, tx_fd): the
+ * Pipe end `id` of the process that spawned this one, from what _fds
+ * gave there; the end owns the descriptors. */
+static int l_pipe_attach(lua_State *L)
+{
+    size_t idlen;
+    const char *id = luaL_checklstring(L, 1, &idlen);
+    int memfd = (int)luaL_checkinteger(L, 2), ndir = (int)luaL_checkinteger(L, 3);
+    int rxi = (int)luaL_checkinteger(L, 4), rxfd = (int)luaL_checkinteger(L, 5);
+    int txi = (int)luaL_checkinteger(L, 6), txfd = (int)luaL_checkinteger(L, 7);
+    luaL_argcheck(L, ndir == 1 || ndir == 2, 3, "1 or 2 directions");
+    luaL_argcheck(L, rxi < ndir && txi < ndir && (rxi >= 0 || txi >= 0), 4, "bad directions");
+    luaL_argcheck(L, idlen < sizeof ((conn *)0)->id, 1, "id too long");
+    conn *c = new_end(L);
+    shm *m = shm_map(memfd, ndir, 0);
+    if (!m)
+        return luamp_sys_error(L, "cannot attach a Pipe end");
+    m->refs = 1;
+    c->m = m;
+    if (rxi >= 0)
+        set_side(&c->rx, m, rxi, rxfd);
+    if (txi >= 0)
+        set_side(&c->tx, m, txi, txfd);
+    memcpy(c->id, id, idlen + 1);
+    luamp_register_object(L, -1, c->id);
+    return 1;
+}
+
 static int c_fd(lua_State *L)
 {
     conn *c = luaL_checkudata(L, 1, LUAMP_CONN_MT);
@@ -903,6 +965,7 @@ void luamp_open_pipe(lua_State *L)
         {"poll", c_poll},
         {"close", c_close},
         {"fileno", c_fd},
+        {"_fds", c_fds},
         {NULL, NULL}
     };
     static const luaL_Reg meta[] = {
@@ -920,6 +983,8 @@ void luamp_open_pipe(lua_State *L)
     lua_pop(L, 1);
     lua_pushcfunction(L, l_pipe);
     lua_setfield(L, -2, "pipe");
+    lua_pushcfunction(L, l_pipe_attach);
+    lua_setfield(L, -2, "pipe_attach");
     lua_pushinteger(L, (lua_Integer)CAP);    /* for tests at the ring's edge */
     lua_setfield(L, -2, "pipe_ring");
 }

@@ -37,7 +37,31 @@ do
   t.raises(function() mp.Process{ start_method = "spawn", target = print, args = { co } }:start() end,
     "cannot send Process.args%[1%]: a coroutine", "what cannot travel is refused at start, by its path")
   t.raises(function() mp.Process{ start_method = "spawn", target = print, args = { mp.Lock() } }:start() end,
-    "only queues reach one so far", "objects other than queues are refused, saying so")
+    "only queues and pipe ends reach one so far", "other objects are refused, saying so")
+  local closed = mp.Pipe()
+  closed:close()
+  t.raises(function() mp.Process{ start_method = "spawn", target = print, args = { closed } }:start() end,
+    "closed", "so is a closed pipe end")
+
+  -- pipe ends: both ways, big messages, and "closed" once the child is gone
+  local a, b = mp.Pipe()
+  local pp = mp.Process{ start_method = "spawn", target = function(conn)
+    conn:send(conn:recv(10) * 2)
+    conn:send(string.rep("z", 6 << 20))        -- more than the ring: streams
+  end, args = { b } }
+  pp:start()
+  b:close()
+  a:send(21)
+  t.is(a:recv(20), 42, "a pipe end reaches a spawned child, both ways")
+  local big = a:recv(20)
+  t.ok(big and #big == 6 << 20, "a message bigger than the ring streams through it")
+  pp:join()
+  t.same({ a:recv(5) }, { nil, "closed" }, "the end reads closed once the child that held the other is gone")
+  local r, w = mp.Pipe(false)
+  local pw = mp.Process{ start_method = "spawn", target = function() w:send("one way") end }
+  pw:start()
+  t.is(r:recv(20), "one way", "a one-way sending end as an upvalue")
+  pw:join()
   t.raises(function() mp.Process{ start_method = "forkserver", target = print } end,
     'start_method must be "fork" or "spawn"', "an unknown start method is refused")
   t.raises(function() mp.Process{ start_method = "spawn", target = print, preload = { 5 } } end,
