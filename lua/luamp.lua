@@ -1780,21 +1780,24 @@ local function wait_future(fut, timeout, fname)
   return true
 end
 
-function Future:result(timeout)
-  if not wait_future(self, timeout, "result") then
-    raise("timeout", string.format("timed out after %gs waiting for a future", timeout), 2)
+-- Waits for a future to finish, for result and exception: raises
+-- "timeout" when it has not by then, "cancelled" when it was cancelled.
+local function finished(fut, timeout, fname)
+  if not wait_future(fut, timeout, fname) then
+    raise("timeout", string.format("timed out after %gs waiting for a future", timeout), 3)
   end
-  if self._state == "cancelled" then raise("cancelled", "the future was cancelled", 2) end
+  if fut._state == "cancelled" then raise("cancelled", "the future was cancelled", 3) end
+end
+
+function Future:result(timeout)
+  finished(self, timeout, "result")
   if self._err ~= nil then error(self._err, 2) end
   local v = self._values
   return unpack(v, 1, v.n)
 end
 
 function Future:exception(timeout)
-  if not wait_future(self, timeout, "exception") then
-    raise("timeout", string.format("timed out after %gs waiting for a future", timeout), 2)
-  end
-  if self._state == "cancelled" then raise("cancelled", "the future was cancelled", 2) end
+  finished(self, timeout, "exception")
   return self._err
 end
 
