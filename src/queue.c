@@ -322,6 +322,29 @@ static int q_put_task(lua_State *L)
     return 1;
 }
 
+/* Pushes the job of an apply task just put as `seq`: {id = jobid, _pool =
+ * the value at pool, finished = false} with the metatable at mt, filed as
+ * inflight[seq] (inflight a stack index).  The names "id", "_pool" and
+ * "finished" are the caller's upvalues number key, key + 1 and key + 2. */
+static void push_apply_job(lua_State *L, int key, lua_Integer jobid, int pool, int mt, int inflight,
+                           uint64_t seq)
+{
+    lua_createtable(L, 0, 4);
+    lua_pushvalue(L, lua_upvalueindex(key));
+    lua_pushinteger(L, jobid);
+    lua_rawset(L, -3);
+    lua_pushvalue(L, lua_upvalueindex(key + 1));
+    lua_pushvalue(L, pool);
+    lua_rawset(L, -3);
+    lua_pushvalue(L, lua_upvalueindex(key + 2));
+    lua_pushboolean(L, 0);
+    lua_rawset(L, -3);
+    lua_pushvalue(L, mt);
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, inflight, (lua_Integer)seq);
+}
+
 /*
  * q:apply_task(inflight, mt, pool, jobid, fid, fbytes, args) -> job, seq
  * | nil, message (args cannot be encoded): Pool:apply_async's task.  Puts
@@ -347,20 +370,7 @@ static int q_apply_task(lua_State *L)
         lua_insert(L, -2);
         return 2;
     }
-    lua_createtable(L, 0, 4);
-    lua_pushvalue(L, lua_upvalueindex(2));
-    lua_pushvalue(L, 5);
-    lua_rawset(L, -3);
-    lua_pushvalue(L, lua_upvalueindex(3));
-    lua_pushvalue(L, 4);
-    lua_rawset(L, -3);
-    lua_pushvalue(L, lua_upvalueindex(4));
-    lua_pushboolean(L, 0);
-    lua_rawset(L, -3);
-    lua_pushvalue(L, 3);
-    lua_setmetatable(L, -2);
-    lua_pushvalue(L, -1);
-    lua_rawseti(L, 2, (lua_Integer)seq);
+    push_apply_job(L, 2, h.jobid, 4, 3, 2, seq);
     lua_pushinteger(L, (lua_Integer)seq);
     return 2;
 }
@@ -434,20 +444,7 @@ static int apply_fast(lua_State *L)
     uint64_t seq;
     if (put_task_msg(L, "apply_async", u, &h, f, flen, 3, "args", 0, &seq) != 0)
         return luamp_raise(L, "serialize", "%s", lua_tostring(L, -1));
-    lua_createtable(L, 0, 4);
-    lua_pushvalue(L, lua_upvalueindex(AF_ID));
-    lua_pushinteger(L, id);
-    lua_rawset(L, -3);
-    lua_pushvalue(L, lua_upvalueindex(AF_POOL));
-    lua_pushvalue(L, 1);
-    lua_rawset(L, -3);
-    lua_pushvalue(L, lua_upvalueindex(AF_FINISHED));
-    lua_pushboolean(L, 0);
-    lua_rawset(L, -3);
-    lua_pushvalue(L, lua_upvalueindex(AF_RESULTMT));
-    lua_setmetatable(L, -2);
-    lua_pushvalue(L, -1);
-    lua_rawseti(L, 13, (lua_Integer)seq);
+    push_apply_job(L, AF_ID, id, 1, lua_upvalueindex(AF_RESULTMT), 13, seq);
     return 1;
 slow:
     lua_settop(L, n);
