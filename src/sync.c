@@ -309,25 +309,43 @@ static int l_new_lock(lua_State *L)
     return 1;
 }
 
-/* lock:acquire([timeout]) -> boolean */
-static int lock_acquire(lua_State *L)
+/* acquire([timeout]) -> boolean, release() and guard() of lock u, for a
+ * Lock (or RLock) and for the Condition made on it; the object is at
+ * index 1, the timeout at 2. */
+static int acquire_method(lua_State *L, lockud *u)
 {
-    lockud *u = check_lock(L);
-    double deadline = luamp_opt_deadline(L, 2);
-    int r = acquire(u->h.b, u->rlock, deadline);
+    int r = acquire(u->h.b, u->rlock, luamp_opt_deadline(L, 2));
     if (r < 0)
         luamp_raise_interrupt(L);
     lua_pushboolean(L, r > 0);
     return 1;
 }
 
-static int lock_release(lua_State *L)
+static int release_method(lua_State *L, lockud *u)
 {
-    lockud *u = check_lock(L);
     const char *why = release(u->h.b, u->rlock);
     if (why)
         return luaL_error(L, "%s", why);
     return 0;
+}
+
+/* (pushes u's guard: uservalue 1 of the lock at index lock) */
+static int guard_method(lua_State *L, lockud *u, int lock)
+{
+    if (acquire(u->h.b, u->rlock, -1) < 0)
+        luamp_raise_interrupt(L);
+    lua_getiuservalue(L, lock, 1);
+    return 1;
+}
+
+static int lock_acquire(lua_State *L)
+{
+    return acquire_method(L, check_lock(L));
+}
+
+static int lock_release(lua_State *L)
+{
+    return release_method(L, check_lock(L));
 }
 
 static int lock_locked(lua_State *L)
@@ -340,12 +358,7 @@ static int lock_locked(lua_State *L)
 /* lock:guard() -> a to-be-closed value that releases the lock */
 static int lock_guard(lua_State *L)
 {
-    lockud *u = check_lock(L);
-    int r = acquire(u->h.b, u->rlock, -1);
-    if (r < 0)
-        luamp_raise_interrupt(L);
-    lua_getiuservalue(L, 1, 1);
-    return 1;
+    return guard_method(L, check_lock(L), 1);
 }
 
 static int guard_close(lua_State *L)
@@ -1000,21 +1013,14 @@ static int cond_acquire(lua_State *L)
 {
     lockud *l;
     check_cond(L, &l);
-    int r = acquire(l->h.b, l->rlock, luamp_opt_deadline(L, 2));
-    if (r < 0)
-        luamp_raise_interrupt(L);
-    lua_pushboolean(L, r > 0);
-    return 1;
+    return acquire_method(L, l);
 }
 
 static int cond_release(lua_State *L)
 {
     lockud *l;
     check_cond(L, &l);
-    const char *why = release(l->h.b, l->rlock);
-    if (why)
-        return luaL_error(L, "%s", why);
-    return 0;
+    return release_method(L, l);
 }
 
 /* cond:guard(): acquires the lock; its guard releases it */
@@ -1022,11 +1028,8 @@ static int cond_guard(lua_State *L)
 {
     lockud *l;
     check_cond(L, &l);
-    if (acquire(l->h.b, l->rlock, -1) < 0)
-        luamp_raise_interrupt(L);
-    lua_getiuservalue(L, 1, 1);
-    lua_getiuservalue(L, -1, 1);
-    return 1;
+    lua_getiuservalue(L, 1, 1);      /* the lock */
+    return guard_method(L, l, lua_gettop(L));
 }
 
 static int cond_tostring(lua_State *L)
