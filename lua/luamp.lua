@@ -101,6 +101,18 @@ local function check_one_of(v, set, n, fname, must)
   end
 end
 
+-- opts (nil: none) must be a table whose keys are all in `known`;
+-- returns it, or an empty table.
+local NO_OPTIONS = setmetatable({}, { __newindex = function() error("options are read-only", 2) end })
+local function check_options(opts, known, n, fname)
+  if opts == nil then return NO_OPTIONS end
+  if type(opts) ~= "table" then argerror(n, fname, "options table expected, got " .. typename(opts)) end
+  for k in pairs(opts) do
+    if not known[k] then argerror(n, fname, "unknown option '" .. tostring(k) .. "'") end
+  end
+  return opts
+end
+
 local function check_timeout(v, n, fname)
   if v ~= nil and type(v) ~= "number" then
     argerror(n, fname, "number expected, got " .. typename(v))
@@ -458,7 +470,6 @@ end
 --------------------------------------------------------------------------
 -- Running programs
 
-local NO_OPTS_RUN = {}
 local describe_exit      -- (Pool section)
 local RUN_OPTS = { capture = true, input = true, timeout = true, check = true, cwd = true, env = true }
 
@@ -483,11 +494,7 @@ function mp.run(argv, opts)
     args[i] = a
   end
   if #args == 0 then argerror(1, "run", "the argument list is empty") end
-  if opts == nil then opts = NO_OPTS_RUN end
-  if type(opts) ~= "table" then argerror(2, "run", "options table expected, got " .. typename(opts)) end
-  for k in pairs(opts) do
-    if not RUN_OPTS[k] then argerror(2, "run", "unknown option '" .. tostring(k) .. "'") end
-  end
+  opts = check_options(opts, RUN_OPTS, 2, "run")
   local timeout = opts.timeout
   if timeout ~= nil and (type(timeout) ~= "number" or not (timeout > 0)) then
     argerror(2, "run", "timeout must be a positive number, got " .. tostring(timeout))
@@ -1154,7 +1161,7 @@ function Pool:_put_task(job, kind, start, items, count, first)
   error(new_error("serialize", why), 0)
 end
 
-local NO_OPTS = setmetatable({}, { __newindex = function() error("options are read-only", 2) end })
+local NO_OPTS = NO_OPTIONS
 
 local function check_opts(opts, n, fname)
   if opts == nil then return NO_OPTS end
@@ -1655,11 +1662,7 @@ local EXECUTOR_OPTS = { max_workers = true, initializer = true, initargs = true,
                         max_tasks_per_child = true, start_method = true, preload = true }
 
 function mp.Executor(opts)
-  if opts == nil then opts = {} end
-  if type(opts) ~= "table" then argerror(1, "Executor", "options table expected, got " .. typename(opts)) end
-  for k in pairs(opts) do
-    if not EXECUTOR_OPTS[k] then argerror(1, "Executor", "unknown option '" .. tostring(k) .. "'") end
-  end
+  opts = check_options(opts, EXECUTOR_OPTS, 1, "Executor")
   local n = check_posint(opts.max_workers, 1, "Executor", true)
   if opts.initializer ~= nil then check_callable(opts.initializer, 1, "Executor") end
   if opts.initargs ~= nil and type(opts.initargs) ~= "table" then
@@ -1853,17 +1856,15 @@ FutureMT.__tostring = function(self)
   return "Future (" .. self._state .. ")"
 end
 
+local EXECUTOR_MAP_OPTS = { timeout = true, chunksize = true }
+
 -- for i, v in ex:map(f, items, {timeout =, chunksize =}): results in input
 -- order, as the Pool's imap (items: a table or an iterator function).
 -- The timeout counts from the call, as in Python.
 function Executor:map(f, items, opts)
   check_executor(self, "map")
   if self._shutdown then raise("closed", "cannot map: the Executor is shut down", 2) end
-  if opts ~= nil and type(opts) ~= "table" then argerror(3, "map", "options table expected, got " .. typename(opts)) end
-  opts = opts or {}
-  for k in pairs(opts) do
-    if k ~= "timeout" and k ~= "chunksize" then argerror(3, "map", "unknown option '" .. tostring(k) .. "'") end
-  end
+  opts = check_options(opts, EXECUTOR_MAP_OPTS, 3, "map")
   local timeout = opts.timeout
   check_timeout(timeout, 3, "map")
   local deadline = deadline_of(timeout)
