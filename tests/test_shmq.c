@@ -49,13 +49,14 @@ static void fill(char *p, size_t n, char first)
 /* Big messages lent in place to a queue's only consumer (shmq.h). */
 static void test_lending(void)
 {
-    static char a[100 << 10], c[100 << 10], d[100 << 10];
+    static char a[100 << 10], c[100 << 10], d[100 << 10], e[120 << 10];
     shmq *q = shmq_create(0);
     luamp_buf b;
     luamp_buf_init(&b);
     fill(a, sizeof a, 'a');
     fill(c, sizeof c, 'c');
     fill(d, sizeof d, 'A');
+    fill(e, sizeof e, 'e');
     if (!q)
         return;
 
@@ -100,15 +101,26 @@ static void test_lending(void)
     shmq_put(q, c, sizeof c, -1, NULL);
     ok(shmq_test_capacity(q) == (256 << 10), "that get freed the lent room: 200 KiB more fit the 256 KiB ring");
 
-    /* A message that wraps around the end of the ring is copied. */
-    r = shmq_get(q, &b, 0, NULL);                      /* a: the head moves on */
-    shmq_put(q, d, sizeof d, -1, NULL);                /* wraps */
-    r = shmq_get(q, &b, 0, &w);                        /* c: lent */
-    lent = r == SHMQ_OK && w.lent != NULL && memcmp(w.lent, c, sizeof c) == 0;
-    r = shmq_get(q, &b, 0, &w);                        /* d */
-    ok(lent && r == SHMQ_OK && w.lent == NULL && b.len == sizeof d && memcmp(b.data, d, sizeof d) == 0,
+    /* A message that wraps around the end of the ring is copied: c went
+     * in behind a, from 200 KiB on in the 256 KiB ring. */
+    r = shmq_get(q, &b, 0, NULL);                      /* a */
+    r = shmq_get(q, &b, 0, &w);                        /* c */
+    ok(r == SHMQ_OK && w.lent == NULL && b.len == sizeof c && memcmp(b.data, c, sizeof c) == 0,
        "a message that wraps around the ring's end is copied out whole, not lent");
     ok(shmq_test_capacity(q) == (256 << 10), "(the ring did not grow, so it wrapped)");
+
+    /* ... but one put into an empty ring starts at its beginning instead:
+     * after d the head is at 144 KiB, where 120 KiB would wrap. */
+    shmq_put(q, d, sizeof d, -1, NULL);
+    r = shmq_get(q, &b, 0, &w);                        /* d: lent */
+    lent = r == SHMQ_OK && w.lent != NULL;
+    r = shmq_get(q, &b, 0, &w);                        /* gives d back */
+    lent = lent && r == SHMQ_TIMEOUT;
+    shmq_put(q, e, sizeof e, -1, NULL);
+    r = shmq_get(q, &b, 0, &w);
+    ok(lent && r == SHMQ_OK && w.lent != NULL && w.lent_len == sizeof e && memcmp(w.lent, e, sizeof e) == 0
+       && shmq_test_capacity(q) == (256 << 10),
+       "a message put into an empty ring where it would wrap starts at the beginning, and is lent");
     shmq_destroy(q);
     luamp_buf_free(&b);
 }
@@ -238,6 +250,121 @@ static uint64_t paced_ring(const char *big, size_t size, int n, int *passed)
     return cap;
 }
 
+/* Many producers and consumers at once (the two-lock ring, shmq.c):
+ * NPROD producers put NITEM items each, of sizes from 8 bytes to 300 KiB
+ * (the big ones make the ring grow while others read and write it),
+ * NCONS consumers take them and check each one's bytes, and say through
+ * a pipe which items they got; every item must come out exactly once and
+ * whole.  With maxsize, producers also wait for room. */
+enum { NPROD = 3, NCONS = 2, NITEM = 6000, STOP = 0xffff };
+
+static size_t item_size(unsigned i)
+{
+    return i % 997 == 5 ? (size_t)300 << 10 : 8 + i % 61;
+}
+
+static void item_fill(unsigned char *p, size_t n, unsigned prod, unsigned i)
+{
+    memcpy(p, &prod, 4);
+    memcpy(p + 4, &i, 4);
+    for (size_t k = 8; k < n; k++)
+        p[k] = (unsigned char)(k * 7 + i + prod);
+}
+
+static int crowd(uint64_t maxsize, const char **why)
+{
+    static unsigned char item[300 << 10];
+    static unsigned char got[NCONS][NPROD][NITEM];
+    shmq *q = shmq_create(maxsize);
+    *why = "create";
+    if (!q)
+        return 0;
+    int fds[NCONS][2];
+    pid_t cons[NCONS], prod[NPROD];
+    for (int c = 0; c < NCONS; c++) {
+        if (pipe(fds[c]) != 0)
+            return 0;
+        cons[c] = fork();
+        if (cons[c] == 0) {
+            static unsigned char seen[NPROD][NITEM];
+            luamp_buf b;
+            luamp_buf_init(&b);
+            int bad = 0;
+            for (;;) {
+                if (shmq_get(q, &b, luamp_now() + 30, NULL) != SHMQ_OK || b.len < 8) {
+                    bad = 1;
+                    break;
+                }
+                unsigned pr, i;
+                memcpy(&pr, b.data, 4);
+                memcpy(&i, b.data + 4, 4);
+                if (pr == STOP)
+                    break;
+                if (pr >= NPROD || i >= NITEM || b.len != item_size(i)) {
+                    bad = 1;
+                    break;
+                }
+                item_fill(item, b.len, pr, i);
+                bad |= memcmp(item, b.data, b.len) != 0;
+                seen[pr][i]++;
+            }
+            seen[0][0] |= bad ? 0x80 : 0;
+            ssize_t w = write(fds[c][1], seen, sizeof seen);
+            _exit(w == (ssize_t)sizeof seen ? 0 : 1);
+        }
+        close(fds[c][1]);
+    }
+    for (int p = 0; p < NPROD; p++) {
+        prod[p] = fork();
+        if (prod[p] == 0) {
+            for (unsigned i = 0; i < NITEM; i++) {
+                size_t n = item_size(i);
+                item_fill(item, n, (unsigned)p, i);
+                if (shmq_put(q, item, n, luamp_now() + 30, NULL) != SHMQ_OK)
+                    _exit(1);
+            }
+            _exit(0);
+        }
+    }
+    int all_ok = 1, st;
+    for (int p = 0; p < NPROD; p++)
+        all_ok &= prod[p] > 0 && waitpid(prod[p], &st, 0) == prod[p] && WIFEXITED(st) && WEXITSTATUS(st) == 0;
+    *why = "a producer failed";
+    unsigned stop[2] = { STOP, 0 };
+    for (int c = 0; c < NCONS; c++)
+        all_ok &= shmq_put(q, stop, sizeof stop, luamp_now() + 10, NULL) == SHMQ_OK;
+    for (int c = 0; c < NCONS; c++) {
+        size_t have = 0;
+        ssize_t r;
+        while (have < sizeof got[c] && (r = read(fds[c][0], (char *)got[c] + have, sizeof got[c] - have)) > 0)
+            have += (size_t)r;
+        close(fds[c][0]);
+        all_ok &= have == sizeof got[c] && cons[c] > 0 && waitpid(cons[c], &st, 0) == cons[c]
+                  && WIFEXITED(st) && WEXITSTATUS(st) == 0;
+    }
+    if (!all_ok)
+        return 0;
+    *why = "an item came out damaged";
+    for (int c = 0; c < NCONS; c++) {
+        if (got[c][0][0] & 0x80)
+            return 0;
+    }
+    *why = "an item was lost or came out twice";
+    for (int p = 0; p < NPROD; p++) {
+        for (int i = 0; i < NITEM; i++) {
+            int times = 0;
+            for (int c = 0; c < NCONS; c++)
+                times += got[c][p][i];
+            if (times != 1)
+                return 0;
+        }
+    }
+    *why = "the queue is not empty";
+    int empty = shmq_count(q) == 0;
+    shmq_destroy(q);
+    return empty;
+}
+
 int main(void)
 {
     char got[64];
@@ -314,5 +441,11 @@ int main(void)
     test_lending();
     test_spans();
     test_cancel();
+    const char *why = "";
+    int crowd_ok = crowd(0, &why);
+    ok(crowd_ok, "3 producers and 2 consumers move 18,000 items of 8 B-300 KiB, each once%s%s",
+       crowd_ok ? "" : ": ", crowd_ok ? "" : why);
+    crowd_ok = crowd(4, &why);
+    ok(crowd_ok, "the same through a queue that holds at most 4%s%s", crowd_ok ? "" : ": ", crowd_ok ? "" : why);
     return done_testing();
 }
