@@ -104,20 +104,25 @@
 /* In a record's sequence number: withdrawn by shmq_cancel, to be skipped. */
 #define REC_CANCELLED ((uint64_t)1 << 63)
 
-/* The fields are grouped by who writes them, a cache line or two each: a
- * put and a get on two CPUs then move only the words one side reads of
- * the other's (and the ring's lines) between them. */
+/* The fields are grouped by who writes them and who reads them, a cache
+ * line or two each: a put and a get on two CPUs then move only the words
+ * one side reads of the other's (and the ring's lines) between them.  The
+ * positions have lines of their own: idle consumers watch the tail, and
+ * a producer whose lock shared its line had to take that line back from
+ * them for every put (a fifth of a Pool's parent's time in apply_async). */
 struct shmq_hdr {
     /* the producers', under put_lock */
     pthread_mutex_t put_lock;
-    uint64_t tail;       /* where the next record goes (a position) */
     uint64_t nput;       /* records put */
     uint64_t next_seq;
     uint64_t head_seen;  /* head, as a producer last read it */
     uint64_t nremoved_seen; /* nremoved, the same (bounded queues) */
+    /* published by the producers */
+    _Alignas(64) uint64_t tail;  /* where the next record goes (a position) */
+    /* published by the consumers */
+    _Alignas(64) uint64_t head;  /* position of the oldest record */
     /* the consumers', under get_lock */
     _Alignas(64) pthread_mutex_t get_lock;
-    uint64_t head;       /* position of the oldest record */
     uint64_t nremoved;   /* records taken or withdrawn */
     uint64_t lent;       /* bytes of the record at the head lent to the
                             consumer (0: none), still before the head */
@@ -663,20 +668,21 @@ static int sleep_on(int fd, const int *extra, int nx, int *which, double deadlin
 #define SPIN_PAUSE 2e-6
 #define SHORT_WAIT 150e-6
 
-static int looks_empty(struct shmq_hdr *h)
+static int looks_empty(struct shmq_hdr *h, uint64_t head)
 {
-    return __atomic_load_n(&h->tail, __ATOMIC_RELAXED) == __atomic_load_n(&h->head, __ATOMIC_RELAXED)
+    return __atomic_load_n(&h->tail, __ATOMIC_RELAXED) == head
         && !__atomic_load_n(&h->shutdown, __ATOMIC_RELAXED);
 }
 
-static void spin_until_item(struct shmq_hdr *h, double deadline)
+/* (head: as the caller saw it under the lock) */
+static void spin_until_item(struct shmq_hdr *h, uint64_t head, double deadline)
 {
     double start = luamp_now(), end = start + SPIN_TIME;
     if (deadline > 0 && deadline < end)
         end = deadline;
     for (;;) {
         for (int i = 0; i < 64; i++) {
-            if (!looks_empty(h))
+            if (!looks_empty(h, head))
                 return;
             cpu_relax();
         }
@@ -1026,8 +1032,9 @@ int shmq_get(shmq *q, luamp_buf *out, double deadline, shmq_wait *w)
             waited_from = luamp_now();
         if (!spun) {
             spun = 1;
+            uint64_t head = h->head;
             unlock_get(q);
-            spin_until_item(h, deadline);
+            spin_until_item(h, head, deadline);
             if (lock_get(q) != 0)
                 return SHMQ_ERROR;
             continue;
