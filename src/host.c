@@ -16,12 +16,13 @@
  *    memory becomes an error status instead of a panic that aborts the
  *    embedding application.
  *
- * States made here allocate as luaL_newstate's do (realloc and free), but
- * fault in the missing pages of every big block at once
- * (MADV_POPULATE_WRITE): one system call instead of a page fault per 4 KiB.  Big blocks are
- * strings and buffers about to be filled, above all the results a Pool's
- * parent receives; faulting them in page by page was most of its time
- * for 1 MiB results (doc/design.md, "Big messages").
+ * States made here take small blocks from an arena of their own (below,
+ * and doc/design.md, "Small blocks"), and big ones from malloc with the
+ * missing pages faulted in at once (MADV_POPULATE_WRITE): one system call
+ * instead of a page fault per 4 KiB.  Big blocks are strings and buffers
+ * about to be filled, above all the results a Pool's parent receives;
+ * faulting them in page by page was most of its time for 1 MiB results
+ * (doc/design.md, "Big messages").
  *
  * Settings such as the default pool size live in the state's registry, not
  * in C globals, so that two states in one process do not share them.
@@ -114,15 +115,109 @@ static void populate(char *p, size_t from, size_t to)
     }
 }
 
-/* lua_Alloc: luaL_newstate's allocator plus populate() for big blocks.
- * For a new object ptr is NULL and osize is its type, not a size. */
-static void *alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+/*
+ * Small blocks (tables, their parts, closures, short strings: most of
+ * what a Lua program allocates) come from an arena of the state's own,
+ * kept on free lists by size class.  Lua says the size of every block
+ * it frees, so a block needs no header, and taking or giving one is a
+ * pop or a push: the parent of a Pool that runs many small tasks spent a
+ * sixth of its time in malloc and free (and in malloc_consolidate,
+ * tidying what a cycle of the collector freed).  The arena is reserved
+ * address space, touched as it is used; a block is the arena's if its
+ * address is in it, so blocks malloc made (before the state took this
+ * allocator, or when the arena is used up) go back to free.  Freed
+ * small blocks stay on the lists for the state's next ones rather than
+ * going back to malloc.  The arena goes when Lua frees the state itself,
+ * its last block.  Under AddressSanitizer blocks are malloc's, so that
+ * it sees every one.
+ */
+#define SMALL_MAX 512           /* bytes: bigger blocks are malloc's */
+#define SMALL_STEP 16           /* size classes every 16 bytes */
+#define ARENA_BYTES ((size_t)1 << 36)   /* reserved, not used */
+#define ARENA_GROW ((size_t)1 << 20)
+
+typedef struct arena {
+    char *base, *top, *end;     /* reserved: [base, end), used: [base, top) */
+    void *state_block;          /* Lua frees it last (lua_close) */
+    void *free_list[SMALL_MAX / SMALL_STEP + 1];
+} arena;
+
+#if defined(__SANITIZE_ADDRESS__)
+#define USE_ARENA 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define USE_ARENA 0
+#endif
+#endif
+#ifndef USE_ARENA
+#define USE_ARENA 1
+#endif
+
+static arena *arena_new(void)
 {
-    (void)ud;
-    if (nsize == 0) {
-        free(ptr);
+    if (!USE_ARENA)
+        return NULL;
+    arena *a = calloc(1, sizeof *a);
+    if (a == NULL)
+        return NULL;
+    /* Address space only: pages are backed when first touched.  A
+     * system that refuses the reservation (strict overcommit) keeps
+     * malloc for everything. */
+    void *p = mmap(NULL, ARENA_BYTES, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) {
+        free(a);
         return NULL;
     }
+    a->base = a->top = p;
+    a->end = a->base + ARENA_BYTES;
+    return a;
+}
+
+static void arena_free(arena *a)
+{
+    if (a != NULL) {
+        munmap(a->base, ARENA_BYTES);
+        free(a);
+    }
+}
+
+static inline int arena_has(const arena *a, const void *p)
+{
+    return (const char *)p >= a->base && (const char *)p < a->end;
+}
+
+/* A small block of class k (k * SMALL_STEP bytes), or NULL when the arena
+ * is used up. */
+static void *arena_take(arena *a, size_t k)
+{
+    void *p = a->free_list[k];
+    if (p != NULL) {
+        a->free_list[k] = *(void **)p;
+        return p;
+    }
+    size_t n = k * SMALL_STEP;
+    if ((size_t)(a->end - a->top) < n)
+        return NULL;
+    p = a->top;
+    a->top += n;
+    return p;
+}
+
+static inline void arena_give(arena *a, void *p, size_t k)
+{
+    *(void **)p = a->free_list[k];
+    a->free_list[k] = p;
+}
+
+static inline size_t small_class(size_t n)
+{
+    return (n + SMALL_STEP - 1) / SMALL_STEP;
+}
+
+/* malloc's realloc plus populate() for big blocks. */
+static void *big_realloc(void *ptr, size_t osize, size_t nsize)
+{
     void *p = realloc(ptr, nsize);
     if (p != NULL && nsize >= POPULATE_FROM) {
         size_t kept = ptr != NULL ? osize : 0;
@@ -132,14 +227,63 @@ static void *alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     return p;
 }
 
+/* lua_Alloc over the arena and malloc (see above).  For a new object ptr
+ * is NULL and osize is its type, not a size. */
+static void *alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    arena *a = ud;
+    int ours = ptr != NULL && arena_has(a, ptr);
+    if (nsize == 0) {
+        if (ours) {
+            arena_give(a, ptr, small_class(osize));
+        } else {
+            free(ptr);
+            if (ptr != NULL && ptr == a->state_block)
+                arena_free(a);      /* the state is gone */
+        }
+        return NULL;
+    }
+    if (ptr == NULL)
+        osize = 0;
+    if (!ours && ptr != NULL)       /* malloc's block stays malloc's */
+        return big_realloc(ptr, osize, nsize);
+    if (ours && small_class(osize) == small_class(nsize) && nsize <= SMALL_MAX)
+        return ptr;
+    void *p = nsize <= SMALL_MAX ? arena_take(a, small_class(nsize)) : NULL;
+    if (p == NULL)
+        p = big_realloc(NULL, 0, nsize);
+    if (p != NULL && ours) {
+        memcpy(p, ptr, osize < nsize ? osize : nsize);
+        arena_give(a, ptr, small_class(osize));
+    }
+    return p;
+}
+
+/* lua_Alloc without an arena: malloc's realloc plus populate(). */
+static void *alloc_malloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    (void)ud;
+    if (nsize == 0) {
+        free(ptr);
+        return NULL;
+    }
+    return big_realloc(ptr, ptr != NULL ? osize : 0, nsize);
+}
+
 lua_State *luamp_newstate(void)
 {
     lua_State *L = luaL_newstate();
 
     if (L == NULL)
         return NULL;
-    /* Blocks allocated so far are realloc's, as alloc's are. */
-    lua_setallocf(L, alloc, NULL);
+    /* Blocks allocated so far are malloc's, and stay so. */
+    arena *a = arena_new();
+    if (a != NULL) {
+        a->state_block = (char *)L - LUA_EXTRASPACE;
+        lua_setallocf(L, alloc, a);
+    } else {
+        lua_setallocf(L, alloc_malloc, NULL);
+    }
     lua_pushcfunction(L, open_host);
     if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
         lua_close(L);

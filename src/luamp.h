@@ -33,7 +33,10 @@ extern "C" {
 int luaopen_luamp(lua_State *L);
 
 /* A new state with the standard libraries open and "luamp" in
- * package.preload.  NULL when memory is exhausted. */
+ * package.preload.  NULL when memory is exhausted.  It allocates its
+ * small blocks from an arena of its own (doc/design.md, "Small blocks"),
+ * which lua_close (or luamp_close) gives back; an allocator set later
+ * with lua_setallocf must pass its calls on to this one (lua_getallocf). */
 lua_State *luamp_newstate(void);
 
 /* Default size of a Pool created without a size (the binary's -j N).

@@ -227,6 +227,18 @@ static void test_close(void)
     unlink(errpath);
 }
 
+/* As in host.c: AddressSanitizer builds use malloc for every block. */
+#if defined(__SANITIZE_ADDRESS__)
+#define USE_ARENA 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define USE_ARENA 0
+#endif
+#endif
+#ifndef USE_ARENA
+#define USE_ARENA 1
+#endif
+
 /* How many of the whole pages inside [p, p + n) are resident. */
 static size_t resident_pages(void *p, size_t n, size_t *pages)
 {
@@ -276,6 +288,103 @@ static void test_populate(lua_State *L)
         f(ud, q, size, 0);
 }
 
+/* Blocks from the state's allocator keep their bytes through any mix of
+ * allocations, reallocations (across the small classes and to and from
+ * malloc's sizes) and frees: 2,000 slots, 60,000 random steps, every
+ * block filled with its own byte and checked before it changes. */
+static void test_small_blocks(lua_State *L)
+{
+    enum { SLOTS = 2000, STEPS = 60000 };
+    static unsigned char *blk[SLOTS];
+    static size_t len[SLOTS];
+    void *ud;
+    lua_Alloc f = lua_getallocf(L, &ud);
+    unsigned long x = 12345;
+    int intact = 1, failed = 0;
+
+    for (int step = 0; step < STEPS; step++) {
+        x = x * 6364136223846793005UL + 1442695040888963407UL;
+        int i = (int)((x >> 33) % SLOTS);
+        size_t n = (x >> 13) % 4 == 0 ? 0 : 1 + (x >> 20) % 700;
+        unsigned char mark = (unsigned char)(i * 31 + step);
+        if (blk[i] != NULL) {
+            for (size_t k = 0; k < len[i]; k++)
+                intact &= blk[i][k] == blk[i][0];
+        }
+        if (n == 0 && blk[i] == NULL)
+            continue;
+        unsigned char *p = f(ud, blk[i], blk[i] ? len[i] : LUA_TTABLE, n);
+        if (n == 0) {
+            blk[i] = NULL;
+            continue;
+        }
+        if (p == NULL) {
+            failed = 1;
+            break;
+        }
+        size_t kept = blk[i] ? (len[i] < n ? len[i] : n) : 0;
+        for (size_t k = 1; k < kept; k++)
+            intact &= p[k] == p[0];
+        memset(p, mark, n);
+        blk[i] = p;
+        len[i] = n;
+    }
+    for (int i = 0; i < SLOTS; i++) {
+        if (blk[i] != NULL)
+            f(ud, blk[i], len[i], 0);
+        blk[i] = NULL;
+    }
+    ok(!failed && intact, "60,000 random allocations, reallocations and frees keep every block's bytes");
+
+#if USE_ARENA
+    /* The next block of a 16-byte class is the one last freed in it
+     * (malloc would keep 40 and 48 bytes apart). */
+    void *a = f(ud, NULL, LUA_TTABLE, 40);
+    f(ud, a, 40, 0);
+    void *b = f(ud, NULL, LUA_TTABLE, 48);
+    ok(a != NULL && a == b, "a freed small block serves the next block of its size class");
+    f(ud, b, 48, 0);
+#else
+    printf("ok %d # SKIP the state's arena is off under AddressSanitizer\n", ++ctap_n);
+#endif
+}
+
+/* How many times `size` bytes this process has mapped in mappings whose
+ * size is a multiple of it (the kernel merges neighbours). */
+static int mappings_of(size_t size)
+{
+    FILE *fp = fopen("/proc/self/maps", "r");
+    char line[512];
+    int n = 0;
+    if (fp == NULL)
+        return -1;
+    while (fgets(line, sizeof line, fp) != NULL) {
+        unsigned long from, to;
+        if (sscanf(line, "%lx-%lx", &from, &to) == 2 && (to - from) % size == 0)
+            n += (int)((to - from) / size);
+    }
+    fclose(fp);
+    return n;
+}
+
+/* Closing a state gives its arena's address space back. */
+static void test_arena_closed(void)
+{
+#if USE_ARENA
+    size_t size = (size_t)1 << 36;
+    int before = mappings_of(size);
+    lua_State *L = luamp_newstate();
+    int during = mappings_of(size);
+    if (L != NULL)
+        luamp_close(L);
+    int after = mappings_of(size);
+    ok(L != NULL && during == before + 1 && after == before,
+       "a state reserves an arena and closing it unmaps it (%d, %d, %d arenas mapped)", before, during, after);
+#else
+    printf("ok %d # SKIP the state's arena is off under AddressSanitizer\n", ++ctap_n);
+#endif
+}
+
 int main(void)
 {
     lua_State *L = luamp_newstate();
@@ -289,7 +398,9 @@ int main(void)
     test_default_processes(L);
     test_require(L);
     test_populate(L);
+    test_small_blocks(L);
     luamp_close(L);
     test_close();
+    test_arena_closed();
     return done_testing();
 }
