@@ -269,6 +269,32 @@ local function spawn_program()
   return core.installed_luamp or "luamp"
 end
 
+-- The descriptors of sync object description d (core.sync_describe),
+-- added to fds; a Barrier's action becomes its encoding, which must not
+-- name luamp objects (they would have to be sent before it is decoded).
+local function sync_fds(d, fds)
+  fds[#fds + 1] = d[3]
+  local kind = d[1]
+  if kind == "value" or kind == "array" then
+    sync_fds(d[7], fds)
+  elseif kind == "condition" then
+    sync_fds(d[5], fds)
+  elseif kind == "barrier" and d[5] ~= nil then
+    local reg, seen = debug.getregistry(), {}
+    local outer = reg["luamp.collect"]
+    reg["luamp.collect"] = seen
+    local ok, bytes, why = pcall(core.encode, d[5], "the Barrier's action")
+    reg["luamp.collect"] = outer
+    if not ok then error(bytes, 0) end
+    if not bytes then error(new_error("serialize", why), 0) end
+    if next(seen) ~= nil then
+      error(new_error("serialize", "cannot send a Barrier whose action refers to luamp objects " ..
+        "to a spawned process"), 0)
+    end
+    d[5] = bytes
+  end
+end
+
 -- Starts a fresh process to run `body` (kind "process" or "worker").
 -- Raises "serialize" for what cannot travel, naming it under `root`.
 local function spawn_child(body, preload, root)
@@ -289,11 +315,16 @@ local function spawn_child(body, preload, root)
     elseif kind == "luamp.Connection" then
       o, at = { "pipe", id, obj:_fds() }, { 3, 6, 8 }           -- memfd, rx socket, tx socket
     else
-      error(new_error("serialize", string.format("cannot send %s (%s) to a spawned process: " ..
-        "only queues and pipe ends reach one so far; use the fork start method", tostring(obj), id)), 0)
+      o = core.sync_describe(obj)     -- a lock, value, condition...: {kind, id, memfd, ...}
+      if not o then
+        error(new_error("serialize", string.format("cannot send %s (%s) to a spawned process",
+          tostring(obj), id)), 0)
+      end
+      sync_fds(o, fds)
+      o = { "sync", o }
     end
     objects[#objects + 1] = o
-    for _, i in ipairs(at) do
+    for _, i in ipairs(at or {}) do
       if o[i] >= 0 then fds[#fds + 1] = o[i] end
     end
   end
@@ -2057,9 +2088,17 @@ function mp._spawned()
   local h = core.decode(header)
   package.path, package.cpath = h.path, h.cpath
   if h.log then set_log_level(h.log) end
+  -- (held here until the body, which refers to them, is decoded: the
+  -- registry of objects holds them weakly)
+  local held, session = {}, {}
   for _, o in ipairs(h.objects) do
-    if o[1] == "queue" then core.queue_attach(o[2], o[3], o[4], o[5])
-    else core.pipe_attach(o[2], o[3], o[4], o[5], o[6], o[7], o[8]) end
+    if o[1] == "queue" then held[#held + 1] = core.queue_attach(o[2], o[3], o[4], o[5])
+    elseif o[1] == "pipe" then held[#held + 1] = core.pipe_attach(o[2], o[3], o[4], o[5], o[6], o[7], o[8])
+    else
+      local d = o[2]
+      if d[1] == "barrier" and d[5] then d[5] = core.decode(d[5]) end
+      held[#held + 1] = core.sync_attach(d, session)
+    end
   end
   local ok, err = pcall(function()
     for _, name in ipairs(h.preload) do require(name) end
@@ -2070,6 +2109,7 @@ function mp._spawned()
   end
   local body
   ok, body = pcall(core.decode, payload:sub(pos))
+  held = nil
   if not ok then
     io.stderr:write("luamp: a spawned process could not receive what to run: ", errmsg(body), "\n")
     core._exit(1)

@@ -2,9 +2,12 @@
  * sync.c - mp.Lock, mp.RLock, mp.Value, mp.Array, mp.Semaphore,
  * mp.BoundedSemaphore, mp.Event, mp.Condition and mp.Barrier.
  *
- * Each object is one block of shared anonymous memory, mapped before any
- * fork that should see it (like a Queue, it travels to a child as its id,
- * and the child finds the mapping it inherited).  A block starts with a
+ * Each object is one block of shared memory, a memfd mapped before any
+ * fork that should see it (like a Queue, it travels to a forked child as
+ * its id, and the child finds the mapping it inherited).  The memfd stays
+ * open so that a spawned child can map the same memory: sync_describe
+ * says what it needs, sync_attach makes the object there, under the same
+ * id.  A block starts with a
  * lock word; a Value or an Array keeps its elements after it, and its
  * lock (get_lock) is an RLock on the same word, as in Python.
  *
@@ -70,6 +73,7 @@ _Static_assert(sizeof(block) <= DATA_OFFSET, "the lock fits before the elements"
  * here (a Value and its lock). */
 typedef struct mapping {
     int refs;
+    int fd;          /* the memfd, kept for spawned children */
     void *base;
     size_t len;
 } mapping;
@@ -224,42 +228,68 @@ static const char *release(block *b, int rlock)
 
 /* ---- blocks --------------------------------------------------------------- */
 
+/* Maps len bytes of memfd fd (which the mapping then owns), or raises
+ * (closing fd). */
+static mapping *map_fd(lua_State *L, int fd, size_t len)
+{
+    mapping *m = malloc(sizeof *m);
+    void *p = m != NULL ? mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : NULL;
+    if (p == MAP_FAILED || m == NULL) {
+        int e = errno;
+        free(m);
+        close(fd);
+        if (m == NULL)
+            luaL_error(L, "not enough memory");
+        errno = e;
+        luamp_sys_error(L, "cannot map shared memory");
+    }
+    m->refs = 0;
+    m->fd = fd;
+    m->base = p;
+    m->len = len;
+    return m;
+}
+
 static mapping *new_mapping(lua_State *L, size_t data)
 {
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
     size_t len = (DATA_OFFSET + data + page - 1) / page * page;
-    mapping *m = malloc(sizeof *m);
-    if (m == NULL)
-        luaL_error(L, "not enough memory");
-    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) {
-        free(m);
-        luamp_sys_error(L, "cannot map shared memory");
+    int fd = memfd_create("luamp-sync", MFD_CLOEXEC);
+    if (fd < 0)
+        luamp_sys_error(L, "cannot make shared memory");
+    if (ftruncate(fd, (off_t)len) != 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        luamp_sys_error(L, "cannot make shared memory");
     }
-    m->refs = 0;
-    m->base = p;
-    m->len = len;
-    return m;
+    return map_fd(L, fd, len);
 }
 
 static void unref(mapping *m)
 {
     if (m != NULL && --m->refs == 0) {
         munmap(m->base, m->len);
+        close(m->fd);
         free(m);
     }
 }
 
 /* Pushes a new object of `size` bytes (a struct that starts with a
- * handle) on mapping m, with metatable mt and an id of `kind`. */
-static void *push_handle(lua_State *L, size_t size, mapping *m, const char *kind, const char *mt)
+ * handle) on mapping m, with metatable mt and a new id of `kind`, or the
+ * id `id` (a spawned child making its parent's object, sync_attach). */
+static void *push_handle(lua_State *L, size_t size, mapping *m, const char *kind, const char *mt,
+                         const char *id)
 {
     handle *h = lua_newuserdatauv(L, size, 1);
     memset(h, 0, size);
     h->m = m;
     h->b = m->base;
     m->refs++;
-    luamp_new_object_id(h->id, sizeof h->id, kind);
+    if (id != NULL)
+        snprintf(h->id, sizeof h->id, "%s", id);
+    else
+        luamp_new_object_id(h->id, sizeof h->id, kind);
     luaL_setmetatable(L, mt);
     return h;
 }
@@ -275,10 +305,11 @@ static void set_guard(lua_State *L)
     lua_setiuservalue(L, -2, 1);
 }
 
-/* Pushes a new lock userdata on mapping m, registered for sending. */
-static lockud *push_lock(lua_State *L, mapping *m, int rlock)
+/* Pushes a new lock userdata on mapping m (id: as push_handle),
+ * registered for sending. */
+static lockud *push_lock(lua_State *L, mapping *m, int rlock, const char *id)
 {
-    lockud *u = push_handle(L, sizeof *u, m, rlock ? "rlock" : "lock", LOCK_MT);
+    lockud *u = push_handle(L, sizeof *u, m, rlock ? "rlock" : "lock", LOCK_MT, id);
     u->rlock = rlock;
     set_guard(L);
     luamp_register_object(L, -1, u->h.id);
@@ -305,7 +336,7 @@ static int l_new_lock(lua_State *L)
 {
     int rlock = lua_toboolean(L, 1);
     mapping *m = new_mapping(L, 0);
-    push_lock(L, m, rlock);
+    push_lock(L, m, rlock, NULL);
     return 1;
 }
 
@@ -444,16 +475,23 @@ static const char *sem_give(block *b)
     return NULL;
 }
 
-static semud *push_sem(lua_State *L, int event, uint32_t value, uint32_t bound)
+/* Pushes a Semaphore or Event on mapping m (id: as push_handle),
+ * registered for sending. */
+static semud *push_sem(lua_State *L, mapping *m, int event, const char *id)
 {
-    mapping *m = new_mapping(L, 0);
-    semud *u = push_handle(L, sizeof *u, m, event ? "event" : "semaphore", event ? EVENT_MT : SEM_MT);
+    semud *u = push_handle(L, sizeof *u, m, event ? "event" : "semaphore", event ? EVENT_MT : SEM_MT, id);
     u->event = event;
-    atomic_store(&u->h.b->word, value);
-    u->h.b->depth = bound;
     if (!event)
         set_guard(L);
     luamp_register_object(L, -1, u->h.id);
+    return u;
+}
+
+static semud *new_sem(lua_State *L, int event, uint32_t value, uint32_t bound)
+{
+    semud *u = push_sem(L, new_mapping(L, 0), event, NULL);
+    atomic_store(&u->h.b->word, value);
+    u->h.b->depth = bound;
     return u;
 }
 
@@ -466,13 +504,13 @@ static int l_new_semaphore(lua_State *L)
     if (!lua_isnoneornil(L, 1) && (!isint || lua_type(L, 1) != LUA_TNUMBER || n < 0 || n > INT32_MAX))
         return luaL_error(L, "bad argument #1 to '%s' (a non-negative integer expected, got %s)", fname,
                           lua_type(L, 1) == LUA_TNUMBER ? lua_tostring(L, 1) : luaL_typename(L, 1));
-    push_sem(L, 0, (uint32_t)n, lua_toboolean(L, 2) ? (uint32_t)n : 0);
+    new_sem(L, 0, (uint32_t)n, lua_toboolean(L, 2) ? (uint32_t)n : 0);
     return 1;
 }
 
 static int l_new_event(lua_State *L)
 {
-    push_sem(L, 1, 0, 0);
+    new_sem(L, 1, 0, 0);
     return 1;
 }
 
@@ -646,21 +684,30 @@ static void set_elem(lua_State *L, const shared *s, lua_Integer i, int idx, cons
     }
 }
 
-/* Pushes a new Value (n < 0) or Array of n elements, with its lock as
- * user value 1, registered for sending. */
-static shared *push_shared(lua_State *L, const etype *t, lua_Integer n)
+/* Pushes a Value (n < 0) or Array of n elements on mapping m (id: as
+ * push_handle), with the lock on top as its user value 1 (popped),
+ * registered for sending. */
+static shared *push_shared(lua_State *L, mapping *m, const etype *t, lua_Integer n, const char *id)
+{
+    shared *s = push_handle(L, sizeof *s, m, n < 0 ? "value" : "array", n < 0 ? VALUE_MT : ARRAY_MT, id);
+    s->t = t;
+    s->n = n;
+    lua_rotate(L, -2, 1);
+    lua_setiuservalue(L, -2, 1);
+    luamp_register_object(L, -1, s->h.id);
+    return s;
+}
+
+/* A new Value (n < 0) or Array of n elements, with its lock (an RLock on
+ * the same word). */
+static shared *new_shared(lua_State *L, const etype *t, lua_Integer n)
 {
     size_t count = n < 0 ? 1 : (size_t)n;
     if (count > (SIZE_MAX - 2 * DATA_OFFSET) / t->size)
         luaL_error(L, "Array: too many elements");
     mapping *m = new_mapping(L, count * t->size);
-    shared *s = push_handle(L, sizeof *s, m, n < 0 ? "value" : "array", n < 0 ? VALUE_MT : ARRAY_MT);
-    s->t = t;
-    s->n = n;
-    push_lock(L, m, 1);
-    lua_setiuservalue(L, -2, 1);
-    luamp_register_object(L, -1, s->h.id);
-    return s;
+    push_lock(L, m, 1, NULL);
+    return push_shared(L, m, t, n, NULL);
 }
 
 /* core.value(typecode [, init]); errors without a position: mp.Value
@@ -668,7 +715,7 @@ static shared *push_shared(lua_State *L, const etype *t, lua_Integer n)
 static int l_new_value(lua_State *L)
 {
     const etype *t = check_type(L, 1, "Value");
-    shared *s = push_shared(L, t, -1);
+    shared *s = new_shared(L, t, -1);
     if (!lua_isnoneornil(L, 2))
         set_elem(L, s, 0, 2, "a Value");
     return 1;
@@ -689,7 +736,7 @@ static int l_new_array(lua_State *L)
                               " values expected, got %s)", lua_type(L, 2) == LUA_TNUMBER
                               ? lua_pushfstring(L, "%s", lua_tostring(L, 2)) : luaL_typename(L, 2));
     }
-    shared *s = push_shared(L, t, n);
+    shared *s = new_shared(L, t, n);
     if (lua_type(L, 2) == LUA_TTABLE) {
         for (lua_Integer i = 0; i < n; i++) {
             lua_geti(L, 2, i + 1);
@@ -875,7 +922,7 @@ static int holds(const lockud *l)
 static int l_new_condition(lua_State *L)
 {
     if (lua_isnoneornil(L, 1)) {
-        push_lock(L, new_mapping(L, 0), 1);
+        push_lock(L, new_mapping(L, 0), 1, NULL);
     } else {
         lockud *l = luaL_testudata(L, 1, LOCK_MT);
         if (l == NULL)
@@ -884,7 +931,7 @@ static int l_new_condition(lua_State *L)
         lua_pushvalue(L, 1);
     }
     mapping *m = new_mapping(L, sizeof(cond_data));
-    condud *u = push_handle(L, sizeof *u, m, "condition", COND_MT);
+    condud *u = push_handle(L, sizeof *u, m, "condition", COND_MT, NULL);
     lua_pushvalue(L, -2);
     lua_setiuservalue(L, -2, 1);
     luamp_register_object(L, -1, u->h.id);
@@ -1108,7 +1155,7 @@ static int l_new_barrier(lua_State *L)
     }
     lua_settop(L, 2);
     mapping *m = new_mapping(L, sizeof(barrier_data));
-    barud *u = push_handle(L, sizeof *u, m, "barrier", BARRIER_MT);
+    barud *u = push_handle(L, sizeof *u, m, "barrier", BARRIER_MT, NULL);
     barrier_data *d = bar_of(u);
     d->parties = (uint32_t)n;
     d->timeout = timeout;
@@ -1228,6 +1275,176 @@ static void new_type(lua_State *L, const char *mt, const luaL_Reg *meta, const l
     lua_pop(L, 1);
 }
 
+/* ---- to a spawned child --------------------------------------------------- */
+
+/* What each kind of object is, for sync_describe and sync_attach. */
+static const char *const kinds[] = { "lock", "semaphore", "event", "value", "array", "condition",
+                                     "barrier", NULL };
+static const char *const kind_mts[] = { LOCK_MT, SEM_MT, EVENT_MT, VALUE_MT, ARRAY_MT, COND_MT, BARRIER_MT };
+
+/* The kind of the object at idx (an index into kinds), or -1. */
+static int kind_of(lua_State *L, int idx)
+{
+    for (int k = 0; kinds[k]; k++) {
+        if (luaL_testudata(L, idx, kind_mts[k]))
+            return ((handle *)lua_touserdata(L, idx))->m != NULL ? k : -1;
+    }
+    return -1;
+}
+
+static void set_int(lua_State *L, int t, int i, lua_Integer v)
+{
+    lua_pushinteger(L, v);
+    lua_rawseti(L, t, i);
+}
+
+/*
+ * core.sync_describe(obj) -> {kind, id, memfd, bytes, ...} | nil: what a
+ * spawned child needs to make the object anew on the same memory; then
+ * a lock: rlock; a value or array: typecode, n (-1: a value), its lock's
+ * description; a condition: its lock's description; a barrier: its
+ * action (or nil).  nil: not one of this file's objects.
+ */
+static int l_describe(lua_State *L)
+{
+    int k = kind_of(L, 1);
+    if (k < 0)
+        return 0;
+    handle *h = lua_touserdata(L, 1);
+    lua_settop(L, 1);
+    lua_createtable(L, 7, 0);
+    lua_pushstring(L, kinds[k]);
+    lua_rawseti(L, 2, 1);
+    lua_pushstring(L, h->id);
+    lua_rawseti(L, 2, 2);
+    set_int(L, 2, 3, h->m->fd);
+    set_int(L, 2, 4, (lua_Integer)h->m->len);
+    if (k == 0) {
+        lua_pushboolean(L, ((lockud *)h)->rlock);
+        lua_rawseti(L, 2, 5);
+    } else if (k == 3 || k == 4) {
+        lua_pushstring(L, ((shared *)h)->t->code);
+        lua_rawseti(L, 2, 5);
+        set_int(L, 2, 6, ((shared *)h)->n);
+    }
+    if (k == 3 || k == 4 || k == 5) {   /* its lock, user value 1 */
+        lua_pushcfunction(L, l_describe);
+        lua_getiuservalue(L, 1, 1);
+        lua_call(L, 1, 1);
+        lua_rawseti(L, 2, k == 5 ? 5 : 7);
+    } else if (k == 6) {                /* its action */
+        lua_getiuservalue(L, 1, 1);
+        lua_rawseti(L, 2, 5);
+    }
+    return 1;
+}
+
+/* The mapping of memfd fd in this attaching (session: a table of fd ->
+ * mapping, so that the objects on one block share its mapping). */
+static mapping *session_mapping(lua_State *L, int session, int fd, size_t len)
+{
+    lua_rawgeti(L, session, fd);
+    mapping *m = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    if (m == NULL) {
+        m = map_fd(L, fd, len);
+        lua_pushlightuserdata(L, m);
+        lua_rawseti(L, session, fd);
+    }
+    return m;
+}
+
+static lua_Integer get_int(lua_State *L, int t, int i)
+{
+    lua_rawgeti(L, t, i);
+    int isint;
+    lua_Integer v = lua_tointegerx(L, -1, &isint);
+    lua_pop(L, 1);
+    if (!isint)
+        luaL_error(L, "sync_attach: a bad description");
+    return v;
+}
+
+/* Pushes the object that description desc (a stack index) describes. */
+static void attach(lua_State *L, int desc, int session)
+{
+    luaL_checkstack(L, 8, NULL);
+    desc = lua_absindex(L, desc);
+    lua_rawgeti(L, desc, 1);
+    int k = luaL_checkoption(L, -1, NULL, kinds);
+    lua_pop(L, 1);
+    lua_rawgeti(L, desc, 2);      /* (stays on the stack, holding the string) */
+    const char *id = lua_tostring(L, -1);
+    if (id == NULL || strlen(id) >= sizeof ((handle *)0)->id)
+        luaL_error(L, "sync_attach: a bad description");
+    /* made already (sent twice, or the lock of another object sent) */
+    int top = lua_gettop(L);
+    if (lua_getfield(L, LUA_REGISTRYINDEX, "luamp.objects") == LUA_TTABLE
+        && lua_getfield(L, -1, id) != LUA_TNIL && kind_of(L, -1) == k) {
+        lua_replace(L, top);
+        lua_settop(L, top);
+        return;
+    }
+    lua_settop(L, top);
+    lua_Integer fd = get_int(L, desc, 3), len = get_int(L, desc, 4);
+    if (fd < 0 || fd > INT_MAX || len < DATA_OFFSET)
+        luaL_error(L, "sync_attach: a bad description");
+    mapping *m = session_mapping(L, session, (int)fd, (size_t)len);
+    switch (k) {
+    case 0:
+        lua_rawgeti(L, desc, 5);
+        push_lock(L, m, lua_toboolean(L, -1), id);
+        lua_remove(L, -2);
+        break;
+    case 1:
+    case 2:
+        push_sem(L, m, k == 2, id);
+        break;
+    case 3:
+    case 4: {
+        lua_rawgeti(L, desc, 5);
+        const etype *t = check_type(L, -1, "sync_attach");
+        lua_pop(L, 1);
+        lua_Integer n = get_int(L, desc, 6);
+        size_t count = n < 0 ? 1 : (size_t)n;
+        if ((k == 3) != (n < 0) || count > ((size_t)len - DATA_OFFSET) / t->size)
+            luaL_error(L, "sync_attach: a bad description");
+        lua_rawgeti(L, desc, 7);
+        attach(L, -1, session);
+        lua_remove(L, -2);
+        push_shared(L, m, t, n, id);
+        break;
+    }
+    case 5:
+        lua_rawgeti(L, desc, 5);
+        attach(L, -1, session);
+        lua_remove(L, -2);
+        push_handle(L, sizeof(condud), m, "condition", COND_MT, id);
+        lua_rotate(L, -2, 1);
+        lua_setiuservalue(L, -2, 1);
+        luamp_register_object(L, -1, id);
+        break;
+    case 6:
+        push_handle(L, sizeof(barud), m, "barrier", BARRIER_MT, id);
+        lua_rawgeti(L, desc, 5);
+        lua_setiuservalue(L, -2, 1);
+        luamp_register_object(L, -1, id);
+        break;
+    }
+    lua_remove(L, -2);  /* the id */
+}
+
+/* core.sync_attach(desc, session) -> the object: in a spawned child, the
+ * object sync_describe described, on the same memory (session: an empty
+ * table the child passes to every call). */
+static int l_attach(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    attach(L, 1, 2);
+    return 1;
+}
+
 void luamp_open_sync(lua_State *L)
 {
     static int registered;
@@ -1286,7 +1503,8 @@ void luamp_open_sync(lua_State *L)
     static const luaL_Reg constructors[] = {
         {"lock", l_new_lock}, {"value", l_new_value}, {"array", l_new_array},
         {"semaphore", l_new_semaphore}, {"event", l_new_event}, {"condition", l_new_condition},
-        {"barrier", l_new_barrier}, {NULL, NULL}
+        {"barrier", l_new_barrier}, {"sync_describe", l_describe}, {"sync_attach", l_attach},
+        {NULL, NULL}
     };
     new_type(L, SEM_MT, sem_meta, sem_methods);
     new_type(L, EVENT_MT, sem_meta, event_methods);

@@ -36,12 +36,75 @@ do
   local co = coroutine.create(print)
   t.raises(function() mp.Process{ start_method = "spawn", target = print, args = { co } }:start() end,
     "cannot send Process.args%[1%]: a coroutine", "what cannot travel is refused at start, by its path")
-  t.raises(function() mp.Process{ start_method = "spawn", target = print, args = { mp.Lock() } }:start() end,
-    "only queues and pipe ends reach one so far", "other objects are refused, saying so")
+  local qa = mp.Queue()
+  t.raises(function() mp.Process{ start_method = "spawn", target = print,
+      args = { mp.Barrier(2, function() qa:put(1) end) } }:start() end,
+    "cannot send a Barrier whose action refers to luamp objects to a spawned process",
+    "a Barrier whose action names a luamp object is refused, saying so")
   local closed = mp.Pipe()
   closed:close()
   t.raises(function() mp.Process{ start_method = "spawn", target = print, args = { closed } }:start() end,
     "closed", "so is a closed pipe end")
+
+  -- locks, values, semaphores, events, conditions and barriers: the child
+  -- works on the parent's objects, not copies
+  do
+    local v, arr = mp.Value("i", 0), mp.Array("d", 4)
+    local lock, rlock = mp.Lock(), mp.RLock()
+    local sem, bsem, ev, back = mp.Semaphore(0), mp.BoundedSemaphore(1), mp.Event(), mp.Event()
+    local cond = mp.Condition(lock)
+    local bar = mp.Barrier(2, function() end)
+    local out = mp.Queue()
+    lock:acquire()
+    local p = mp.Process{ start_method = "spawn", target = function(v, arr, lock, rlock, sem, bsem, ev, back,
+                                                                    cond, bar, out, vlock)
+      for _ = 1, 2000 do
+        local g <close> = v:get_lock():guard()
+        v.value = v.value + 1
+      end
+      for i = 1, #arr do arr[i] = i * 1.5 end
+      out:put({ lock:acquire(0), rlock:acquire(0) and rlock:acquire(0), cond:acquire(0) and "cond" or "no",
+                v:get_lock() == vlock, bsem:acquire(0) })
+      sem:release()
+      sem:release()
+      out:put(ev:wait(20))
+      local g <close> = cond:guard()
+      back:set()
+      cond:wait_for(function() return arr[1] == -1 end, 20)
+      out:put(arr[1])
+      out:put(bar:wait(20))
+    end, args = { v, arr, lock, rlock, sem, bsem, ev, back, cond, bar, out, v:get_lock() } }
+    p:start()
+    for _ = 1, 2000 do
+      local g <close> = v:get_lock():guard()
+      v.value = v.value + 1
+    end
+    local first = out:get(20)
+    t.same(first, { false, true, "no", true, true },
+      "a spawned child sees the parent's Lock held, takes an RLock twice, keeps a Value's own lock, "
+      .. "and shares a BoundedSemaphore")
+    t.is(rlock:acquire(0), false, "the RLock the child took is held in the parent too")
+    t.ok(sem:acquire(20) and sem:acquire(20), "the child's Semaphore releases reach the parent")
+    t.is(bsem:acquire(0), false, "and so does its take of the BoundedSemaphore")
+    ev:set()
+    t.is(out:get(20), true, "an Event set in the parent wakes the child")
+    lock:release()
+    t.is(back:wait(20), true, "the child took the Condition (on the Lock the parent let go)")
+    do
+      local g <close> = cond:guard()
+      arr[1] = -1
+      cond:notify_all()
+    end
+    t.is(out:get(20), -1.0, "a notify in the parent wakes the child waiting on the Condition")
+    local mine = bar:wait(20)
+    local theirs = out:get(20)
+    t.ok((mine == 1 and theirs == 2) or (mine == 2 and theirs == 1), "the Barrier lets both through, "
+      .. "one index each (" .. tostring(mine) .. ", " .. tostring(theirs) .. ")")
+    p:join()
+    t.is(v.value, 4000, "a Value incremented under its lock by parent and spawned child: no update lost")
+    t.same({ arr[2], arr[3], arr[4] }, { 3.0, 4.5, 6.0 }, "an Array the child wrote is read in the parent")
+    t.is(p.exitcode, 0, "and the child exits cleanly")
+  end
 
   -- pipe ends: both ways, big messages, and "closed" once the child is gone
   local a, b = mp.Pipe()
@@ -71,14 +134,22 @@ end
 -- Pool and Executor
 do
   local q = mp.Queue()
+  local counter = mp.Value("q", 0)
   local pool <close> = mp.Pool{ processes = 2, start_method = "spawn",
-    initializer = function(queue, tag) OUT, TAG = queue, tag end, initargs = { q, "init" } }
+    initializer = function(queue, tag, v) OUT, TAG, COUNTER = queue, tag, v end, initargs = { q, "init", counter } }
   local r = pool:map(function(x) return x * x end, { 1, 2, 3, 4, 5 })
   t.same({ r[1], r[5], r.n }, { 1, 25, 5 }, "a spawned pool maps")
   t.same({ pool:apply(function() return INHERITED == nil, TAG end) }, { true, "init" },
     "its workers have no inherited globals, only what the initializer set")
   pool:apply(function(x) OUT:put(x) end, { "through initargs" })
   t.is(q:get(20), "through initargs", "a Queue reaches spawned workers through initargs")
+  pool:map(function()
+    for _ = 1, 100 do
+      local g <close> = COUNTER:get_lock():guard()
+      COUNTER.value = COUNTER.value + 1
+    end
+  end, { 1, 2, 3, 4, 5, 6 }, 1)
+  t.is(counter.value, 600, "so does a Value, which spawned workers update under its lock")
   local e = t.raises(function() pool:apply(function() os.exit(1) end) end, "died",
     "a spawned worker that dies fails its task")
   t.ok(mp.Error.is(e, "worker_lost"), "with worker_lost")

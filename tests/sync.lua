@@ -270,4 +270,30 @@ do
   t.is(l:acquire(10), true, "the lock of the terminated holder is taken over afterwards")
 end
 
+-- Each object holds a descriptor (its memory, for spawned children): a
+-- collected object gives it back, so making thousands in turn is fine.
+do
+  local function open_fds()
+    local f = io.popen("ls /proc/" .. mp.current_process().pid .. "/fd")
+    local n = 0
+    for _ in f:lines() do n = n + 1 end
+    f:close()
+    return n
+  end
+  collectgarbage()
+  local before = open_fds()
+  local made = 0
+  for i = 1, 3000 do
+    local v = mp.Value("i", i)
+    local c = mp.Condition()
+    made = made + v.value - i + (c and 1 or 0)
+    if i % 200 == 0 then collectgarbage() end
+  end
+  collectgarbage()
+  collectgarbage()
+  t.is(made, 3000, "3,000 Values and Conditions made one after another (more than a 1,024 descriptor limit)")
+  local after = open_fds()
+  t.ok(after <= before, "and collected, they hold no descriptor (" .. after .. " open, " .. before .. " before)")
+end
+
 t.done()
