@@ -133,7 +133,7 @@ static void populate(char *p, size_t from, size_t to)
  */
 #define SMALL_MAX 512           /* bytes: bigger blocks are malloc's */
 #define SMALL_STEP 16           /* size classes every 16 bytes */
-#define ARENA_BYTES ((size_t)1 << 36)   /* reserved, not used */
+#define ARENA_BYTES ((size_t)1 << 34)   /* reserved, not used: 16 GiB */
 #define ARENA_GROW ((size_t)1 << 20)
 
 typedef struct arena {

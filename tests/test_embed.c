@@ -371,7 +371,7 @@ static int mappings_of(size_t size)
 static void test_arena_closed(void)
 {
 #if USE_ARENA
-    size_t size = (size_t)1 << 36;
+    size_t size = (size_t)1 << 34;     /* host.c, ARENA_BYTES */
     int before = mappings_of(size);
     lua_State *L = luamp_newstate();
     int during = mappings_of(size);
