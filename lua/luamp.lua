@@ -1270,6 +1270,18 @@ end
 
 local NO_ARGS = {}     -- only ever encoded, never handed out
 
+-- Puts the task f(table.unpack(args)) and files its job (an ApplyResult)
+-- in _inflight: the job, the task's sequence number and the job's id.
+local function put_apply(pool, f, args, fname)
+  local id = pool._nextjob + 1
+  pool._nextjob = id
+  local fid, fbytes = encode_function(pool, f, fname)
+  -- (tq:apply_task puts the task, makes the job and files it in _inflight)
+  local job, seq = pool._tq:apply_task(pool._inflight, ApplyResult, pool, id, fid, fbytes, args)
+  if not job then error(new_error("serialize", seq), 0) end
+  return job, seq, id
+end
+
 function Pool:apply_async(f, args, opts)
   -- (check_running's checks, inline: apply_async runs for every task of
   -- some scripts)
@@ -1290,15 +1302,8 @@ function Pool:apply_async(f, args, opts)
   -- has room for one value and `finished` without growing: get_result
   -- settles it in C (queue.c, settle_apply) by setting finished to the
   -- number of values; settled in Lua, it gets values and nvalues.
-  local id = self._nextjob + 1
-  self._nextjob = id
-  local fid, fbytes
-  local cached = self._fcache[f]
-  if cached then fid, fbytes = cached[1], cached[2] else fid, fbytes = encode_function(self, f, "apply_async") end
-  -- (tq:apply_task puts the task, makes the job and files it in _inflight)
-  local job, why = self._tq:apply_task(self._inflight, ApplyResult, self, id, fid, fbytes, args or NO_ARGS)
-  if not job then error(new_error("serialize", why), 0) end
-  if debugging then debug_log("Pool %d: put apply task %d (job %d)", self._id, why, id) end
+  local job, seq, id = put_apply(self, f, args or NO_ARGS, "apply_async")
+  if debugging then debug_log("Pool %d: put apply task %d (job %d)", self._id, seq, id) end
   if opts ~= NO_OPTS then
     local timeout = opts.timeout
     job.timeout, job.callback, job.error_callback = timeout, opts.callback, opts.error_callback
@@ -1761,12 +1766,7 @@ function Executor:submit(f, ...)
   check_callable(f, 1, "submit")
   local pool = self._pool
   check_running(pool, "submit")
-  -- as Pool:apply_async does, keeping the task's sequence number
-  local id = pool._nextjob + 1
-  pool._nextjob = id
-  local fid, fbytes = encode_function(pool, f, "submit")
-  local job, seq = pool._tq:apply_task(pool._inflight, ApplyResult, pool, id, fid, fbytes, pack(...))
-  if not job then error(new_error("serialize", seq), 2) end
+  local job, seq = put_apply(pool, f, pack(...), "submit")
   local fut = setmetatable({ _ex = self, _seq = seq, _state = "pending" }, FutureMT)
   job.callback = function(...) settle(fut, "finished", nil, pack(...)) end
   job.error_callback = function(e) settle(fut, "finished", e) end
