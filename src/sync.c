@@ -17,9 +17,11 @@
  * sleepers, so a release makes no system call when nobody waits.  Storing
  * the holder's pid in the word itself (not beside it) means a process that
  * dies holding a lock cannot leave it taken for ever: a waiter that finds
- * the holder gone (kill(pid, 0) fails with ESRCH once it is reaped) takes
- * the lock over.  Python's lock stays taken, and its other users hang.
- * Waiters look again at least every RECHECK seconds for that reason.
+ * the holder gone (kill(pid, 0) fails with ESRCH once it is reaped; and,
+ * after a whole RECHECK, /proc says it is a zombie or the pid names a
+ * process started later than the holder, see holder_gone) takes the lock
+ * over.  Python's lock stays taken, and its other users hang.  Waiters
+ * look again at least every RECHECK seconds for that reason.
  *
  * As in Python, a Lock may be released by a process other than the one
  * that acquired it; an RLock only by its holder, once per acquire.
@@ -39,6 +41,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -65,6 +68,8 @@ typedef struct block {
     _Atomic uint32_t waiters;  /* processes sleeping on word */
     uint32_t depth;            /* RLock: acquires by the holder not released */
     uint32_t pad;
+    _Atomic uint64_t holder;   /* the holder's pid << 32 | its start time (0:
+                                  not written yet), see holder_gone */
 } block;
 
 _Static_assert(sizeof(block) <= DATA_OFFSET, "the lock fits before the elements");
@@ -125,12 +130,14 @@ typedef struct shared {        /* a Value (n < 0) or an Array */
 /* ---- the lock word ------------------------------------------------------ */
 
 /* This process's pid: getpid() is a system call, and an acquire and a
- * release each need it.  A fork resets it in the child. */
+ * release each need it.  A fork resets it in the child, and the tag. */
 static uint32_t my_pid;
+static uint64_t my_tag;
 
 static void forget_pid(void)
 {
     my_pid = 0;
+    my_tag = 0;
 }
 
 static uint32_t self(void)
@@ -138,6 +145,58 @@ static uint32_t self(void)
     if (my_pid == 0)
         my_pid = (uint32_t)getpid();
     return my_pid;
+}
+
+/* Process pid's start time (clock ticks after boot, from /proc/PID/stat)
+ * and state letter: 0, or -1 when there is no such process (ENOENT) or
+ * /proc cannot say (errno). */
+static int proc_stat(uint32_t pid, uint64_t *start, char *state)
+{
+    char path[32], buf[1024];
+    snprintf(path, sizeof path, "/proc/%u/stat", pid);
+    FILE *f = fopen(path, "re");
+    if (f == NULL)
+        return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    /* pid (comm) state ppid ...: the name may hold spaces and parentheses,
+     * so fields count from its last ')'; the start time is field 22 */
+    char *p = strrchr(buf, ')');
+    if (p == NULL || p[1] != ' ') {
+        errno = EINVAL;
+        return -1;
+    }
+    *state = p[2];
+    p += 2;
+    for (int field = 3; field < 22; field++) {
+        p = strchr(p, ' ');
+        if (p == NULL) {
+            errno = EINVAL;
+            return -1;
+        }
+        p++;
+    }
+    *start = strtoull(p, NULL, 10);
+    return 0;
+}
+
+/* What a holder writes in block.holder: its pid and (the low half of) its
+ * start time, which tell it from a later process given the same pid. */
+static uint64_t tag_of(uint32_t pid, uint64_t start)
+{
+    return (uint64_t)pid << 32 | (start & 0xffffffffu) | 1;   /* (never 0) */
+}
+
+static uint64_t self_tag(void)
+{
+    if (my_tag == 0) {
+        uint64_t start = 0;
+        char state;
+        (void)proc_stat(self(), &start, &state);    /* (no /proc: pid only) */
+        my_tag = tag_of(self(), start);
+    }
+    return my_tag;
 }
 
 static int futex_wait(_Atomic uint32_t *word, uint32_t seen, double deadline)
@@ -160,15 +219,43 @@ static void futex_wake(_Atomic uint32_t *word)
     (void)syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, 1, NULL, NULL, 0);
 }
 
-/* Whether the process holding the lock is gone (reaped: a zombie still
- * counts as there until its parent waits for it). */
-static int holder_gone(uint32_t pid)
+/* Whether process pid is gone (reaped: a zombie still counts as there
+ * until its parent waits for it).  One system call: a Condition asks it
+ * of every waiter it notifies. */
+static int pid_gone(uint32_t pid)
 {
     return pid != 0 && kill((pid_t)pid, 0) != 0 && errno == ESRCH;
 }
 
-/* Sleeps while the word is `seen`: 1 when it may have changed (or it is
- * time to look again), 0 at the deadline, -1 when interrupted. */
+/* Whether the process holding lock b (its word is pid) is gone: reaped
+ * (kill() says so), or, with `deep` (after the holder kept the lock for a
+ * whole RECHECK: reading /proc costs microseconds), a zombie, or the pid
+ * now names another process: the holder died and its pid was given to a
+ * new one, which kill() alone took for the holder alive, so the lock
+ * stayed taken for ever.  A holder that has not written its tag yet
+ * counts as there. */
+static int holder_gone(block *b, uint32_t pid, int deep)
+{
+    if (pid == 0)
+        return 0;
+    uint64_t tag = atomic_load(&b->holder);
+    int tagged = (uint32_t)(tag >> 32) == pid;
+    if (pid == self())
+        return tagged && tag != self_tag();
+    if (kill((pid_t)pid, 0) != 0)
+        return errno == ESRCH;
+    if (!deep)
+        return 0;
+    uint64_t start;
+    char state;
+    if (proc_stat(pid, &start, &state) != 0)
+        return errno == ENOENT;
+    return state == 'Z' || state == 'X' || (tagged && tag != tag_of(pid, start));
+}
+
+/* Sleeps while the word is `seen`: 1 when it may have changed, 2 when it
+ * is time to look again (RECHECK passed), 0 at the deadline, -1 when
+ * interrupted. */
 static int wait_while(block *b, uint32_t seen, double deadline)
 {
     if (deadline == 0 || (deadline > 0 && luamp_now() >= deadline))
@@ -178,25 +265,29 @@ static int wait_while(block *b, uint32_t seen, double deadline)
     atomic_fetch_sub(&b->waiters, 1);
     if (e == EINTR && luamp_interrupt_pending())
         return -1;
-    return 1;
+    return e == ETIMEDOUT ? 2 : 1;
 }
 
 /* 1: taken; 0: not by the deadline; -1: interrupted (SIGINT/SIGTERM). */
 static int acquire(block *b, int rlock, double deadline)
 {
     uint32_t me = self();
+    int deep = 0;
     for (;;) {
         uint32_t w = 0;
         if (atomic_compare_exchange_strong(&b->word, &w, me)) {
+            atomic_store(&b->holder, self_tag());
             b->depth = 1;
             return 1;
         }
-        if (w == me && rlock) {
+        int gone = holder_gone(b, w, deep);
+        if (w == me && rlock && !gone) {
             b->depth++;
             return 1;
         }
-        if (w != me && holder_gone(w)) {
+        if (gone) {
             if (atomic_compare_exchange_strong(&b->word, &w, me)) {
+                atomic_store(&b->holder, self_tag());
                 b->depth = 1;
                 return 1;
             }
@@ -205,6 +296,7 @@ static int acquire(block *b, int rlock, double deadline)
         int r = wait_while(b, w, deadline);
         if (r <= 0)
             return r;
+        deep = r == 2;
     }
 }
 
@@ -220,6 +312,7 @@ static const char *release(block *b, int rlock)
         if (--b->depth > 0)
             return NULL;
     }
+    atomic_store(&b->holder, 0);
     atomic_store(&b->word, 0);
     if (atomic_load(&b->waiters) > 0)
         futex_wake(&b->word);
@@ -958,7 +1051,7 @@ static int cond_wait_on(lua_State *L, condud *u, lockud *l, double deadline)
     cond_slot *slot = NULL;
     for (int i = 0; i < COND_SLOTS && slot == NULL; i++) {
         cond_slot *s = &c->slots[i];
-        if (s->pid == 0 || holder_gone(s->pid))
+        if (s->pid == 0 || pid_gone(s->pid))
             slot = s;
     }
     if (slot == NULL)
@@ -1030,7 +1123,7 @@ static int cond_notify_n(lua_State *L, lua_Integer n)
             cond_slot *s = &c->slots[i];
             if (s->pid == 0 || atomic_load(&s->notified) != 0)
                 continue;
-            if (holder_gone(s->pid)) {
+            if (pid_gone(s->pid)) {
                 s->pid = 0;
                 continue;
             }
