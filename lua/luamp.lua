@@ -295,9 +295,127 @@ local function sync_fds(d, fds)
   end
 end
 
--- Starts a fresh process to run `body` (kind "process" or "worker").
+-- Where the descriptors are in the description of a queue and of a pipe
+-- end (memfd, ev_get, ev_put; memfd, rx socket, tx socket).
+local FD_AT = { queue = { 3, 4, 5 }, pipe = { 3, 6, 8 } }
+
+-- What a process that did not inherit object obj (id) needs to make it
+-- anew: {"queue" | "pipe" | "sync", ...} and the descriptors in it, added
+-- to fds.  Raises "serialize" for what cannot go.
+local function describe_object(obj, id, fds)
+  local mt = getmetatable(obj)
+  local kind = mt and mt.__name
+  local o
+  if kind == "luamp.Queue" then
+    o = { "queue", id, obj:_fds() }
+  elseif kind == "luamp.Connection" then
+    o = { "pipe", id, obj:_fds() }
+  else
+    local d = core.sync_describe(obj)     -- a lock, value, condition...: {kind, id, memfd, ...}
+    if not d then
+      error(new_error("serialize", string.format("cannot send %s (%s) to a process that did not "
+        .. "inherit it", tostring(obj), id)), 0)
+    end
+    sync_fds(d, fds)
+    return { "sync", d }
+  end
+  for _, i in ipairs(FD_AT[o[1]]) do
+    if o[i] >= 0 then fds[#fds + 1] = o[i] end
+  end
+  return o
+end
+
+-- Replaces the descriptor numbers in description o by map[number].
+local function remap_sync(d, map)
+  d[3] = map[d[3]]
+  if d[1] == "value" or d[1] == "array" then remap_sync(d[7], map)
+  elseif d[1] == "condition" then remap_sync(d[5], map) end
+end
+
+local function remap_object(o, map)
+  if o[1] == "sync" then return remap_sync(o[2], map) end
+  for _, i in ipairs(FD_AT[o[1]]) do
+    if o[i] >= 0 then o[i] = map[o[i]] end
+  end
+end
+
+-- Makes the object description o describes (its descriptors are this
+-- process's); session: a table shared by the objects made together.
+local function attach_object(o, session)
+  if o[1] == "queue" then return core.queue_attach(o[2], o[3], o[4], o[5])
+  elseif o[1] == "pipe" then return core.pipe_attach(o[2], o[3], o[4], o[5], o[6], o[7], o[8]) end
+  local d = o[2]
+  if d[1] == "barrier" and d[5] then d[5] = core.decode(d[5]) end
+  return core.sync_attach(d, session)
+end
+
+-- Objects made after a pool's workers were forked (any, for spawned
+-- workers) reach them ahead of the tasks that name them: before such a
+-- task is put (the task queue's share hook), the parent sends each
+-- worker that lacks one of its objects the object's description and
+-- descriptors on that worker's object socket (a datagram with
+-- SCM_RIGHTS), and a worker whose decoder meets an object it does not
+-- know reads its socket (registry "luamp.fetch_objects") and makes the
+-- objects there.  A worker whose socket is full (it has not read for a
+-- long time) misses the object, hands the task back and is replaced
+-- (see push_task in queue.c).
+local function share_objects(pool, objects)
+  local me, made = current.pid, {}
+  for _, h in ipairs(pool._workers) do
+    local sock, known, sent = pool._objsock[h], pool._known[h], pool._sent[h]
+    for id, obj in pairs(sock and objects or {}) do
+      local need = not sent[id]
+      if need and known then
+        local pid, n = id:match(":(%d+):(%d+)$")
+        need = tonumber(pid) == me and tonumber(n) > known
+      end
+      if need then
+        local m = made[id]
+        if not m then
+          local fds, unique, seen = {}, {}, {}
+          local o = describe_object(obj, id, fds)
+          for _, fd in ipairs(fds) do
+            if not seen[fd] then seen[fd] = true; unique[#unique + 1] = fd end
+          end
+          m = { assert(core.encode({ o, unique })), unique }
+          made[id] = m
+        end
+        if core.objsock_send(sock, m[1], m[2]) then sent[id] = true end
+      end
+    end
+  end
+end
+
+-- In a worker: makes the objects its parent sent on socket `sock`
+-- whenever its decoder meets one it does not know.
+local function fetch_objects_from(sock)
+  local held = {}     -- (the registry of objects holds them weakly)
+  local reg = debug.getregistry()
+  reg["luamp.fetch_objects"] = function()
+    while true do
+      local bytes, fds = core.objsock_recv(sock)
+      if not bytes then return end
+      local ok, m = pcall(core.decode, bytes)
+      local o = ok and m[1]
+      local id = o and (o[1] == "sync" and o[2][2] or o[2])
+      local known = reg["luamp.objects"]
+      if not o or (known and known[id] ~= nil) then
+        for _, fd in ipairs(fds) do core.close_fd(fd) end
+      else
+        local map = {}
+        for i, fd in ipairs(m[2]) do map[fd] = fds[i] end
+        remap_object(o, map)
+        local made, obj = pcall(attach_object, o, {})
+        if made then held[#held + 1] = obj end
+      end
+    end
+  end
+end
+
+-- Starts a fresh process to run `body` (kind "process" or "worker"),
+-- keeping descriptors extra_fds open in it too.
 -- Raises "serialize" for what cannot travel, naming it under `root`.
-local function spawn_child(body, preload, root)
+local function spawn_child(body, preload, root, extra_fds)
   local reg = debug.getregistry()
   local collect = {}
   reg["luamp.collect"] = collect
@@ -306,28 +424,8 @@ local function spawn_child(body, preload, root)
   if not ok then error(bytes, 0) end
   if not bytes then error(new_error("serialize", why), 0) end
   local objects, fds = {}, {}
-  for id, obj in pairs(collect) do
-    local mt = getmetatable(obj)
-    local kind = mt and mt.__name
-    local o, at     -- (at: where the descriptors are in o)
-    if kind == "luamp.Queue" then
-      o, at = { "queue", id, obj:_fds() }, { 3, 4, 5 }          -- memfd, ev_get, ev_put
-    elseif kind == "luamp.Connection" then
-      o, at = { "pipe", id, obj:_fds() }, { 3, 6, 8 }           -- memfd, rx socket, tx socket
-    else
-      o = core.sync_describe(obj)     -- a lock, value, condition...: {kind, id, memfd, ...}
-      if not o then
-        error(new_error("serialize", string.format("cannot send %s (%s) to a spawned process",
-          tostring(obj), id)), 0)
-      end
-      sync_fds(o, fds)
-      o = { "sync", o }
-    end
-    objects[#objects + 1] = o
-    for _, i in ipairs(at or {}) do
-      if o[i] >= 0 then fds[#fds + 1] = o[i] end
-    end
-  end
+  for id, obj in pairs(collect) do objects[#objects + 1] = describe_object(obj, id, fds) end
+  for _, fd in ipairs(extra_fds or {}) do fds[#fds + 1] = fd end
   local header = assert(core.encode({ path = package.path, cpath = package.cpath, preload = preload or {},
                                       objects = objects, log = log_level }))
   local exe = spawn_program()
@@ -783,7 +881,11 @@ function mp.Pool(opts)
     _inflight = {},         -- task sequence number -> {job, start, count, timeout}, or an apply job
     _ntimed = 0,            -- tasks in flight that have a deadline
     _killed = {},           -- slot -> sequence number of a task past its deadline
+    _objsock = {},          -- worker handle -> this end of its object socket (see share_objects)
+    _known = {},            -- worker handle -> objects made here before its fork (false: spawned)
+    _sent = {},             -- worker handle -> {id = true} of the objects sent to it
   }, PoolMT)
+  self._tq:_on_objects(function(objects) share_objects(self, objects) end)
   for slot = n - 1, 0, -1 do self._free_slots[#self._free_slots + 1] = slot end
   if debugging then debug_log("Pool %d: starting %d workers", self._id, n) end
   for _ = 1, n do self:_spawn() end
@@ -794,24 +896,37 @@ end
 function Pool:_spawn()
   self._spawned = self._spawned + 1
   local slot = table.remove(self._free_slots)
-  local h
+  local psock, wsock = core.objsock()
+  local known, ok, h = core.object_count(), nil, nil
   if self._start_method == "spawn" then
-    h = spawn_child({ kind = "worker", tq = self._tq, rq = self._rq, index = self._spawned, slot = slot,
-                      init = self._initializer, initargs = self._initargs, maxtasks = self._maxtasks },
-                    self._preload, "Pool")
+    known = false
+    ok, h = pcall(spawn_child, { kind = "worker", tq = self._tq, rq = self._rq, index = self._spawned,
+                                 slot = slot, init = self._initializer, initargs = self._initargs,
+                                 maxtasks = self._maxtasks, objsock = wsock },
+                  self._preload, "Pool", { wsock })
   else
-    h = core.fork(true)
+    ok, h = pcall(core.fork, true)
+  end
+  if not ok then
+    core.close_fd(psock)
+    core.close_fd(wsock)
+    self._free_slots[#self._free_slots + 1] = slot
+    error(h, 0)
   end
   if h == 0 then
+    core.close_fd(psock)
+    fetch_objects_from(wsock)
     local ok, err = xpcall(worker_main, debug.traceback, self, self._spawned, slot)
     if not ok then
       io.stderr:write(string.format("luamp: %s (pid %d) failed: %s\n", current.name, getpid(), errmsg(err)))
     end
     core._exit(ok and 0 or 70)
   end
+  core.close_fd(wsock)
   self._workers[#self._workers + 1] = h
   self._slot[h] = slot
   self._wname[h] = "PoolWorker-" .. self._spawned
+  self._objsock[h], self._known[h], self._sent[h] = psock, known, {}
   if debugging then debug_log("Pool %d: started PoolWorker-%d (pid %d)", self._id, self._spawned, h.pid) end
 end
 
@@ -1038,6 +1153,8 @@ function Pool:_reap(i)
   local code = h:poll(-1)
   local slot = self._slot[h]
   self._slot[h] = nil
+  if self._objsock[h] then core.close_fd(self._objsock[h]) end
+  self._objsock[h], self._known[h], self._sent[h] = nil, nil, nil
   local seq = self._tq:claim(slot)
   local rec = seq ~= 0 and self:_settle(seq)
   if rec then
@@ -1634,6 +1751,10 @@ function Pool:_end()
   self._ended = true
   self._tq:destroy()
   self._rq:destroy()
+  for h, sock in pairs(self._objsock) do
+    if sock then core.close_fd(sock) end
+    self._objsock[h] = nil
+  end
   pools[self] = nil
 end
 
@@ -2091,15 +2212,7 @@ function mp._spawned()
   -- (held here until the body, which refers to them, is decoded: the
   -- registry of objects holds them weakly)
   local held, session = {}, {}
-  for _, o in ipairs(h.objects) do
-    if o[1] == "queue" then held[#held + 1] = core.queue_attach(o[2], o[3], o[4], o[5])
-    elseif o[1] == "pipe" then held[#held + 1] = core.pipe_attach(o[2], o[3], o[4], o[5], o[6], o[7], o[8])
-    else
-      local d = o[2]
-      if d[1] == "barrier" and d[5] then d[5] = core.decode(d[5]) end
-      held[#held + 1] = core.sync_attach(d, session)
-    end
-  end
+  for _, o in ipairs(h.objects) do held[#held + 1] = attach_object(o, session) end
   local ok, err = pcall(function()
     for _, name in ipairs(h.preload) do require(name) end
   end)
@@ -2116,6 +2229,7 @@ function mp._spawned()
   end
   if body.kind == "process" then run_process(body.name, body.target, body.args) end
   core.ignore_sigint()
+  if body.objsock then fetch_objects_from(body.objsock) end
   local pool = { _tq = body.tq, _rq = body.rq, _initializer = body.init, _initargs = body.initargs or {},
                  _maxtasks = body.maxtasks }
   local ran, e = xpcall(worker_main, debug.traceback, pool, body.index, body.slot)

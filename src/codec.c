@@ -1117,6 +1117,7 @@ static int enc_obj(encoder *e)
     id = lua_tolstring(L, -1, &n);
     if (put_ext(e, EXT_OBJ, id, n))
         return -1;
+    luamp_codec_objects_encoded++;
     /* registry["luamp.collect"][id] = object, when that table is set: what
      * a message refers to (the spawn start method sends their descriptors) */
     if (lua_getfield(L, LUA_REGISTRYINDEX, "luamp.collect") == LUA_TTABLE) {
@@ -2023,23 +2024,45 @@ static int dec_named(decoder *d, const ext *x)
 static int missed_newer;
 
 int (*luamp_codec_newer_hook)(const char *id, size_t len);
+unsigned long luamp_codec_objects_encoded;
+
+/* Pushes registry.objects[id] and returns 1, or pushes nothing and
+ * returns 0. */
+static int find_obj(lua_State *L, const ext *x)
+{
+    if (lua_getfield(L, LUA_REGISTRYINDEX, OBJECTS_KEY) == LUA_TTABLE) {
+        lua_pushlstring(L, (const char *)x->data, x->len);
+        if (lua_rawget(L, -2) != LUA_TNIL) {
+            lua_remove(L, -2);
+            return 1;
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    return 0;
+}
 
 static int dec_obj(decoder *d, const ext *x)
 {
     lua_State *L = d->L;
 
-    if (lua_getfield(L, LUA_REGISTRYINDEX, OBJECTS_KEY) == LUA_TTABLE) {
-        lua_pushlstring(L, (const char *)x->data, x->len);
-        if (lua_rawget(L, -2) != LUA_TNIL) {
-            lua_remove(L, -2);
+    if (find_obj(L, x))
+        return 0;
+    if (lua_getfield(L, LUA_REGISTRYINDEX, LUAMP_FETCH_KEY) == LUA_TFUNCTION) {
+        /* (an error there leaves the object unknown, said below) */
+        if (lua_pcall(L, 0, 0, 0) != LUA_OK)
+            lua_pop(L, 1);
+        if (find_obj(L, x))
             return 0;
-        }
+    } else {
+        lua_pop(L, 1);
     }
     lua_pushlstring(L, (const char *)x->data, x->len);
     int why = luamp_codec_newer_hook ? luamp_codec_newer_hook((const char *)x->data, x->len) : 0;
     if (why == 2)
         return fail(d, "cannot receive a luamp object (%s) that this process does not know: "
-                    "a spawned process knows only the objects it was started with", lua_tostring(L, -1));
+                    "a spawned process knows only the objects it was started with (and, in a pool, "
+                    "those its tasks were sent with)", lua_tostring(L, -1));
     if (why == 1) {
         missed_newer = 1;
         return fail(d, "cannot receive a luamp object (%s) made after this process started: "

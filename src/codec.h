@@ -128,5 +128,14 @@ int luamp_l_decode(lua_State *L);
  * process was spawned, so knows only what it was started with (2). */
 int luamp_decode_missed_newer(void);
 extern int (*luamp_codec_newer_hook)(const char *id, size_t len);
+/* How many luamp objects encoders have written so far in this process: a
+ * caller that sees it move knows the message names some. */
+extern unsigned long luamp_codec_objects_encoded;
+/* A decoder that meets an object it does not know first calls
+ * registry[LUAMP_FETCH_KEY]() if that is a function (a pool's worker
+ * reads the objects its parent sent it ahead of the task), then looks
+ * again. */
+#define LUAMP_FETCH_KEY "luamp.fetch_objects"
+
 
 #endif

@@ -63,7 +63,7 @@ static int new_queue(lua_State *L)
     lua_Integer maxsize = luaL_optinteger(L, 1, 0);
     luaL_argcheck(L, maxsize >= 0, 1, "maxsize must be 0 or positive");
     int no_pace = lua_toboolean(L, 2);   /* core.queue(maxsize, true): see shmq_no_pace */
-    queue *u = lua_newuserdatauv(L, sizeof *u, 0);
+    queue *u = lua_newuserdatauv(L, sizeof *u, 1);   /* 1: the share hook */
     memset(u, 0, sizeof *u);
     luamp_buf_init(&u->buf);
     u->buf.span_from = LUAMP_SPAN_FROM;  /* big strings go straight into the ring */
@@ -105,6 +105,17 @@ static int attach_queue(lua_State *L)
     memcpy(u->id, id, idlen + 1);
     luamp_register_object(L, -1, u->id);
     return 1;
+}
+
+/* q:_on_objects(fn): fn(objects) is called before a task naming luamp
+ * objects is put (see share_objects) */
+static int q_on_objects(lua_State *L)
+{
+    check_queue(L);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_settop(L, 2);
+    lua_setiuservalue(L, 1, 1);
+    return 0;
 }
 
 /* q:_fds() -> memfd, ev_get, ev_put: what a spawned process needs */
@@ -267,8 +278,44 @@ static int put_msg(lua_State *L, queue *u, const char *what, uint64_t *seq)
  * first .. first + h->count - 1), and puts it.  Returns 0 with *seq, or
  * -1 with a message pushed (the items cannot be encoded); raises, naming
  * fname, when the function is too large. */
-static int put_task_msg(lua_State *L, const char *fname, queue *u, struct task_hdr *h, const char *f,
-                        size_t flen, int idx, const char *root, lua_Integer first, uint64_t *seq)
+/* Encodes the task's items or arguments: idx, root, first and count as
+ * put_task_msg's. */
+static int encode_task(lua_State *L, int idx, const char *root, lua_Integer first, lua_Integer count,
+                       luamp_buf *b)
+{
+    return first > 0 ? luamp_encode_slice(L, idx, first, count, root, b) : luamp_encode(L, idx, root, b);
+}
+
+/* The task just encoded names luamp objects.  A Pool's task queue has a
+ * share hook (its user value, q:_on_objects): it is called with {id =
+ * object} for them, to send them to the workers that did not inherit
+ * them, before the task is put.  (Encoding the task again to collect
+ * them costs nothing to tasks that name no object.) */
+static void share_objects(lua_State *L, int qidx, int idx, const char *root, lua_Integer first,
+                          lua_Integer count)
+{
+    if (lua_getiuservalue(L, qidx, 1) != LUA_TFUNCTION) {
+        lua_pop(L, 1);
+        return;
+    }
+    lua_getfield(L, LUA_REGISTRYINDEX, "luamp.collect");   /* an outer one, restored below */
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, "luamp.collect");
+    luamp_buf scratch;
+    luamp_buf_init(&scratch);
+    if (encode_task(L, idx, root, first, count, &scratch) != 0)
+        lua_pop(L, 1);      /* (it was encoded once already) */
+    luamp_buf_free(&scratch);
+    lua_pushvalue(L, -2);
+    lua_setfield(L, LUA_REGISTRYINDEX, "luamp.collect");
+    lua_remove(L, -2);
+    lua_call(L, 1, 0);      /* hook(objects) */
+}
+
+static int put_task_msg(lua_State *L, const char *fname, queue *u, int qidx, struct task_hdr *h,
+                        const char *f, size_t flen, int idx, const char *root, lua_Integer first,
+                        uint64_t *seq)
 {
     if (flen > LUAMP_MAX_MESSAGE)
         return luaL_error(L, "%s: function too large", fname);
@@ -276,11 +323,13 @@ static int put_task_msg(lua_State *L, const char *fname, queue *u, struct task_h
     luamp_buf_reset(&u->buf);
     if (luamp_buf_append(&u->buf, h, sizeof *h) != 0 || luamp_buf_append(&u->buf, f, flen) != 0)
         return luaL_error(L, "not enough memory");
-    if ((first > 0 ? luamp_encode_slice(L, idx, first, h->count, root, &u->buf)
-                   : luamp_encode(L, idx, root, &u->buf)) != 0) {
+    unsigned long objects = luamp_codec_objects_encoded;
+    if (encode_task(L, idx, root, first, h->count, &u->buf) != 0) {
         luamp_buf_trim(&u->buf);
         return -1;
     }
+    if (luamp_codec_objects_encoded != objects)
+        share_objects(L, qidx, idx, root, first, h->count);
     return put_msg(L, u, "the task", seq);
 }
 
@@ -313,7 +362,7 @@ static int q_put_task(lua_State *L)
     const char *root = luaL_optstring(L, 9, "items");
     lua_Integer first = luaL_optinteger(L, 10, 0);
     uint64_t seq;
-    if (put_task_msg(L, "put_task", u, &h, f, flen, 7, root, first, &seq) != 0) {
+    if (put_task_msg(L, "put_task", u, 1, &h, f, flen, 7, root, first, &seq) != 0) {
         lua_pushnil(L);
         lua_insert(L, -2);
         return 2;
@@ -365,7 +414,7 @@ static int q_apply_task(lua_State *L)
     const char *f = luaL_checklstring(L, 7, &flen);
     lua_settop(L, 8);
     uint64_t seq;
-    if (put_task_msg(L, "apply_task", u, &h, f, flen, 8, "args", 0, &seq) != 0) {
+    if (put_task_msg(L, "apply_task", u, 1, &h, f, flen, 8, "args", 0, &seq) != 0) {
         lua_pushnil(L);
         lua_insert(L, -2);
         return 2;
@@ -442,7 +491,7 @@ static int apply_fast(lua_State *L)
     size_t flen;
     const char *f = lua_tolstring(L, 10, &flen);
     uint64_t seq;
-    if (put_task_msg(L, "apply_async", u, &h, f, flen, 3, "args", 0, &seq) != 0)
+    if (put_task_msg(L, "apply_async", u, 12, &h, f, flen, 3, "args", 0, &seq) != 0)
         return luamp_raise(L, "serialize", "%s", lua_tostring(L, -1));
     push_apply_job(L, AF_ID, id, 1, lua_upvalueindex(AF_RESULTMT), 13, seq);
     return 1;
@@ -1265,6 +1314,7 @@ void luamp_open_queue(lua_State *L)
         {"claim", q_claim},
         {"cancel", q_cancel},
         {"_fds", q_fds},
+        {"_on_objects", q_on_objects},
         {"task_done", q_task_done},
         {"join", q_join},
         {"release", q_release},

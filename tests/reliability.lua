@@ -107,8 +107,8 @@ end
 t.raises(function() pool:apply_async(square, {1}, {timeout = -1}) end,
   "bad argument #3 to 'apply_async' %(timeout must be a positive number", "timeout is checked")
 
--- objects made after the pool reach its tasks: a worker forked before
--- one hands the task back and is replaced by one forked after it
+-- objects made after the pool reach its tasks: the parent sends them to
+-- the workers ahead of the task (an object socket per worker)
 do
   local before = pool:map(function() mp._sleep(0.05) return mp.current_process().pid end, {1, 2, 3, 4}, 1)
   local late = mp.Queue()
@@ -121,13 +121,39 @@ do
   for i = 1, 4 do old[before[i]] = true end
   local replaced = 0
   for i = 1, 4 do if not old[after[i]] then replaced = replaced + 1 end end
-  t.ok(replaced > 0, "by a worker forked after it")
+  t.is(replaced, 0, "without replacing a worker")
+  -- a script that waits on the new object itself, not on the pool
+  local direct = mp.Queue()
+  pool:apply_async(function(q) q:put("straight") end, {direct})
+  t.is(direct:get(10), "straight", "a task with a new Queue runs while the parent waits on that Queue")
+  local v, lk = mp.Value("i", 0), mp.Lock()
+  pool:starmap(function(x, vv, l)
+    for _ = 1, 50 do
+      local g <close> = vv:get_lock():guard()
+      vv.value = vv.value + x
+    end
+    l:acquire(); l:release()
+  end, {{1, v, lk}, {2, v, lk}, {3, v, lk}, {4, v, lk}}, 1)
+  t.is(v.value, 500, "so do a Value and a Lock made after the pool: 4 tasks x 50 locked increments, none lost")
   local later = {}
   for i = 1, 20 do later[i] = mp.Queue() end
   local out = pool:map(function(q) q:put("x"); return true end, later, 1)
   local n = 0
   for i = 1, 20 do if out[i] and later[i]:get(5) == "x" then n = n + 1 end end
   t.is(n, 20, "20 tasks, each with a Queue newer than the workers, all run")
+  -- a worker the parent could not send the object to (here: its socket
+  -- forgotten) hands the task back and is replaced by one forked after it
+  for h in pairs(pool._objsock) do pool._objsock[h] = false end
+  local unsent = mp.Queue()
+  local pids = pool:map(function() mp._sleep(0.05) return mp.current_process().pid end, {1, 2, 3, 4}, 1)
+  pool:apply(function(q) q:put("late") end, {unsent})
+  t.is(unsent:get(10), "late", "an object that could not be sent ahead still reaches its task")
+  local known = {}
+  for i = 1, 4 do known[pids[i]] = true end
+  local fresh = pool:map(function() mp._sleep(0.05) return mp.current_process().pid end, {1, 2, 3, 4}, 1)
+  local new = 0
+  for i = 1, 4 do if not known[fresh[i]] then new = new + 1 end end
+  t.ok(new > 0, "by a worker forked after it")
   -- the other way round: a result naming a Queue the worker made
   local e2 = t.raises(function() pool:apply(function() return mp.Queue() end) end,
     "cannot receive the result: cannot receive a luamp object .* made in a process that did not start this one",

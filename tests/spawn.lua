@@ -154,11 +154,11 @@ do
     "a spawned worker that dies fails its task")
   t.ok(mp.Error.is(e, "worker_lost"), "with worker_lost")
   t.is(pool:apply(function() return TAG end), "init", "and its replacement is spawned and initialized too")
-  local late = mp.Queue()
-  local e2 = t.raises(function() pool:apply(function(qq) qq:put(1) end, { late }) end,
-    "spawned process knows only the objects it was started with",
-    "a Queue as a task argument is refused by a spawned worker, saying why")
-  t.ok(mp.Error.is(e2, "serialize"), "with kind serialize")
+  local late, lv = mp.Queue(), mp.Value("i", 0)
+  pool:starmap(function(qq, v) qq:put(1); local g <close> = v:get_lock():guard(); v.value = v.value + 1 end,
+    { { late, lv }, { late, lv }, { late, lv } }, 1)
+  t.same({ late:get(20), late:get(20), late:get(20), lv.value }, { 1, 1, 1, 3 },
+    "a Queue and a Value made later reach spawned workers as task arguments")
 end
 
 do
