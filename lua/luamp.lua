@@ -387,9 +387,14 @@ local function share_objects(pool, objects)
 end
 
 -- In a worker: makes the objects its parent sent on socket `sock`
--- whenever its decoder meets one it does not know.
+-- whenever its decoder meets one it does not know.  It keeps the last
+-- HELD_OBJECTS it made (the registry of objects holds them only weakly):
+-- a job that makes a Queue per task would otherwise fill the worker with
+-- descriptors.  One let go and collected that a later task names again
+-- takes the fallback (the worker is replaced).
+local HELD_OBJECTS = 128
 local function fetch_objects_from(sock)
-  local held = {}     -- (the registry of objects holds them weakly)
+  local held = {}
   local reg = debug.getregistry()
   reg["luamp.fetch_objects"] = function()
     while true do
@@ -406,7 +411,15 @@ local function fetch_objects_from(sock)
         for i, fd in ipairs(m[2]) do map[fd] = fds[i] end
         remap_object(o, map)
         local made, obj = pcall(attach_object, o, {})
-        if made then held[#held + 1] = obj end
+        if made then
+          local n = #held
+          if n >= HELD_OBJECTS then     -- let the older half go
+            local keep = HELD_OBJECTS // 2
+            table.move(held, n - keep + 1, n, 1)
+            for i = keep + 1, n do held[i] = nil end
+          end
+          held[#held + 1] = obj
+        end
       end
     end
   end

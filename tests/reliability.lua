@@ -141,6 +141,23 @@ do
   local n = 0
   for i = 1, 20 do if out[i] and later[i]:get(5) == "x" then n = n + 1 end end
   t.is(n, 20, "20 tasks, each with a Queue newer than the workers, all run")
+  -- a worker keeps only the last objects it was sent: 300 tasks, each with
+  -- a new Lock, leave it far fewer than 300 descriptors once collected
+  do
+    local p1 <close> = mp.Pool(1)
+    local function fd_count()
+      collectgarbage(); collectgarbage()
+      local f, n = io.popen("ls /proc/" .. mp.current_process().pid .. "/fd"), 0
+      for _ in f:lines() do n = n + 1 end
+      f:close()
+      return n
+    end
+    local n0 = p1:apply(fd_count)
+    for _ = 1, 300 do p1:apply(function(l) l:acquire(); l:release() end, {mp.Lock()}) end
+    local grew = p1:apply(fd_count) - n0
+    t.ok(grew <= 140, "a worker sent 300 Locks one after another keeps only the last 128 ("
+      .. grew .. " more descriptors)")
+  end
   -- a worker the parent could not send the object to (here: its socket
   -- forgotten) hands the task back and is replaced by one forked after it
   for h in pairs(pool._objsock) do pool._objsock[h] = false end
