@@ -28,6 +28,7 @@
  * in C globals, so that two states in one process do not share them.
  */
 #include "luamp.h"
+#include "sys.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -133,8 +134,6 @@ static void populate(char *p, size_t from, size_t to)
  */
 #define SMALL_MAX 512           /* bytes: bigger blocks are malloc's */
 #define SMALL_STEP 16           /* size classes every 16 bytes */
-#define ARENA_BYTES ((size_t)1 << 34)   /* reserved, not used: 16 GiB */
-#define ARENA_GROW ((size_t)1 << 20)
 
 typedef struct arena {
     char *base, *top, *end;     /* reserved: [base, end), used: [base, top) */
@@ -142,20 +141,9 @@ typedef struct arena {
     void *free_list[SMALL_MAX / SMALL_STEP + 1];
 } arena;
 
-#if defined(__SANITIZE_ADDRESS__)
-#define USE_ARENA 0
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define USE_ARENA 0
-#endif
-#endif
-#ifndef USE_ARENA
-#define USE_ARENA 1
-#endif
-
 static arena *arena_new(void)
 {
-    if (!USE_ARENA)
+    if (!LUAMP_USE_ARENA)
         return NULL;
     arena *a = calloc(1, sizeof *a);
     if (a == NULL)
@@ -163,21 +151,21 @@ static arena *arena_new(void)
     /* Address space only: pages are backed when first touched.  A
      * system that refuses the reservation (strict overcommit) keeps
      * malloc for everything. */
-    void *p = mmap(NULL, ARENA_BYTES, PROT_READ | PROT_WRITE,
+    void *p = mmap(NULL, LUAMP_ARENA_BYTES, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (p == MAP_FAILED) {
         free(a);
         return NULL;
     }
     a->base = a->top = p;
-    a->end = a->base + ARENA_BYTES;
+    a->end = a->base + LUAMP_ARENA_BYTES;
     return a;
 }
 
 static void arena_free(arena *a)
 {
     if (a != NULL) {
-        munmap(a->base, ARENA_BYTES);
+        munmap(a->base, LUAMP_ARENA_BYTES);
         free(a);
     }
 }

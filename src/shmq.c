@@ -331,11 +331,16 @@ static void unlock_mutex(pthread_mutex_t *m)
     pthread_mutex_unlock(m);
 }
 
-/* Under either lock (the capacity only changes under both): brings this
- * process's ring mapping up to date. */
-static int remap(shmq *q)
+/* Under lock m (either: the capacity only changes under both): brings
+ * this process's ring mapping up to date; on failure lets go of m. */
+static int remap(shmq *q, pthread_mutex_t *m)
 {
-    return q->mapped != q->hdr->cap ? map_ring(q, q->hdr->cap) : 0;
+    if (q->mapped == q->hdr->cap || map_ring(q, q->hdr->cap) == 0)
+        return 0;
+    int e = errno;
+    unlock_mutex(m);
+    errno = e;
+    return -1;
 }
 
 /* The record at ring position pos: its length and sequence number. */
@@ -374,14 +379,8 @@ static void unlock_get(shmq *q)
 static int lock_get_too(shmq *q, int dead)
 {
     int r = lock_mutex(&q->hdr->get_lock);
-    if (r < 0)
+    if (r < 0 || remap(q, &q->hdr->get_lock) != 0)
         return -1;
-    if (remap(q) != 0) {
-        int e = errno;
-        unlock_get(q);
-        errno = e;
-        return -1;
-    }
     if (r || dead)
         recover(q);
     return 0;
@@ -419,10 +418,7 @@ static int lock_put_(shmq *q, int both)
         }
         if (!both)
             unlock_get(q);
-    } else if (remap(q) != 0) {
-        int e = errno;
-        unlock_put(q);
-        errno = e;
+    } else if (remap(q, &q->hdr->put_lock) != 0) {
         return -1;
     }
     return 0;
@@ -459,13 +455,7 @@ static int lock_get(shmq *q)
         unlock_put(q);
         return 0;
     }
-    if (remap(q) != 0) {
-        int e = errno;
-        unlock_get(q);
-        errno = e;
-        return -1;
-    }
-    return 0;
+    return remap(q, &q->hdr->get_lock);
 }
 
 /* The sleeper counts' lock.  Nothing to repair when its holder died: the

@@ -12,6 +12,21 @@
 #include "codec.h"
 #include "luamp.h"
 
+/* Whether states made by luamp_newstate take their small blocks from an
+ * arena (host.c): not under AddressSanitizer, so that it sees each one. */
+#if defined(__SANITIZE_ADDRESS__)
+#define LUAMP_USE_ARENA 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define LUAMP_USE_ARENA 0
+#endif
+#endif
+#ifndef LUAMP_USE_ARENA
+#define LUAMP_USE_ARENA 1
+#endif
+/* The address space an arena reserves: 16 GiB. */
+#define LUAMP_ARENA_BYTES ((size_t)1 << 34)
+
 /* Seconds on the monotonic clock. */
 double luamp_now(void);
 

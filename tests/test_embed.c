@@ -4,6 +4,7 @@
  */
 #include "luamp.h"
 #include "ctap.h"
+#include "../src/sys.h"             /* LUAMP_USE_ARENA */
 
 #include <lauxlib.h>           /* LUA_ERRFILE */
 
@@ -227,18 +228,6 @@ static void test_close(void)
     unlink(errpath);
 }
 
-/* As in host.c: AddressSanitizer builds use malloc for every block. */
-#if defined(__SANITIZE_ADDRESS__)
-#define USE_ARENA 0
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define USE_ARENA 0
-#endif
-#endif
-#ifndef USE_ARENA
-#define USE_ARENA 1
-#endif
-
 /* How many of the whole pages inside [p, p + n) are resident. */
 static size_t resident_pages(void *p, size_t n, size_t *pages)
 {
@@ -336,7 +325,7 @@ static void test_small_blocks(lua_State *L)
     }
     ok(!failed && intact, "60,000 random allocations, reallocations and frees keep every block's bytes");
 
-#if USE_ARENA
+#if LUAMP_USE_ARENA
     /* The next block of a 16-byte class is the one last freed in it
      * (malloc would keep 40 and 48 bytes apart). */
     void *a = f(ud, NULL, LUA_TTABLE, 40);
@@ -370,8 +359,8 @@ static int mappings_of(size_t size)
 /* Closing a state gives its arena's address space back. */
 static void test_arena_closed(void)
 {
-#if USE_ARENA
-    size_t size = (size_t)1 << 34;     /* host.c, ARENA_BYTES */
+#if LUAMP_USE_ARENA
+    size_t size = LUAMP_ARENA_BYTES;
     int before = mappings_of(size);
     lua_State *L = luamp_newstate();
     int during = mappings_of(size);
