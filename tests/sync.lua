@@ -328,8 +328,10 @@ do
   collectgarbage()
   collectgarbage()
   t.is(made, 3000, "3,000 Values and Conditions made one after another (more than a 1,024 descriptor limit)")
+  -- (a leak of one per object would be thousands; something else the
+  -- process opens meanwhile may be one or two)
   local after = open_fds()
-  t.ok(after <= before, "and collected, they hold no descriptor (" .. after .. " open, " .. before .. " before)")
+  t.ok(after <= before + 5, "and collected, they hold no descriptor (" .. after .. " open, " .. before .. " before)")
 end
 
 t.done()
