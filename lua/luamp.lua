@@ -359,12 +359,30 @@ end
 -- objects there.  A worker whose socket is full (it has not read for a
 -- long time) misses the object, hands the task back and is replaced
 -- (see push_task in queue.c).
+local SHARE_WAIT = 0.02   -- seconds a worker's full socket is waited for, per task
+-- A worker keeps what it was sent while this process still has it: the
+-- ids sent to it are checked against the registry of objects (weak) once
+-- SCAN_EVERY more were sent, and those gone are sent as a "forget" list.
+local SCAN_EVERY = 64
 local function share_objects(pool, objects)
   local me, made = current.pid, {}
+  local live = debug.getregistry()["luamp.objects"] or {}
   for _, h in ipairs(pool._workers) do
-    local sock, known, sent = pool._objsock[h], pool._known[h], pool._sent[h]
+    local sock, known, s = pool._objsock[h], pool._known[h], pool._sent[h]
+    local until_ = now() + SHARE_WAIT
+    if sock and s.n >= s.scan_at then
+      local gone = {}
+      for id in pairs(s.ids) do
+        if live[id] == nil then gone[#gone + 1] = id end
+      end
+      if #gone > 0 and core.objsock_send(sock, assert(core.encode({ "forget", gone })), {}, until_) then
+        for _, id in ipairs(gone) do s.ids[id] = nil end
+        s.n = s.n - #gone
+      end
+      s.scan_at = s.n + SCAN_EVERY
+    end
     for id, obj in pairs(sock and objects or {}) do
-      local need = not sent[id]
+      local need = not s.ids[id]
       if need and known then
         local pid, n = id:match(":(%d+):(%d+)$")
         need = tonumber(pid) == me and tonumber(n) > known
@@ -380,28 +398,35 @@ local function share_objects(pool, objects)
           m = { assert(core.encode({ o, unique })), unique }
           made[id] = m
         end
-        if core.objsock_send(sock, m[1], m[2]) then sent[id] = true end
+        if core.objsock_send(sock, m[1], m[2], until_) then
+          s.ids[id], s.n = true, s.n + 1
+        else
+          until_ = 0      -- (the worker is busy: not waiting for it again this time)
+        end
       end
     end
   end
 end
 
 -- In a worker: makes the objects its parent sent on socket `sock`
--- whenever its decoder meets one it does not know.  It keeps the last
--- HELD_OBJECTS it made (the registry of objects holds them only weakly):
--- a job that makes a Queue per task would otherwise fill the worker with
--- descriptors.  One let go and collected that a later task names again
--- takes the fallback (the worker is replaced).
-local HELD_OBJECTS = 128
+-- whenever its decoder meets one it does not know, or it waits for a
+-- task and the socket has something.  It keeps them (the registry of
+-- objects holds them only weakly) until the parent says it let go of
+-- them, so a job that makes a Queue per task does not fill the worker
+-- with descriptors.
 local function fetch_objects_from(sock)
-  local held = {}
+  local held = {}     -- id -> object
   local reg = debug.getregistry()
   reg["luamp.fetch_objects"] = function()
     while true do
       local bytes, fds = core.objsock_recv(sock)
-      if not bytes then return end
+      if not bytes then return bytes ~= false end     -- (false: the parent's end is closed)
       local ok, m = pcall(core.decode, bytes)
       local o = ok and m[1]
+      if o == "forget" then
+        for _, id in ipairs(m[2]) do held[id] = nil end
+        o = nil
+      end
       local id = o and (o[1] == "sync" and o[2][2] or o[2])
       local known = reg["luamp.objects"]
       if not o or (known and known[id] ~= nil) then
@@ -411,18 +436,11 @@ local function fetch_objects_from(sock)
         for i, fd in ipairs(m[2]) do map[fd] = fds[i] end
         remap_object(o, map)
         local made, obj = pcall(attach_object, o, {})
-        if made then
-          local n = #held
-          if n >= HELD_OBJECTS then     -- let the older half go
-            local keep = HELD_OBJECTS // 2
-            table.move(held, n - keep + 1, n, 1)
-            for i = keep + 1, n do held[i] = nil end
-          end
-          held[#held + 1] = obj
-        end
+        if made then held[id] = obj end
       end
     end
   end
+  core.watch_objects(sock)
 end
 
 -- Starts a fresh process to run `body` (kind "process" or "worker"),
@@ -939,7 +957,7 @@ function Pool:_spawn()
   self._workers[#self._workers + 1] = h
   self._slot[h] = slot
   self._wname[h] = "PoolWorker-" .. self._spawned
-  self._objsock[h], self._known[h], self._sent[h] = psock, known, {}
+  self._objsock[h], self._known[h], self._sent[h] = psock, known, { ids = {}, n = 0, scan_at = SCAN_EVERY }
   if debugging then debug_log("Pool %d: started PoolWorker-%d (pid %d)", self._id, self._spawned, h.pid) end
 end
 

@@ -571,6 +571,56 @@ static int wait_message(lua_State *L, queue *u, double deadline, int widx, shmq_
     }
 }
 
+/* A pool worker's object socket (core.watch_objects), or -1: see
+ * wait_task.  One per process: a worker runs one state. */
+static int worker_objsock = -1;
+
+/* core.watch_objects(fd): this process is a pool worker whose parent
+ * sends it objects on socket fd */
+static int l_watch_objects(lua_State *L)
+{
+    worker_objsock = (int)luaL_checkinteger(L, 1);
+    return 0;
+}
+
+/* wait_message for a worker's next task, forever.  While it waits, it
+ * also reads the objects its parent sends on its object socket
+ * (registry LUAMP_FETCH_KEY), so that a parent sending many does not find
+ * the socket full while the worker is idle. */
+static int wait_task(lua_State *L, queue *u, shmq_wait *w)
+{
+    if (worker_objsock < 0)
+        return wait_message(L, u, -1, 0, w);
+    for (;;) {
+        w->extra = &worker_objsock;
+        w->nextra = 1;
+        switch (shmq_get(u->q, &u->buf, -1, w)) {
+        case SHMQ_OK:
+            return 0;
+        case SHMQ_EVENT: {
+            /* fetch() -> false once the parent's end is closed: then, or
+             * if it cannot be read, stop watching it */
+            int watching = lua_getfield(L, LUA_REGISTRYINDEX, LUAMP_FETCH_KEY) == LUA_TFUNCTION
+                           && lua_pcall(L, 0, 1, 0) == LUA_OK
+                           && !(lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1));
+            lua_pop(L, 1);
+            if (!watching)
+                worker_objsock = -1;
+            break;
+        }
+        case SHMQ_SHUTDOWN:
+            lua_pushboolean(L, 0);
+            lua_pushliteral(L, "closed");
+            return 2;
+        case SHMQ_INTERRUPTED:
+            luamp_raise_interrupt(L);
+            /* fallthrough */
+        default:
+            return luamp_sys_error(L, "Queue:get");
+        }
+    }
+}
+
 /* Pushes false, "undecodable", seq, message (the message on top). */
 static int undecodable(lua_State *L, uint64_t seq)
 {
@@ -631,7 +681,7 @@ static int q_get_task(lua_State *L)
     queue *u = check_queue(L);
     shmq_wait w = { .claim = opt_slot(L, 2) };
     luaL_checktype(L, 3, LUA_TTABLE);
-    int n = wait_message(L, u, -1, 0, &w);
+    int n = wait_task(L, u, &w);
     if (n)
         return n;
     return push_task(L, u, w.seq, w.claim, 3);
@@ -856,7 +906,7 @@ static int q_serve(lua_State *L)
     if (r->closed || r->q == NULL)
         return luaL_argerror(L, 4, "an open queue expected");
     for (;;) {
-        int n = wait_message(L, u, -1, 0, &w);
+        int n = wait_task(L, u, &w);
         if (n)
             return n;
         struct task_hdr h;
@@ -1358,4 +1408,6 @@ void luamp_open_queue(lua_State *L)
     lua_setfield(L, -3, "queue");
     lua_pushcclosure(L, attach_queue, 1);
     lua_setfield(L, -2, "queue_attach");
+    lua_pushcfunction(L, l_watch_objects);
+    lua_setfield(L, -2, "watch_objects");
 }

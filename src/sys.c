@@ -831,9 +831,11 @@ static int l_objsock(lua_State *L)
 #define OBJSOCK_MAX_FDS 64
 #define OBJSOCK_MAX_BYTES (64 << 10)
 
-/* core.objsock_send(fd, bytes, fds) -> true | nil, message (the worker
- * has not read what was sent before, and the socket is full: the caller
- * lets the worker find the object another way) */
+/* core.objsock_send(fd, bytes, fds [, deadline]) -> true | nil, message:
+ * the socket stayed full (it holds only net.unix.max_dgram_qlen unread
+ * datagrams, 10 by default) until the deadline (a core.now() time;
+ * none: do not wait), and the caller lets the worker find the object
+ * another way */
 static int l_objsock_send(lua_State *L)
 {
     int fd = (int)luaL_checkinteger(L, 1);
@@ -865,9 +867,17 @@ static int l_objsock_send(lua_State *L)
         c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)n);
         memcpy(CMSG_DATA(c), fds, sizeof(int) * (size_t)n);
     }
+    double deadline = luaL_optnumber(L, 4, 0);
     ssize_t r;
-    while ((r = sendmsg(fd, &msg, MSG_NOSIGNAL)) < 0 && errno == EINTR)
-        ;
+    for (;;) {
+        while ((r = sendmsg(fd, &msg, MSG_NOSIGNAL)) < 0 && errno == EINTR)
+            ;
+        if (r >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK) || luamp_now() >= deadline)
+            break;
+        struct pollfd p = { .fd = fd, .events = POLLOUT };
+        if (poll(&p, 1, luamp_poll_ms(deadline)) < 0 && errno != EINTR)
+            break;
+    }
     if (r < 0) {
         lua_pushnil(L);
         lua_pushstring(L, strerror(errno));
