@@ -523,6 +523,8 @@ static int new_apply_fast(lua_State *L)
  * widx (0: none) to finish.  On SHMQ_OK leaves the message in u->buf and
  * returns 0; else pushes false, "event", i (the i-th handle finished) |
  * false, "timeout" | false, "closed" and returns the number of values. */
+static int wait_status(lua_State *L, int r, int event);
+
 static int wait_message(lua_State *L, queue *u, double deadline, int widx, shmq_wait *w)
 {
     int fds[SHMQ_MAX_EXTRA], map[SHMQ_MAX_EXTRA], n = 0;
@@ -550,13 +552,20 @@ static int wait_message(lua_State *L, queue *u, double deadline, int widx, shmq_
     }
     w->nextra = n;
     int r = shmq_get(u->q, &u->buf, deadline, w);
+    return wait_status(L, r, r == SHMQ_EVENT ? map[w->which] : 0);
+}
+
+/* What wait_message returns for shmq_get's status r (event: the index of
+ * the object that became ready). */
+static int wait_status(lua_State *L, int r, int event)
+{
     switch (r) {
     case SHMQ_OK:
         return 0;
     case SHMQ_EVENT:
         lua_pushboolean(L, 0);
         lua_pushliteral(L, "event");
-        lua_pushinteger(L, map[w->which]);
+        lua_pushinteger(L, event);
         return 3;
     case SHMQ_TIMEOUT:
     case SHMQ_SHUTDOWN:
@@ -594,30 +603,17 @@ static int wait_task(lua_State *L, queue *u, shmq_wait *w)
     for (;;) {
         w->extra = &worker_objsock;
         w->nextra = 1;
-        switch (shmq_get(u->q, &u->buf, -1, w)) {
-        case SHMQ_OK:
-            return 0;
-        case SHMQ_EVENT: {
-            /* fetch() -> false once the parent's end is closed: then, or
-             * if it cannot be read, stop watching it */
-            int watching = lua_getfield(L, LUA_REGISTRYINDEX, LUAMP_FETCH_KEY) == LUA_TFUNCTION
-                           && lua_pcall(L, 0, 1, 0) == LUA_OK
-                           && !(lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1));
-            lua_pop(L, 1);
-            if (!watching)
-                worker_objsock = -1;
-            break;
-        }
-        case SHMQ_SHUTDOWN:
-            lua_pushboolean(L, 0);
-            lua_pushliteral(L, "closed");
-            return 2;
-        case SHMQ_INTERRUPTED:
-            luamp_raise_interrupt(L);
-            /* fallthrough */
-        default:
-            return luamp_sys_error(L, "Queue:get");
-        }
+        int r = shmq_get(u->q, &u->buf, -1, w);
+        if (r != SHMQ_EVENT)
+            return wait_status(L, r, 0);
+        /* fetch() -> false once the parent's end is closed: then, or if
+         * it cannot be read, stop watching it */
+        int watching = lua_getfield(L, LUA_REGISTRYINDEX, LUAMP_FETCH_KEY) == LUA_TFUNCTION
+                       && lua_pcall(L, 0, 1, 0) == LUA_OK
+                       && !(lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1));
+        lua_pop(L, 1);
+        if (!watching)
+            worker_objsock = -1;
     }
 }
 

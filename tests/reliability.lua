@@ -36,7 +36,8 @@ do
   for i = 1, 20 do xs[i] = i end
   local r = pool:map_async(function(x) if x == 7 then os.exit(1) end return x * 10 end, xs, 1)
   local ok, e = pcall(r.get, r, 20)
-  t.ok(not ok and mp.Error.is(e, "worker_lost"), "map with a dying item raises worker_lost")
+  local lost = not ok and mp.Error.is(e, "worker_lost")
+  t.ok(lost, "map with a dying item raises worker_lost" .. (lost and "" or " (got " .. tostring(ok) .. ", " .. tostring(e) .. ")"))
   local res = {}
   local ok2, e2 = pcall(function()
     for _, v in pool:imap_unordered(function(x) if x == 3 then os.exit(1) end return x end, {1, 2, 3, 4, 5}, 1) do
@@ -135,21 +136,20 @@ do
     l:acquire(); l:release()
   end, {{1, v, lk}, {2, v, lk}, {3, v, lk}, {4, v, lk}}, 1)
   t.is(v.value, 500, "so do a Value and a Lock made after the pool: 4 tasks x 50 locked increments, none lost")
-  local later = {}
-  for i = 1, 20 do later[i] = mp.Queue() end
-  local out = pool:map(function(q) q:put("x"); return true end, later, 1)
-  local n = 0
-  for i = 1, 20 do if out[i] and later[i]:get(5) == "x" then n = n + 1 end end
-  t.is(n, 20, "20 tasks, each with a Queue newer than the workers, all run")
+  -- a map over n new Queues, one each: how many got their item
+  local function deliver(n)
+    local qs = {}
+    for i = 1, n do qs[i] = mp.Queue() end
+    local ran = pool:map(function(q) q:put("y"); return true end, qs, 1)
+    local got = 0
+    for i = 1, n do if ran[i] and qs[i]:get(5) == "y" then got = got + 1 end end
+    return got
+  end
+  t.is(deliver(20), 20, "20 tasks, each with a Queue newer than the workers, all run")
   -- more new objects at once than a worker's socket holds (10 unread by
   -- default): the parent waits a moment for room, idle workers read while
   -- they wait, and whatever is left takes the fallback; every task runs
-  local many = {}
-  for i = 1, 300 do many[i] = mp.Queue() end
-  local ran = pool:map(function(q) q:put("y"); return true end, many, 1)
-  local delivered = 0
-  for i = 1, 300 do if ran[i] and many[i]:get(5) == "y" then delivered = delivered + 1 end end
-  t.is(delivered, 300, "a map over 300 new Queues delivers to every one")
+  t.is(deliver(300), 300, "a map over 300 new Queues delivers to every one")
   -- a worker keeps what it was sent while the parent has it: 300 tasks,
   -- each with a new Lock the parent lets go of, leave it far fewer than
   -- 300 descriptors
