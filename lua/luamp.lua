@@ -269,17 +269,22 @@ local function spawn_program()
   return core.installed_luamp or "luamp"
 end
 
--- The descriptors of sync object description d (core.sync_describe),
--- added to fds; a Barrier's action becomes its encoding, which must not
--- name luamp objects (they would have to be sent before it is decoded).
-local function sync_fds(d, fds)
-  fds[#fds + 1] = d[3]
+-- Calls fn on sync object description d (core.sync_describe) and on the
+-- description of its lock, which a Value's, an Array's (at 7) and a
+-- Condition's (at 5) holds.
+local function each_sync_part(d, fn)
+  fn(d)
   local kind = d[1]
-  if kind == "value" or kind == "array" then
-    sync_fds(d[7], fds)
-  elseif kind == "condition" then
-    sync_fds(d[5], fds)
-  elseif kind == "barrier" and d[5] ~= nil then
+  if kind == "value" or kind == "array" then each_sync_part(d[7], fn)
+  elseif kind == "condition" then each_sync_part(d[5], fn) end
+end
+
+-- The descriptors of sync object description d, added to fds; a
+-- Barrier's action becomes its encoding, which must not name luamp
+-- objects (they would have to be sent before it is decoded).
+local function sync_fds(d, fds)
+  each_sync_part(d, function(part) fds[#fds + 1] = part[3] end)
+  if d[1] == "barrier" and d[5] ~= nil then
     local reg, seen = debug.getregistry(), {}
     local outer = reg["luamp.collect"]
     reg["luamp.collect"] = seen
@@ -326,14 +331,8 @@ local function describe_object(obj, id, fds)
 end
 
 -- Replaces the descriptor numbers in description o by map[number].
-local function remap_sync(d, map)
-  d[3] = map[d[3]]
-  if d[1] == "value" or d[1] == "array" then remap_sync(d[7], map)
-  elseif d[1] == "condition" then remap_sync(d[5], map) end
-end
-
 local function remap_object(o, map)
-  if o[1] == "sync" then return remap_sync(o[2], map) end
+  if o[1] == "sync" then return each_sync_part(o[2], function(part) part[3] = map[part[3]] end) end
   for _, i in ipairs(FD_AT[o[1]]) do
     if o[i] >= 0 then o[i] = map[o[i]] end
   end
@@ -368,7 +367,8 @@ local function share_objects(pool, objects)
   local me, made = current.pid, {}
   local live = debug.getregistry()["luamp.objects"] or {}
   for _, h in ipairs(pool._workers) do
-    local sock, known, s = pool._objsock[h], pool._known[h], pool._sent[h]
+    local s = pool._share[h]
+    local sock, known = s.sock, s.known
     local until_ = now() + SHARE_WAIT
     if sock and s.n >= s.scan_at then
       local gone = {}
@@ -912,9 +912,9 @@ function mp.Pool(opts)
     _inflight = {},         -- task sequence number -> {job, start, count, timeout}, or an apply job
     _ntimed = 0,            -- tasks in flight that have a deadline
     _killed = {},           -- slot -> sequence number of a task past its deadline
-    _objsock = {},          -- worker handle -> this end of its object socket (see share_objects)
-    _known = {},            -- worker handle -> objects made here before its fork (false: spawned)
-    _sent = {},             -- worker handle -> {id = true} of the objects sent to it
+    _share = {},            -- worker handle -> {sock = this end of its object socket, known =
+                            -- objects made here before its fork (false: spawned), ids = {id =
+                            -- true} sent to it, n = their count, scan_at}: see share_objects
   }, PoolMT)
   self._tq:_on_objects(function(objects) share_objects(self, objects) end)
   for slot = n - 1, 0, -1 do self._free_slots[#self._free_slots + 1] = slot end
@@ -957,7 +957,7 @@ function Pool:_spawn()
   self._workers[#self._workers + 1] = h
   self._slot[h] = slot
   self._wname[h] = "PoolWorker-" .. self._spawned
-  self._objsock[h], self._known[h], self._sent[h] = psock, known, { ids = {}, n = 0, scan_at = SCAN_EVERY }
+  self._share[h] = { sock = psock, known = known, ids = {}, n = 0, scan_at = SCAN_EVERY }
   if debugging then debug_log("Pool %d: started PoolWorker-%d (pid %d)", self._id, self._spawned, h.pid) end
 end
 
@@ -1184,8 +1184,8 @@ function Pool:_reap(i)
   local code = h:poll(-1)
   local slot = self._slot[h]
   self._slot[h] = nil
-  if self._objsock[h] then core.close_fd(self._objsock[h]) end
-  self._objsock[h], self._known[h], self._sent[h] = nil, nil, nil
+  if self._share[h].sock then core.close_fd(self._share[h].sock) end
+  self._share[h] = nil
   local seq = self._tq:claim(slot)
   local rec = seq ~= 0 and self:_settle(seq)
   if rec then
@@ -1782,9 +1782,9 @@ function Pool:_end()
   self._ended = true
   self._tq:destroy()
   self._rq:destroy()
-  for h, sock in pairs(self._objsock) do
-    if sock then core.close_fd(sock) end
-    self._objsock[h] = nil
+  for h, s in pairs(self._share) do
+    if s.sock then core.close_fd(s.sock) end
+    self._share[h] = nil
   end
   pools[self] = nil
 end

@@ -173,7 +173,7 @@ do
   end
   -- a worker the parent could not send the object to (here: its socket
   -- forgotten) hands the task back and is replaced by one forked after it
-  for h in pairs(pool._objsock) do pool._objsock[h] = false end
+  for _, s in pairs(pool._share) do s.sock = false end
   local unsent = mp.Queue()
   local pids = pool:map(function() mp._sleep(0.05) return mp.current_process().pid end, {1, 2, 3, 4}, 1)
   pool:apply(function(q) q:put("late") end, {unsent})
