@@ -2042,21 +2042,26 @@ static int find_obj(lua_State *L, const ext *x)
     return 0;
 }
 
+int luamp_fetch_objects(lua_State *L)
+{
+    int more = lua_getfield(L, LUA_REGISTRYINDEX, LUAMP_FETCH_KEY) == LUA_TFUNCTION
+               && lua_pcall(L, 0, 1, 0) == LUA_OK
+               && !(lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1));
+    lua_pop(L, 1);
+    return more;
+}
+
 static int dec_obj(decoder *d, const ext *x)
 {
     lua_State *L = d->L;
 
     if (find_obj(L, x))
         return 0;
-    if (lua_getfield(L, LUA_REGISTRYINDEX, LUAMP_FETCH_KEY) == LUA_TFUNCTION) {
-        /* (an error there leaves the object unknown, said below) */
-        if (lua_pcall(L, 0, 0, 0) != LUA_OK)
-            lua_pop(L, 1);
-        if (find_obj(L, x))
-            return 0;
-    } else {
-        lua_pop(L, 1);
-    }
+    /* (what the parent sent ahead of this message; if that fails, the
+     * object stays unknown, as said below) */
+    luamp_fetch_objects(L);
+    if (find_obj(L, x))
+        return 0;
     lua_pushlstring(L, (const char *)x->data, x->len);
     int why = luamp_codec_newer_hook ? luamp_codec_newer_hook((const char *)x->data, x->len) : 0;
     if (why == 2)

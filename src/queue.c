@@ -606,14 +606,8 @@ static int wait_task(lua_State *L, queue *u, shmq_wait *w)
         int r = shmq_get(u->q, &u->buf, -1, w);
         if (r != SHMQ_EVENT)
             return wait_status(L, r, 0);
-        /* fetch() -> false once the parent's end is closed: then, or if
-         * it cannot be read, stop watching it */
-        int watching = lua_getfield(L, LUA_REGISTRYINDEX, LUAMP_FETCH_KEY) == LUA_TFUNCTION
-                       && lua_pcall(L, 0, 1, 0) == LUA_OK
-                       && !(lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1));
-        lua_pop(L, 1);
-        if (!watching)
-            worker_objsock = -1;
+        if (!luamp_fetch_objects(L))
+            worker_objsock = -1;    /* (the parent's end is closed, or unreadable) */
     }
 }
 

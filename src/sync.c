@@ -90,6 +90,13 @@ typedef struct handle {
     char id[48];     /* what it travels as (__luamp_ref) */
 } handle;
 
+/* What follows the lock in an object's block: a Value's or an Array's
+ * elements, a Condition's or a Barrier's state. */
+static void *data_of(const handle *h)
+{
+    return (char *)h->b + DATA_OFFSET;
+}
+
 typedef struct lockud {
     handle h;
     int rlock;
@@ -704,7 +711,7 @@ static const etype *check_type(lua_State *L, int idx, const char *fname)
 
 static void *elem(const shared *s, lua_Integer i)
 {
-    return (char *)s->h.b + DATA_OFFSET + (size_t)i * s->t->size;
+    return (char *)data_of(&s->h) + (size_t)i * s->t->size;
 }
 
 static void push_elem(lua_State *L, const shared *s, lua_Integer i)
@@ -993,7 +1000,7 @@ typedef struct condud {
 
 static cond_data *cond_of(condud *u)
 {
-    return (cond_data *)((char *)u->h.b + DATA_OFFSET);
+    return data_of(&u->h);
 }
 
 /* The Condition at index 1 and its lock (which it keeps alive). */
@@ -1206,7 +1213,7 @@ typedef struct barud {
 
 static barrier_data *bar_of(barud *u)
 {
-    return (barrier_data *)((char *)u->h.b + DATA_OFFSET);
+    return data_of(&u->h);
 }
 
 static void bar_lock(barrier_data *d)
