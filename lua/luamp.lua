@@ -1024,6 +1024,7 @@ local function finish(self, job)
   self._jobs[job.id] = nil
   self._sinks[job.id] = nil
   if job.progress then job.progress(true) end
+  if job.abandoned then return end        -- nobody is waiting for it
   if job.err then
     if job.error_callback then run_callback(job.error_callback, job.err) end
   elseif job.callback then
@@ -1224,7 +1225,11 @@ function Pool:_reap(i)
     end
   end
   if self._state == "terminate" or self._broken then return end
-  if self._state == "run" or next(self._jobs) ~= nil or next(self._inflight) ~= nil then
+  -- A closed pool replaces a worker only while there is work for it: tasks
+  -- waiting in the queue, or input a job has still to read.  (A closing
+  -- pool's workers exit one by one as they find the queue empty; replacing
+  -- them because some job was still registered forked for ever.)
+  if self._state == "run" or not self._sealed or self._tq:qsize() > 0 then
     if debugging then debug_log("Pool %d: replacing it", self._id) end
     self:_spawn()
   end
@@ -1649,6 +1654,7 @@ function Pool:_submit_chunk(job)
     job.source = nil
     job.total = job.next_index - 1
     if job.done == job.total and not job.finished then finish(self, job) end
+    self:_seal()
   end
   return count > 0
 end
@@ -1683,11 +1689,28 @@ local function start_imap(self, fname, f, items, opts)
   return job
 end
 
+-- No more of a lazy job's input is read: its loop was left (`why` is
+-- "loop") or the pool is joined ("join").  The chunks already handed out
+-- still run; their results are dropped with the job.
+local function abandon(self, job, why)
+  if not job.source or job.finished then return end
+  job.source = nil
+  job.abandoned = why
+  job.total = job.next_index - 1
+  if debugging then debug_log("Pool %d: %s left after %d items", self._id, job.fname, job.total) end
+  if job.done == job.total then finish(self, job) end
+  self:_seal()
+end
+
 -- imap's loop: yields (index, result) from whole chunks as they come.
 -- `take` returns the next chunk to yield, or nil when none is waiting.
 -- A failed item raises at its turn; the loop may go on after it.  With a
 -- deadline (and the timeout it came from), waiting past it raises
 -- "timeout".
+-- A generic `for` closes its fourth value when the loop is left (break,
+-- return, error), which abandons the job: see abandon.
+local LoopEnd = { __close = function(c) abandon(c.pool, c.job, "loop") end }
+
 local function chunk_iterator(self, job, take, deadline, timeout)
   -- the chunk being yielded: its results, errors, size, index before it
   local results, errors, count, base, k = nil, nil, 0, 0, 0
@@ -1700,7 +1723,11 @@ local function chunk_iterator(self, job, take, deadline, timeout)
       end
       local rec = take()
       while not rec do
-        if job.total and job.taken >= job.total then return nil end
+        if job.total and job.taken >= job.total then
+          if not job.abandoned then return nil end
+          raise("closed", string.format("%s read no more of its input after item %d: %s", job.fname, job.total,
+            job.abandoned == "join" and "the Pool was joined first" or "its loop was left"), 2)
+        end
         if self._ended then error("the Pool has ended", 2) end
         if not self:_pump(deadline) and deadline and now() >= deadline then
           raise("timeout", string.format("timed out after %gs waiting for the results of %s", timeout, job.fname), 2)
@@ -1715,7 +1742,7 @@ local function chunk_iterator(self, job, take, deadline, timeout)
       if e then error(e, 2) end
     end
     return base + k, results[k]
-  end
+  end, nil, nil, setmetatable({ pool = self, job = job }, LoopEnd)
 end
 
 -- Yields (index, result) in input order; results are dropped once yielded
@@ -1759,16 +1786,30 @@ function Pool:close()
   check_pool(self, "close")
   if self._state == "run" then
     self._state = "close"
-    self._tq:shutdown()
     if debugging then debug_log("Pool %d: closed", self._id) end
+    self:_seal()
   end
 end
+
+-- A closed pool's task queue is shut down (its workers then exit as they
+-- find it empty) once no job has input left to read: an imap loop may go
+-- on after close, as in Python, and its next chunks still need workers.
+function Pool:_seal()
+  if self._state ~= "close" or self._sealed then return end
+  for _, job in pairs(self._jobs) do
+    if job.source then return end
+  end
+  self._sealed = true
+  self._tq:shutdown()
+end
+
 
 -- Waits for every worker to exit, handling results meanwhile, so every
 -- task has finished and every callback has run when it returns.
 function Pool:join()
   check_pool(self, "join")
   if self._state == "run" then error("cannot join a running Pool: close or terminate it first", 2) end
+  for _, job in pairs(self._jobs) do abandon(self, job, "join") end
   while #self._workers > 0 do self:_pump() end
   -- results that were put just before the last worker exited
   while self:_pump(now()) do end

@@ -96,6 +96,95 @@ do
   t.same(pool:map(square, {2}), {4, n = 1}, "the pool is usable after leaving an imap loop early")
 end
 
+-- Leaving a loop early, then closing the pool: the close ends (it once
+-- forked replacement workers for ever), starts no worker, and reads no
+-- more of the input.  Each case runs in a luamp of its own, bounded by a
+-- timeout, with the pool's debug log to count replacements.
+local LUAMP = os.getenv("LUAMP") or arg[-1]
+local function run_script(src)
+  local path = os.tmpname()
+  local f = assert(io.open(path, "w")); f:write(src); f:close()
+  local ok, r = pcall(mp.run, { LUAMP, path }, { capture = true, timeout = 30, env = { LUAMP_LOG = "debug" } })
+  os.remove(path)
+  if not ok then return { code = "timeout", stdout = "", stderr = tostring(r) } end
+  return r
+end
+
+local LEAVE = [[
+local mp = require "luamp"
+local reads = 0
+local T = {} for i = 1, 400 do T[i] = string.rep("x", i) end
+local function source() local i = 0 return function() i = i + 1; reads = reads + 1; return T[i] end end
+local n = 0
+do
+  local pool <close> = mp.Pool(2)
+  for _, v in pool:%s(function(x) return #x end, %s, {chunksize = %d}) do
+    n = n + 1; if n >= 5 then break end
+  end
+  %s
+end
+print("after", n, reads)
+]]
+for _, fname in ipairs { "imap", "imap_unordered" } do
+  for _, input in ipairs { "T", "source()" } do
+    for _, ending in ipairs { "", "pool:close(); pool:join()" } do
+      local chunksize = input == "T" and 1 or 2
+      local what = string.format("%s over %s, chunksize %d, then %s", fname, input == "T" and "a table" or "an iterator",
+        chunksize, ending == "" and "<close>" or "close and join")
+      local r = run_script(string.format(LEAVE, fname, input, chunksize, ending))
+      local n, reads = r.stdout:match("^after\t(%d+)\t(%d+)")
+      t.ok(r.code == 0 and n == "5", what .. ": leaving the loop early lets the pool close",
+        "code: " .. tostring(r.code) .. "\nstderr: " .. r.stderr:sub(-600))
+      local replaced = r.code == 0 and select(2, r.stderr:gsub("replacing it", "")) or "(did not end)"
+      t.is(replaced, 0, what .. ": the closing pool starts no worker")
+      if input ~= "T" then
+        t.ok(tonumber(reads) and tonumber(reads) < 100, what .. ": no more of the input is read once the loop is left",
+          "read: " .. tostring(reads))
+      end
+    end
+  end
+end
+
+-- A loop may go on after close (as in Python): every item still comes,
+-- and the closed pool starts no worker meanwhile.
+do
+  local r = run_script [[
+local mp = require "luamp"
+local T = {} for i = 1, 2000 do T[i] = i end
+local pool <close> = mp.Pool(2)
+local it = pool:imap(function(x) return x * 2 end, T, 1)
+pool:close()
+local n, s = 0, 0
+for _, v in it do n = n + 1; s = s + v end
+pool:join()
+print(n, s)
+]]
+  t.is(r.stdout, "2000\t4002000\n", "imap goes on after close: every item is yielded")
+  local _, replaced = r.stderr:gsub("replacing it", "")
+  t.is(replaced, 0, "imap after close: the closed pool replaced no worker")
+end
+
+-- An iterator not read to its end before join: join ends, and reading on
+-- raises "closed" once the part that was run is yielded, never a silent end.
+do
+  local p <close> = mp.Pool(2)
+  local it = p:imap(square, (function() local i = 0 return function() i = i + 1 return i end end)(), 1)
+  local i1, v1 = it()
+  t.same({ i1, v1 }, { 1, 1 }, "a hand-driven imap yields its first item")
+  p:close()
+  p:join()
+  local n, err = 1, nil
+  while true do
+    local ok, i = pcall(it)
+    if not ok then err = i; break end
+    if i == nil then break end
+    n = n + 1
+  end
+  t.ok(mp.Error.is(err, "closed"), "reading an imap past what ran before join raises kind closed", tostring(err))
+  t.like(tostring(err and err.message), "Pool was joined first", "the error says the pool was joined first")
+  t.ok(n >= 1 and n <= 8 * 2, "what was handed out before join is still yielded", "yielded " .. n)
+end
+
 t.raises(function() pool:imap(square, 5) end, "bad argument #2 to 'imap' %(table or iterator function expected, got number%)",
   "imap checks its items")
 
