@@ -32,9 +32,16 @@ Error.__index = Error
 Error.__name = "luamp.Error"
 mp.Error = Error
 
+-- Always a string, whatever the fields hold: loggers and the host print
+-- errors through it, and a __tostring that raises hides the error itself.
 function Error.__tostring(e)
-  if e.traceback then return e.message .. "\n" .. e.traceback end
-  return e.message
+  local m = rawget(e, "message")
+  if type(m) ~= "string" then
+    m = string.format("%s error (%s)", tostring(rawget(e, "kind")), m == nil and "no message" or type(m) .. " message")
+  end
+  local tb = rawget(e, "traceback")
+  if type(tb) == "string" then return m .. "\n" .. tb end
+  return m
 end
 
 function Error.is(e, kind)
@@ -748,26 +755,30 @@ local function run_chunk(f, kind, items, count)
     end
     return error_info(e, 2)
   end
+  local spent = false
   while pos <= count do
     failed = nil
     local ok, info = xpcall(body, handler)
     if ok then break end
     errs = errs or {}
     if not failed then
-      -- (the handler itself failed: which item ran last is unknown, so
-      -- every item from pos fails rather than any running twice)
+      -- (the handler did not run or failed itself: memory ran out, see
+      -- spent_worker in queue.c.  Which item ran last is unknown, so every
+      -- item from pos fails rather than any running twice.)
       for k = pos, count do errs[k] = info end
+      spent = true
       break
     end
     errs[failed] = info
     pos = failed + 1
   end
-  return results, errs
+  return results, errs, spent
 end
 
 -- An error as it can travel: its message and traceback when the whole
 -- Error (its value) cannot.
 local function plain_error(info)
+  if type(info) ~= "table" then return { message = errmsg(info) } end
   return { message = info.message, traceback = info.traceback }
 end
 
@@ -798,6 +809,13 @@ local function put_result(rq, jobid, start, count, seq, pid, elapsed, results, e
   assert(rq:put_result(jobid, start, count, seq, pid, elapsed, results, errs))
 end
 
+-- Sends an apply task's outcome; false when the task ran out of memory
+-- (its error is not the handler's table).
+local function send_apply_outcome(rq, jobid, seq, pid, t0, ok, ...)
+  rq:put_apply(jobid, seq, pid, t0, ok, ...)
+  return ok or type((...)) == "table"
+end
+
 local function worker_main(pool, index, slot)
   become_child("PoolWorker-" .. index)
   local tq, rq = pool._tq, pool._rq
@@ -823,6 +841,7 @@ local function worker_main(pool, index, slot)
       got, jobid, fid, f, kind, start, items, count, seq = tq:serve(slot, fcache, rq, traceback_handler, pid, put_result)
     end
     if not got then
+      if jobid == "spent" then break end
       if jobid == "requeued" then
         -- The task refers to an object made after this worker was forked;
         -- it went back to the queue, and the worker forked to replace this
@@ -847,11 +866,14 @@ local function worker_main(pool, index, slot)
     end
     if kind == "apply" then
       local t0 = now()
-      rq:put_apply(jobid, seq, pid, t0, xpcall(f, traceback_handler, unpack(items, 1, items.n or #items)))
+      if not send_apply_outcome(rq, jobid, seq, pid, t0, xpcall(f, traceback_handler, unpack(items, 1, items.n or #items))) then
+        break
+      end
     else
       local t0 = now()
-      local results, errs = run_chunk(f, kind, items, count)
+      local results, errs, spent = run_chunk(f, kind, items, count)
       put_result(rq, jobid, start, count, seq, pid, now() - t0, results, errs)
+      if spent then break end
     end
     if left then
       left = left - 1
@@ -859,6 +881,11 @@ local function worker_main(pool, index, slot)
     end
     ::continue::
   end
+  -- A task ran out of memory (its error is Lua's bare message, see
+  -- run_chunk): this worker may not be able to go on, and the pool forks a
+  -- fresh one in its place.
+  if debugging then debug_log("a task ran out of memory: this worker exits to be replaced") end
+  core._exit(0)
 end
 
 --------------------------------------------------------------------------
@@ -1002,6 +1029,13 @@ local function encode_function(self, f, fname)
 end
 
 local function remote_error(info, pid)
+  if type(info) ~= "table" then
+    -- The message handler did not run: Lua skips it when memory runs out
+    -- (and when the handler itself fails), so the error is Lua's own
+    -- string.  The worker that ran the task exits after sending it.
+    return new_error("remote", string.format("%s in the task (worker pid %d)", errmsg(info), pid),
+      { value = info, pid = pid })
+  end
   if info.serialize then
     return new_error("serialize", info.message)
   end
@@ -1127,8 +1161,9 @@ end
 function Pool:_handle(jobid, start, count, results, errs, elapsed, pid, seq, nres, rlen)
   if jobid <= 0 then
     if jobid == 0 then                        -- a worker's initializer failed
-      return self:_break(new_error("remote", "the Pool's initializer failed: " .. errs.message,
-        { traceback = errs.traceback }))
+      local info = type(errs) == "table" and errs or { message = errmsg(errs) }
+      return self:_break(new_error("remote", "the Pool's initializer failed: " .. tostring(info.message),
+        { traceback = info.traceback }))
     end
     local rec = self:_settle(seq)             -- a worker could not decode a task
     if rec then self:_fail_task(rec, new_error("serialize", "cannot receive the task: " .. errs)) end

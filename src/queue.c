@@ -828,17 +828,20 @@ static int q_put_apply(lua_State *L)
  * each item in a protected call with the handler at 5, and sends its
  * results and errors; when they cannot be sent, put_result (at 6)
  * sends what can be. */
-static void serve_map(lua_State *L, queue *r, const struct task_hdr *t, uint64_t seq, lua_Integer pid)
+static int serve_map(lua_State *L, queue *r, const struct task_hdr *t, uint64_t seq, lua_Integer pid)
 {
     lua_createtable(L, (int)t->count, 0);      /* 9: results */
     lua_pushnil(L);                            /* 10: errors, once one fails */
     double t0 = luamp_now();
+    int spent = 0;
     for (lua_Integer i = 1; i <= t->count; i++) {
         lua_pushvalue(L, 7);
         lua_rawgeti(L, 8, i);
-        if (lua_pcall(L, 1, 1, 5) == LUA_OK) {
+        int status = lua_pcall(L, 1, 1, 5);
+        if (status == LUA_OK) {
             lua_rawseti(L, 9, i);
         } else {
+            spent |= status != LUA_ERRRUN;
             if (lua_isnil(L, 10)) {
                 lua_newtable(L);
                 lua_replace(L, 10);
@@ -855,7 +858,7 @@ static void serve_map(lua_State *L, queue *r, const struct task_hdr *t, uint64_t
     h.pid = pid;
     h.elapsed = luamp_now() - t0;
     if (put_result_msg(L, r, &h, 9, lua_isnil(L, 10) ? 0 : 10, 0) == 1)
-        return;
+        return spent;
     lua_settop(L, 10);
     lua_pushvalue(L, 6);
     lua_pushvalue(L, 4);
@@ -868,6 +871,19 @@ static void serve_map(lua_State *L, queue *r, const struct task_hdr *t, uint64_t
     lua_pushvalue(L, 9);
     lua_pushvalue(L, 10);
     lua_call(L, 9, 0);
+    return spent;
+}
+
+/* What serve returns after a task that ran out of memory (or whose
+ * message handler failed): Lua then skips the handler, the task's error is
+ * Lua's bare message, and the worker, which may not be able to go on,
+ * exits to be replaced. */
+static int spent_worker(lua_State *L)
+{
+    lua_settop(L, 0);
+    lua_pushboolean(L, 0);
+    lua_pushliteral(L, "spent");
+    return 2;
 }
 
 /*
@@ -914,7 +930,8 @@ static int q_serve(lua_State *L)
             }
             luamp_collect_for(L, u->buf.len);
             luamp_buf_trim(&u->buf);
-            serve_map(L, r, &h, w.seq, pid);
+            if (serve_map(L, r, &h, w.seq, pid))
+                return spent_worker(L);
             lua_settop(L, 6);
             continue;
         }
@@ -940,8 +957,10 @@ static int q_serve(lua_State *L)
         for (lua_Integer i = 1; i <= nargs; i++)
             lua_rawgeti(L, 8, i);
         double t0 = luamp_now();
-        int ok = lua_pcall(L, (int)nargs, LUA_MULTRET, 9) == LUA_OK;
-        send_outcome(L, r, &h, w.seq, pid, t0, ok, 10, lua_gettop(L) - 9);
+        int status = lua_pcall(L, (int)nargs, LUA_MULTRET, 9);
+        send_outcome(L, r, &h, w.seq, pid, t0, status == LUA_OK, 10, lua_gettop(L) - 9);
+        if (status != LUA_OK && status != LUA_ERRRUN)
+            return spent_worker(L);
         lua_settop(L, 6);
     }
 }
