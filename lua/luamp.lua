@@ -58,8 +58,8 @@ local function raise(kind, message, level)
   error(new_error(kind, message), level or 2)
 end
 
-debug.getregistry()["luamp.raise"] = function(kind, message)
-  error(new_error(kind, message), 3)
+debug.getregistry()["luamp.raise"] = function(kind, message, errno)
+  error(new_error(kind, message, errno and { errno = errno }), 3)
 end
 
 -- A readable sentence for any error value.
@@ -912,13 +912,20 @@ function mp.Pool(opts)
   end
   n = n or core.default_processes() or core.cpu_count()
   if n > MAX_POOL then argerror(1, "Pool", "at most " .. MAX_POOL .. " processes") end
+  -- (map_async never waits for the workers to make room in the task queue)
+  local tq = core.queue(0, true)
+  local ok, rq = pcall(core.queue, 0)
+  if not ok then
+    tq:destroy()
+    error(rq, 2)
+  end
   pool_count = pool_count + 1
   local self = setmetatable({
     processes = n,
     _owner = getpid(),
     _id = pool_count,
-    _tq = core.queue(0, true),  -- (map_async never waits for the workers to make room)
-    _rq = core.queue(0),
+    _tq = tq,
+    _rq = rq,
     _workers = {},          -- child handles, in spawn order
     _spawned = 0,
     _jobs = {},             -- id -> job not finished yet (but apply jobs: see apply_async)
@@ -946,7 +953,15 @@ function mp.Pool(opts)
   self._tq:_on_objects(function(objects) share_objects(self, objects) end)
   for slot = n - 1, 0, -1 do self._free_slots[#self._free_slots + 1] = slot end
   if debugging then debug_log("Pool %d: starting %d workers", self._id, n) end
-  for _ = 1, n do self:_spawn() end
+  -- A pool that cannot start all its workers (fork's EAGAIN under a
+  -- process limit, descriptors running out) stops those it started and
+  -- gives its queues back before it raises, so that a retry, or anything
+  -- else that forks, is not starved by workers waiting for a collection.
+  local started, err = pcall(function() for _ = 1, n do self:_spawn() end end)
+  if not started then
+    self:terminate()
+    error(err, 2)
+  end
   pools[self] = true
   return self
 end

@@ -328,20 +328,18 @@ static const char *release(block *b, int rlock)
 
 /* ---- blocks --------------------------------------------------------------- */
 
-/* Maps len bytes of memfd fd (which the mapping then owns), or raises
- * (closing fd). */
-static mapping *map_fd(lua_State *L, int fd, size_t len)
+/* Maps len bytes of memfd fd, which the mapping then owns; NULL (fd
+ * closed, errno set) when it cannot. */
+static mapping *try_map_fd(int fd, size_t len)
 {
     mapping *m = malloc(sizeof *m);
     void *p = m != NULL ? mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : NULL;
     if (p == MAP_FAILED || m == NULL) {
-        int e = errno;
+        int e = m == NULL ? ENOMEM : errno;
         free(m);
         close(fd);
-        if (m == NULL)
-            luaL_error(L, "not enough memory");
         errno = e;
-        luamp_sys_error(L, "cannot map shared memory");
+        return NULL;
     }
     m->refs = 0;
     m->fd = fd;
@@ -350,20 +348,47 @@ static mapping *map_fd(lua_State *L, int fd, size_t len)
     return m;
 }
 
-static mapping *new_mapping(lua_State *L, size_t data)
+/* map_fd that raises when it cannot. */
+static mapping *map_fd(lua_State *L, int fd, size_t len)
+{
+    mapping *m = try_map_fd(fd, len);
+    if (m == NULL)
+        luamp_sys_error(L, "cannot map shared memory");
+    return m;
+}
+
+/* A new mapping of `data` bytes after the header; NULL (errno set, nothing
+ * left open) when it cannot be made. */
+static mapping *try_new_mapping(size_t data)
 {
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
     size_t len = (DATA_OFFSET + data + page - 1) / page * page;
     int fd = memfd_create("luamp-sync", MFD_CLOEXEC);
     if (fd < 0)
-        luamp_sys_error(L, "cannot make shared memory");
+        return NULL;
     if (ftruncate(fd, (off_t)len) != 0) {
         int e = errno;
         close(fd);
         errno = e;
-        luamp_sys_error(L, "cannot make shared memory");
+        return NULL;
     }
-    return map_fd(L, fd, len);
+    return try_map_fd(fd, len);
+}
+
+static mapping *new_mapping(lua_State *L, size_t data)
+{
+    mapping *m = try_new_mapping(data);
+    if (m == NULL)
+        luamp_sys_error(L, "cannot make shared memory");
+    return m;
+}
+
+/* Gives back a mapping no handle refers to yet. */
+static void discard(mapping *m)
+{
+    munmap(m->base, m->len);
+    close(m->fd);
+    free(m);
 }
 
 static void unref(mapping *m)
@@ -1021,16 +1046,27 @@ static int holds(const lockud *l)
 /* core.condition([lock]): a new RLock when none is given */
 static int l_new_condition(lua_State *L)
 {
+    mapping *lm = NULL;      /* the new RLock's, made first: nothing to undo */
     if (lua_isnoneornil(L, 1)) {
-        push_lock(L, new_mapping(L, 0), 1, NULL);
-    } else {
-        lockud *l = luaL_testudata(L, 1, LOCK_MT);
-        if (l == NULL)
-            return luaL_error(L, "bad argument #1 to 'Condition' (a Lock or an RLock expected, got %s)",
-                              luaL_typename(L, 1));
-        lua_pushvalue(L, 1);
+        lm = new_mapping(L, 0);
+    } else if (luaL_testudata(L, 1, LOCK_MT) == NULL) {
+        return luaL_error(L, "bad argument #1 to 'Condition' (a Lock or an RLock expected, got %s)",
+                          luaL_typename(L, 1));
     }
-    mapping *m = new_mapping(L, sizeof(cond_data));
+    /* The condition's own memory, before any object is made, so that a
+     * failure here leaves nothing behind for the collector to close. */
+    mapping *m = try_new_mapping(sizeof(cond_data));
+    if (m == NULL) {
+        int e = errno;
+        if (lm)
+            discard(lm);
+        errno = e;
+        return luamp_sys_error(L, "cannot make shared memory");
+    }
+    if (lm)
+        push_lock(L, lm, 1, NULL);
+    else
+        lua_pushvalue(L, 1);
     condud *u = push_handle(L, sizeof *u, m, "condition", COND_MT, NULL);
     lua_pushvalue(L, -2);
     lua_setiuservalue(L, -2, 1);

@@ -89,7 +89,7 @@ void luamp_collect_for(lua_State *L, size_t n)
 
 int luamp_sys_error(lua_State *L, const char *what)
 {
-    return luaL_error(L, "%s: %s", what, strerror(errno));
+    return luamp_raise_errno(L, errno, "%s", what);
 }
 
 static unsigned long object_counter;
@@ -481,7 +481,7 @@ static int l_spawn(lua_State *L)
     if (r > 0) {
         while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
             ;
-        return luaL_error(L, "cannot spawn a process: cannot run %s: %s", exe, strerror(e));
+        return luamp_raise_errno(L, e, "cannot spawn a process: cannot run %s", exe);
     }
     return watch_child(L, c, pid);
 }
@@ -988,20 +988,42 @@ void luamp_open_sys(lua_State *L)
     luaL_setfuncs(L, funcs, 0);
 }
 
-int luamp_raise(lua_State *L, const char *kind, const char *fmt, ...)
+/* Raises the message on top of the stack as an mp.Error of `kind`, with
+ * field errno when err is not 0 (a plain string where luamp.lua is not
+ * loaded yet). */
+static int raise_top(lua_State *L, const char *kind, int err)
 {
-    va_list ap;
-    va_start(ap, fmt);
-    lua_pushvfstring(L, fmt, ap);
-    va_end(ap);
     if (lua_getfield(L, LUA_REGISTRYINDEX, "luamp.raise") != LUA_TFUNCTION) {
         lua_pop(L, 1);
         return lua_error(L);
     }
     lua_pushstring(L, kind);
     lua_pushvalue(L, -3);
-    lua_call(L, 2, 0);      /* raises */
+    if (err)
+        lua_pushinteger(L, err);
+    else
+        lua_pushnil(L);
+    lua_call(L, 3, 0);      /* raises */
     return 0;
+}
+
+int luamp_raise(lua_State *L, const char *kind, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    lua_pushvfstring(L, fmt, ap);
+    va_end(ap);
+    return raise_top(L, kind, 0);
+}
+
+int luamp_raise_errno(lua_State *L, int err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    lua_pushvfstring(L, fmt, ap);
+    va_end(ap);
+    lua_pushfstring(L, "%s: %s", lua_tostring(L, -1), strerror(err));
+    return raise_top(L, "os", err);
 }
 
 double luamp_opt_deadline(lua_State *L, int idx)

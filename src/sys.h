@@ -38,7 +38,8 @@ int luamp_poll_ms(double deadline);
  * (see sys.c). */
 void luamp_collect_for(lua_State *L, size_t n);
 
-/* Lua: pushes "what: strerror(errno)" and raises it. */
+/* Lua: raises "what: strerror(errno)" as an mp.Error of kind "os" with
+ * field errno (see luamp_raise_errno). */
 int luamp_sys_error(lua_State *L, const char *what);
 
 /* Registers the core functions of this layer into the table on top. */
@@ -91,6 +92,8 @@ void luamp_raise_interrupt(lua_State *L);
  * function the Lua layer stored as registry["luamp.raise"]; a plain error
  * before that). */
 int luamp_raise(lua_State *L, const char *kind, const char *fmt, ...);
+/* Raises kind "os": the message, ": ", strerror(err), and field errno. */
+int luamp_raise_errno(lua_State *L, int err, const char *fmt, ...);
 
 /* Timeout argument at `idx`: nil/none -> -1 (forever), 0 or less -> 0 (do
  * not wait), else a deadline. */
