@@ -492,14 +492,18 @@ local function process_index(self, k)
   return Process[k]
 end
 
-local ProcessMT = { __index = process_index, __name = "luamp.Process" }
+local ProcessMT = { __index = process_index, __name = "luamp.Process",
+  __luamp_nosend = "a Process cannot be sent (send its pid, or a Queue or Pipe to talk to it)" }
 
 function ProcessMT.__tostring(self)
   return string.format("Process %s (pid %s)", self.name, tostring(self.pid))
 end
 
+local PROCESS_OPTS = { target = true, args = true, name = true, daemon = true, start_method = true, preload = true }
+
 function mp.Process(opts)
   if type(opts) ~= "table" then argerror(1, "Process", "table expected, got " .. typename(opts)) end
+  check_options(opts, PROCESS_OPTS, 1, "Process")
   check_callable(opts.target, 1, "Process")
   local args = opts.args or {}
   if type(args) ~= "table" then argerror(1, "Process", "args must be a table, got " .. typename(args)) end
@@ -892,14 +896,19 @@ end
 -- Pool: the parent side
 
 local Pool = {}
-local PoolMT = { __index = Pool, __name = "luamp.Pool" }
+local PoolMT = { __index = Pool, __name = "luamp.Pool",
+  __luamp_nosend = "a Pool cannot be sent (it belongs to the process that made it: return what the task found, or send a Queue)" }
 local MAX_POOL = 256        -- claim slots in a task queue
 local pool_count = 0
+
+local POOL_OPTS = { processes = true, initializer = true, initargs = true, maxtasksperchild = true,
+  start_method = true, preload = true }
 
 function mp.Pool(opts)
   local n, init, initargs, maxtasks
   local method, preload = default_start_method, nil
   if type(opts) == "table" then
+    check_options(opts, POOL_OPTS, 1, "Pool")
     n = check_posint(opts.processes, 1, "Pool", true)
     init, initargs, maxtasks = opts.initializer, opts.initargs or {}, opts.maxtasksperchild
     method = check_start_method(opts.start_method, 1, "Pool")
@@ -1397,12 +1406,18 @@ end
 
 local NO_OPTS = NO_OPTIONS
 
-local function check_opts(opts, n, fname)
+-- The options of map-like calls, and of apply_async (which takes no
+-- chunksize and draws no progress bar).
+local MAP_OPTS = { chunksize = true, callback = true, error_callback = true, timeout = true, progress = true }
+local APPLY_OPTS = { callback = true, error_callback = true, timeout = true }
+
+local function check_opts(opts, n, fname, known)
   if opts == nil then return NO_OPTS end
   if type(opts) == "number" then
     return { chunksize = check_posint(opts, n, fname) }
   end
   if type(opts) ~= "table" then argerror(n, fname, "chunksize or options table expected, got " .. typename(opts)) end
+  check_options(opts, known or MAP_OPTS, n, fname)
   if opts.chunksize ~= nil then check_posint(opts.chunksize, n, fname) end
   if opts.callback ~= nil then check_callable(opts.callback, n, fname) end
   if opts.error_callback ~= nil then check_callable(opts.error_callback, n, fname) end
@@ -1418,6 +1433,7 @@ end
 local AsyncResult = {}
 AsyncResult.__index = AsyncResult
 AsyncResult.__name = "luamp.AsyncResult"
+AsyncResult.__luamp_nosend = "an AsyncResult cannot be sent (send its value: r:get())"
 
 local function new_async(job)
   return setmetatable(job, AsyncResult)
@@ -1456,7 +1472,8 @@ end
 
 -- What apply_async returns: an AsyncResult whose kind ("apply") comes
 -- from its metatable, so that each job holds only what differs.
-local ApplyResult = { __name = "luamp.AsyncResult", __index = { kind = "apply" } }
+local ApplyResult = { __name = "luamp.AsyncResult", __index = { kind = "apply" },
+  __luamp_nosend = "an AsyncResult cannot be sent (send its value: r:get())" }
 for k, v in pairs(AsyncResult) do
   if type(v) == "function" then ApplyResult.__index[k] = v end
 end
@@ -1495,7 +1512,7 @@ function Pool:apply_async(f, args, opts)
   if args ~= nil and type(args) ~= "table" then argerror(2, "apply_async", "table expected, got " .. typename(args)) end
   if opts ~= nil then
     if type(opts) ~= "table" then argerror(3, "apply_async", "table expected, got " .. typename(opts)) end
-    opts = check_opts(opts, 3, "apply_async")
+    opts = check_opts(opts, 3, "apply_async", APPLY_OPTS)
   else
     opts = NO_OPTS
   end
@@ -1932,9 +1949,11 @@ end
 -- (or asks done(), or iterates its map, or shuts it down).
 
 local Executor = {}
-local ExecutorMT = { __index = Executor, __name = "luamp.Executor" }
+local ExecutorMT = { __index = Executor, __name = "luamp.Executor",
+  __luamp_nosend = "an Executor cannot be sent (it belongs to the process that made it: return what the task found, or send a Queue)" }
 local Future = {}
-local FutureMT = { __index = Future, __name = "luamp.Future" }
+local FutureMT = { __index = Future, __name = "luamp.Future",
+  __luamp_nosend = "a Future cannot be sent (send its value: fut:result())" }
 local executor_count = 0
 
 local EXECUTOR_OPTS = { max_workers = true, initializer = true, initargs = true,
@@ -2156,10 +2175,11 @@ end
 -- taken yet; wait (the default) waits for every other future to end and
 -- for the workers to exit.  Without wait, the workers run what is queued
 -- and exit.
+local SHUTDOWN_OPTS = { wait = true, cancel_futures = true }
+
 function Executor:shutdown(opts)
   check_executor(self, "shutdown")
-  if opts ~= nil and type(opts) ~= "table" then argerror(1, "shutdown", "options table expected, got " .. typename(opts)) end
-  opts = opts or {}
+  opts = check_options(opts, SHUTDOWN_OPTS, 1, "shutdown")
   check_bool(opts.wait, 1, "shutdown", "wait")
   check_bool(opts.cancel_futures, 1, "shutdown", "cancel_futures")
   self._shutdown = true
@@ -2257,11 +2277,12 @@ end
 
 local RETURN_WHEN = { ALL_COMPLETED = true, FIRST_COMPLETED = true, FIRST_EXCEPTION = true }
 
+local WAIT_OPTS = { timeout = true, return_when = true }
+
 -- done, pending = mp.wait(futures, {timeout =, return_when =})
 function mp.wait(futures, opts)
   local list, exs = future_set(futures, "wait")
-  if opts ~= nil and type(opts) ~= "table" then argerror(2, "wait", "options table expected, got " .. typename(opts)) end
-  opts = opts or {}
+  opts = check_options(opts, WAIT_OPTS, 2, "wait")
   local timeout, when = opts.timeout, opts.return_when or "ALL_COMPLETED"
   check_timeout(timeout, 2, "wait")
   check_one_of(when, RETURN_WHEN, 2, "wait",

@@ -1144,11 +1144,32 @@ static int get_ref_method(lua_State *L)
     return 0;
 }
 
+/* With a metatable on top (popped when it returns 0): refuses the value
+ * whose metatable has a string __luamp_nosend, which says why it cannot
+ * travel ("a Pool cannot be sent: ..."), where copying its fields would
+ * only fail deeper, on some private userdata the user never named. */
+static int refuses_to_travel(encoder *e)
+{
+    lua_State *L = e->L;
+    lua_pushliteral(L, "__luamp_nosend");
+    if (lua_rawget(L, -2) == LUA_TSTRING) {
+        lua_remove(L, -2);
+        return refuse_top(e);
+    }
+    lua_pop(L, 1);
+    return 0;
+}
+
 static int enc_userdata(encoder *e)
 {
-    if (!get_ref_method(e->L))
-        return refuse(e, "a userdata");
-    return enc_obj(e);
+    if (get_ref_method(e->L))
+        return enc_obj(e);
+    if (lua_getmetatable(e->L, -1)) {
+        if (refuses_to_travel(e))
+            return -1;
+        lua_pop(e->L, 1);
+    }
+    return refuse(e, "a userdata");
 }
 
 /* ---- tables ---- */
@@ -1264,6 +1285,8 @@ static int enc_table(encoder *e, int depth)
     remember(e);
     if (!lua_getmetatable(L, -1))
         return enc_body(e, depth);
+    if (refuses_to_travel(e))
+        return -1;
     lua_pop(L, 1);
     return enc_with_metatable(e, depth);
 }

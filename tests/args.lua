@@ -3,6 +3,7 @@ local t = require "tap"
 local mp = require "luamp"
 
 local function bad(fn, pattern, name) t.raises(fn, pattern, name) end
+local function f(x) return x end
 
 bad(function() mp.Pool("x") end, "^[^:]*args%.lua:%d+: bad argument #1 to 'Pool' %(positive integer expected, got string%)", "Pool(string), reported at the caller's line")
 bad(function() mp.Pool(2.5) end, "bad argument #1 to 'Pool' %(positive integer expected, got 2.5%)", "Pool(float)")
@@ -44,6 +45,64 @@ do
   bad(function() r:wait({}) end, "bad argument #1 to 'wait' %(number expected, got table%)", "AsyncResult:wait timeout")
   bad(function() pool.map({}, f, {}) end, "bad argument #1 to 'map' %(Pool expected, got table%)", "map self")
   r:get()
+end
+
+-- Every options table refuses keys it does not know, the same way: a
+-- misspelled option must not pass silently.
+do
+  local pool <close> = mp.Pool(1)
+  local ex <close> = mp.Executor { max_workers = 1 }
+  local function f(x) return x end
+  local fut = ex:submit(f, 1)
+  local calls = {
+    { "Pool", 1, function(o) return mp.Pool(o) end, { processes = 1, initialiser = f }, "initialiser" },
+    { "Process", 1, function(o) return mp.Process(o) end, { target = f, arg = {} }, "arg" },
+    { "map", 3, function(o) return pool:map(f, { 1 }, o) end, { chunksze = 10 }, "chunksze" },
+    { "starmap", 3, function(o) return pool:starmap(f, { { 1 } }, o) end, { chunk = 1 }, "chunk" },
+    { "map_async", 3, function(o) return pool:map_async(f, { 1 }, o) end, { callbak = f }, "callbak" },
+    { "starmap_async", 3, function(o) return pool:starmap_async(f, { { 1 } }, o) end, { errorcallback = f }, "errorcallback" },
+    { "imap", 3, function(o) return pool:imap(f, { 1 }, o) end, { progres = true }, "progres" },
+    { "imap_unordered", 3, function(o) return pool:imap_unordered(f, { 1 }, o) end, { time_out = 1 }, "time_out" },
+    { "apply_async", 3, function(o) return pool:apply_async(f, { 1 }, o) end, { calback = f }, "calback" },
+    { "apply_async", 3, function(o) return pool:apply_async(f, { 1 }, o) end, { chunksize = 2 }, "chunksize" },
+    { "Executor", 1, function(o) return mp.Executor(o) end, { max_worker = 1 }, "max_worker" },
+    { "map", 3, function(o) return ex:map(f, { 1 }, o) end, { chunk_size = 1 }, "chunk_size" },
+    { "shutdown", 1, function(o) return ex:shutdown(o) end, { cancel_future = true }, "cancel_future" },
+    { "wait", 2, function(o) return mp.wait({ fut }, o) end, { returnwhen = "FIRST_COMPLETED" }, "returnwhen" },
+    { "run", 2, function(o) return mp.run({ "true" }, o) end, { capure = true }, "capure" },
+  }
+  for _, c in ipairs(calls) do
+    local fname, n, call, opts, key = c[1], c[2], c[3], c[4], c[5]
+    bad(function() call(opts) end,
+      "bad argument #" .. n .. " to '" .. fname .. "' %(unknown option '" .. key .. "'%)",
+      fname .. " refuses the unknown option '" .. key .. "'")
+  end
+  t.is(fut:result(), 1, "the executor was not shut down by the refused call")
+  t.is(pool:apply(f, { 2 }), 2, "the pool still works after every refusal")
+end
+
+-- Objects that live in one process (a Pool, an Executor, a Future, an
+-- AsyncResult, a Process) are refused by name, at the user's path, not by
+-- some private field deep inside them.
+do
+  local pool <close> = mp.Pool(1)
+  local ex <close> = mp.Executor { max_workers = 1 }
+  local r = pool:apply_async(function() return 1 end)
+  local fut = ex:submit(function() return 1 end)
+  local function refused(fn, pattern, name)
+    local e = t.raises(fn, pattern, name)
+    t.ok(mp.Error.is(e, "serialize"), name .. ": kind serialize")
+  end
+  refused(function() pool:apply(function() return pool end) end,
+    "^cannot send function%.<upvalue pool>: a Pool cannot be sent %(", "a task naming its Pool as an upvalue")
+  refused(function() pool:apply(f, { { a = { pool } } }) end,
+    "^cannot send args%[1%]%.a%[1%]: a Pool cannot be sent", "a Pool deep in an argument")
+  refused(function() ex:submit(function() return ex end) end,
+    "^cannot send function%.<upvalue ex>: an Executor cannot be sent", "a task naming its Executor")
+  refused(function() pool:apply(f, { fut }) end, "^cannot send args%[1%]: a Future cannot be sent", "a Future argument")
+  refused(function() pool:apply(f, { r }) end, "^cannot send args%[1%]: an AsyncResult cannot be sent", "an AsyncResult argument")
+  refused(function() mp.Queue():put(mp.Process { target = f }) end, "^cannot send item: a Process cannot be sent", "a Process put on a Queue")
+  r:get(); fut:result()
 end
 
 t.done()
