@@ -84,10 +84,27 @@ function M.skip(name, why) n = n + 1; io.write("ok ", n, " - ", name, " # SKIP "
 
 function M.diag(msg) for line in tostring(msg):gmatch("[^\n]+") do io.write("# ", line, "\n") end end
 
+local finished = false
+
 function M.done()
+  finished = true
   io.write("1..", n, "\n")
   io.flush()
   if failed > 0 then os.exit(1) end
 end
+
+-- A script that dies part-way (an error outside a check) still ends its
+-- TAP with a failure that says so, and a plan, rather than leaving the
+-- harness to report a missing plan: luamp closes the state at exit, which
+-- runs this finalizer.  (Its error and traceback are on stderr.)  Only
+-- in the process that loaded this: forked children share stdout.
+local function pid() return require("luamp").current_process().pid end
+local owner = pid()
+M._sentinel = setmetatable({}, { __gc = function()
+  if finished or pid() ~= owner then return end
+  report(false, "the test script ended before t.done(): it raised an error (on stderr) or exited")
+  io.write("1..", n, "\n")
+  io.flush()
+end })
 
 return M
