@@ -26,9 +26,9 @@
  *
  * Two locks: producers take the put lock, consumers the get lock (a
  * two-lock queue, as Michael and Scott's).  head and tail are byte
- * positions that only grow (a record lies at position % cap); a producer
- * writes its record past the tail and then publishes the new tail, a
- * consumer reads the record at the head and then publishes the new head.
+ * positions (below); a producer writes its record past the tail and then
+ * publishes the new tail, a consumer reads the record at the head and
+ * then publishes the new head.
  * Each side only reads the other's word: the producer reads head when its
  * last look says the ring is short of room, the consumer reads tail.  A
  * producer and a consumer on two CPUs so no longer hand one lock's cache
@@ -38,6 +38,21 @@
  * under a claim, recovering from a death) takes both, put lock first.
  * The count of items held is nput (records put, the producers') minus
  * nremoved (records taken or withdrawn, the consumers').
+ *
+ * Positions: every record ever put has a position of its own, and
+ * positions only grow: head and tail never go back, and a record lies at
+ * ring offset (position - base) % cap.  Growing the ring, which moves the
+ * wrapped part behind the old end, and shrinking it, and starting a
+ * record at offset 0 rather than wrap it in an empty ring (see put_rec)
+ * move `base` instead of the positions.  So a position that a put gave
+ * out and that lies between the head and the tail is the start of that
+ * very record, whatever the ring did meanwhile, never a place in the
+ * middle of another one's bytes (see "Cancelling").  (Positions once
+ * started again from the head's offset at every resize: a position kept
+ * from before could then fall inside a later record's payload.)  Growing
+ * moves base by a multiple of the old capacity, so that base and the old
+ * capacity still find every record where it was: a death between the
+ * two stores leaves a valid ring.
  *
  * Lending (shmq.h): the record at the head may be lent to its only
  * consumer, which reads it in place.  It is no longer counted, but the
@@ -137,6 +152,7 @@ struct shmq_hdr {
     uint32_t put_tokens; /* the same for ev_put */
     /* read by every operation, changed rarely (under both locks) */
     _Alignas(64) uint64_t cap;   /* ring bytes, a power of two */
+    uint64_t base;       /* positions start here: see "Positions" */
     uint64_t maxsize;    /* 0: unbounded */
     uint32_t shutdown;
     uint32_t no_pace;    /* producers never wait for a consumer (shmq_no_pace) */
@@ -471,9 +487,15 @@ static void unlock_wake(shmq *q)
     unlock_mutex(&q->hdr->wake_lock);
 }
 
+/* Where position pos lies in the ring. */
+static inline uint64_t ring_off(const struct shmq_hdr *h, uint64_t pos)
+{
+    return (pos - h->base) & (h->cap - 1);
+}
+
 static void ring_write(shmq *q, uint64_t pos, const void *p, size_t n)
 {
-    uint64_t cap = q->hdr->cap, off = pos & (cap - 1);
+    uint64_t cap = q->hdr->cap, off = ring_off(q->hdr, pos);
     size_t first = n < cap - off ? n : (size_t)(cap - off);
     memcpy(q->ring + off, p, first);
     memcpy(q->ring, (const char *)p + first, n - first);
@@ -481,7 +503,7 @@ static void ring_write(shmq *q, uint64_t pos, const void *p, size_t n)
 
 static void ring_read(shmq *q, uint64_t pos, void *p, size_t n)
 {
-    uint64_t cap = q->hdr->cap, off = pos & (cap - 1);
+    uint64_t cap = q->hdr->cap, off = ring_off(q->hdr, pos);
     size_t first = n < cap - off ? n : (size_t)(cap - off);
     memcpy(p, q->ring + off, first);
     memcpy((char *)p + first, q->ring, n - first);
@@ -497,13 +519,13 @@ static void read_rec(shmq *q, uint64_t pos, uint32_t *len, uint64_t *seq)
 
 /* Resizes the ring to `cap` bytes, keeping its records; under both locks.
  * Growing moves the part that wrapped around to behind the old end;
- * shrinking is only done when the ring is empty.  The positions start
- * again from the head's offset, so that position % cap still finds them. */
+ * shrinking is only done when the ring is empty.  The records keep their
+ * positions; base moves so that the head lies at offset `head`. */
 static int resize(shmq *q, uint64_t cap)
 {
     struct shmq_hdr *h = q->hdr;
     uint64_t old = h->cap, used = h->tail - h->head;
-    uint64_t head = h->head & (old - 1);
+    uint64_t head = ring_off(h, h->head);
     if (cap > old) {
         if (ftruncate(q->memfd, (off_t)(HDR_SIZE + cap)) != 0)
             return -1;
@@ -518,11 +540,10 @@ static int resize(shmq *q, uint64_t cap)
             return -1;
         head = 0;
     }
-    /* (a death before the capacity leaves the old layout valid: the
-     * positions mean the same under both) */
-    STORE(&h->head, head);
-    STORE(&h->tail, head + used);
-    h->head_seen = head;
+    /* (a death before the capacity leaves the old layout valid: growing
+     * moves base by a multiple of the old capacity) */
+    STORE(&h->base, h->head - head);
+    h->head_seen = h->head;     /* (an old look could claim more room than a smaller ring has) */
     STORE(&h->cap, cap);
     return 0;
 }
@@ -858,7 +879,7 @@ static int put_rec(shmq *q, const luamp_buf *m, double deadline, uint64_t fixed,
         errno = e;
         return SHMQ_ERROR;
     }
-    if (!both && (h->tail & (h->cap - 1)) + need > h->cap && room(h, 1) == h->cap)
+    if (!both && ring_off(h, h->tail) + need > h->cap && room(h, 1) == h->cap)
         both = try_lock_get(q);     /* would wrap in an empty ring: see below */
     if (room(h, 1) < need) {
         uint64_t cap = h->cap * 2;
@@ -873,11 +894,8 @@ static int put_rec(shmq *q, const luamp_buf *m, double deadline, uint64_t fixed,
     }
     /* A record put into an empty ring starts at its beginning rather than
      * wrap around its end, so that it can be lent (big results are). */
-    if (both && h->head == h->tail && (h->tail & (h->cap - 1)) + need > h->cap) {
-        STORE(&h->head, 0);
-        STORE(&h->tail, 0);
-        h->head_seen = 0;
-    }
+    if (both && h->head == h->tail && ring_off(h, h->tail) + need > h->cap)
+        STORE(&h->base, h->tail);
     unsigned char rec[REC_HDR];
     uint32_t len = (uint32_t)n;
     uint64_t s = fixed ? fixed : ++h->next_seq;
@@ -1073,7 +1091,7 @@ int shmq_get(shmq *q, luamp_buf *out, double deadline, shmq_wait *w)
         q->spin = t - waited_from < SHORT_WAIT;
     uint32_t len;
     read_rec(q, h->head, &len, &w->seq);
-    uint64_t need = REC_HDR + (uint64_t)len, off = h->head & (h->cap - 1);
+    uint64_t need = REC_HDR + (uint64_t)len, off = ring_off(h, h->head);
     int lend = w->lend_from && len >= w->lend_from && off + need <= h->cap;
     luamp_buf_reset(out);
     if (lend) {
