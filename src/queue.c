@@ -395,8 +395,9 @@ static void push_apply_job(lua_State *L, int key, lua_Integer jobid, int pool, i
 }
 
 /*
- * q:apply_task(inflight, mt, pool, jobid, fid, fbytes, args) -> job, seq
- * | nil, message (args cannot be encoded): Pool:apply_async's task.  Puts
+ * q:apply_task(inflight, mt, pool, jobid, fid, fbytes, args) -> job, seq,
+ * pos | nil, message (args cannot be encoded): Pool:apply_async's and
+ * Executor:submit's task (pos: where it lies, for q:cancel).  Puts
  * the task, makes its job {id = jobid, _pool = pool, finished = false}
  * with metatable mt, and files it as inflight[seq]; one C call where
  * put_task, a table constructor, setmetatable and the filing were four
@@ -421,7 +422,8 @@ static int q_apply_task(lua_State *L)
     }
     push_apply_job(L, 2, h.jobid, 4, 3, 2, t.seq);
     lua_pushinteger(L, (lua_Integer)t.seq);
-    return 2;
+    lua_pushinteger(L, (lua_Integer)t.pos);
+    return 3;
 }
 
 /*
@@ -1228,13 +1230,15 @@ static int q_claim(lua_State *L)
     return 2;
 }
 
-/* q:cancel(seq) -> whether the message was withdrawn before any consumer
- * took it (an Executor's future.cancel) */
+/* q:cancel(seq [, pos]) -> whether the message was withdrawn before any
+ * consumer took it (an Executor's future.cancel).  pos, what apply_task
+ * returned with seq, finds it at once; without it the ring is walked. */
 static int q_cancel(lua_State *L)
 {
     queue *u = check_queue(L);
     lua_Integer seq = luaL_checkinteger(L, 2);
-    int r = shmq_cancel(u->q, (uint64_t)seq, SHMQ_ANYWHERE);
+    uint64_t pos = lua_isnoneornil(L, 3) ? SHMQ_ANYWHERE : (uint64_t)luaL_checkinteger(L, 3);
+    int r = shmq_cancel(u->q, (uint64_t)seq, pos);
     if (r < 0)
         return luamp_sys_error(L, "Queue:cancel");
     lua_pushboolean(L, r);
