@@ -1031,13 +1031,16 @@ static int skip_cancelled(shmq *q, uint64_t tail)
 }
 
 /* Under the get lock: withdraws the record at pos, the start of a record
- * not taken yet, if it is numbered seq (and was not withdrawn before). */
+ * not taken yet, if it is numbered seq: 1, 0 if it was withdrawn before,
+ * -1 if it is another record. */
 static int withdraw_at(shmq *q, uint64_t pos, uint64_t seq)
 {
     uint32_t len;
     uint64_t s;
     read_rec(q, pos, &len, &s);
-    if (s != seq)
+    if ((s & ~REC_CANCELLED) != seq)
+        return -1;
+    if (s & REC_CANCELLED)
         return 0;
     s |= REC_CANCELLED;
     ring_write(q, pos + 4, &s, 8);
@@ -1046,7 +1049,7 @@ static int withdraw_at(shmq *q, uint64_t pos, uint64_t seq)
 }
 
 /* Under the get lock: withdraws record seq, looked for by walking the
- * records from `from` (the start of one) up to `to`. */
+ * records from `from` (the start of one) up to `to`; 1 or 0. */
 static int withdraw_walking(shmq *q, uint64_t seq, uint64_t from, uint64_t to)
 {
     for (uint64_t pos = from; pos < to;) {
@@ -1061,7 +1064,9 @@ static int withdraw_walking(shmq *q, uint64_t seq, uint64_t from, uint64_t to)
 }
 
 /* Under the get lock: withdraws record seq if it was taken and put back
- * (requeued) since; `live` is the first position not taken. */
+ * (requeued) since; `live` is the first position not taken.  1, 0, or
+ * -1 when where the header says it went holds another record (its
+ * requeuer died before the record was in). */
 static int withdraw_requeued(shmq *q, uint64_t seq, uint64_t live, uint64_t tail)
 {
     struct shmq_hdr *h = q->hdr;
@@ -1083,21 +1088,14 @@ int shmq_cancel(shmq *q, uint64_t seq, uint64_t pos)
         return 0;           /* (never a message's number) */
     if (lock_get(q) != 0)
         return -1;
-    int found;
+    int found = -1;
     uint64_t live = h->head + h->lent, tail = LOAD(&h->tail);
-    if (pos < live) {
+    if (pos < live)
         found = withdraw_requeued(q, seq, live, tail);
-    } else if (pos < tail) {
-        uint32_t len;
-        uint64_t s;
-        read_rec(q, pos, &len, &s);
-        if ((s & ~REC_CANCELLED) == seq)
-            found = withdraw_at(q, pos, seq);
-        else                /* (not the position seq's put gave out) */
-            found = withdraw_walking(q, seq, live, tail);
-    } else {
+    else if (pos < tail)
+        found = withdraw_at(q, pos, seq);   /* (-1: not the position seq's put gave out) */
+    if (found < 0)
         found = withdraw_walking(q, seq, live, tail);
-    }
     unlock_get(q);
     if (found)
         wake(q, 1);
