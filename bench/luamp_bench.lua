@@ -395,6 +395,34 @@ workload("value_lock", function(o)
            "uncontended_ops_per_s", 2 * n / du)
 end)
 
+-- Future:cancel on n pending futures: the 2 workers are busy with tasks
+-- that wait on an Event, so the n futures submitted behind them all wait
+-- in the task queue.
+workload("cancel", function(o)
+  local n = o.n or 100000
+  local gate = mp.Event()
+  local ex = mp.Executor{ max_workers = 2 }
+  local blockers = {}
+  for i = 1, 2 do blockers[i] = ex:submit(function(g) g:wait(); return 0 end, gate) end
+  while not (blockers[1]:running() and blockers[2]:running()) do mp._sleep(0.001) end
+  local double = function(x) return 2 * x end
+  local t0 = now()
+  local futs = {}
+  for i = 0, n - 1 do futs[i + 1] = ex:submit(double, i) end
+  local t1 = now()
+  collectgarbage()
+  local t2 = now()
+  local cancelled = 0
+  for i = 1, n do
+    if futs[i]:cancel() then cancelled = cancelled + 1 end
+  end
+  local dt = now() - t2
+  gate:set()
+  ex:shutdown()
+  return O("n", n, "cancelled", cancelled, "seconds", dt, "ops_per_s", n / dt, "per_op_us", dt / n * 1e6,
+           "submit_s", t1 - t0)
+end)
+
 -- The ceiling for cpu_speedup: the same 8 loops, serial and then shared by
 -- W bare processes (8/W loops each) that exchange no message at all; the
 -- parent only forks them and waits for their exit.

@@ -1491,15 +1491,16 @@ end
 local NO_ARGS = {}     -- only ever encoded, never handed out
 
 -- Puts the task f(table.unpack(args)) and files its job (an ApplyResult)
--- in _inflight: the job, the task's sequence number and the job's id.
+-- in _inflight: the job, the task's sequence number, the job's id and
+-- the task's position in the queue (for _tq:cancel).
 local function put_apply(pool, f, args, fname)
   local id = pool._nextjob + 1
   pool._nextjob = id
   local fid, fbytes = encode_function(pool, f, fname)
   -- (tq:apply_task puts the task, makes the job and files it in _inflight)
-  local job, seq = pool._tq:apply_task(pool._inflight, ApplyResult, pool, id, fid, fbytes, args)
+  local job, seq, pos = pool._tq:apply_task(pool._inflight, ApplyResult, pool, id, fid, fbytes, args)
   if not job then error(new_error("serialize", seq), 0) end
-  return job, seq, id
+  return job, seq, id, pos
 end
 
 function Pool:apply_async(f, args, opts)
@@ -1942,7 +1943,8 @@ end
 -- An Executor is a Pool with futures in front.  submit puts the task in
 -- the pool's task queue at once, so it runs while the script computes;
 -- until a worker takes it, cancel can still withdraw it from the queue
--- (the task then never runs).  A future is pending while its task waits
+-- (the task then never runs), found at once by the position the put gave
+-- out, which the future keeps.  A future is pending while its task waits
 -- in the queue, running once a worker has taken it (the queue's claim
 -- slots say which), then finished or cancelled.  Results are handled, and
 -- done callbacks run, while the script waits on a future of the executor
@@ -2028,8 +2030,8 @@ function Executor:submit(f, ...)
   check_callable(f, 1, "submit")
   local pool = self._pool
   check_running(pool, "submit")
-  local job, seq = put_apply(pool, f, pack(...), "submit")
-  local fut = setmetatable({ _ex = self, _seq = seq, _state = "pending" }, FutureMT)
+  local job, seq, _, pos = put_apply(pool, f, pack(...), "submit")
+  local fut = setmetatable({ _ex = self, _seq = seq, _pos = pos, _state = "pending" }, FutureMT)
   job.callback = function(...) settle(fut, "finished", nil, pack(...)) end
   job.error_callback = function(e) settle(fut, "finished", e) end
   self._futures[seq] = fut
@@ -2124,11 +2126,12 @@ end
 function Future:cancelled() return self._state == "cancelled" end
 
 -- A future whose task no worker has taken yet is cancelled: the task is
--- withdrawn from the queue and never runs.
+-- withdrawn from the queue and never runs.  The task's position takes the
+-- queue straight to it (shmq.c, "Cancelling").
 function Future:cancel()
   if is_done(self) then return self._state == "cancelled" end
   local pool = self._ex._pool
-  if pool._ended or not pool._tq:cancel(self._seq) then return false end
+  if pool._ended or not pool._tq:cancel(self._seq, self._pos) then return false end
   pool:_settle(self._seq)
   settle(self, "cancelled")
   return true

@@ -139,12 +139,11 @@ static void encode_item(lua_State *L, queue *u, const char *fname)
         luamp_raise(L, "serialize", "%s", lua_tostring(L, -1));
 }
 
-/* -> true, sequence number | false (still full at the deadline) */
 /* Puts the scratch buffer.  Raises on an interrupt or a system error;
  * returns SHMQ_OK, SHMQ_TIMEOUT, or SHMQ_ERROR for an item over 1 GiB. */
-static int put_buf(lua_State *L, queue *u, double deadline, uint64_t *seq)
+static int put_buf(lua_State *L, queue *u, double deadline, shmq_ticket *t)
 {
-    int r = shmq_put_buf(u->q, &u->buf, deadline, seq);
+    int r = shmq_put_buf(u->q, &u->buf, deadline, t);
     luamp_buf_trim(&u->buf);
     if (r == SHMQ_INTERRUPTED)
         luamp_raise_interrupt(L);
@@ -153,16 +152,17 @@ static int put_buf(lua_State *L, queue *u, double deadline, uint64_t *seq)
     return r;
 }
 
+/* -> true, sequence number | false (still full at the deadline) */
 static int do_put(lua_State *L, queue *u, double deadline)
 {
-    uint64_t seq = 0;
-    int r = put_buf(L, u, deadline, &seq);
+    shmq_ticket t;
+    int r = put_buf(L, u, deadline, &t);
     if (r == SHMQ_ERROR)
         return luamp_raise(L, "serialize", "cannot put an item larger than 1 GiB on a queue");
     lua_pushboolean(L, r == SHMQ_OK);
     if (r != SHMQ_OK)
         return 1;
-    lua_pushinteger(L, (lua_Integer)seq);
+    lua_pushinteger(L, (lua_Integer)t.seq);
     return 2;
 }
 
@@ -265,9 +265,9 @@ static const char *const task_kinds[] = { "apply", "map", "star", NULL };
 
 /* Puts u->buf, waiting as long as it takes.  Returns 0, or -1 with a
  * message pushed when it is too large; raises on other failures. */
-static int put_msg(lua_State *L, queue *u, const char *what, uint64_t *seq)
+static int put_msg(lua_State *L, queue *u, const char *what, shmq_ticket *t)
 {
-    if (put_buf(L, u, -1, seq) == SHMQ_OK)
+    if (put_buf(L, u, -1, t) == SHMQ_OK)
         return 0;
     lua_pushfstring(L, "cannot send %s: larger than 1 GiB", what);
     return -1;
@@ -275,7 +275,7 @@ static int put_msg(lua_State *L, queue *u, const char *what, uint64_t *seq)
 
 /* Builds a task message in u->buf: the header h, the function's bytes
  * (f, flen), then the items (the value at idx, or with `first` its slice
- * first .. first + h->count - 1), and puts it.  Returns 0 with *seq, or
+ * first .. first + h->count - 1), and puts it.  Returns 0 with *t, or
  * -1 with a message pushed (the items cannot be encoded); raises, naming
  * fname, when the function is too large. */
 /* Encodes the task's items or arguments: idx, root, first and count as
@@ -315,7 +315,7 @@ static void share_objects(lua_State *L, int qidx, int idx, const char *root, lua
 
 static int put_task_msg(lua_State *L, const char *fname, queue *u, int qidx, struct task_hdr *h,
                         const char *f, size_t flen, int idx, const char *root, lua_Integer first,
-                        uint64_t *seq)
+                        shmq_ticket *t)
 {
     if (flen > LUAMP_MAX_MESSAGE)
         return luaL_error(L, "%s: function too large", fname);
@@ -330,7 +330,7 @@ static int put_task_msg(lua_State *L, const char *fname, queue *u, int qidx, str
     }
     if (luamp_codec_objects_encoded != objects)
         share_objects(L, qidx, idx, root, first, h->count);
-    return put_msg(L, u, "the task", seq);
+    return put_msg(L, u, "the task", t);
 }
 
 /* Reads the header of the task message in u->buf into h; whether the
@@ -361,13 +361,13 @@ static int q_put_task(lua_State *L)
     h.count = luaL_checkinteger(L, 8);
     const char *root = luaL_optstring(L, 9, "items");
     lua_Integer first = luaL_optinteger(L, 10, 0);
-    uint64_t seq;
-    if (put_task_msg(L, "put_task", u, 1, &h, f, flen, 7, root, first, &seq) != 0) {
+    shmq_ticket t;
+    if (put_task_msg(L, "put_task", u, 1, &h, f, flen, 7, root, first, &t) != 0) {
         lua_pushnil(L);
         lua_insert(L, -2);
         return 2;
     }
-    lua_pushinteger(L, (lua_Integer)seq);
+    lua_pushinteger(L, (lua_Integer)t.seq);
     return 1;
 }
 
@@ -395,8 +395,9 @@ static void push_apply_job(lua_State *L, int key, lua_Integer jobid, int pool, i
 }
 
 /*
- * q:apply_task(inflight, mt, pool, jobid, fid, fbytes, args) -> job, seq
- * | nil, message (args cannot be encoded): Pool:apply_async's task.  Puts
+ * q:apply_task(inflight, mt, pool, jobid, fid, fbytes, args) -> job, seq,
+ * pos | nil, message (args cannot be encoded): Pool:apply_async's and
+ * Executor:submit's task (pos: where it lies, for q:cancel).  Puts
  * the task, makes its job {id = jobid, _pool = pool, finished = false}
  * with metatable mt, and files it as inflight[seq]; one C call where
  * put_task, a table constructor, setmetatable and the filing were four
@@ -413,15 +414,16 @@ static int q_apply_task(lua_State *L)
     h.fid = luaL_checkinteger(L, 6);
     const char *f = luaL_checklstring(L, 7, &flen);
     lua_settop(L, 8);
-    uint64_t seq;
-    if (put_task_msg(L, "apply_task", u, 1, &h, f, flen, 8, "args", 0, &seq) != 0) {
+    shmq_ticket t;
+    if (put_task_msg(L, "apply_task", u, 1, &h, f, flen, 8, "args", 0, &t) != 0) {
         lua_pushnil(L);
         lua_insert(L, -2);
         return 2;
     }
-    push_apply_job(L, 2, h.jobid, 4, 3, 2, seq);
-    lua_pushinteger(L, (lua_Integer)seq);
-    return 2;
+    push_apply_job(L, 2, h.jobid, 4, 3, 2, t.seq);
+    lua_pushinteger(L, (lua_Integer)t.seq);
+    lua_pushinteger(L, (lua_Integer)t.pos);
+    return 3;
 }
 
 /*
@@ -490,10 +492,10 @@ static int apply_fast(lua_State *L)
     h.fid = lua_tointeger(L, 9);
     size_t flen;
     const char *f = lua_tolstring(L, 10, &flen);
-    uint64_t seq;
-    if (put_task_msg(L, "apply_async", u, 12, &h, f, flen, 3, "args", 0, &seq) != 0)
+    shmq_ticket t;
+    if (put_task_msg(L, "apply_async", u, 12, &h, f, flen, 3, "args", 0, &t) != 0)
         return luamp_raise(L, "serialize", "%s", lua_tostring(L, -1));
-    push_apply_job(L, AF_ID, id, 1, lua_upvalueindex(AF_RESULTMT), 13, seq);
+    push_apply_job(L, AF_ID, id, 1, lua_upvalueindex(AF_RESULTMT), 13, t.seq);
     return 1;
 slow:
     lua_settop(L, n);
@@ -1247,13 +1249,15 @@ static int q_claim(lua_State *L)
     return 2;
 }
 
-/* q:cancel(seq) -> whether the message was withdrawn before any consumer
- * took it (an Executor's future.cancel) */
+/* q:cancel(seq [, pos]) -> whether the message was withdrawn before any
+ * consumer took it (an Executor's future.cancel).  pos, what apply_task
+ * returned with seq, finds it at once; without it the ring is walked. */
 static int q_cancel(lua_State *L)
 {
     queue *u = check_queue(L);
     lua_Integer seq = luaL_checkinteger(L, 2);
-    int r = shmq_cancel(u->q, (uint64_t)seq);
+    uint64_t pos = lua_isnoneornil(L, 3) ? SHMQ_ANYWHERE : (uint64_t)luaL_checkinteger(L, 3);
+    int r = shmq_cancel(u->q, (uint64_t)seq, pos);
     if (r < 0)
         return luamp_sys_error(L, "Queue:cancel");
     lua_pushboolean(L, r);

@@ -48,12 +48,19 @@ typedef struct shmq_wait {
     size_t lent_len;    /* out: its length */
 } shmq_wait;
 
+/* Where a put left its message: its sequence number, and the position
+ * of its record in the ring, by which shmq_cancel finds it at once. */
+typedef struct shmq_ticket {
+    uint64_t seq;
+    uint64_t pos;
+} shmq_ticket;
+
 /* deadline: a luamp_now() time, or < 0 to wait forever.
- * put copies `n` bytes in (*seq, if not NULL, gets its sequence number);
+ * put copies `n` bytes in (*t, if not NULL, says where);
  * get copies the next message out into `out` (replacing its contents). */
-int shmq_put(shmq *q, const void *p, size_t n, double deadline, uint64_t *seq);
+int shmq_put(shmq *q, const void *p, size_t n, double deadline, shmq_ticket *t);
 /* put for a message built in a luamp_buf: its data with its spans. */
-int shmq_put_buf(shmq *q, const luamp_buf *m, double deadline, uint64_t *seq);
+int shmq_put_buf(shmq *q, const luamp_buf *m, double deadline, shmq_ticket *t);
 #define SHMQ_MAX_EXTRA 256
 int shmq_get(shmq *q, luamp_buf *out, double deadline, shmq_wait *w);
 
@@ -77,8 +84,11 @@ int shmq_requeue(shmq *q, int slot, const void *p, size_t n, uint64_t seq);
 
 /* Withdraws the message numbered seq if no consumer has taken it yet: it
  * no longer counts, and no get returns it.  1 withdrawn, 0 not in the
- * queue (taken, or never put), -1 on error (errno). */
-int shmq_cancel(shmq *q, uint64_t seq);
+ * queue (taken, or never put), -1 on error (errno).  pos is the position
+ * the put of seq gave out (its ticket's), or SHMQ_ANYWHERE: with it the
+ * record is found at once, else by walking the ring. */
+#define SHMQ_ANYWHERE UINT64_MAX
+int shmq_cancel(shmq *q, uint64_t seq, uint64_t pos);
 
 /* JoinableQueue: made joinable right after shmq_create, every put counts
  * an unfinished item; shmq_task_done marks one done (1: none was

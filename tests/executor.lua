@@ -89,6 +89,65 @@ do
   t.is(count.value, 1, "the cancelled tasks never ran")
 end
 
+-- Many pending futures: a cancel finds its task in the queue at once
+-- (shmq.c, "Cancelling"), however many wait.  Both workers are blocked,
+-- so every future behind them is pending and every cancel must succeed;
+-- walking the queue for each one took minutes at this size.
+local MANY = 50000
+
+local function twice(v)
+  counted(v)
+  return 2 * v
+end
+
+do
+  gate:clear()
+  count.value = 0
+  local ex <close> = mp.Executor{ max_workers = 2 }
+  local b1, b2 = ex:submit(blocked, "b1"), ex:submit(blocked, "b2")
+  t.ok(until_running(b1) and until_running(b2), "both workers are blocked")
+  local futs = {}
+  for i = 1, MANY do futs[i] = ex:submit(twice, i) end
+  local withdrawn = 0
+  for i = 1, MANY, 2 do
+    if futs[i]:cancel() then withdrawn = withdrawn + 1 end
+  end
+  t.is(withdrawn, MANY // 2, "cancelling every other of 50,000 pending futures succeeds every time")
+  t.is(ex._pool._tq:qsize(), MANY // 2, "the task queue counts only the tasks left")
+  local all_cancelled = true
+  for i = 1, MANY, 2 do all_cancelled = all_cancelled and futs[i]:cancelled() end
+  t.ok(all_cancelled, "each of them says it is cancelled")
+  gate:set()
+  local right = 0
+  for i = 2, MANY, 2 do
+    if futs[i]:result() == 2 * i and not futs[i]:cancelled() then right = right + 1 end
+  end
+  t.is(right, MANY // 2, "the other 25,000 run and give their results")
+  t.is(count.value, MANY // 2, "and the cancelled ones never ran")
+end
+
+-- shutdown{cancel_futures = true} with 50,000 futures pending
+do
+  gate:clear()
+  count.value = 0
+  local ex = mp.Executor{ max_workers = 2 }
+  local b1, b2 = ex:submit(blocked, "b1"), ex:submit(blocked, "b2")
+  t.ok(until_running(b1) and until_running(b2), "both workers are blocked again")
+  local futs = {}
+  for i = 1, MANY do futs[i] = ex:submit(twice, i) end
+  ex:shutdown{ wait = false, cancel_futures = true }
+  local cancelled = 0
+  for i = 1, MANY do
+    if futs[i]:cancelled() then cancelled = cancelled + 1 end
+  end
+  t.is(cancelled, MANY, "shutdown{cancel_futures = true} cancels all 50,000 pending futures")
+  t.is(ex._pool._tq:qsize(), 0, "and leaves no task in the queue")
+  gate:set()
+  ex:shutdown()
+  t.same({ b1:result(), b2:result(), count.value }, { "b1", "b2", 0 },
+    "the running ones end, and no cancelled task ran")
+end
+
 -- submitted tasks run while the script waits on something else
 do
   local q = mp.Queue()

@@ -192,24 +192,188 @@ static void test_cancel(void)
     char s[16];
     if (!q)
         return;
-    uint64_t seq[4];
+    shmq_ticket t[4];
     const char *words[] = { "one", "two", "three", "four" };
     int puts_ok = 1;
     for (int i = 0; i < 4; i++)
-        puts_ok &= shmq_put(q, words[i], strlen(words[i]), -1, &seq[i]) == SHMQ_OK;
-    ok(puts_ok && shmq_cancel(q, seq[0]) == 1 && shmq_cancel(q, seq[2]) == 1,
-       "messages still queued can be withdrawn, at the head and further back");
+        puts_ok &= shmq_put(q, words[i], strlen(words[i]), -1, &t[i]) == SHMQ_OK;
+    ok(puts_ok && shmq_cancel(q, t[0].seq, SHMQ_ANYWHERE) == 1 && shmq_cancel(q, t[2].seq, SHMQ_ANYWHERE) == 1,
+       "messages still queued can be withdrawn by number alone, at the head and further back");
     ok(shmq_count(q) == 2, "withdrawn messages no longer count (%llu)", (unsigned long long)shmq_count(q));
-    ok(shmq_cancel(q, seq[2]) == 0, "withdrawing twice finds nothing the second time");
+    ok(shmq_cancel(q, t[2].seq, SHMQ_ANYWHERE) == 0 && shmq_cancel(q, t[2].seq, t[2].pos) == 0,
+       "withdrawing twice finds nothing the second time, with its position or without");
     ok(strcmp(get_str(q, &b, s, sizeof s), "two") == 0, "get skips the withdrawn head (got %s)", s);
-    ok(shmq_cancel(q, seq[1]) == 0, "a message already taken cannot be withdrawn");
+    ok(shmq_cancel(q, t[1].seq, SHMQ_ANYWHERE) == 0, "a message already taken cannot be withdrawn");
     ok(strcmp(get_str(q, &b, s, sizeof s), "four") == 0, "and skips one further back (got %s)", s);
     ok(shmq_get(q, &b, 0, NULL) == SHMQ_TIMEOUT && shmq_count(q) == 0, "then the queue is empty");
-    ok(shmq_cancel(q, seq[3] + 100) == 0, "a number never put is not found");
+    ok(shmq_cancel(q, t[3].seq + 100, SHMQ_ANYWHERE) == 0, "a number never put is not found");
     ok(shmq_put(q, "five", 4, -1, NULL) == SHMQ_OK && strcmp(get_str(q, &b, s, sizeof s), "five") == 0,
        "the queue works on after withdrawals");
     luamp_buf_free(&b);
     shmq_destroy(q);
+}
+
+/* Puts a message of n bytes of `first`, `first + 1` ...; its ticket in *t. */
+static int put_filled(shmq *q, char *scratch, size_t n, char first, shmq_ticket *t)
+{
+    fill(scratch, n, first);
+    return shmq_put(q, scratch, n, -1, t) == SHMQ_OK;
+}
+
+/* Gets a message and checks it is n bytes as put_filled makes them. */
+static int got_filled(shmq *q, luamp_buf *b, char *scratch, size_t n, char first)
+{
+    fill(scratch, n, first);
+    return shmq_get(q, b, 0, NULL) == SHMQ_OK && b->len == n && memcmp(b->data, scratch, n) == 0;
+}
+
+/* Withdrawing by the position a put gave out (shmq.c, "Cancelling"). */
+static void test_cancel_at(void)
+{
+    static char big[300 << 10], x[10 << 10];
+    luamp_buf b;
+    luamp_buf_init(&b);
+    char s[16];
+    shmq *q = shmq_create(0);
+    if (!q)
+        return;
+    shmq_ticket t[8];
+    const char *words[] = { "one", "two", "three", "four", "five" };
+    int all = 1;
+    for (int i = 0; i < 5; i++)
+        all &= shmq_put(q, words[i], strlen(words[i]), -1, &t[i]) == SHMQ_OK;
+    ok(all && shmq_cancel(q, t[2].seq, t[2].pos) == 1 && shmq_cancel(q, t[0].seq, t[0].pos) == 1
+       && shmq_count(q) == 3, "by position: one in the middle and the one at the head are withdrawn");
+    ok(shmq_cancel(q, t[0].seq, t[0].pos) == 0, "and only once");
+    ok(strcmp(get_str(q, &b, s, sizeof s), "two") == 0
+       && shmq_cancel(q, t[1].seq, t[1].pos) == 0 && shmq_count(q) == 2,
+       "a message taken cannot be withdrawn by its position (and the count stays 2)");
+    ok(shmq_cancel(q, t[4].seq, t[3].pos) == 1 && strcmp(get_str(q, &b, s, sizeof s), "four") == 0
+       && shmq_get(q, &b, 0, NULL) == SHMQ_TIMEOUT && shmq_count(q) == 0,
+       "a position that holds another message is no help: the number is looked for, and that one alone goes");
+    shmq_destroy(q);
+
+    /* The ring grows while some records wrap around its end: those move,
+     * and their positions still find them.  A 200 KiB message put and
+     * taken leaves the head 200 KiB into the 256 KiB ring, then eight
+     * 10 KiB ones follow (the sixth wraps), then a 300 KiB one makes the
+     * ring grow. */
+    q = shmq_create(0);
+    if (!q)
+        return;
+    all = put_filled(q, big, 200 << 10, 'A', NULL) && got_filled(q, &b, big, 200 << 10, 'A');
+    for (int i = 0; i < 8; i++)
+        all &= put_filled(q, x, sizeof x, (char)('a' + i), &t[i]);
+    uint64_t before = shmq_test_capacity(q);
+    all &= put_filled(q, big, sizeof big, 'B', NULL);
+    ok(all && before == (256 << 10) && shmq_test_capacity(q) > before, "(the ring grew, from %llu KiB to %llu)",
+       (unsigned long long)(before >> 10), (unsigned long long)(shmq_test_capacity(q) >> 10));
+    ok(shmq_cancel(q, t[5].seq, t[5].pos) == 1 && shmq_cancel(q, t[6].seq, t[6].pos) == 1
+       && shmq_cancel(q, t[1].seq, t[1].pos) == 1 && shmq_count(q) == 6,
+       "after the ring grew, records that wrapped and moved are withdrawn by their positions, and one that did not");
+    all = 1;
+    for (int i = 0; i < 8; i++)
+        if (i != 1 && i != 5 && i != 6)
+            all &= got_filled(q, &b, x, sizeof x, (char)('a' + i));
+    all &= got_filled(q, &b, big, sizeof big, 'B');
+    ok(all && shmq_get(q, &b, 0, NULL) == SHMQ_TIMEOUT && shmq_count(q) == 0,
+       "the others come out whole and in order");
+    shmq_destroy(q);
+
+    /* A task put back under a claim goes to the tail: its old position
+     * is behind the head, and the queue knows where it went. */
+    q = shmq_create(0);
+    if (!q)
+        return;
+    for (int i = 0; i < 3; i++)
+        all &= shmq_put(q, words[i], strlen(words[i]), -1, &t[i]) == SHMQ_OK;
+    shmq_wait w = { .claim = 0 };
+    all &= shmq_get(q, &b, 0, &w) == SHMQ_OK && w.seq == t[0].seq;
+    all &= shmq_requeue(q, 0, b.data, b.len, w.seq) == SHMQ_OK;
+    ok(all && shmq_cancel(q, t[2].seq, t[2].pos) == 1 && shmq_count(q) == 2,
+       "with a requeued message behind it, another is withdrawn by its position, and only it");
+    ok(shmq_cancel(q, t[0].seq, t[0].pos) == 1 && shmq_count(q) == 1,
+       "a requeued message is withdrawn by the position its first put gave out");
+    ok(strcmp(get_str(q, &b, s, sizeof s), "two") == 0 && shmq_get(q, &b, 0, NULL) == SHMQ_TIMEOUT,
+       "then only the third comes out");
+    all = shmq_put(q, "again", 5, -1, &t[3]) == SHMQ_OK;
+    all &= shmq_get(q, &b, 0, &w) == SHMQ_OK && shmq_requeue(q, 0, b.data, b.len, w.seq) == SHMQ_OK;
+    all &= shmq_get(q, &b, 0, &w) == SHMQ_OK && w.seq == t[3].seq;
+    ok(all && shmq_cancel(q, t[3].seq, t[3].pos) == 0 && shmq_count(q) == 0,
+       "a requeued message taken again cannot be withdrawn");
+    shmq_release(q, 0);
+
+    /* More requeued messages than the header keeps positions for. */
+    enum { NREQ = 80 };
+    shmq_ticket rt[NREQ];
+    char item[16];
+    all = 1;
+    for (int i = 0; i < NREQ; i++) {
+        snprintf(item, sizeof item, "item %d", i);
+        all &= shmq_put(q, item, strlen(item), -1, &rt[i]) == SHMQ_OK;
+    }
+    for (int i = 0; i < NREQ; i++) {
+        all &= shmq_get(q, &b, 0, &w) == SHMQ_OK && w.seq == rt[i].seq;
+        all &= shmq_requeue(q, 0, b.data, b.len, w.seq) == SHMQ_OK;
+    }
+    int withdrawn = 0;
+    for (int i = 0; i < NREQ; i += 2)
+        withdrawn += shmq_cancel(q, rt[i].seq, rt[i].pos);
+    all &= withdrawn == NREQ / 2 && shmq_count(q) == NREQ / 2;
+    for (int i = 1; i < NREQ; i += 2) {
+        snprintf(item, sizeof item, "item %d", i);
+        all &= strcmp(get_str(q, &b, s, sizeof s), item) == 0;
+    }
+    ok(all && shmq_get(q, &b, 0, NULL) == SHMQ_TIMEOUT,
+       "%d messages requeued: every other one is withdrawn by its first position (%d), the rest come out",
+       NREQ, withdrawn);
+    shmq_destroy(q);
+    luamp_buf_free(&b);
+}
+
+/* A message's bytes are never taken for a record's header, even where
+ * a position handed out earlier now lies inside them. */
+static void test_cancel_payload(void)
+{
+    static char filler[256 << 10];
+    luamp_buf b;
+    luamp_buf_init(&b);
+    char s[16];
+    shmq *q = shmq_create(0);
+    if (!q)
+        return;
+    /* z at 0 and a at 16 are put and taken; a filler leaves the head 8
+     * bytes before the end of the 256 KiB ring, so that d, put into the
+     * empty ring, starts at offset 0 instead of wrapping.  When that set
+     * the positions back to 0, d's bytes 4-15 lay at a's old position:
+     * they look like a's header.  Its bytes 40-51 look like the header
+     * of e, which follows d. */
+    shmq_ticket z, a, f, d, e;
+    int all = shmq_put(q, "zzzz", 4, -1, &z) == SHMQ_OK && shmq_put(q, "aaaa", 4, -1, &a) == SHMQ_OK;
+    all &= strcmp(get_str(q, &b, s, sizeof s), "zzzz") == 0 && strcmp(get_str(q, &b, s, sizeof s), "aaaa") == 0;
+    size_t nfill = (256 << 10) - 2 * 16 - 12 - 8;
+    all &= put_filled(q, filler, nfill, 'f', &f) && got_filled(q, &b, filler, nfill, 'f');
+    unsigned char dbytes[100];
+    memset(dbytes, 'd', sizeof dbytes);
+    uint32_t fake_len = 4;
+    uint64_t e_seq = f.seq + 2;
+    memcpy(dbytes + 4, &fake_len, 4);
+    memcpy(dbytes + 8, &a.seq, 8);
+    memcpy(dbytes + 40, &fake_len, 4);
+    memcpy(dbytes + 44, &e_seq, 8);
+    all &= shmq_put(q, dbytes, sizeof dbytes, -1, &d) == SHMQ_OK;
+    all &= shmq_put(q, "eeee", 4, -1, &e) == SHMQ_OK && e.seq == e_seq;
+    ok(all && a.pos == 16 && shmq_test_capacity(q) == (256 << 10),
+       "(a was put at position 16, and the ring did not grow)");
+    ok(shmq_cancel(q, a.seq, a.pos) == 0 && shmq_cancel(q, a.seq, SHMQ_ANYWHERE) == 0 && shmq_count(q) == 2,
+       "bytes of a message that look like a taken message's header are not found, by position or by walking");
+    ok(shmq_cancel(q, e.seq, SHMQ_ANYWHERE) == 1 && shmq_count(q) == 1,
+       "bytes that look like the next message's header are stepped over: that message is withdrawn");
+    ok(shmq_get(q, &b, 0, NULL) == SHMQ_OK && b.len == sizeof dbytes && memcmp(b.data, dbytes, sizeof dbytes) == 0
+       && shmq_get(q, &b, 0, NULL) == SHMQ_TIMEOUT && shmq_count(q) == 0,
+       "the message comes out as it was put, and the withdrawn one not at all");
+    shmq_destroy(q);
+    luamp_buf_free(&b);
 }
 
 /* Pacing: while a consumer keeps taking (here one item every 200 us), a
@@ -441,6 +605,8 @@ int main(void)
     test_lending();
     test_spans();
     test_cancel();
+    test_cancel_at();
+    test_cancel_payload();
     const char *why = "";
     int crowd_ok = crowd(0, &why);
     ok(crowd_ok, "3 producers and 2 consumers move 18,000 items of 8 B-300 KiB, each once%s%s",

@@ -6,9 +6,9 @@ Usage:  python3 mpbench.py WORKLOAD [--n N] [--size BYTES] [--workers W]
 
 luamp's own copy of the reference mpbench.py: the reference workloads
 (pool_start ... worker_crash) are unchanged; the sweeps (pipe_size,
-queue_size, map_size, map_workers, cpu_workers) and the memory workloads
-(worker_rss, map_iter_rss) are added, mirrored one for one by
-bench/luamp_bench.lua.
+queue_size, map_size, map_workers, cpu_workers), the memory workloads
+(worker_rss, map_iter_rss) and cancel (concurrent.futures) are added,
+mirrored one for one by bench/luamp_bench.lua.
 
 Runs ONE workload and prints ONE line of JSON on stdout.  Pools are created
 and warmed up (one trivial task) before the clock starts, except in
@@ -318,6 +318,43 @@ def w_value_lock(n):
     du = now() - t1
     return dict(n=2 * n, seconds=dt, ops_per_s=2 * n / dt, final=v.value,
                 correct=ok, uncontended_ops_per_s=2 * n / du)
+
+
+# The workers' gate in w_cancel: made before any executor forks them.
+GATE = CTX.Event()
+
+
+def _wait_gate():
+    GATE.wait()
+    return 0
+
+
+def _double(x):
+    return 2 * x
+
+
+def w_cancel(n):
+    """Future.cancel on n pending futures: the 2 workers are busy with tasks
+    that wait on GATE, so the n futures submitted behind them wait (all but
+    the few the executor already moved to its call queue, which count as
+    running and cannot be cancelled)."""
+    n = n or 100_000
+    GATE.clear()
+    gc.collect()
+    with ProcessPoolExecutor(2, mp_context=CTX) as ex:
+        blockers = [ex.submit(_wait_gate) for _ in range(2)]
+        while not all(b.running() for b in blockers):
+            time.sleep(0.001)
+        t0 = now()
+        futs = [ex.submit(_double, i) for i in range(n)]
+        t1 = now()
+        gc.collect()
+        t2 = now()
+        cancelled = sum(1 for f in futs if f.cancel())
+        dt = now() - t2
+        GATE.set()
+    return dict(n=n, cancelled=cancelled, seconds=dt, ops_per_s=n / dt, per_op_us=dt / n * 1e6,
+                submit_s=t1 - t0)
 
 
 # ------------------------------------------------------------------- sweeps
