@@ -59,8 +59,9 @@
  *
  * The program's group is not the terminal's foreground group: a Ctrl-C
  * typed at the terminal reaches luamp, which kills the group, not the
- * program directly, and a program that reads from the terminal or
- * changes its modes is stopped by it (SIGTTIN, SIGTTOU).
+ * program directly (a stock lua5.4 catches it without telling luamp, so
+ * there the program runs on to its end), and a program that reads from
+ * the terminal or changes its modes is stopped by it (SIGTTIN, SIGTTOU).
  */
 #include "sys.h"
 
