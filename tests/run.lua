@@ -145,7 +145,7 @@ end
 do
   local file = os.tmpname()
   local pool <close> = mp.Pool(1)
-  local r = pool:apply_async(function(argv) mp.run(argv) end, { family(file) }, { timeout = 1 })
+  local r = pool:apply_async(function(argv) mp.run(argv) end, { family(file) }, { timeout = 2 })
   local pids = pids_in(file, 2)
   local ok, e = pcall(r.get, r)
   t.ok(not ok and mp.Error.is(e, "task_timeout"), "a task waiting in mp.run fails with task_timeout")
