@@ -83,6 +83,121 @@ do
   t.same({ out[1], out[2], out[3] }, { "a\n", "b\n", "c\n" }, "mp.run works in workers")
 end
 
+-- A program outlives nobody: it dies with the process that ran it, however
+-- that process dies, and so do the children it did not detach.
+
+-- Whether pid runs: a killed orphan may stay a zombie until init reaps it.
+local function running(pid)
+  local f = io.open("/proc/" .. pid .. "/stat")
+  if not f then return false end
+  local state = (f:read("a") or ""):match(".*%) (%a)")
+  f:close()
+  return state ~= nil and state ~= "Z" and state ~= "X"
+end
+
+-- The pids of `pids` still running after a few seconds, as a string; they
+-- are killed, so that a failed check leaves nothing behind.
+local function survivors(pids)
+  local left = {}
+  for _ = 1, 60 do
+    left = {}
+    for _, pid in ipairs(pids) do
+      if running(pid) then left[#left + 1] = pid end
+    end
+    if #left == 0 then return "" end
+    mp._sleep(0.05)
+  end
+  mp.run({ "kill", "-KILL", table.unpack(left) })
+  return table.concat(left, " ")
+end
+
+-- The pids in file `path` once there are n of them (nil if that never comes).
+local function pids_in(path, n)
+  for _ = 1, 200 do
+    local pids = {}
+    local f = io.open(path)
+    if f then
+      for pid in f:read("a"):gmatch("%d+\n") do pids[#pids + 1] = pid:sub(1, -2) end
+      f:close()
+    end
+    if #pids >= n then return pids end
+    mp._sleep(0.05)
+  end
+end
+
+-- sh writes its pid and its child's to the file named by its argument.
+local FAMILY = { "sh", "-c", 'echo $$ >>"$1"; sleep 57 & echo $! >>"$1"; wait', "sh" }
+local function family(file)
+  local argv = table.move(FAMILY, 1, #FAMILY, 1, {})
+  argv[#argv + 1] = file
+  return argv
+end
+
+do
+  local e = t.raises(function()
+    mp.run({ "sh", "-c", "sleep 57 & echo $!; wait" }, { timeout = 0.3, capture = true })
+  end, "ran past its 0.3s timeout", "a program with a child runs past its timeout")
+  local pid = e.stdout and e.stdout:match("%d+")
+  t.ok(pid ~= nil, "the child's pid was written: " .. tostring(pid))
+  t.is(survivors({ pid }), "", "the timeout kills the program's child too")
+end
+
+do
+  local file = os.tmpname()
+  local pool <close> = mp.Pool(1)
+  local r = pool:apply_async(function(argv) mp.run(argv) end, { family(file) }, { timeout = 2 })
+  local pids = pids_in(file, 2)
+  local ok, e = pcall(r.get, r)
+  t.ok(not ok and mp.Error.is(e, "task_timeout"), "a task waiting in mp.run fails with task_timeout")
+  t.ok(pids ~= nil, "its program wrote its pid and its child's")
+  t.is(survivors(pids or {}), "", "the killed worker's program and the program's child die with the worker")
+  os.remove(file)
+end
+
+do
+  local file = os.tmpname()
+  local p = mp.Process{ target = function(argv) mp.run(argv) end, args = { family(file) } }
+  p:start()
+  local pids = pids_in(file, 2)
+  t.ok(pids ~= nil, "a Process's program wrote its pid and its child's")
+  p:kill()
+  p:join()
+  t.is(p.exitcode, -9, "the Process was killed")
+  t.is(survivors(pids or {}), "", "a Process killed in mp.run takes its program and the program's child with it")
+  os.remove(file)
+end
+
+-- A luamp script, run apart, that prints its pid, then runs a program that
+-- prints its own and its child's; returns the three pids and the handle.
+local function script_in_run()
+  local code = [[local mp = require "luamp"
+    io.write(mp.current_process().pid, "\n")
+    mp.run({"sh", "-c", "echo $$; sleep 57 & echo $!; wait"})]]
+  local h = io.popen("exec '" .. luamp_bin .. "' -e '" .. code .. "' 2>/dev/null")
+  return h, h:read("l"), h:read("l"), h:read("l")
+end
+
+for _, sig in ipairs({ "KILL", "INT" }) do
+  local h, script, program, child = script_in_run()
+  t.ok(script and program and child, "a script in mp.run wrote the pids (SIG" .. sig .. ")")
+  mp.run({ "kill", "-" .. sig, script or "0" })
+  t.is(survivors({ program, child }), "", "a script stopped by SIG" .. sig .. " in mp.run: "
+    .. "its program and the program's child die with it")
+  h:close()
+end
+
+do
+  local me = mp.current_process().pid
+  local f = io.open("/proc/" .. me .. "/task/" .. me .. "/children")
+  if f then
+    mp.run({ "true" })
+    pcall(mp.run, { "sleep", "5" }, { timeout = 0.1 })
+    local kids = f:read("a")
+    f:close()
+    t.is(kids, "", "after mp.run returns or times out, no child of this process is left")
+  end
+end
+
 -- logging: a luamp child's stderr
 local function luamp(code, env)
   return mp.run({ luamp_bin, "-e", code }, { capture = true, env = env })

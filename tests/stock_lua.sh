@@ -45,4 +45,18 @@ rc=$?
 is "$rc:$(cat "$tmp/err")" "0:" "stock lua5.4 spawns a Process without error"
 is "$(tr '\n' ' ' <"$tmp/out")" "spawned child 0 " "the spawned child is a fresh lua5.4 that loads luamp where its parent did"
 
+# mp.run from stock lua: the watchdog a run starts (src/run.c) works in a
+# host luamp did not set up, and is gone when the run returns
+"$LUA54" -e '
+    package.cpath = "'"$LUAMP_MODULE_DIR"'/?.so;" .. package.cpath
+    local mp = require "luamp"
+    local r = mp.run({"sh", "-c", "echo hi; exit 3"}, {capture = true})
+    io.write(r.stdout, r.code, "\n")
+    local me = mp.current_process().pid
+    local f = io.open("/proc/" .. me .. "/task/" .. me .. "/children")
+    print(f and f:read("a") or "")' >"$tmp/out" 2>"$tmp/err"
+rc=$?
+is "$rc:$(cat "$tmp/err")" "0:" "stock lua5.4 runs a program with mp.run without error"
+is "$(tr '\n' ' ' <"$tmp/out")" "hi 3  " "with its output and status, and no child left behind"
+
 done_testing
