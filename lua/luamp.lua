@@ -689,7 +689,8 @@ function mp.run(argv, opts)
       if v and v:find("\0", 1, true) then argerror(2, "run", "env." .. k .. " contains a NUL byte") end
     end
   end
-  local ok, code, sig, out, err, timed_out = pcall(core.run, args, opts.capture, opts.input, timeout, opts.cwd, env)
+  local ok, code, sig, out, err, timed_out = pcall(core.run, args, opts.capture, opts.input, timeout, opts.cwd, env,
+    current.name == "MainProcess")
   if not ok then
     if Error.is(code) then error(code, 2) end          -- (interrupted)
     raise("process", tostring(code), 2)

@@ -57,11 +57,20 @@
  * holds the write end too, and keeps the watchdog waiting until it exits
  * or execs.
  *
- * The program's group is not the terminal's foreground group: a Ctrl-C
- * typed at the terminal reaches luamp, which kills the group, not the
- * program directly (a stock lua5.4 catches it without telling luamp, so
- * there the program runs on to its end), and a program that reads from
- * the terminal or changes its modes is stopped by it (SIGTTIN, SIGTTOU).
+ * One exception: the main script in the terminal's foreground group (a
+ * script run from an interactive shell) runs its program in that group.
+ * A program of its own group there would be a background job: stopped by
+ * the terminal as soon as it read from it or changed its modes (an
+ * editor, a pager, a password prompt), deaf to a Ctrl-C typed at the
+ * terminal, and a Ctrl-Z would stop it alone, out of the shell's sight.
+ * Handing the terminal over, as a shell does, would need luamp to do job
+ * control.  So the program stays in the foreground group, where the
+ * terminal's signals reach it as they reach luamp, and the watchdog,
+ * told the program's pid through its pipe once it is spawned, kills the
+ * program alone when the script dies.  What that program starts is not
+ * covered then, nor a program whose starter dies between its exec and
+ * the write of its pid.  Workers and Process children, which timeouts and
+ * kill() end, always give their programs a group of their own.
  */
 #include "sys.h"
 
@@ -120,6 +129,7 @@ static int sink_read(sink *s, int fd)
 typedef struct run_state {
     pid_t pid;
     pid_t watchdog;              /* leader of the program's group, or -1 */
+    int group;                   /* the program runs in the watchdog's group */
     int watch;                   /* the write end of the watchdog's pipe, or -1 */
     char *wd_stack;              /* the watchdog's stack, or NULL */
     size_t wd_len;
@@ -153,7 +163,7 @@ static int reap(pid_t pid, int *status)
  * our children, not reaped yet, and the watchdog is in its group.) */
 static void kill_group(run_state *r)
 {
-    if (r->watchdog > 0)
+    if (r->watchdog > 0 && r->group)
         kill(-r->watchdog, SIGKILL);
     if (r->pid > 0)
         kill(r->pid, SIGKILL);
@@ -213,6 +223,7 @@ static void run_cleanup(run_state *r, int kill_it)
 typedef struct watchdog_args {
     int rfd, wfd;               /* the pipe: it keeps the read end */
     int close_range;            /* the kernel has close_range */
+    int group;                  /* kill its group; else the pid read first */
 } watchdog_args;
 
 __attribute__((no_sanitize("address", "undefined")))
@@ -227,6 +238,19 @@ static int watchdog_main(void *arg)
             syscall(SYS_close_range, 0UL, (unsigned long)a.rfd - 1, 0UL);
         syscall(SYS_close_range, (unsigned long)a.rfd + 1, (unsigned long)~0U, 0UL);
     }
+    if (!a.group) {
+        /* the program's pid, written once it is spawned */
+        pid_t pid = 0;
+        size_t got = 0;
+        long n;
+        while (got < sizeof pid && (n = syscall(SYS_read, a.rfd, (char *)&pid + got, sizeof pid - got)) > 0)
+            got += (size_t)n;
+        while (syscall(SYS_read, a.rfd, &c, (size_t)1) > 0)
+            ;
+        if (got == sizeof pid && pid > 0)
+            syscall(SYS_kill, pid, SIGKILL);
+        return 0;
+    }
     while (syscall(SYS_read, a.rfd, &c, (size_t)1) > 0)
         ;
     /* End of file: the starter is gone.  Its group, by number: if the
@@ -235,8 +259,9 @@ static int watchdog_main(void *arg)
     return 0;
 }
 
-/* Starts the watchdog, leader of a new process group, blocked reading a
- * pipe of which r->watch is the only write end.  0, or an errno value. */
+/* Starts the watchdog, blocked reading a pipe of which r->watch is the
+ * only write end, and the leader of a new process group when r->group.
+ * 0, or an errno value. */
 static int start_watchdog(run_state *r)
 {
     long page = sysconf(_SC_PAGESIZE);
@@ -257,6 +282,7 @@ static int start_watchdog(run_state *r)
     a->rfd = fds[0];
     a->wfd = fds[1];
     a->close_range = syscall(SYS_close_range, (unsigned long)~0U, (unsigned long)~0U, 0UL) == 0;
+    a->group = r->group;
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
@@ -273,7 +299,21 @@ static int start_watchdog(run_state *r)
     r->watch = fds[1];
     r->wd_stack = stack;
     r->wd_len = len;
+    if (!r->group)
+        return 0;
     return setpgid(pid, pid) == 0 ? 0 : errno;
+}
+
+/* Whether this process is in the foreground group of the terminal on its
+ * standard input, output or error. */
+static int in_foreground(void)
+{
+    pid_t pg = getpgrp();
+    for (int fd = 0; fd <= 2; fd++) {
+        if (isatty(fd))
+            return tcgetpgrp(fd) == pg;
+    }
+    return 0;
 }
 
 /* The environment: this process's, with the table at idx applied
@@ -350,10 +390,12 @@ static ssize_t feed(int fd, const char *p, size_t n)
 }
 
 /*
- * core.run(argv, capture, input, timeout, cwd, env)
+ * core.run(argv, capture, input, timeout, cwd, env, main)
  *   -> code|nil, signal|nil, stdout|nil, stderr|nil, timed_out
  * argv: a non-empty sequence of strings (checked by the caller); env: a
- * table or nil.  Raises "cannot run '<prog>': <why>".
+ * table or nil; main: the caller is the main script (see the top of this
+ * file for what it changes at a terminal).  Raises "cannot run '<prog>':
+ * <why>".
  */
 static int l_run(lua_State *L)
 {
@@ -364,6 +406,7 @@ static int l_run(lua_State *L)
     double deadline = luamp_opt_deadline(L, 4);
     const char *cwd = luaL_optstring(L, 5, NULL);
     int has_env = lua_istable(L, 6);
+    int main_script = lua_toboolean(L, 7);
 
     lua_Integer argc = luaL_len(L, 1);
     const char **argv = lua_newuserdatauv(L, sizeof(char *) * (size_t)(argc + 1), 0);
@@ -375,6 +418,7 @@ static int l_run(lua_State *L)
     argv[argc] = NULL;
 
     run_state r = { .pid = -1, .watchdog = -1, .watch = -1, .pidfd = -1, .in = -1, .out = -1, .err = -1 };
+    r.group = !(main_script && in_foreground());
     int child_in[2] = { -1, -1 }, child_out[2] = { -1, -1 }, child_err[2] = { -1, -1 };
     posix_spawn_file_actions_t fa;
     posix_spawnattr_t attr;
@@ -405,9 +449,9 @@ static int l_run(lua_State *L)
     sigfillset(&all);
     if ((e = posix_spawnattr_setsigmask(&attr, &none)) != 0
         || (e = posix_spawnattr_setsigdefault(&attr, &all)) != 0
-        || (e = posix_spawnattr_setpgroup(&attr, r.watchdog)) != 0
+        || (r.group && (e = posix_spawnattr_setpgroup(&attr, r.watchdog)) != 0)
         || (e = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF
-                                                | POSIX_SPAWN_SETPGROUP)) != 0)
+                                                | (r.group ? POSIX_SPAWN_SETPGROUP : 0))) != 0)
         goto fail;
     if (input && (e = posix_spawn_file_actions_adddup2(&fa, child_in[0], 0)) != 0)
         goto fail;
@@ -423,6 +467,17 @@ static int l_run(lua_State *L)
         if (cwd && e == ENOENT && access(cwd, X_OK) != 0)
             what = "cannot run '%s' in the directory given as cwd: %s";
         goto fail;
+    }
+    if (!r.group) {
+        /* the watchdog's target (a pipe holds 4 bytes whole: no short write) */
+        ssize_t w;
+        while ((w = write(r.watch, &r.pid, sizeof r.pid)) < 0 && errno == EINTR)
+            ;
+        if (w != (ssize_t)sizeof r.pid) {
+            e = w < 0 ? errno : EIO;
+            what = "cannot run '%s': cannot tell its watchdog its pid: %s";
+            goto fail;
+        }
     }
     posix_spawn_file_actions_destroy(&fa);
     posix_spawnattr_destroy(&attr);

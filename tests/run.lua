@@ -173,7 +173,9 @@ local function script_in_run()
   local code = [[local mp = require "luamp"
     io.write(mp.current_process().pid, "\n")
     mp.run({"sh", "-c", "echo $$; sleep 57 & echo $!; wait"})]]
-  local h = io.popen("exec '" .. luamp_bin .. "' -e '" .. code .. "' 2>/dev/null")
+  -- (standard input not a terminal, even when make check runs at one:
+  -- see the next block for a script at a terminal)
+  local h = io.popen("exec '" .. luamp_bin .. "' -e '" .. code .. "' 2>/dev/null </dev/null")
   return h, h:read("l"), h:read("l"), h:read("l")
 end
 
@@ -184,6 +186,53 @@ for _, sig in ipairs({ "KILL", "INT" }) do
   t.is(survivors({ program, child }), "", "a script stopped by SIG" .. sig .. " in mp.run: "
     .. "its program and the program's child die with it")
   h:close()
+end
+
+-- The main script at a terminal (in its foreground group) runs its
+-- program in that group: the program can read the terminal (a program of
+-- its own group would be stopped there, as a background job), and still
+-- dies when the script is killed.  script(1) gives the script a terminal.
+if mp.run({ "sh", "-c", "command -v script" }, { capture = true }).code ~= 0 then
+  t.skip("mp.run from a script at a terminal", "no script(1) program (bsdutils)")
+else
+  local path = os.tmpname()
+  local f = assert(io.open(path, "w"))
+  f:write([[
+local mp = require "luamp"
+local r = mp.run({ "sh", "-c", "read x; echo got:$x" }, { timeout = 20, capture = true })
+io.write(r.stdout)
+]])
+  f:close()
+  local r = mp.run({ "script", "-qec", "'" .. luamp_bin .. "' " .. path, "/dev/null" },
+    { input = "typed\n", capture = true, timeout = 30 })
+  t.like(r.stdout, "got:typed", "a program run by the main script at a terminal reads what is typed there")
+
+  local file = os.tmpname()
+  f = assert(io.open(path, "w"))
+  f:write(string.format([[
+local mp = require "luamp"
+local out = assert(io.open(%q, "a"))
+out:write(mp.current_process().pid, "\n")
+out:close()
+mp.run({ "sh", "-c", 'echo $$ >>"$1"; exec sleep 57', "sh", %q })
+]], file, file))
+  f:close()
+  -- (the terminal's session goes on after the script, as a shell's would:
+  -- a session that ended would hang the terminal up, and SIGHUP would end
+  -- the program whatever luamp does)
+  local runner = mp.Process { target = function()
+    mp.run({ "script", "-qec", "'" .. luamp_bin .. "' " .. path .. "; exec sleep 30", "/dev/null" },
+      { input = "", timeout = 60 })
+  end }
+  runner:start()
+  local pids = pids_in(file, 2)
+  t.ok(pids ~= nil, "the script at a terminal wrote its pid and its program's")
+  if pids then mp.run({ "kill", "-KILL", pids[1] }) end
+  t.is(survivors(pids and { pids[2] } or {}), "", "a script at a terminal killed in mp.run takes its program with it")
+  runner:kill()
+  runner:join()
+  os.remove(path)
+  os.remove(file)
 end
 
 do
