@@ -24,7 +24,6 @@
 #include <unistd.h>
 
 #include <lauxlib.h>
-#include <msgpack.h>
 
 #define PROGNAME "luamp"
 #define EXIT_USAGE 2
@@ -78,8 +77,7 @@ static int report(lua_State *L, int status)
 
 static void print_version(void)
 {
-    printf("%s %s (%s, msgpack-c %s)\n", PROGNAME, LUAMP_VERSION, LUA_RELEASE,
-           msgpack_version());
+    printf("%s %s (%s)\n", PROGNAME, LUAMP_VERSION, LUA_RELEASE);
     fflush(stdout);
 }
 

@@ -17,6 +17,11 @@ static int ctap_n, ctap_failed;
         fflush(stdout);                                                 \
     } while (0)
 
+#define skip(name, why) do {                                           \
+        printf("ok %d - %s # SKIP %s\n", ++ctap_n, name, why);          \
+        fflush(stdout);                                                 \
+    } while (0)
+
 #define diag(...) do { printf("# "); printf(__VA_ARGS__); printf("\n"); } while (0)
 
 static inline int done_testing(void)
