@@ -123,8 +123,8 @@ int luamp_l_encode(lua_State *L);
 int luamp_l_decode(lua_State *L);
 
 /* Whether a decode since the last call failed on a luamp object made
- * after this process was forked; clears it.  The hook (set by sys.c:
- * luamp_object_is_newer) tells such an object's id (1), or says this
+ * after this process was forked; clears it.  The hook (set by
+ * objects.c) tells such an object's id (1), or says this
  * process was spawned, so knows only what it was started with (2). */
 int luamp_decode_missed_newer(void);
 extern int (*luamp_codec_newer_hook)(const char *id, size_t len);

@@ -12,6 +12,7 @@
  */
 #include "shmq.h"
 #include "sys.h"
+#include "objects.h"
 
 #include <errno.h>
 #include <string.h>

@@ -34,6 +34,7 @@
  * process took is not given back (as in Python).
  */
 #include "sys.h"
+#include "objects.h"
 
 #include <errno.h>
 #include <limits.h>

@@ -56,23 +56,14 @@ void luamp_open_queue(lua_State *L);
 /* From sync.c: Lock, RLock, Value and Array. */
 void luamp_open_sync(lua_State *L);
 void luamp_open_run(lua_State *L);
+/* From objects.c: the object socket. */
+void luamp_open_objects(lua_State *L);
 
 /* A file descriptor a waitable object exposes to core.wait(). */
 int luamp_waitable_fd(lua_State *L, int idx);
 
-/* Remembers a luamp object under `id` in registry["luamp.objects"] (weak
- * values) so that the codec can send it by reference to a forked child. */
 /* This process's pid (getpid() is a system call; this is not). */
 pid_t luamp_pid(void);
-
-/* 1 when the object id names an object that the process which forked
- * this one (with core.fork) made after the fork: one this process cannot
- * have inherited; 2 when this process was spawned (it knows only the
- * objects it was started with); else 0. */
-int luamp_object_is_newer(const char *id, size_t len);
-void luamp_register_object(lua_State *L, int idx, const char *id);
-/* A process-unique id for a new object: "<kind>:<pid>:<counter>". */
-void luamp_new_object_id(char *out, size_t n, const char *kind);
 
 #endif
 
