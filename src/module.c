@@ -21,6 +21,7 @@ int luaopen_luamp(lua_State *L)
     lua_newtable(L);
     luamp_open_sys(L);
     luamp_open_objects(L);
+    luamp_open_interrupt(L);
     luamp_open_queue(L);
     luamp_open_pipe(L);
     luamp_open_sync(L);

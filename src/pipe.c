@@ -54,6 +54,7 @@
  * "closed" only when every process holding the other end has closed it.
  */
 #include "sys.h"
+#include "interrupt.h"
 #include "objects.h"
 
 #include <errno.h>

@@ -12,6 +12,7 @@
  */
 #include "shmq.h"
 #include "sys.h"
+#include "interrupt.h"
 #include "objects.h"
 
 #include <errno.h>

@@ -73,6 +73,7 @@
  * kill() end, always give their programs a group of their own.
  */
 #include "sys.h"
+#include "interrupt.h"
 
 #include <errno.h>
 #include <fcntl.h>

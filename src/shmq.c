@@ -115,6 +115,7 @@
  */
 #include "shmq.h"
 #include "sys.h"
+#include "interrupt.h"
 
 #include <errno.h>
 #include <poll.h>

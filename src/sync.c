@@ -34,6 +34,7 @@
  * process took is not given back (as in Python).
  */
 #include "sys.h"
+#include "interrupt.h"
 #include "objects.h"
 
 #include <errno.h>

@@ -14,6 +14,7 @@
  */
 #include "sys.h"
 #include "codec.h"
+#include "interrupt.h"
 #include "objects.h"
 
 #include <errno.h>
@@ -164,7 +165,7 @@ static int reaper_add(pid_t pid)
     return slot;
 }
 
-static void reaper_start(void)
+void luamp_reaper_start(void)
 {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -173,77 +174,6 @@ static void reaper_start(void)
     sigemptyset(&sa.sa_mask);
     if (sigaction(SIGCHLD, &sa, NULL) == 0)
         reaper_on = 1;
-}
-
-/* ---- interrupts -------------------------------------------------------- */
-
-static volatile sig_atomic_t pending_signal;   /* not yet raised */
-static volatile sig_atomic_t seen_signal;      /* ever received */
-static lua_State *main_state;
-static int interrupts_caught;
-
-int luamp_interrupt_pending(void)
-{
-    return pending_signal != 0;
-}
-
-void luamp_raise_interrupt(lua_State *L)
-{
-    int sig = pending_signal;
-    if (!sig)
-        return;
-    pending_signal = 0;
-    lua_sethook(L, NULL, 0, 0);
-    luamp_raise(L, "interrupted", "interrupted by %s", sig == SIGINT ? "SIGINT" : "SIGTERM");
-}
-
-static void interrupt_hook(lua_State *L, lua_Debug *ar)
-{
-    (void)ar;
-    luamp_raise_interrupt(L);
-}
-
-/* Async-signal-safe: lua_sethook is meant for this (lua.c does the same). */
-static void on_interrupt(int sig)
-{
-    pending_signal = sig;
-    seen_signal = sig;
-    if (main_state)
-        lua_sethook(main_state, interrupt_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
-}
-
-void luamp_catch_interrupts(lua_State *L)
-{
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_interrupt;
-    sigemptyset(&sa.sa_mask);
-    main_state = L;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    interrupts_caught = 1;
-    reaper_start();
-}
-
-/* In a new child: the parent's interrupt handling is not the child's. */
-static void reset_child_signals(int worker)
-{
-    main_state = NULL;
-    pending_signal = 0;
-    seen_signal = 0;
-    if (interrupts_caught) {
-        signal(SIGTERM, SIG_DFL);
-        signal(SIGINT, SIG_DFL);
-    }
-    memset(reaped, 0, sizeof reaped);   /* the parent's children are not ours */
-    if (worker)
-        signal(SIGINT, SIG_IGN);
-}
-
-static int l_interrupted(lua_State *L)
-{
-    lua_pushboolean(L, seen_signal != 0);
-    return 1;
 }
 
 /* ---- children ---------------------------------------------------------- */
@@ -308,7 +238,8 @@ static int l_fork(lua_State *L)
             _exit(70);
         luamp_objects_forked(parent);
         cached_pid = 0;
-        reset_child_signals(worker);
+        memset(reaped, 0, sizeof reaped);   /* the parent's children are not ours */
+        luamp_interrupts_forked(worker);
         lua_pushinteger(L, 0);
         return 1;
     }
@@ -482,14 +413,6 @@ static int l_self_exe(lua_State *L)
         return luamp_sys_error(L, "cannot find this program's executable");
     lua_pushlstring(L, buf, (size_t)n);
     return 1;
-}
-
-/* core.ignore_sigint(): a spawned pool worker, as a forked one */
-static int l_ignore_sigint(lua_State *L)
-{
-    (void)L;
-    signal(SIGINT, SIG_IGN);
-    return 0;
 }
 
 /* Reaps the child if it has exited; wait: block until it has. */
@@ -769,7 +692,6 @@ void luamp_open_sys(lua_State *L)
         {"spawn", l_spawn},
         {"spawn_payload", l_spawn_payload},
         {"self_exe", l_self_exe},
-        {"ignore_sigint", l_ignore_sigint},
         {"wait", l_wait},
         {"now", l_now},
         {"getpid", l_getpid},
@@ -777,7 +699,6 @@ void luamp_open_sys(lua_State *L)
         {"_exit", l_exit},
         {"sleep", l_sleep},
         {"isatty", l_isatty},
-        {"interrupted", l_interrupted},
         {"default_processes", l_default_processes},
         {"table", l_table},
         {"encode", luamp_l_encode},

@@ -58,6 +58,10 @@ void luamp_open_sync(lua_State *L);
 void luamp_open_run(lua_State *L);
 /* From objects.c: the object socket. */
 void luamp_open_objects(lua_State *L);
+/* From interrupt.c: core.interrupted and core.ignore_sigint. */
+void luamp_open_interrupt(lua_State *L);
+/* Installs the SIGCHLD handler that reaps luamp's children as they exit. */
+void luamp_reaper_start(void);
 
 /* A file descriptor a waitable object exposes to core.wait(). */
 int luamp_waitable_fd(lua_State *L, int idx);
@@ -66,18 +70,6 @@ int luamp_waitable_fd(lua_State *L, int idx);
 pid_t luamp_pid(void);
 
 #endif
-
-/*
- * Interruption.  luamp_catch_interrupts() (the luamp binary calls it)
- * turns SIGINT and SIGTERM into a Lua error of kind "interrupted" in the
- * main script: raised at once by the luamp call that was waiting, or by a
- * hook at the script's next instruction when it was computing.  Forked
- * children go back to the default actions.
- */
-/* A signal arrived that nobody has raised yet (waits check this on EINTR). */
-int luamp_interrupt_pending(void);
-/* Raises the pending interrupt as a Lua error; returns if there is none. */
-void luamp_raise_interrupt(lua_State *L);
 
 /* Raises an mp.Error of `kind` with a formatted message (through the
  * function the Lua layer stored as registry["luamp.raise"]; a plain error

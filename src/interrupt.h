@@ -1,0 +1,20 @@
+/*
+ * interrupt.h - SIGINT and SIGTERM as a Lua error (interrupt.c).  Every
+ * wait that returns with EINTR asks here whether to raise.
+ */
+#ifndef LUAMP_INTERRUPT_H
+#define LUAMP_INTERRUPT_H
+
+#include <lua.h>
+
+/* A signal arrived that nobody has raised yet (waits check this on EINTR). */
+int luamp_interrupt_pending(void);
+
+/* Raises the pending interrupt as a Lua error; returns if there is none. */
+void luamp_raise_interrupt(lua_State *L);
+
+/* In a new child of core.fork: the parent's interrupt handling is not the
+ * child's (default actions again); a worker ignores SIGINT. */
+void luamp_interrupts_forked(int worker);
+
+#endif
