@@ -18,6 +18,7 @@
  * workers stop when it tells them or when it dies.
  */
 #include "interrupt.h"
+#include "process.h"
 #include "sys.h"
 
 #include <signal.h>

@@ -20,6 +20,7 @@ int luaopen_luamp(lua_State *L)
         return lua_error(L);
     lua_newtable(L);
     luamp_open_sys(L);
+    luamp_open_process(L);
     luamp_open_objects(L);
     luamp_open_interrupt(L);
     luamp_open_queue(L);

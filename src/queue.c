@@ -14,6 +14,7 @@
 #include "sys.h"
 #include "interrupt.h"
 #include "objects.h"
+#include "process.h"
 
 #include <errno.h>
 #include <string.h>

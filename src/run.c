@@ -52,7 +52,7 @@
  * a starter killed for want of memory takes the watchdog along and leaves
  * its program running; so does, on kernels before 5.16, a starter that
  * dumps core.  The watchdog is reaped by run.c alone: the SIGCHLD reaper
- * in sys.c waits only for pids in its own table.  A fork of the starter
+ * in process.c waits only for pids in its own table.  A fork of the starter
  * made while the program runs (by another thread of an application)
  * holds the write end too, and keeps the watchdog waiting until it exits
  * or execs.

@@ -60,14 +60,8 @@ void luamp_open_run(lua_State *L);
 void luamp_open_objects(lua_State *L);
 /* From interrupt.c: core.interrupted and core.ignore_sigint. */
 void luamp_open_interrupt(lua_State *L);
-/* Installs the SIGCHLD handler that reaps luamp's children as they exit. */
-void luamp_reaper_start(void);
-
-/* A file descriptor a waitable object exposes to core.wait(). */
-int luamp_waitable_fd(lua_State *L, int idx);
-
-/* This process's pid (getpid() is a system call; this is not). */
-pid_t luamp_pid(void);
+/* From process.c: fork, spawn, child handles and core.wait. */
+void luamp_open_process(lua_State *L);
 
 #endif
 
