@@ -28,7 +28,7 @@
  * in C globals, so that two states in one process do not share them.
  */
 #include "luamp.h"
-#include "sys.h"
+#include "host.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -39,9 +39,6 @@
 
 #include <lauxlib.h>
 #include <lualib.h>
-
-/* Read by the module when a Pool is created without a size. */
-#define DEFAULT_PROCESSES_KEY "luamp.default_processes"
 
 /* The message handler: error object in, message with a traceback out.
  * Objects that are not strings are described rather than lost, so that
@@ -286,7 +283,7 @@ void luamp_set_default_processes(lua_State *L, int n)
         lua_pushinteger(L, n);
     else
         lua_pushnil(L);
-    lua_setfield(L, LUA_REGISTRYINDEX, DEFAULT_PROCESSES_KEY);
+    lua_setfield(L, LUA_REGISTRYINDEX, LUAMP_DEFAULT_PROCESSES_KEY);
 }
 
 /* What one run needs: a file with its arguments, or a string. */

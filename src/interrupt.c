@@ -18,6 +18,8 @@
  * workers stop when it tells them or when it dies.
  */
 #include "interrupt.h"
+#include "luamp.h"
+#include "module.h"
 #include "process.h"
 #include "sys.h"
 

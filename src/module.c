@@ -7,7 +7,8 @@
  * Bookkeeping reads better in Lua; copying bytes and waiting stay in C.
  */
 #include "luamp.h"
-#include "sys.h"
+#include "codec.h"
+#include "module.h"
 
 #include <lauxlib.h>
 
@@ -18,7 +19,13 @@ int luaopen_luamp(lua_State *L)
 {
     if (luaL_loadbufferx(L, luamp_lua_source, luamp_lua_source_len, "=luamp.lua", "t") != LUA_OK)
         return lua_error(L);
+    static const luaL_Reg codec_funcs[] = {
+        {"encode", luamp_l_encode},
+        {"decode", luamp_l_decode},
+        {NULL, NULL}
+    };
     lua_newtable(L);
+    luaL_setfuncs(L, codec_funcs, 0);
     luamp_open_sys(L);
     luamp_open_process(L);
     luamp_open_objects(L);

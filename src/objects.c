@@ -19,6 +19,7 @@
  * decoder meets an object it does not know (LUAMP_FETCH_KEY).
  */
 #include "objects.h"
+#include "module.h"
 #include "sys.h"
 
 #include <errno.h>

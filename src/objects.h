@@ -24,8 +24,4 @@ void luamp_objects_forked(pid_t parent);
  * with. */
 void luamp_objects_spawned(void);
 
-/* Registers core.object_count and the object socket's functions into the
- * table on top, and sets the codec's luamp_codec_newer_hook. */
-void luamp_open_objects(lua_State *L);
-
 #endif

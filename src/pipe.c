@@ -55,6 +55,7 @@
  */
 #include "sys.h"
 #include "interrupt.h"
+#include "module.h"
 #include "objects.h"
 
 #include <errno.h>

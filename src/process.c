@@ -13,9 +13,10 @@
  * handler: children are reaped by the call that notices their exit.
  */
 #include "process.h"
-#include "sys.h"
 #include "interrupt.h"
+#include "module.h"
 #include "objects.h"
+#include "sys.h"
 
 #include <errno.h>
 #include <poll.h>

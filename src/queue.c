@@ -13,6 +13,7 @@
 #include "shmq.h"
 #include "sys.h"
 #include "interrupt.h"
+#include "module.h"
 #include "objects.h"
 #include "process.h"
 

@@ -74,6 +74,7 @@
  */
 #include "sys.h"
 #include "interrupt.h"
+#include "module.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -35,6 +35,7 @@
  */
 #include "sys.h"
 #include "interrupt.h"
+#include "module.h"
 #include "objects.h"
 
 #include <errno.h>

@@ -3,7 +3,7 @@
  * clock and deadlines, errors raised to Lua as an mp.Error, scratch
  * buffers and the collector's pace for received messages, and the core
  * functions too small for a file of their own (now, sleep, isatty,
- * table, default_processes; encode and decode, from codec.c).
+ * table, default_processes).
  *
  * A timeout crosses luamp as a deadline on the monotonic clock (-1:
  * none, 0: do not wait), so that a wait that wakes early and waits again
@@ -14,8 +14,9 @@
  * number.
  */
 #include "sys.h"
-#include "codec.h"
+#include "host.h"
 #include "interrupt.h"
+#include "module.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -117,7 +118,7 @@ static int l_table(lua_State *L)
 
 static int l_default_processes(lua_State *L)
 {
-    lua_getfield(L, LUA_REGISTRYINDEX, "luamp.default_processes");
+    lua_getfield(L, LUA_REGISTRYINDEX, LUAMP_DEFAULT_PROCESSES_KEY);
     return 1;
 }
 
@@ -129,8 +130,6 @@ void luamp_open_sys(lua_State *L)
         {"isatty", l_isatty},
         {"default_processes", l_default_processes},
         {"table", l_table},
-        {"encode", luamp_l_encode},
-        {"decode", luamp_l_decode},
         {NULL, NULL}
     };
     luaL_setfuncs(L, funcs, 0);

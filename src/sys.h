@@ -1,31 +1,14 @@
 /*
- * sys.h - the small POSIX layer under luamp's Lua types: monotonic time,
- * waiting on several file descriptors with a timeout, forking children
- * that die with their parent, and child handles built on pidfds.
+ * sys.h - the small utilities every part of luamp uses (sys.c): the
+ * monotonic clock and deadlines, errors raised to Lua, and scratch
+ * buffers for received messages.
  */
 #ifndef LUAMP_SYS_H
 #define LUAMP_SYS_H
 
 #include <stddef.h>
-#include <sys/types.h>
 #include <lua.h>
 #include "codec.h"
-#include "luamp.h"
-
-/* Whether states made by luamp_newstate take their small blocks from an
- * arena (host.c): not under AddressSanitizer, so that it sees each one. */
-#if defined(__SANITIZE_ADDRESS__)
-#define LUAMP_USE_ARENA 0
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define LUAMP_USE_ARENA 0
-#endif
-#endif
-#ifndef LUAMP_USE_ARENA
-#define LUAMP_USE_ARENA 1
-#endif
-/* The address space an arena reserves: 16 GiB. */
-#define LUAMP_ARENA_BYTES ((size_t)1 << 34)
 
 /* Seconds on the monotonic clock. */
 double luamp_now(void);
@@ -34,47 +17,27 @@ double luamp_now(void);
  * -1 when deadline < 0 (wait forever), 0 once passed. */
 int luamp_poll_ms(double deadline);
 
-/* After decoding a message of n bytes: steps the collector for a big one
- * (see sys.c). */
-void luamp_collect_for(lua_State *L, size_t n);
-
-/* Lua: raises "what: strerror(errno)" as an mp.Error of kind "os" with
- * field errno (see luamp_raise_errno). */
-int luamp_sys_error(lua_State *L, const char *what);
-
-/* Registers the core functions of this layer into the table on top. */
-void luamp_open_sys(lua_State *L);
-
-/* Metatable names. */
-#define LUAMP_CHILD_MT "luamp.child"
-#define LUAMP_CONN_MT  "luamp.Connection"
-#define LUAMP_QUEUE_MT "luamp.Queue"
-
-/* From pipe.c and shmq.c: register their constructors into the table on top. */
-void luamp_open_pipe(lua_State *L);
-void luamp_open_queue(lua_State *L);
-/* From sync.c: Lock, RLock, Value and Array. */
-void luamp_open_sync(lua_State *L);
-void luamp_open_run(lua_State *L);
-/* From objects.c: the object socket. */
-void luamp_open_objects(lua_State *L);
-/* From interrupt.c: core.interrupted and core.ignore_sigint. */
-void luamp_open_interrupt(lua_State *L);
-/* From process.c: fork, spawn, child handles and core.wait. */
-void luamp_open_process(lua_State *L);
-
-#endif
+/* Timeout argument at `idx`: nil/none -> -1 (forever), 0 or less -> 0 (do
+ * not wait), else a deadline. */
+double luamp_opt_deadline(lua_State *L, int idx);
 
 /* Raises an mp.Error of `kind` with a formatted message (through the
  * function the Lua layer stored as registry["luamp.raise"]; a plain error
  * before that). */
 int luamp_raise(lua_State *L, const char *kind, const char *fmt, ...);
+
 /* Raises kind "os": the message, ": ", strerror(err), and field errno. */
 int luamp_raise_errno(lua_State *L, int err, const char *fmt, ...);
 
-/* Timeout argument at `idx`: nil/none -> -1 (forever), 0 or less -> 0 (do
- * not wait), else a deadline. */
-double luamp_opt_deadline(lua_State *L, int idx);
+/* Lua: raises "what: strerror(errno)" as an mp.Error of kind "os" with
+ * field errno (see luamp_raise_errno). */
+int luamp_sys_error(lua_State *L, const char *what);
+
+/* After decoding a message of n bytes: steps the collector for a big one
+ * (see sys.c). */
+void luamp_collect_for(lua_State *L, size_t n);
 
 /* Shrinks a scratch buffer that a big message left large. */
 void luamp_buf_trim(luamp_buf *b);
+
+#endif

@@ -4,7 +4,7 @@
  */
 #include "luamp.h"
 #include "ctap.h"
-#include "../src/sys.h"             /* LUAMP_USE_ARENA */
+#include "../src/host.h"            /* LUAMP_USE_ARENA */
 
 #include <lauxlib.h>           /* LUA_ERRFILE */
 
