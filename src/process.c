@@ -1,16 +1,23 @@
 /*
- * process.c - processes and waiting.
+ * process.c - child processes and waiting for them: core.fork,
+ * core.spawn, child handles, the SIGCHLD reaper and core.wait.
  *
  * Every child luamp makes (a Pool worker, a Process) comes from
- * core.fork().  The child asks the kernel for SIGKILL when its parent dies
- * (PR_SET_PDEATHSIG) and then checks that the parent has not died already,
- * so no child outlives the main script, however that script ends.
+ * core.fork(), or from core.spawn() for the spawn start method (mp.run's
+ * programs are run.c's).  The child asks the kernel for SIGKILL when its
+ * parent dies (PR_SET_PDEATHSIG) and then checks that the parent has not
+ * died already, so no child outlives the main script, however that
+ * script ends.
  *
  * The parent keeps a pidfd for each child.  A pidfd becomes readable when
  * the child exits, so "wait for a result, or a worker death, or the
  * timeout" is one poll() over ordinary file descriptors: queue doorbells
- * (eventfds), pipe ends and pidfds alike.  No helper thread, no SIGCHLD
- * handler: children are reaped by the call that notices their exit.
+ * (eventfds), pipe ends and pidfds alike (core.wait here, a Pool's
+ * get_result in queue.c).  There is no helper thread.  A child is reaped
+ * by the call that notices its exit or, in the luamp binary
+ * (luamp_catch_interrupts), at once by a SIGCHLD handler that waits for
+ * luamp's own children only (the reaper, below), so that none stays a
+ * zombie while the script computes.
  */
 #include "process.h"
 #include "interrupt.h"
