@@ -31,6 +31,8 @@
 
 #include <lauxlib.h>
 
+/* ---- ids and the registry ---------------------------------------------- */
+
 static unsigned long object_counter;
 
 /* In a child of core.fork: its parent, and how many objects the parent
@@ -96,7 +98,7 @@ void luamp_register_object(lua_State *L, int idx, const char *id)
     lua_pop(L, 1);
 }
 
-/* ---- the object socket --------------------------------------------------- */
+/* ---- the object socket ------------------------------------------------- */
 
 /* core.object_count() -> objects this process has made so far */
 static int l_object_count(lua_State *L)

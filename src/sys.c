@@ -28,6 +28,8 @@
 
 #include <lauxlib.h>
 
+/* ---- time and deadlines ------------------------------------------------ */
+
 double luamp_now(void)
 {
     struct timespec ts;
@@ -46,6 +48,62 @@ int luamp_poll_ms(double deadline)
         left = 86400.0 * 24;
     return (int)(left * 1000.0) + 1;
 }
+
+double luamp_opt_deadline(lua_State *L, int idx)
+{
+    if (lua_isnoneornil(L, idx))
+        return -1;
+    double t = luaL_checknumber(L, idx);
+    luaL_argcheck(L, t == t, idx, "timeout is NaN");
+    return t > 0 ? luamp_now() + t : 0;     /* 0: do not wait at all */
+}
+
+/* ---- errors raised to Lua ---------------------------------------------- */
+
+/* Raises the message on top of the stack as an mp.Error of `kind`, with
+ * field errno when err is not 0 (a plain string where luamp.lua is not
+ * loaded yet). */
+static int raise_top(lua_State *L, const char *kind, int err)
+{
+    if (lua_getfield(L, LUA_REGISTRYINDEX, "luamp.raise") != LUA_TFUNCTION) {
+        lua_pop(L, 1);
+        return lua_error(L);
+    }
+    lua_pushstring(L, kind);
+    lua_pushvalue(L, -3);
+    if (err)
+        lua_pushinteger(L, err);
+    else
+        lua_pushnil(L);
+    lua_call(L, 3, 0);      /* raises */
+    return 0;
+}
+
+int luamp_raise(lua_State *L, const char *kind, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    lua_pushvfstring(L, fmt, ap);
+    va_end(ap);
+    return raise_top(L, kind, 0);
+}
+
+int luamp_raise_errno(lua_State *L, int err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    lua_pushvfstring(L, fmt, ap);
+    va_end(ap);
+    lua_pushfstring(L, "%s: %s", lua_tostring(L, -1), strerror(err));
+    return raise_top(L, "os", err);
+}
+
+int luamp_sys_error(lua_State *L, const char *what)
+{
+    return luamp_raise_errno(L, errno, "%s", what);
+}
+
+/* ---- received messages ------------------------------------------------- */
 
 /*
  * Every 256 KiB received, the collector is stepped as if they had been
@@ -75,10 +133,17 @@ void luamp_collect_for(lua_State *L, size_t n)
     }
 }
 
-int luamp_sys_error(lua_State *L, const char *what)
+/* Scratch buffers keep up to 64 MiB: growing one again for every big
+ * message costs a realloc chain and fresh page faults each time. */
+void luamp_buf_trim(luamp_buf *b)
 {
-    return luamp_raise_errno(L, errno, "%s", what);
+    if (b->cap > ((size_t)64 << 20)) {
+        luamp_buf_free(b);
+    }
+    luamp_buf_reset(b);
 }
+
+/* ---- core functions ---------------------------------------------------- */
 
 static int l_now(lua_State *L)
 {
@@ -133,61 +198,4 @@ void luamp_open_sys(lua_State *L)
         {NULL, NULL}
     };
     luaL_setfuncs(L, funcs, 0);
-}
-
-/* Raises the message on top of the stack as an mp.Error of `kind`, with
- * field errno when err is not 0 (a plain string where luamp.lua is not
- * loaded yet). */
-static int raise_top(lua_State *L, const char *kind, int err)
-{
-    if (lua_getfield(L, LUA_REGISTRYINDEX, "luamp.raise") != LUA_TFUNCTION) {
-        lua_pop(L, 1);
-        return lua_error(L);
-    }
-    lua_pushstring(L, kind);
-    lua_pushvalue(L, -3);
-    if (err)
-        lua_pushinteger(L, err);
-    else
-        lua_pushnil(L);
-    lua_call(L, 3, 0);      /* raises */
-    return 0;
-}
-
-int luamp_raise(lua_State *L, const char *kind, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    lua_pushvfstring(L, fmt, ap);
-    va_end(ap);
-    return raise_top(L, kind, 0);
-}
-
-int luamp_raise_errno(lua_State *L, int err, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    lua_pushvfstring(L, fmt, ap);
-    va_end(ap);
-    lua_pushfstring(L, "%s: %s", lua_tostring(L, -1), strerror(err));
-    return raise_top(L, "os", err);
-}
-
-double luamp_opt_deadline(lua_State *L, int idx)
-{
-    if (lua_isnoneornil(L, idx))
-        return -1;
-    double t = luaL_checknumber(L, idx);
-    luaL_argcheck(L, t == t, idx, "timeout is NaN");
-    return t > 0 ? luamp_now() + t : 0;     /* 0: do not wait at all */
-}
-
-/* Scratch buffers keep up to 64 MiB: growing one again for every big
- * message costs a realloc chain and fresh page faults each time. */
-void luamp_buf_trim(luamp_buf *b)
-{
-    if (b->cap > ((size_t)64 << 20)) {
-        luamp_buf_free(b);
-    }
-    luamp_buf_reset(b);
 }
