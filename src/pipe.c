@@ -57,6 +57,7 @@
 #include "interrupt.h"
 #include "module.h"
 #include "objects.h"
+#include "pshared.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -151,15 +152,6 @@ static conn *check_conn(lua_State *L)
     if (!c->m)
         luamp_raise(L, "closed", "this Pipe end is closed");
     return c;
-}
-
-static inline void relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
 }
 
 static inline uint32_t le32(const char *p)
@@ -276,7 +268,7 @@ static int wait_change(side *s, bell *b, _Atomic uint64_t *word, uint64_t seen,
                     sched_yield();  /* lets a peer on this CPU run */
                 }
             } else {
-                relax();
+                cpu_relax();
             }
         }
     }
@@ -755,20 +747,6 @@ static void set_side(side *s, shm *m, int i, int fd)
     s->skip_at = 0;
 }
 
-static int init_lock(pthread_mutex_t *m)
-{
-    pthread_mutexattr_t a;
-    int e = pthread_mutexattr_init(&a);
-    if (!e) e = pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
-    if (!e) e = pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
-    /* EDEADLK, not a hang, if a finalizer run while recv decodes a
-     * message in place calls recv on the same end. */
-    if (!e) e = pthread_mutexattr_settype(&a, PTHREAD_MUTEX_ERRORCHECK);
-    if (!e) e = pthread_mutex_init(m, &a);
-    pthread_mutexattr_destroy(&a);
-    return e;
-}
-
 /* Maps `ndir` directions of the Pipe memfd `fd` (each ring twice in a
  * row); with init, sets up their headers.  NULL with errno on failure
  * (fd is left open). */
@@ -793,7 +771,10 @@ static shm *shm_map(int fd, int ndir, int init)
         dir *d = (dir *)base + i;
         if (init) {
             d->tx_cpu = d->rx_cpu = -1;
-            if ((e = init_lock(&d->tx_lock)) != 0 || (e = init_lock(&d->rx_lock)) != 0)
+            /* error-checking: EDEADLK, not a hang, if a finalizer run while
+             * recv decodes a message in place calls recv on the same end */
+            if ((e = init_shared_mutex(&d->tx_lock, PTHREAD_MUTEX_ERRORCHECK)) != 0
+                || (e = init_shared_mutex(&d->rx_lock, PTHREAD_MUTEX_ERRORCHECK)) != 0)
                 goto fail;
         }
     }

@@ -116,6 +116,7 @@
 #include "shmq.h"
 #include "sys.h"
 #include "interrupt.h"
+#include "pshared.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -220,17 +221,6 @@ static int map_ring(shmq *q, size_t cap)
     return 0;
 }
 
-static int init_mutex(pthread_mutex_t *m)
-{
-    pthread_mutexattr_t a;
-    int e = pthread_mutexattr_init(&a);
-    if (!e) e = pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
-    if (!e) e = pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
-    if (!e) e = pthread_mutex_init(m, &a);
-    pthread_mutexattr_destroy(&a);
-    return e;
-}
-
 shmq *shmq_create(uint64_t maxsize)
 {
     shmq *q = calloc(1, sizeof *q);
@@ -253,9 +243,9 @@ shmq *shmq_create(uint64_t maxsize)
     q->ev_put = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK | EFD_SEMAPHORE);
     if (q->ev_get < 0 || q->ev_put < 0)
         goto fail;
-    int e = init_mutex(&q->hdr->put_lock);
-    if (!e) e = init_mutex(&q->hdr->get_lock);
-    if (!e) e = init_mutex(&q->hdr->wake_lock);
+    int e = init_shared_mutex(&q->hdr->put_lock, PTHREAD_MUTEX_DEFAULT);
+    if (!e) e = init_shared_mutex(&q->hdr->get_lock, PTHREAD_MUTEX_DEFAULT);
+    if (!e) e = init_shared_mutex(&q->hdr->wake_lock, PTHREAD_MUTEX_DEFAULT);
     if (e) {
         errno = e;
         goto fail;
@@ -313,15 +303,6 @@ void shmq_destroy(shmq *q)
     if (q->ev_put >= 0)
         close(q->ev_put);
     free(q);
-}
-
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
 }
 
 /* A lock is held for a few copies at most, so a contended lock is retried
