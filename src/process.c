@@ -43,7 +43,7 @@
 #include <lauxlib.h>
 
 #ifndef SYS_pidfd_open
-#define SYS_pidfd_open 434
+#define SYS_pidfd_open 434      /* Linux 5.3: older headers lack the name */
 #endif
 
 static pid_t cached_pid;     /* 0: not known yet; a core.fork child resets it */
@@ -53,6 +53,11 @@ pid_t luamp_pid(void)
     if (cached_pid == 0)
         cached_pid = getpid();
     return cached_pid;
+}
+
+int luamp_pidfd_open(pid_t pid)
+{
+    return (int)syscall(SYS_pidfd_open, pid, 0);
 }
 
 /* ---- reaping as children exit ------------------------------------------ */
@@ -152,7 +157,7 @@ static int watch_child(lua_State *L, child *c, pid_t pid)
     c->pid = pid;
     /* The pidfd first: until the pid is in the reaper's table, nobody
      * reaps the child, so pidfd_open finds it even if it exited. */
-    c->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    c->pidfd = luamp_pidfd_open(pid);
     if (c->pidfd < 0) {
         int e = errno;
         kill(pid, SIGKILL);

@@ -11,6 +11,10 @@
 /* This process's pid (getpid() is a system call; this is not). */
 pid_t luamp_pid(void);
 
+/* A pidfd for our child pid (close-on-exec, as every pidfd is): it
+ * becomes readable once the child exits.  -1 with errno. */
+int luamp_pidfd_open(pid_t pid);
+
 /* The descriptor core.wait() polls for the object at idx: a child
  * handle's pidfd (-2 once the child is reaped: ready at once), or what
  * its metatable's __luamp_fd returns (-1: nothing to wait on); raises for

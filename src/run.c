@@ -75,6 +75,7 @@
 #include "sys.h"
 #include "interrupt.h"
 #include "module.h"
+#include "process.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -93,9 +94,6 @@
 
 #include <lauxlib.h>
 
-#ifndef SYS_pidfd_open
-#define SYS_pidfd_open 434
-#endif
 #ifndef SYS_close_range
 #define SYS_close_range 436
 #endif
@@ -490,7 +488,7 @@ static int l_run(lua_State *L)
     r.in = child_in[1];
     r.out = child_out[0];
     r.err = child_err[0];
-    r.pidfd = (int)syscall(SYS_pidfd_open, r.pid, 0);
+    r.pidfd = luamp_pidfd_open(r.pid);
     if (r.pidfd < 0 || (r.in >= 0 && set_nonblock(r.in) != 0) || (r.out >= 0 && set_nonblock(r.out) != 0)
         || (r.err >= 0 && set_nonblock(r.err) != 0)) {
         e = errno;
