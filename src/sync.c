@@ -497,17 +497,17 @@ static int guard_method(lua_State *L, lockud *u, int lock)
     return 1;
 }
 
-static int lock_acquire(lua_State *L)
+static int l_lock_acquire(lua_State *L)
 {
     return acquire_method(L, check_lock(L));
 }
 
-static int lock_release(lua_State *L)
+static int l_lock_release(lua_State *L)
 {
     return release_method(L, check_lock(L));
 }
 
-static int lock_locked(lua_State *L)
+static int l_lock_locked(lua_State *L)
 {
     lockud *u = check_lock(L);
     lua_pushboolean(L, atomic_load(&u->h.b->word) != 0);
@@ -515,12 +515,12 @@ static int lock_locked(lua_State *L)
 }
 
 /* lock:guard() -> a to-be-closed value that releases the lock */
-static int lock_guard(lua_State *L)
+static int l_lock_guard(lua_State *L)
 {
     return guard_method(L, check_lock(L), 1);
 }
 
-static int guard_close(lua_State *L)
+static int l_guard_close(lua_State *L)
 {
     luaL_checkudata(L, 1, GUARD_MT);
     lua_getiuservalue(L, 1, 1);
@@ -540,7 +540,7 @@ static int guard_close(lua_State *L)
 }
 
 /* __gc and __luamp_ref of every object here (its metatable says it is one). */
-static int handle_gc(lua_State *L)
+static int l_handle_gc(lua_State *L)
 {
     handle *h = lua_touserdata(L, 1);
     if (h != NULL) {
@@ -550,14 +550,14 @@ static int handle_gc(lua_State *L)
     return 0;
 }
 
-static int handle_ref(lua_State *L)
+static int l_handle_ref(lua_State *L)
 {
     handle *h = lua_touserdata(L, 1);
     lua_pushstring(L, h->id);
     return 1;
 }
 
-static int lock_tostring(lua_State *L)
+static int l_lock_tostring(lua_State *L)
 {
     lockud *u = check_lock(L);
     lua_pushfstring(L, "%s (%s, %s)", u->rlock ? "RLock" : "Lock", u->h.id,
@@ -642,7 +642,7 @@ static int l_new_event(lua_State *L)
     return 1;
 }
 
-static int sem_acquire(lua_State *L)
+static int l_sem_acquire(lua_State *L)
 {
     semud *u = check_sem(L, SEM_MT);
     int r = sem_take(u->h.b, luamp_opt_deadline(L, 2));
@@ -652,7 +652,7 @@ static int sem_acquire(lua_State *L)
     return 1;
 }
 
-static int sem_release(lua_State *L)
+static int l_sem_release(lua_State *L)
 {
     semud *u = check_sem(L, SEM_MT);
     const char *why = sem_give(u->h.b);
@@ -661,13 +661,13 @@ static int sem_release(lua_State *L)
     return 0;
 }
 
-static int sem_get_value(lua_State *L)
+static int l_sem_get_value(lua_State *L)
 {
     lua_pushinteger(L, atomic_load(&check_sem(L, SEM_MT)->h.b->word));
     return 1;
 }
 
-static int sem_guard(lua_State *L)
+static int l_sem_guard(lua_State *L)
 {
     semud *u = check_sem(L, SEM_MT);
     if (sem_take(u->h.b, -1) < 0)
@@ -676,7 +676,7 @@ static int sem_guard(lua_State *L)
     return 1;
 }
 
-static int event_set(lua_State *L)
+static int l_event_set(lua_State *L)
 {
     semud *u = check_sem(L, EVENT_MT);
     atomic_store(&u->h.b->word, 1);
@@ -685,20 +685,20 @@ static int event_set(lua_State *L)
     return 0;
 }
 
-static int event_clear(lua_State *L)
+static int l_event_clear(lua_State *L)
 {
     atomic_store(&check_sem(L, EVENT_MT)->h.b->word, 0);
     return 0;
 }
 
-static int event_is_set(lua_State *L)
+static int l_event_is_set(lua_State *L)
 {
     lua_pushboolean(L, atomic_load(&check_sem(L, EVENT_MT)->h.b->word) != 0);
     return 1;
 }
 
 /* event:wait([timeout]) -> whether it is set */
-static int event_wait(lua_State *L)
+static int l_event_wait(lua_State *L)
 {
     semud *u = check_sem(L, EVENT_MT);
     double deadline = luamp_opt_deadline(L, 2);
@@ -713,7 +713,7 @@ static int event_wait(lua_State *L)
     return 1;
 }
 
-static int sem_tostring(lua_State *L)
+static int l_sem_tostring(lua_State *L)
 {
     semud *u = lua_touserdata(L, 1);
     if (u->event)
@@ -882,7 +882,7 @@ static shared *check_shared(lua_State *L, const char *mt)
     return check_handle(L, mt);
 }
 
-static int shared_get_lock(lua_State *L)
+static int l_shared_get_lock(lua_State *L)
 {
     shared *s = lua_touserdata(L, 1);
     if (s == NULL || (!luaL_testudata(L, 1, VALUE_MT) && !luaL_testudata(L, 1, ARRAY_MT)))
@@ -891,7 +891,7 @@ static int shared_get_lock(lua_State *L)
     return 1;
 }
 
-static int value_index(lua_State *L)
+static int l_value_index(lua_State *L)
 {
     shared *s = check_shared(L, VALUE_MT);
     const char *k = lua_tostring(L, 2);
@@ -900,7 +900,7 @@ static int value_index(lua_State *L)
         return 1;
     }
     if (k && strcmp(k, "get_lock") == 0) {
-        lua_pushcfunction(L, shared_get_lock);
+        lua_pushcfunction(L, l_shared_get_lock);
         return 1;
     }
     if (k && strcmp(k, "typecode") == 0) {
@@ -910,7 +910,7 @@ static int value_index(lua_State *L)
     return 0;
 }
 
-static int value_newindex(lua_State *L)
+static int l_value_newindex(lua_State *L)
 {
     shared *s = check_shared(L, VALUE_MT);
     const char *k = lua_tostring(L, 2);
@@ -932,7 +932,7 @@ static lua_Integer array_slot(lua_State *L, const shared *s, int idx)
     return i - 1;
 }
 
-static int array_totable(lua_State *L)
+static int l_array_totable(lua_State *L)
 {
     shared *s = check_shared(L, ARRAY_MT);
     lua_createtable(L, (int)(s->n < INT_MAX ? s->n : INT_MAX), 0);
@@ -943,7 +943,7 @@ static int array_totable(lua_State *L)
     return 1;
 }
 
-static int array_index(lua_State *L)
+static int l_array_index(lua_State *L)
 {
     shared *s = check_shared(L, ARRAY_MT);
     if (lua_type(L, 2) == LUA_TNUMBER) {
@@ -956,9 +956,9 @@ static int array_index(lua_State *L)
     }
     const char *k = lua_tostring(L, 2);
     if (k && strcmp(k, "get_lock") == 0)
-        lua_pushcfunction(L, shared_get_lock);
+        lua_pushcfunction(L, l_shared_get_lock);
     else if (k && strcmp(k, "totable") == 0)
-        lua_pushcfunction(L, array_totable);
+        lua_pushcfunction(L, l_array_totable);
     else if (k && strcmp(k, "typecode") == 0)
         lua_pushstring(L, s->t->code);
     else
@@ -966,7 +966,7 @@ static int array_index(lua_State *L)
     return 1;
 }
 
-static int array_newindex(lua_State *L)
+static int l_array_newindex(lua_State *L)
 {
     shared *s = check_shared(L, ARRAY_MT);
     lua_Integer i = array_slot(L, s, 2);
@@ -976,13 +976,13 @@ static int array_newindex(lua_State *L)
     return 0;
 }
 
-static int array_len(lua_State *L)
+static int l_array_len(lua_State *L)
 {
     lua_pushinteger(L, check_shared(L, ARRAY_MT)->n);
     return 1;
 }
 
-static int value_tostring(lua_State *L)
+static int l_value_tostring(lua_State *L)
 {
     shared *s = check_shared(L, VALUE_MT);
     push_elem(L, s, 0);
@@ -990,7 +990,7 @@ static int value_tostring(lua_State *L)
     return 1;
 }
 
-static int array_tostring(lua_State *L)
+static int l_array_tostring(lua_State *L)
 {
     shared *s = check_shared(L, ARRAY_MT);
     lua_pushfstring(L, "Array('%s', %I elements)", s->t->code, s->n);
@@ -1126,7 +1126,7 @@ static int cond_wait_on(lua_State *L, condud *u, lockud *l, double deadline)
 }
 
 /* cond:wait([timeout]) -> false if the timeout passed first */
-static int cond_wait(lua_State *L)
+static int l_cond_wait(lua_State *L)
 {
     lockud *l;
     condud *u = check_cond(L, &l);
@@ -1136,7 +1136,7 @@ static int cond_wait(lua_State *L)
 
 /* cond:wait_for(predicate [, timeout]) -> whether the predicate held (a
  * boolean, as the API contract has every wait return) */
-static int cond_wait_for(lua_State *L)
+static int l_cond_wait_for(lua_State *L)
 {
     lockud *l;
     condud *u = check_cond(L, &l);
@@ -1184,25 +1184,25 @@ static int cond_notify_n(lua_State *L, lua_Integer n)
     return 0;
 }
 
-static int cond_notify(lua_State *L)
+static int l_cond_notify(lua_State *L)
 {
     lua_Integer n = luaL_optinteger(L, 2, 1);
     return cond_notify_n(L, n);
 }
 
-static int cond_notify_all(lua_State *L)
+static int l_cond_notify_all(lua_State *L)
 {
     return cond_notify_n(L, COND_SLOTS);
 }
 
-static int cond_acquire(lua_State *L)
+static int l_cond_acquire(lua_State *L)
 {
     lockud *l;
     check_cond(L, &l);
     return acquire_method(L, l);
 }
 
-static int cond_release(lua_State *L)
+static int l_cond_release(lua_State *L)
 {
     lockud *l;
     check_cond(L, &l);
@@ -1210,7 +1210,7 @@ static int cond_release(lua_State *L)
 }
 
 /* cond:guard(): acquires the lock; its guard releases it */
-static int cond_guard(lua_State *L)
+static int l_cond_guard(lua_State *L)
 {
     lockud *l;
     check_cond(L, &l);
@@ -1218,7 +1218,7 @@ static int cond_guard(lua_State *L)
     return guard_method(L, l, lua_gettop(L));
 }
 
-static int cond_tostring(lua_State *L)
+static int l_cond_tostring(lua_State *L)
 {
     condud *u = lua_touserdata(L, 1);
     lua_pushfstring(L, "Condition (%s)", u->h.id);
@@ -1305,7 +1305,7 @@ static int l_new_barrier(lua_State *L)
 }
 
 /* barrier:wait([timeout]) -> this party's index, 1 .. parties */
-static int barrier_wait(lua_State *L)
+static int l_barrier_wait(lua_State *L)
 {
     barud *u = check_handle(L, BARRIER_MT);
     barrier_data *d = bar_of(u);
@@ -1368,11 +1368,11 @@ static int bar_interrupt(lua_State *L, int stay_broken)
     return 0;
 }
 
-static int barrier_abort(lua_State *L) { return bar_interrupt(L, 1); }
-static int barrier_reset(lua_State *L) { return bar_interrupt(L, 0); }
+static int l_barrier_abort(lua_State *L) { return bar_interrupt(L, 1); }
+static int l_barrier_reset(lua_State *L) { return bar_interrupt(L, 0); }
 
 /* barrier.parties, .n_waiting, .broken; methods from the upvalue */
-static int barrier_index(lua_State *L)
+static int l_barrier_index(lua_State *L)
 {
     barud *u = check_handle(L, BARRIER_MT);
     barrier_data *d = bar_of(u);
@@ -1390,7 +1390,7 @@ static int barrier_index(lua_State *L)
     return 1;
 }
 
-static int barrier_tostring(lua_State *L)
+static int l_barrier_tostring(lua_State *L)
 {
     barud *u = lua_touserdata(L, 1);
     barrier_data *d = bar_of(u);
@@ -1595,49 +1595,49 @@ void luamp_open_sync(lua_State *L)
         registered = 1;
     }
     static const luaL_Reg lock_methods[] = {
-        {"acquire", lock_acquire}, {"release", lock_release}, {"locked", lock_locked},
-        {"guard", lock_guard}, {NULL, NULL}
+        {"acquire", l_lock_acquire}, {"release", l_lock_release}, {"locked", l_lock_locked},
+        {"guard", l_lock_guard}, {NULL, NULL}
     };
     static const luaL_Reg lock_meta[] = {
-        {"__gc", handle_gc}, {"__luamp_ref", handle_ref}, {"__tostring", lock_tostring}, {NULL, NULL}
+        {"__gc", l_handle_gc}, {"__luamp_ref", l_handle_ref}, {"__tostring", l_lock_tostring}, {NULL, NULL}
     };
     static const luaL_Reg value_meta[] = {
-        {"__index", value_index}, {"__newindex", value_newindex}, {"__gc", handle_gc},
-        {"__luamp_ref", handle_ref}, {"__tostring", value_tostring}, {NULL, NULL}
+        {"__index", l_value_index}, {"__newindex", l_value_newindex}, {"__gc", l_handle_gc},
+        {"__luamp_ref", l_handle_ref}, {"__tostring", l_value_tostring}, {NULL, NULL}
     };
     static const luaL_Reg array_meta[] = {
-        {"__index", array_index}, {"__newindex", array_newindex}, {"__len", array_len},
-        {"__gc", handle_gc}, {"__luamp_ref", handle_ref}, {"__tostring", array_tostring}, {NULL, NULL}
+        {"__index", l_array_index}, {"__newindex", l_array_newindex}, {"__len", l_array_len},
+        {"__gc", l_handle_gc}, {"__luamp_ref", l_handle_ref}, {"__tostring", l_array_tostring}, {NULL, NULL}
     };
-    static const luaL_Reg guard_meta[] = { {"__close", guard_close}, {NULL, NULL} };
+    static const luaL_Reg guard_meta[] = { {"__close", l_guard_close}, {NULL, NULL} };
     new_type(L, LOCK_MT, lock_meta, lock_methods);
     new_type(L, GUARD_MT, guard_meta, NULL);
     new_type(L, VALUE_MT, value_meta, NULL);
     new_type(L, ARRAY_MT, array_meta, NULL);
     static const luaL_Reg sem_methods[] = {
-        {"acquire", sem_acquire}, {"release", sem_release}, {"get_value", sem_get_value},
-        {"guard", sem_guard}, {NULL, NULL}
+        {"acquire", l_sem_acquire}, {"release", l_sem_release}, {"get_value", l_sem_get_value},
+        {"guard", l_sem_guard}, {NULL, NULL}
     };
     static const luaL_Reg event_methods[] = {
-        {"set", event_set}, {"clear", event_clear}, {"is_set", event_is_set}, {"wait", event_wait},
+        {"set", l_event_set}, {"clear", l_event_clear}, {"is_set", l_event_is_set}, {"wait", l_event_wait},
         {NULL, NULL}
     };
     static const luaL_Reg sem_meta[] = {
-        {"__gc", handle_gc}, {"__luamp_ref", handle_ref}, {"__tostring", sem_tostring}, {NULL, NULL}
+        {"__gc", l_handle_gc}, {"__luamp_ref", l_handle_ref}, {"__tostring", l_sem_tostring}, {NULL, NULL}
     };
     static const luaL_Reg cond_methods[] = {
-        {"acquire", cond_acquire}, {"release", cond_release}, {"guard", cond_guard},
-        {"wait", cond_wait}, {"wait_for", cond_wait_for}, {"notify", cond_notify},
-        {"notify_all", cond_notify_all}, {NULL, NULL}
+        {"acquire", l_cond_acquire}, {"release", l_cond_release}, {"guard", l_cond_guard},
+        {"wait", l_cond_wait}, {"wait_for", l_cond_wait_for}, {"notify", l_cond_notify},
+        {"notify_all", l_cond_notify_all}, {NULL, NULL}
     };
     static const luaL_Reg cond_meta[] = {
-        {"__gc", handle_gc}, {"__luamp_ref", handle_ref}, {"__tostring", cond_tostring}, {NULL, NULL}
+        {"__gc", l_handle_gc}, {"__luamp_ref", l_handle_ref}, {"__tostring", l_cond_tostring}, {NULL, NULL}
     };
     static const luaL_Reg barrier_methods[] = {
-        {"wait", barrier_wait}, {"abort", barrier_abort}, {"reset", barrier_reset}, {NULL, NULL}
+        {"wait", l_barrier_wait}, {"abort", l_barrier_abort}, {"reset", l_barrier_reset}, {NULL, NULL}
     };
     static const luaL_Reg barrier_meta[] = {
-        {"__gc", handle_gc}, {"__luamp_ref", handle_ref}, {"__tostring", barrier_tostring}, {NULL, NULL}
+        {"__gc", l_handle_gc}, {"__luamp_ref", l_handle_ref}, {"__tostring", l_barrier_tostring}, {NULL, NULL}
     };
     static const luaL_Reg constructors[] = {
         {"lock", l_new_lock}, {"value", l_new_value}, {"array", l_new_array},
@@ -1652,7 +1652,7 @@ void luamp_open_sync(lua_State *L)
         luaL_setfuncs(L, barrier_meta, 0);
         lua_newtable(L);
         luaL_setfuncs(L, barrier_methods, 0);
-        lua_pushcclosure(L, barrier_index, 1);
+        lua_pushcclosure(L, l_barrier_index, 1);
         lua_setfield(L, -2, "__index");
     }
     lua_pop(L, 1);
