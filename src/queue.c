@@ -277,11 +277,6 @@ static int put_msg(lua_State *L, queue *u, const char *what, shmq_ticket *t)
     return -1;
 }
 
-/* Builds a task message in u->buf: the header h, the function's bytes
- * (f, flen), then the items (the value at idx, or with `first` its slice
- * first .. first + h->count - 1), and puts it.  Returns 0 with *t, or
- * -1 with a message pushed (the items cannot be encoded); raises, naming
- * fname, when the function is too large. */
 /* Encodes the task's items or arguments: idx, root, first and count as
  * put_task_msg's. */
 static int encode_task(lua_State *L, int idx, const char *root, lua_Integer first, lua_Integer count,
@@ -317,6 +312,11 @@ static void share_objects(lua_State *L, int qidx, int idx, const char *root, lua
     lua_call(L, 1, 0);      /* hook(objects) */
 }
 
+/* Builds a task message in u->buf: the header h, the function's bytes
+ * (f, flen), then the items (the value at idx, or with `first` its slice
+ * first .. first + h->count - 1), and puts it.  Returns 0 with *t, or
+ * -1 with a message pushed (the items cannot be encoded); raises, naming
+ * fname, when the function is too large. */
 static int put_task_msg(lua_State *L, const char *fname, queue *u, int qidx, struct task_hdr *h,
                         const char *f, size_t flen, int idx, const char *root, lua_Integer first,
                         shmq_ticket *t)
@@ -525,12 +525,12 @@ static int new_apply_fast(lua_State *L)
     return 1;
 }
 
+static int wait_status(lua_State *L, int r, int event);
+
 /* Waits for a message, and also for the child handles in the table at
  * widx (0: none) to finish.  On SHMQ_OK leaves the message in u->buf and
  * returns 0; else pushes false, "event", i (the i-th handle finished) |
  * false, "timeout" | false, "closed" and returns the number of values. */
-static int wait_status(lua_State *L, int r, int event);
-
 static int wait_message(lua_State *L, queue *u, double deadline, int widx, shmq_wait *w)
 {
     int fds[SHMQ_MAX_EXTRA], map[SHMQ_MAX_EXTRA], n = 0;
