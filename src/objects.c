@@ -2,15 +2,16 @@
  * objects.c - luamp objects by id, and the socket that brings a pool's
  * worker the ones it lacks.
  *
- * Every luamp object (a Queue, a Pipe end, a Lock, ...) gets an id that
- * no other object of any process has, "<kind>:<pid>:<counter>", and is
- * remembered under it in registry["luamp.objects"] (weak values).  The
- * codec sends an object as its id, and the receiver finds the object it
- * inherited under that id.  A child of core.fork remembers its parent and
- * how many objects the parent had made when it forked, so that the
- * decoder, through luamp_codec_newer_hook, tells an id it cannot know yet
- * ("newer than me": the parent's, counted past the fork) from one that is
- * not its to know.
+ * Every luamp object (a Queue, a Pipe end, a Lock, ...) gets an id,
+ * "<kind>:<pid>:<counter>": the process that made it, and how many
+ * objects that process had made.  It is remembered under that id in
+ * registry["luamp.objects"] (weak values).  The codec sends an object as
+ * its id, and the receiver finds the object it inherited under that id.
+ * A child of core.fork remembers its parent and how many objects the
+ * parent had made when it forked, so that the decoder, through
+ * luamp_codec_newer_hook, tells an id it cannot know yet ("newer than
+ * me": the parent's, counted past the fork) from one that is not its to
+ * know.
  *
  * A pool's parent sends each worker, ahead of a task that names it, an
  * object the worker did not inherit (made after it was forked, or any
