@@ -13,7 +13,19 @@
  * the child exits, so "wait for a result, or a worker death, or the
  * timeout" is one poll() over ordinary file descriptors: queue doorbells
  * (eventfds), pipe ends and pidfds alike (core.wait here, a Pool's
- * get_result in queue.c).  There is no helper thread.  A child is reaped
+ * get_result in queue.c).  There is no helper thread.
+ *
+ * Where pidfd_open is missing (Linux before 5.3, and valgrind, which does
+ * not know the call; LUAMP_NO_PIDFD=1 forces it, for the tests), a death
+ * pipe stands in for the pidfd: the parent makes a pipe before the fork
+ * and keeps its read end, which becomes readable (end of file) when the
+ * child exits and the kernel closes the child's write end.  Only the child
+ * may hold that write end: it is close-on-exec (programs the child runs
+ * never see it, nor does mp.run's watchdog, which closes everything), the
+ * parent closes its copy at once, and a child forked in turn closes its
+ * parent's (each process holds exactly one write end, its own).  A spawned
+ * child keeps its write end across its exec and finds it in
+ * LUAMP_DEATH_FD.  A child is reaped
  * by the call that notices its exit or, in the luamp binary
  * (luamp_catch_interrupts), at once by a SIGCHLD handler that waits for
  * luamp's own children only (the reaper, below), so that none stays a
@@ -55,9 +67,57 @@ pid_t luamp_pid(void)
     return cached_pid;
 }
 
+/* Whether pidfds are to be had: -1 not known yet. */
+static int have_pidfd = -1;
+
+/* This process's write end of the death pipe its parent watches (the
+ * fallback, see the top of this file), or -1. */
+static int my_death_fd = -1;
+
+static int pidfds(void)
+{
+    if (have_pidfd < 0) {
+        const char *no = getenv("LUAMP_NO_PIDFD");
+        if (no != NULL && *no != '\0' && strcmp(no, "0") != 0) {
+            have_pidfd = 0;
+        } else {
+            int fd = (int)syscall(SYS_pidfd_open, getpid(), 0);
+            have_pidfd = fd >= 0 || errno != ENOSYS;
+            if (fd >= 0)
+                close(fd);
+        }
+    }
+    return have_pidfd;
+}
+
 int luamp_pidfd_open(pid_t pid)
 {
+    if (!pidfds()) {
+        errno = ENOSYS;
+        return -1;
+    }
     return (int)syscall(SYS_pidfd_open, pid, 0);
+}
+
+/* Before a fork: the death pipe for the new child (fds[0], fds[1]), or
+ * both -1 when pidfds serve.  0, or -1 with errno. */
+static int death_pipe(int fds[2])
+{
+    fds[0] = fds[1] = -1;
+    if (pidfds())
+        return 0;
+    return pipe2(fds, O_CLOEXEC);
+}
+
+/* In the new child: its own write end replaces its parent's. */
+static void death_pipe_child(int fds[2])
+{
+    if (fds[1] < 0)
+        return;
+    close(fds[0]);
+    if (my_death_fd >= 0)
+        close(my_death_fd);
+    my_death_fd = fds[1];
 }
 
 /* ---- reaping as children exit ------------------------------------------ */
@@ -150,14 +210,15 @@ static child *check_child(lua_State *L, int idx)
 }
 
 /* Makes the handle c (on the stack top, returned) watch the new child
- * pid: its pidfd, and a place in the reaper's table.  A child that cannot
- * be watched is killed and reaped, and the error raised. */
-static int watch_child(lua_State *L, child *c, pid_t pid)
+ * pid: its pidfd (or the read end of its death pipe, deathfd, when that is
+ * not -1), and a place in the reaper's table.  A child that cannot be
+ * watched is killed and reaped, and the error raised. */
+static int watch_child(lua_State *L, child *c, pid_t pid, int deathfd)
 {
     c->pid = pid;
     /* The pidfd first: until the pid is in the reaper's table, nobody
      * reaps the child, so pidfd_open finds it even if it exited. */
-    c->pidfd = luamp_pidfd_open(pid);
+    c->pidfd = deathfd >= 0 ? deathfd : luamp_pidfd_open(pid);
     if (c->pidfd < 0) {
         int e = errno;
         kill(pid, SIGKILL);
@@ -185,14 +246,25 @@ static int l_fork(lua_State *L)
     c->parent = getpid();
     luaL_setmetatable(L, LUAMP_CHILD_MT);
 
+    int dp[2];
+    if (death_pipe(dp) != 0)
+        return luamp_sys_error(L, "cannot start a child process: pipe");
     fflush(NULL);   /* or buffered output would be written twice */
     pid_t parent = getpid();
     pid_t pid = fork();
-    if (pid < 0)
+    if (pid < 0) {
+        int e = errno;
+        if (dp[0] >= 0) {
+            close(dp[0]);
+            close(dp[1]);
+        }
+        errno = e;
         return luamp_sys_error(L, "cannot start a child process: fork");
+    }
     if (pid == 0) {
         if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent)
             _exit(70);
+        death_pipe_child(dp);
         luamp_objects_forked(parent);
         cached_pid = 0;
         memset(reaped, 0, sizeof reaped);   /* the parent's children are not ours */
@@ -200,7 +272,9 @@ static int l_fork(lua_State *L)
         lua_pushinteger(L, 0);
         return 1;
     }
-    return watch_child(L, c, pid);
+    if (dp[1] >= 0)
+        close(dp[1]);
+    return watch_child(L, c, pid, dp[0]);
 }
 
 /*
@@ -255,22 +329,34 @@ static int l_spawn(lua_State *L)
         }
         off += (size_t)w;
     }
-    /* the environment, plus LUAMP_SPAWN_FD */
+    int dp[2], errpipe[2];
+    if (death_pipe(dp) != 0) {
+        int e = errno;
+        close(mfd);
+        errno = e;
+        return luamp_sys_error(L, "cannot spawn a process: pipe");
+    }
+    /* the environment, plus LUAMP_SPAWN_FD (and LUAMP_DEATH_FD) */
     size_t nenv = 0;
     for (char **e = environ; *e; e++)
         nenv++;
-    const char **envp = lua_newuserdatauv(L, (nenv + 2) * sizeof *envp, 0);
+    const char **envp = lua_newuserdatauv(L, (nenv + 3) * sizeof *envp, 0);
     size_t k = 0;
     for (char **e = environ; *e; e++)
-        if (strncmp(*e, "LUAMP_SPAWN_FD=", 15) != 0)
+        if (strncmp(*e, "LUAMP_SPAWN_FD=", 15) != 0 && strncmp(*e, "LUAMP_DEATH_FD=", 15) != 0)
             envp[k++] = *e;
     envp[k++] = lua_pushfstring(L, "LUAMP_SPAWN_FD=%d", mfd);
+    if (dp[1] >= 0)
+        envp[k++] = lua_pushfstring(L, "LUAMP_DEATH_FD=%d", dp[1]);
     envp[k] = NULL;
 
-    int errpipe[2];
     if (pipe2(errpipe, O_CLOEXEC) != 0) {
         int e = errno;
         close(mfd);
+        if (dp[0] >= 0) {
+            close(dp[0]);
+            close(dp[1]);
+        }
         errno = e;
         return luamp_sys_error(L, "cannot spawn a process: pipe");
     }
@@ -297,6 +383,8 @@ static int l_spawn(lua_State *L)
                 e = errno;
         if (e == 0 && fcntl(mfd, F_SETFD, 0) != 0)
             e = errno;
+        if (e == 0 && dp[1] >= 0 && fcntl(dp[1], F_SETFD, 0) != 0)
+            e = errno;
         if (e == 0) {
             execve(exe, (char *const *)argv, (char *const *)envp);
             e = errno;
@@ -308,8 +396,12 @@ static int l_spawn(lua_State *L)
     int fork_errno = errno;
     close(errpipe[1]);
     close(mfd);
+    if (dp[1] >= 0)
+        close(dp[1]);
     if (pid < 0) {
         close(errpipe[0]);
+        if (dp[0] >= 0)
+            close(dp[0]);
         errno = fork_errno;
         return luamp_sys_error(L, "cannot spawn a process: fork");
     }
@@ -321,9 +413,11 @@ static int l_spawn(lua_State *L)
     if (r > 0) {
         while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
             ;
+        if (dp[0] >= 0)
+            close(dp[0]);
         return luamp_raise_errno(L, e, "cannot spawn a process: cannot run %s", exe);
     }
-    return watch_child(L, c, pid);
+    return watch_child(L, c, pid, dp[0]);
 }
 
 /* core.spawn_payload() -> the start message a spawning parent left, or
@@ -335,6 +429,14 @@ static int l_spawn_payload(lua_State *L)
         return 0;
     int fd = atoi(v);
     unsetenv("LUAMP_SPAWN_FD");
+    const char *d = getenv("LUAMP_DEATH_FD");
+    if (d != NULL) {
+        /* our death pipe's write end, which what we run must not hold */
+        my_death_fd = atoi(d);
+        unsetenv("LUAMP_DEATH_FD");
+        if (my_death_fd < 0 || fcntl(my_death_fd, F_SETFD, FD_CLOEXEC) != 0)
+            my_death_fd = -1;
+    }
     luamp_objects_spawned();
     struct stat st;
     if (fd < 0 || fstat(fd, &st) != 0)

@@ -100,6 +100,8 @@
 
 extern char **environ;
 
+#define POLL_EXIT_MS 10
+
 /* A growing byte buffer for what the program writes. */
 typedef struct sink {
     char *data;
@@ -488,8 +490,11 @@ static int l_run(lua_State *L)
     r.in = child_in[1];
     r.out = child_out[0];
     r.err = child_err[0];
+    /* Without pidfds (old kernels, valgrind), the program's exit is
+     * looked for every POLL_EXIT_MS instead (waitid without reaping). */
     r.pidfd = luamp_pidfd_open(r.pid);
-    if (r.pidfd < 0 || (r.in >= 0 && set_nonblock(r.in) != 0) || (r.out >= 0 && set_nonblock(r.out) != 0)
+    int look_for_exit = r.pidfd < 0 && errno == ENOSYS;
+    if ((r.pidfd < 0 && !look_for_exit) || (r.in >= 0 && set_nonblock(r.in) != 0) || (r.out >= 0 && set_nonblock(r.out) != 0)
         || (r.err >= 0 && set_nonblock(r.err) != 0)) {
         e = errno;
         what = "cannot watch '%s': %s";
@@ -503,11 +508,22 @@ static int l_run(lua_State *L)
     while (!exited || r.out >= 0 || r.err >= 0) {
         struct pollfd p[4];
         int np = 0, i_pid = -1, i_in = -1, i_out = -1, i_err = -1;
-        if (!exited) { i_pid = np; p[np].fd = r.pidfd; p[np++].events = POLLIN; }
+        if (!exited && !look_for_exit) { i_pid = np; p[np].fd = r.pidfd; p[np++].events = POLLIN; }
         if (r.in >= 0) { i_in = np; p[np].fd = r.in; p[np++].events = POLLOUT; }
         if (r.out >= 0) { i_out = np; p[np].fd = r.out; p[np++].events = POLLIN; }
         if (r.err >= 0) { i_err = np; p[np].fd = r.err; p[np++].events = POLLIN; }
-        int n = poll(p, (nfds_t)np, luamp_poll_ms(deadline));
+        int ms = luamp_poll_ms(deadline);
+        if (look_for_exit && !exited && (ms < 0 || ms > POLL_EXIT_MS))
+            ms = POLL_EXIT_MS;
+        int n = poll(p, (nfds_t)np, ms);
+        if (look_for_exit && !exited && n >= 0) {
+            siginfo_t si;
+            si.si_pid = 0;
+            if (waitid(P_PID, (id_t)r.pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid == r.pid) {
+                exited = 1;
+                close_fd(&r.in);
+            }
+        }
         if (n < 0) {
             if (errno != EINTR) {
                 e = errno;
