@@ -149,6 +149,18 @@ run "$LUAMP" "$tmp/boom.lua"
 is "$rc" 1 "a runtime error exits 1"
 is "$(printf '%s\n' "$err" | head -1)" "luamp: $tmp/boom.lua:2: boom" "a runtime error prints 'luamp: file:line: message'"
 like "$err" "stack traceback:" "a runtime error prints a traceback"
+is "$err" "luamp: $tmp/boom.lua:2: boom
+stack traceback:
+${tab}[C]: in function 'error'
+${tab}$tmp/boom.lua:2: in main chunk
+${tab}[C]: in ?" "a script's traceback ends with the main chunk and one '[C]: in ?', as lua's does"
+
+run "$LUAMP" -e 'error("x")'
+is "$err" "luamp: (command line):1: x
+stack traceback:
+${tab}[C]: in function 'error'
+${tab}(command line):1: in main chunk
+${tab}[C]: in ?" "the traceback of an error in -e ends with one '[C]: in ?'"
 
 printf 'x = = 1\n' >"$tmp/syntax.lua"
 run "$LUAMP" "$tmp/syntax.lua"
