@@ -41,11 +41,13 @@ static const char usage_text[] =
     "  -j N        default pool size (a positive integer)\n"
     "  -i          interactive mode after the script\n"
     "  -v          show version information\n"
+    "  -E          ignore environment variables (LUA_INIT, LUA_PATH, LUA_CPATH)\n"
+    "  -W          turn warnings on\n"
     "  -h          show this help\n"
     "  --          stop handling options\n"
     "  -           stop handling options and run standard input\n"
-    "Before the options act, " INIT_VAR_VERSION " (or else " INIT_VAR ") runs:\n"
-    "Lua code, or @file to run a file.\n";
+    "Before the options act, " INIT_VAR_VERSION " (or else " INIT_VAR ") runs\n"
+    "(Lua code, or @file to run a file) unless -E is given.\n";
 
 /* The command line as collect_options understood it. */
 struct options {
@@ -53,6 +55,7 @@ struct options {
     int has_e;         /* some -e: without a script, stdin is not run */
     int interactive;   /* -i */
     int version;       /* -v */
+    int no_env;        /* -E */
     int help;          /* -h */
     int processes;     /* -j N; 0 when not given */
 };
@@ -136,12 +139,13 @@ static int collect_options(lua_State *L, int argc, char **argv, struct options *
                 return 0;
             }
             continue;
-        case 'i': case 'v': case 'h':
+        case 'i': case 'v': case 'h': case 'E': case 'W':
             if (opt[2] == '\0') {
                 o->interactive |= opt[1] == 'i';
                 o->version |= opt[1] == 'v';
                 o->help |= opt[1] == 'h';
-                continue;
+                o->no_env |= opt[1] == 'E';
+                continue;       /* (-W acts in its turn, in run_options) */
             }
             break;
         }
@@ -167,6 +171,24 @@ static void create_arg_table(lua_State *L, int argc, char **argv, int script)
         lua_rawseti(L, -2, i - script);
     }
     lua_setglobal(L, "arg");
+}
+
+/* -E: package.path and package.cpath as Lua makes them when LUA_PATH,
+ * LUA_CPATH and their _5_4 forms are unset, and the registry's LUA_NOENV
+ * set, which tells libraries opened later to ignore the environment too.
+ * (lua sets LUA_NOENV before opening the libraries; the host API opens
+ * them in luamp_newstate, so the package library's paths are reset.) */
+static void ignore_environment(lua_State *L)
+{
+    lua_pushboolean(L, 1);
+    lua_setfield(L, LUA_REGISTRYINDEX, "LUA_NOENV");
+    if (lua_getglobal(L, "package") == LUA_TTABLE) {
+        lua_pushliteral(L, LUA_PATH_DEFAULT);
+        lua_setfield(L, -2, "path");
+        lua_pushliteral(L, LUA_CPATH_DEFAULT);
+        lua_setfield(L, -2, "cpath");
+    }
+    lua_pop(L, 1);
 }
 
 /* Runs LUA_INIT_5_4 or LUA_INIT: Lua code, or @file. */
@@ -234,7 +256,7 @@ static int run_library(lua_State *L, const char *spec)
     return ok;
 }
 
-/* Runs the -e and -l options, in their order on the command line. */
+/* Runs the -e, -l and -W options, in their order on the command line. */
 static int run_options(lua_State *L, int argc, char **argv, int script)
 {
     int i;
@@ -244,6 +266,10 @@ static int run_options(lua_State *L, int argc, char **argv, int script)
         const char *value;
         int base = lua_gettop(L), ok = 1;
 
+        if (option == 'W') {
+            lua_warning(L, "@on", 0);
+            continue;
+        }
         if (option != 'e' && option != 'l' && option != 'j')
             continue;
         value = option_argument(argc, argv, &i);
@@ -389,7 +415,7 @@ static int repl(lua_State *L, int banner)
 }
 
 /* Everything the command line asks for, in lua's order: options checked,
- * LUA_INIT, -e and -l in order, the script, then the REPL.  Returns the
+ * LUA_INIT (unless -E), -e, -l and -W in order, the script, then the REPL.  Returns the
  * exit status as an integer. */
 static int pmain(lua_State *L)
 {
@@ -412,8 +438,10 @@ static int pmain(lua_State *L)
         print_version();
     if (o.processes > 0)
         luamp_set_default_processes(L, o.processes);
+    if (o.no_env)
+        ignore_environment(L);
     create_arg_table(L, argc, argv, o.script);
-    if (!run_init(L) || !run_options(L, argc, argv, o.script)
+    if ((!o.no_env && !run_init(L)) || !run_options(L, argc, argv, o.script)
         || (o.script < argc && !run_script(L, argc, argv, o.script))) {
         lua_pushinteger(L, EXIT_FAILURE);
         return 1;

@@ -119,6 +119,8 @@ run "$LUAMP" -h
 is "$rc" 0 "-h exits 0"
 like "$out" "^usage: luamp \[options\] \[script \[args\.\.\.\]\]" "-h prints the usage on stdout"
 like "$out" "-j N" "the usage lists -j"
+like "$out" "-E  .*
+  -W  " "the usage lists -E and -W"
 
 run "$LUAMP" -e 'print("ran")' -x
 is "$rc" 2 "an unknown option exits 2"
@@ -197,6 +199,41 @@ is "$out" "-e" "LUA_INIT=@file leaves the arg table alone"
 
 run env LUA_INIT='error("bad init")' "$LUAMP" -e 'print("ran")'
 like "$rc:$out:$err" "^1::luamp: LUA_INIT:1: bad init" "an error in LUA_INIT exits 1 before the options run"
+
+# --- -E and -W ----------------------------------------------------------------
+run env LUA_INIT='print("init")' LUA_INIT_5_4='print("init 5.4")' "$LUAMP" -E -e 'print("e")'
+is "$rc:$out" "0:e" "-E skips LUA_INIT and LUA_INIT_5_4"
+
+showpaths='print(package.path) print(package.cpath)'
+run env -u LUA_PATH -u LUA_PATH_5_4 -u LUA_CPATH -u LUA_CPATH_5_4 "$LUAMP" -e "$showpaths"
+defaults=$out
+run env LUA_PATH='/nowhere/?.lua' LUA_PATH_5_4='/nowhere54/?.lua' LUA_CPATH='/nowhere/?.so' \
+    LUA_CPATH_5_4='/nowhere54/?.so' "$LUAMP" -E -e "$showpaths"
+is "$out" "$defaults" "-E gives package.path and cpath the defaults, whatever LUA_PATH and LUA_CPATH say"
+if [ -n "$LUA54" ]; then
+    is "$(env LUA_PATH='/nowhere/?.lua' LUA_CPATH='/nowhere/?.so' "$LUA54" -E -e "$showpaths")" "$out" \
+        "-E gives the paths lua5.4 -E gives"
+else
+    skip "-E gives the paths lua5.4 -E gives" "no lua5.4"
+fi
+
+run env LUA_PATH="$tmp/lib/?.lua" "$LUAMP" -E -l greet
+like "$rc:$err" "^1:luamp: .*module 'greet' not found" "with -E, a module only LUA_PATH finds is not found"
+
+run env LUA_CPATH='/nowhere/?.so' "$LUAMP" -E -e 'print(debug.getregistry().LUA_NOENV, type(require "luamp"))'
+is "$out" "true${tab}table" "-E sets LUA_NOENV in the registry, and luamp is still there to require"
+
+run "$LUAMP" -Ex
+is "$rc" 2 "-E takes nothing after it (-Ex is unknown)"
+
+run "$LUAMP" -W -e 'warn("careful")'
+is "$rc:$err" "0:Lua warning: careful" "-W turns warnings on"
+
+run "$LUAMP" -e 'warn("careful")'
+is "$err" "" "without -W, warnings are off"
+
+run "$LUAMP" -e 'warn("before")' -W -e 'warn("after")'
+is "$err" "Lua warning: after" "-W acts in its turn among the -e and -l options"
 
 # --- -i -----------------------------------------------------------------------
 feed '1 + 1
