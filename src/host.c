@@ -407,6 +407,27 @@ int luamp_dostring(lua_State *L, const char *code, const char *chunkname)
     return run(L, &c);
 }
 
+/* Raises the pending interrupt, which sys.c's luamp_raise_interrupt
+ * forgets as it raises it. */
+static int raise_interrupt(lua_State *L)
+{
+    luamp_raise_interrupt(L);
+    return 0;
+}
+
+/* The interrupt is raised, inside lua_pcall, and its error dropped: that
+ * way it is forgotten exactly as when a script catches it.  (The call
+ * itself may set the hook the signal handler armed off first.) */
+int luamp_clear_interrupt(lua_State *L)
+{
+    if (!luamp_interrupt_pending())
+        return 0;
+    lua_pushcfunction(L, raise_interrupt);
+    if (lua_pcall(L, 0, 0, 0) != LUA_OK)
+        lua_pop(L, 1);
+    return 1;
+}
+
 /* Calls package.loaded.luamp._shutdown if the module was loaded; a state
  * that never required luamp has nothing to stop. */
 static int shutdown_module(lua_State *L)

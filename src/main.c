@@ -8,6 +8,12 @@
  * tracebacks, reaping children at the end) is the host API of luamp.h, in
  * host.c; this file only drives it from the command line.
  *
+ * The interactive mode (-i, or no script with a terminal on standard
+ * input) is lua's REPL too, banner and prompts included even when the
+ * input is piped, with one addition: the global `mp` is the luamp module,
+ * ready at the first prompt.  Ctrl-C at the prompt drops the line being
+ * typed; Ctrl-C while a line runs interrupts it (the REPL section below).
+ *
  * Exit status: 0 when all went well, 1 when a chunk raised an error (its
  * message and traceback are on stderr), 2 on bad usage.  A script calling
  * os.exit chooses its own.
@@ -54,7 +60,7 @@ struct options {
     int script;        /* argv index of the script; argc when there is none */
     int has_e;         /* some -e: without a script, stdin is not run */
     int interactive;   /* -i */
-    int version;       /* -v */
+    int version;       /* -v, or -i: the banner */
     int no_env;        /* -E */
     int help;          /* -h */
     int processes;     /* -j N; 0 when not given */
@@ -142,7 +148,7 @@ static int collect_options(lua_State *L, int argc, char **argv, struct options *
         case 'i': case 'v': case 'h': case 'E': case 'W':
             if (opt[2] == '\0') {
                 o->interactive |= opt[1] == 'i';
-                o->version |= opt[1] == 'v';
+                o->version |= opt[1] == 'v' || opt[1] == 'i';   /* as in lua */
                 o->help |= opt[1] == 'h';
                 o->no_env |= opt[1] == 'E';
                 continue;       /* (-W acts in its turn, in run_options) */
@@ -298,24 +304,67 @@ static int run_script(lua_State *L, int argc, char **argv, int script)
     return ok;
 }
 
-/* Pushes the next line of standard input without its newline, read in
- * pieces so that no line is too long.  Returns 0 at the end of input, and
- * on a read error, which it reports. */
-static int push_line(lua_State *L, const char *prompt)
+/* ---- the REPL ----------------------------------------------------------
+ *
+ * Shaped like lua's: a line is first tried as an expression ("return
+ * <line>", its values printed), then as a statement, read on over more
+ * lines while it is incomplete.  Prompts ("> ", ">> ", or _PROMPT and
+ * _PROMPT2) are printed whether or not standard input is a terminal.
+ *
+ * Ctrl-C.  luamp_catch_interrupts makes SIGINT an error raised in the
+ * running Lua code; at the prompt no Lua code runs: the read fails with
+ * EINTR instead, and the REPL takes the interrupt back
+ * (luamp_clear_interrupt), drops the statement it was reading and prompts
+ * again.  An interrupt that arrived after a line ended, before the next
+ * prompt, is taken back the same way: it was meant for the line that
+ * ended, not for the next one.
+ */
+
+/* What reading a line gave: a line (pushed), the end of input, or a
+ * Ctrl-C before the line ended (nothing pushed). */
+enum { LINE_READ, LINE_END, LINE_INTERRUPTED };
+
+/* Pushes the prompt: _PROMPT (for a statement's next lines, _PROMPT2)
+ * through tostring when set, as lua does, else "> " (">> "). */
+static const char *push_prompt(lua_State *L, int first)
+{
+    if (lua_getglobal(L, first ? "_PROMPT" : "_PROMPT2") == LUA_TNIL) {
+        lua_pop(L, 1);
+        return lua_pushstring(L, first ? "> " : ">> ");
+    }
+    luaL_tolstring(L, -1, NULL);
+    lua_remove(L, -2);
+    return lua_tostring(L, -1);
+}
+
+/* Prints the prompt and pushes the next line of standard input without
+ * its newline, read in pieces so that no line is too long.  A read error
+ * is reported, and ends the input. */
+static int read_plain(lua_State *L, const char *prompt)
 {
     char piece[512];
     luaL_Buffer b;
-    int got = 0;
+    int got = 0, err = 0, interrupted = 0;
 
-    if (prompt != NULL) {
-        fputs(prompt, stdout);
-        fflush(stdout);
-    }
+    fputs(prompt, stdout);
+    fflush(stdout);
     luaL_buffinit(L, &b);
-    while (fgets(piece, sizeof piece, stdin) != NULL) {
-        size_t len = strlen(piece);
+    for (;;) {
+        size_t len;
 
+        if (fgets(piece, sizeof piece, stdin) == NULL) {
+            if (ferror(stdin) && errno == EINTR) {
+                clearerr(stdin);
+                if (!luamp_clear_interrupt(L))
+                    continue;           /* a signal that was not Ctrl-C */
+                interrupted = 1;
+            } else if (ferror(stdin)) {
+                err = errno;
+            }
+            break;
+        }
         got = 1;
+        len = strlen(piece);
         if (len > 0 && piece[len - 1] == '\n') {
             luaL_addlstring(&b, piece, len - 1);
             break;
@@ -323,11 +372,29 @@ static int push_line(lua_State *L, const char *prompt)
         luaL_addlstring(&b, piece, len);
     }
     luaL_pushresult(&b);
-    if (!got) {
-        if (ferror(stdin))
-            l_message(lua_pushfstring(L, "cannot read standard input: %s", strerror(errno)));
+    if (got && !interrupted && err == 0)
+        return LINE_READ;
+    lua_pop(L, 1);
+    if (interrupted) {
+        fputs("\n", stdout);            /* after the ^C the terminal showed */
+        return LINE_INTERRUPTED;
+    }
+    if (err != 0) {
+        l_message(lua_pushfstring(L, "cannot read standard input: %s", strerror(err)));
         lua_pop(L, 1);
     }
+    return LINE_END;
+}
+
+/* Prompts and reads a line: the first of a statement, or the next. */
+static int read_line(lua_State *L, int first)
+{
+    int got;
+
+    luamp_clear_interrupt(L);
+    push_prompt(L, first);
+    got = read_plain(L, lua_tostring(L, -1));
+    lua_remove(L, got == LINE_READ ? -2 : -1);
     return got;
 }
 
@@ -344,17 +411,23 @@ static int incomplete(lua_State *L)
 }
 
 /* Runs the statement on top of the stack, reading lines while it is
- * incomplete.  The status is luamp_dostring's; the results or the error
- * are above the (possibly longer) statement. */
-static int run_statement(lua_State *L, const char *prompt)
+ * incomplete.  Returns luamp_dostring's status, with the results or the
+ * error above the (possibly longer) statement; or -1 after a Ctrl-C, with
+ * the statement alone.  *end is set when the input ended. */
+static int run_statement(lua_State *L, int *end)
 {
-    int status;
+    int status, got;
 
     while ((status = luamp_dostring(L, lua_tostring(L, -1), "=stdin")) == LUA_ERRSYNTAX
            && incomplete(L)) {
-        if (!push_line(L, prompt))
-            break;
-        lua_remove(L, -2);              /* the "<eof>" error */
+        lua_pop(L, 1);                  /* the "<eof>" error */
+        got = read_line(L, 0);
+        if (got == LINE_INTERRUPTED)
+            return -1;
+        if (got == LINE_END) {
+            *end = 1;                   /* the error again, to report */
+            return luamp_dostring(L, lua_tostring(L, -1), "=stdin");
+        }
         lua_pushliteral(L, "\n");
         lua_insert(L, -2);
         lua_concat(L, 3);
@@ -374,42 +447,61 @@ static void print_results(lua_State *L, int first)
     lua_getglobal(L, "print");
     lua_insert(L, first);
     if (lua_pcall(L, n, 0, 0) != LUA_OK)
-        l_message(lua_pushfstring(L, "error calling 'print' (%s)", lua_tostring(L, -1)));
+        l_message(lua_pushfstring(L, "error calling 'print' (%s)", luaL_tolstring(L, -1, NULL)));
 }
 
-/* The line on top of the stack: an expression is printed (it is first
- * tried as "return <line>"), anything else is run as a statement. */
-static void do_line(lua_State *L, int tty)
+/* Reads and runs one statement: an expression is printed (it is first
+ * tried as "return <line>"), anything else is run as a statement.  A
+ * first line "=expr" is "return expr", as in lua.  Returns 0 once the
+ * input has ended. */
+static int do_statement(lua_State *L)
 {
-    int line = lua_gettop(L), first;
-    int status;
+    int line = lua_gettop(L) + 1, first, status, end = 0;
+    const char *text;
 
+    switch (read_line(L, 1)) {
+    case LINE_END:
+        return 0;
+    case LINE_INTERRUPTED:
+        return 1;
+    }
+    text = lua_tostring(L, line);
+    if (text[0] == '=') {
+        lua_pushfstring(L, "return %s", text + 1);
+        lua_replace(L, line);
+    }
     lua_pushfstring(L, "return %s", lua_tostring(L, line));
     status = luamp_dostring(L, lua_tostring(L, -1), "=stdin");
     first = line + 2;
     if (status == LUA_ERRSYNTAX) {
         lua_settop(L, line);
-        status = run_statement(L, tty ? ">> " : NULL);
+        status = run_statement(L, &end);
         first = line + 1;
     }
-    if (report(L, status))
+    if (status != -1 && report(L, status))
         print_results(L, first);
     lua_settop(L, line - 1);
+    return !end;
 }
 
-/* The read-eval-print loop.  Prompts and the banner are for a person at
- * a terminal; piped input gets only the results.  banner is 0 when -v
- * already printed it. */
-static int repl(lua_State *L, int banner)
+/* The REPL's `mp`, as if `mp = require "luamp"` had run first (unless
+ * something, such as the script before it, set a global mp already). */
+static void set_mp(lua_State *L)
 {
-    int tty = isatty(STDIN_FILENO);
+    int base = lua_gettop(L);
 
-    if (tty && banner)
-        print_version();
-    while (push_line(L, tty ? "> " : NULL))
-        do_line(L, tty);
-    if (tty)
-        fputs("\n", stdout);
+    report(L, luamp_dostring(L, "if mp == nil then mp = require \"luamp\" end", "=(interactive)"));
+    lua_settop(L, base);
+}
+
+/* The read-eval-print loop, until the end of input.  Returns whether
+ * standard input could be read to its end. */
+static int repl(lua_State *L)
+{
+    set_mp(L);
+    while (do_statement(L))
+        ;
+    fputs("\n", stdout);
     fflush(stdout);
     return !ferror(stdin);
 }
@@ -446,14 +538,16 @@ static int pmain(lua_State *L)
         lua_pushinteger(L, EXIT_FAILURE);
         return 1;
     }
-    if (o.interactive)
-        lua_pushinteger(L, repl(L, !o.version) ? EXIT_SUCCESS : EXIT_FAILURE);
-    else if (o.script < argc || o.has_e || o.version)
+    if (o.interactive) {
+        lua_pushinteger(L, repl(L) ? EXIT_SUCCESS : EXIT_FAILURE);
+    } else if (o.script < argc || o.has_e || o.version) {
         lua_pushinteger(L, EXIT_SUCCESS);
-    else if (isatty(STDIN_FILENO))
-        lua_pushinteger(L, repl(L, 1) ? EXIT_SUCCESS : EXIT_FAILURE);
-    else
+    } else if (isatty(STDIN_FILENO)) {
+        print_version();
+        lua_pushinteger(L, repl(L) ? EXIT_SUCCESS : EXIT_FAILURE);
+    } else {
         lua_pushinteger(L, report(L, luamp_dofile(L, NULL, 0, NULL)) ? EXIT_SUCCESS : EXIT_FAILURE);
+    }
     return 1;
 }
 

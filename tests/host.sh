@@ -236,6 +236,7 @@ run "$LUAMP" -e 'warn("before")' -W -e 'warn("after")'
 is "$err" "Lua warning: after" "-W acts in its turn among the -e and -l options"
 
 # --- -i -----------------------------------------------------------------------
+banner=$("$LUAMP" -v)
 feed '1 + 1
 x = 5
 x * 2, "two"
@@ -245,16 +246,50 @@ end
 print()
 error("oops")
 "still here"' "$LUAMP" -i
-is "$out" "2
-10${tab}two
-123
-still here" "-i prints expressions, runs statements over several lines, without prompts when piped"
+is "$out" "$banner
+> 2
+> > 10${tab}two
+> >> >> 123> 
+> > still here
+> " "-i prints expressions, runs statements over several lines, with the banner and prompts when piped, as lua -i does"
 like "$err" "^luamp: stdin:1: oops" "-i shows an error with the luamp: prefix and goes on"
 is "$rc" 0 "-i exits 0 at the end of input"
 
 printf 'G = "set by script"\n' >"$tmp/g.lua"
 feed 'G' "$LUAMP" -i "$tmp/g.lua"
-is "$out" "set by script" "-i enters the REPL after the script, in its globals"
+is "$out" "$banner
+> set by script
+> " "-i enters the REPL after the script, in its globals"
+
+feed '=1 + 2' "$LUAMP" -i
+is "$out" "$banner
+> 3
+> " "-i: a line '=expr' prints expr, as in lua"
+
+feed '_PROMPT = "lua$ "; _PROMPT2 = setmetatable({}, {__tostring = function() return "...$ " end})
+if true then
+print("in")
+end' "$LUAMP" -i
+is "$out" "$banner
+> lua$ ...$ ...$ in
+lua$ " "-i prompts with _PROMPT and _PROMPT2 (through tostring) when they are set"
+
+feed 'for i = 1, 2 do' "$LUAMP" -i
+like "$rc:$err" "^0:luamp: stdin:1: 'end' expected near <eof>" "-i reports a statement the input ended in the middle of"
+
+feed 'type(mp), mp == require "luamp", mp.cpu_count() > 0' "$LUAMP" -i
+is "$out" "$banner
+> table${tab}true${tab}true
+> " "-i: mp is a global, as if mp = require \"luamp\" had run"
+
+printf 'mp = "the script'"'"'s own"\n' >"$tmp/mp.lua"
+feed 'mp' "$LUAMP" -i "$tmp/mp.lua"
+is "$out" "$banner
+> the script's own
+> " "-i leaves a global mp the script set alone"
+
+run "$LUAMP" -e 'print(mp)'
+is "$out" "nil" "without -i, mp is not a global"
 
 if command -v script >/dev/null 2>&1; then
     out=$(printf '6 * 7\n' | script -qec "$LUAMP" /dev/null 2>&1)
