@@ -416,16 +416,19 @@ static int raise_interrupt(lua_State *L)
 }
 
 /* The interrupt is raised, inside lua_pcall, and its error dropped: that
- * way it is forgotten exactly as when a script catches it.  (The call
- * itself may set the hook the signal handler armed off first.) */
+ * way it is forgotten exactly as when a script catches it.  (The hook the
+ * signal handler set may raise it as raise_interrupt is called: the same
+ * error, caught the same way.) */
 int luamp_clear_interrupt(lua_State *L)
 {
-    if (!luamp_interrupt_pending())
+    int sig = luamp_interrupt_pending();
+
+    if (sig == 0)
         return 0;
     lua_pushcfunction(L, raise_interrupt);
     if (lua_pcall(L, 0, 0, 0) != LUA_OK)
         lua_pop(L, 1);
-    return 1;
+    return sig;
 }
 
 /* Calls package.loaded.luamp._shutdown if the module was loaded; a state

@@ -83,7 +83,8 @@ void luamp_new_object_id(char *out, size_t n, const char *kind);
  * hook at the script's next instruction when it was computing.  Forked
  * children go back to the default actions.
  */
-/* A signal arrived that nobody has raised yet (waits check this on EINTR). */
+/* The signal (SIGINT or SIGTERM) that arrived and nobody has raised yet,
+ * else 0 (waits check this on EINTR). */
 int luamp_interrupt_pending(void);
 /* Raises the pending interrupt as a Lua error; returns if there is none. */
 void luamp_raise_interrupt(lua_State *L);

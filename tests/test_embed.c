@@ -390,11 +390,13 @@ static void test_clear_interrupt(void)
     luamp_catch_interrupts(L);
     ok(luamp_clear_interrupt(L) == 0, "luamp_clear_interrupt returns 0 when no interrupt arrived");
     raise(SIGINT);
-    ok(luamp_clear_interrupt(L) == 1, "luamp_clear_interrupt returns 1 for an interrupt that arrived between chunks");
+    ok(luamp_clear_interrupt(L) == SIGINT, "luamp_clear_interrupt returns SIGINT for one that arrived between chunks");
     status = luamp_dostring(L, "return 42", "=after");
     ok(status == LUA_OK && lua_tointeger(L, -1) == 42, "the next chunk runs once the interrupt was taken back");
     lua_settop(L, base);
     ok(luamp_clear_interrupt(L) == 0, "an interrupt is taken back once");
+    raise(SIGTERM);
+    ok(luamp_clear_interrupt(L) == SIGTERM, "luamp_clear_interrupt returns SIGTERM for a SIGTERM");
     raise(SIGINT);
     status = luamp_dostring(L, "return 42", "=next");
     ok(status == LUA_ERRRUN && strncmp(top(L), "interrupted by SIGINT", 21) == 0,
