@@ -23,6 +23,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <malloc.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -311,18 +312,77 @@ static int run_script(lua_State *L, int argc, char **argv, int script)
  * lines while it is incomplete.  Prompts ("> ", ">> ", or _PROMPT and
  * _PROMPT2) are printed whether or not standard input is a terminal.
  *
- * Ctrl-C.  luamp_catch_interrupts makes SIGINT an error raised in the
- * running Lua code; at the prompt no Lua code runs: the read fails with
- * EINTR instead, and the REPL takes the interrupt back
- * (luamp_clear_interrupt), drops the statement it was reading and prompts
- * again.  An interrupt that arrived after a line ended, before the next
- * prompt, is taken back the same way: it was meant for the line that
- * ended, not for the next one.
+ * Signals.  luamp_catch_interrupts makes SIGINT and SIGTERM an error
+ * raised in the running Lua code, which the REPL reports as any other.
+ * At the prompt no Lua code runs: the REPL takes the interrupt back
+ * (luamp_clear_interrupt) and, for a Ctrl-C (SIGINT), drops the
+ * statement being typed and prompts again; a SIGTERM ends the session,
+ * as it ends a script.  Both signals are blocked while the REPL reads,
+ * and let in only while it waits for the terminal, in ppoll(): one that
+ * comes a moment before the wait still ends it, instead of lying pending
+ * until it stops the next line.  (From a pipe or a file, where stdio's
+ * buffer may hold the next line already, the REPL does not wait: a
+ * signal ends a read that blocks, with EINTR.)  A SIGINT that came after
+ * a statement ended, before the next prompt, was meant for that
+ * statement, and is dropped.
  */
 
-/* What reading a line gave: a line (pushed), the end of input, or a
- * Ctrl-C before the line ended (nothing pushed). */
-enum { LINE_READ, LINE_END, LINE_INTERRUPTED };
+/* What reading a line gave: a line (pushed), the end of input, a Ctrl-C
+ * before the line ended, or a SIGTERM (nothing pushed for these). */
+enum { LINE_READ, LINE_END, LINE_INTERRUPTED, LINE_TERMINATED };
+
+/* What a signal taken back at the prompt does: Ctrl-C drops the line. */
+static int line_signal(int sig)
+{
+    if (sig == SIGTERM)
+        return LINE_TERMINATED;
+    fputs("\n", stdout);            /* after the ^C the terminal showed */
+    return LINE_INTERRUPTED;
+}
+
+/* Reports a failure to read standard input: the end of the input. */
+static int read_error(lua_State *L, const char *what, int err)
+{
+    l_message(lua_pushfstring(L, "cannot read standard input: %s%s", what, strerror(err)));
+    lua_pop(L, 1);
+    return LINE_END;
+}
+
+/* Waits until the terminal has input (returns 0) or SIGINT or SIGTERM
+ * arrives (returns it, taken back); -1 on an error, with errno set.  The
+ * signals are blocked around the wait; ppoll lets them in during it.  A
+ * signal may come with the input (a line typed after a Ctrl-C, before
+ * luamp ran again: the terminal dropped what was typed before it), and
+ * ppoll then reports the input and leaves the signal pending: it is let
+ * in, and handled first. */
+static int wait_for_input(lua_State *L, const sigset_t *waiting_mask)
+{
+    struct pollfd in = {STDIN_FILENO, POLLIN, 0};
+    sigset_t came, blocked;
+    int sig;
+
+    for (;;) {
+        if ((sig = luamp_clear_interrupt(L)) != 0)
+            return sig;
+        if (ppoll(&in, 1, NULL, waiting_mask) < 0) {
+            if (errno != EINTR)
+                return -1;
+            continue;
+        }
+        if (sigpending(&came) != 0)
+            return -1;
+        if (!sigismember(&came, SIGINT) && !sigismember(&came, SIGTERM))
+            break;
+        if (sigprocmask(SIG_SETMASK, waiting_mask, &blocked) != 0
+            || sigprocmask(SIG_SETMASK, &blocked, NULL) != 0)
+            return -1;
+    }
+    if (!(in.revents & POLLIN)) {   /* the terminal hung up */
+        errno = EIO;
+        return -1;
+    }
+    return 0;
+}
 
 /* Pushes the prompt: _PROMPT (for a statement's next lines, _PROMPT2)
  * through tostring when set, as lua does, else "> " (">> "). */
@@ -338,16 +398,24 @@ static const char *push_prompt(lua_State *L, int first)
 }
 
 /* Prints the prompt and pushes the next line of standard input without
- * its newline, read in pieces so that no line is too long.  A read error
- * is reported, and ends the input. */
-static int read_plain(lua_State *L, const char *prompt)
+ * its newline, read with fgets in pieces so that no line is too long. */
+static int read_plain(lua_State *L, const char *prompt, const sigset_t *waiting_mask)
 {
     char piece[512];
     luaL_Buffer b;
-    int got = 0, err = 0, interrupted = 0;
+    int got = 0, err = 0, sig = 0;
 
     fputs(prompt, stdout);
     fflush(stdout);
+    if (isatty(STDIN_FILENO)) {
+        /* (a terminal gives a line per read: stdio's buffer is empty) */
+        if ((sig = wait_for_input(L, waiting_mask)) != 0)
+            return sig > 0 ? line_signal(sig) : read_error(L, "", errno);
+    }
+    if (sigprocmask(SIG_SETMASK, waiting_mask, NULL) != 0)
+        return read_error(L, "sigprocmask: ", errno);
+    if ((sig = luamp_clear_interrupt(L)) != 0)     /* came a moment ago */
+        return line_signal(sig);
     luaL_buffinit(L, &b);
     for (;;) {
         size_t len;
@@ -355,9 +423,8 @@ static int read_plain(lua_State *L, const char *prompt)
         if (fgets(piece, sizeof piece, stdin) == NULL) {
             if (ferror(stdin) && errno == EINTR) {
                 clearerr(stdin);
-                if (!luamp_clear_interrupt(L))
-                    continue;           /* a signal that was not Ctrl-C */
-                interrupted = 1;
+                if ((sig = luamp_clear_interrupt(L)) == 0)
+                    continue;           /* another signal */
             } else if (ferror(stdin)) {
                 err = errno;
             }
@@ -372,29 +439,39 @@ static int read_plain(lua_State *L, const char *prompt)
         luaL_addlstring(&b, piece, len);
     }
     luaL_pushresult(&b);
-    if (got && !interrupted && err == 0)
+    if (got && sig == 0 && err == 0)
         return LINE_READ;
     lua_pop(L, 1);
-    if (interrupted) {
-        fputs("\n", stdout);            /* after the ^C the terminal showed */
-        return LINE_INTERRUPTED;
-    }
-    if (err != 0) {
-        l_message(lua_pushfstring(L, "cannot read standard input: %s", strerror(err)));
-        lua_pop(L, 1);
-    }
-    return LINE_END;
+    if (sig != 0)
+        return line_signal(sig);
+    return err != 0 ? read_error(L, "", err) : LINE_END;
 }
 
-/* Prompts and reads a line: the first of a statement, or the next. */
+/* Prompts and reads a line: the first of a statement, or the next.  The
+ * signal mask is as it was when it returns. */
 static int read_line(lua_State *L, int first)
 {
-    int got;
+    sigset_t interrupts, waiting_mask;
+    const char *prompt;
+    int got, sig;
 
-    luamp_clear_interrupt(L);
-    push_prompt(L, first);
-    got = read_plain(L, lua_tostring(L, -1));
-    lua_remove(L, got == LINE_READ ? -2 : -1);
+    if (sigemptyset(&interrupts) != 0 || sigaddset(&interrupts, SIGINT) != 0
+        || sigaddset(&interrupts, SIGTERM) != 0
+        || sigprocmask(SIG_BLOCK, &interrupts, &waiting_mask) != 0)
+        return read_error(L, "sigprocmask: ", errno);
+    sig = luamp_clear_interrupt(L);
+    if (sig == SIGTERM || (sig == SIGINT && !first)) {
+        got = line_signal(sig);
+    } else {                            /* (a SIGINT for the last statement) */
+        prompt = push_prompt(L, first);
+        got = read_plain(L, prompt, &waiting_mask);
+        lua_remove(L, got == LINE_READ ? -2 : -1);
+    }
+    if (sigprocmask(SIG_SETMASK, &waiting_mask, NULL) != 0) {
+        if (got == LINE_READ)
+            lua_pop(L, 1);
+        got = read_error(L, "sigprocmask: ", errno);
+    }
     return got;
 }
 
@@ -412,22 +489,21 @@ static int incomplete(lua_State *L)
 
 /* Runs the statement on top of the stack, reading lines while it is
  * incomplete.  Returns luamp_dostring's status, with the results or the
- * error above the (possibly longer) statement; or -1 after a Ctrl-C, with
- * the statement alone.  *end is set when the input ended. */
-static int run_statement(lua_State *L, int *end)
+ * error above the (possibly longer) statement, or -1 when a signal
+ * dropped the statement (it is alone then).  *got is what reading the
+ * statement's last line gave. */
+static int run_statement(lua_State *L, int *got)
 {
-    int status, got;
+    int status;
 
     while ((status = luamp_dostring(L, lua_tostring(L, -1), "=stdin")) == LUA_ERRSYNTAX
            && incomplete(L)) {
         lua_pop(L, 1);                  /* the "<eof>" error */
-        got = read_line(L, 0);
-        if (got == LINE_INTERRUPTED)
-            return -1;
-        if (got == LINE_END) {
-            *end = 1;                   /* the error again, to report */
+        *got = read_line(L, 0);
+        if (*got == LINE_END)           /* the error again, to report */
             return luamp_dostring(L, lua_tostring(L, -1), "=stdin");
-        }
+        if (*got != LINE_READ)
+            return -1;
         lua_pushliteral(L, "\n");
         lua_insert(L, -2);
         lua_concat(L, 3);
@@ -452,19 +528,15 @@ static void print_results(lua_State *L, int first)
 
 /* Reads and runs one statement: an expression is printed (it is first
  * tried as "return <line>"), anything else is run as a statement.  A
- * first line "=expr" is "return expr", as in lua.  Returns 0 once the
- * input has ended. */
+ * first line "=expr" is "return expr", as in lua.  Returns what reading
+ * its last line gave: the REPL goes on while that is not the end. */
 static int do_statement(lua_State *L)
 {
-    int line = lua_gettop(L) + 1, first, status, end = 0;
+    int line = lua_gettop(L) + 1, got, first, status;
     const char *text;
 
-    switch (read_line(L, 1)) {
-    case LINE_END:
-        return 0;
-    case LINE_INTERRUPTED:
-        return 1;
-    }
+    if ((got = read_line(L, 1)) != LINE_READ)
+        return got;
     text = lua_tostring(L, line);
     if (text[0] == '=') {
         lua_pushfstring(L, "return %s", text + 1);
@@ -475,13 +547,13 @@ static int do_statement(lua_State *L)
     first = line + 2;
     if (status == LUA_ERRSYNTAX) {
         lua_settop(L, line);
-        status = run_statement(L, &end);
+        status = run_statement(L, &got);
         first = line + 1;
     }
     if (status != -1 && report(L, status))
         print_results(L, first);
     lua_settop(L, line - 1);
-    return !end;
+    return got;
 }
 
 /* The REPL's `mp`, as if `mp = require "luamp"` had run first (unless
@@ -494,15 +566,21 @@ static void set_mp(lua_State *L)
     lua_settop(L, base);
 }
 
-/* The read-eval-print loop, until the end of input.  Returns whether
- * standard input could be read to its end. */
+/* The read-eval-print loop, until the end of input or a SIGTERM.
+ * Returns whether it ended well: standard input read to its end. */
 static int repl(lua_State *L)
 {
+    int got;
+
     set_mp(L);
-    while (do_statement(L))
+    while ((got = do_statement(L)) == LINE_READ || got == LINE_INTERRUPTED)
         ;
     fputs("\n", stdout);
     fflush(stdout);
+    if (got == LINE_TERMINATED) {
+        l_message("interrupted by SIGTERM");
+        return 0;
+    }
     return !ferror(stdin);
 }
 
