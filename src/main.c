@@ -13,6 +13,11 @@
  * input is piped, with one addition: the global `mp` is the luamp module,
  * ready at the first prompt.  Ctrl-C at the prompt drops the line being
  * typed; Ctrl-C while a line runs interrupts it (the REPL section below).
+ * At a terminal, lines are edited and statements recalled with libedit,
+ * when the binary was built with it: libedit is BSD-licensed, as luamp is
+ * MIT, where GNU readline (which Debian's lua5.4 uses) is GPL-3 and would
+ * put the whole binary under the GPL; configure takes it only when asked
+ * (--with-readline=gnu).  Without either, lines are read with fgets.
  *
  * Exit status: 0 when all went well, 1 when a chunk raised an error (its
  * message and traceback are on stderr), 2 on bad usage.  A script calling
@@ -28,9 +33,19 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include <lauxlib.h>
+
+#if defined(LUAMP_LIBEDIT)
+#include <editline/readline.h>
+#define LINE_EDITING 1
+#elif defined(LUAMP_GNU_READLINE)
+#include <readline/readline.h>
+#include <readline/history.h>
+#define LINE_EDITING 1
+#endif
 
 #define PROGNAME "luamp"
 #define EXIT_USAGE 2
@@ -447,6 +462,101 @@ static int read_plain(lua_State *L, const char *prompt, const sigset_t *waiting_
     return err != 0 ? read_error(L, "", err) : LINE_END;
 }
 
+#ifdef LINE_EDITING
+/*
+ * Line editing, when standard input and output are both a terminal.  The
+ * library's callback interface rather than readline(): the REPL waits for
+ * each key itself, in wait_for_input, so that signals reach it however the
+ * library would treat them; the library is told to leave them alone
+ * (rl_catch_signals), and on Ctrl-C the line is dropped and the terminal
+ * given back as it was.
+ */
+static int editing;             /* lines come from the editor */
+static int echo_ctl;            /* the terminal shows Ctrl-C as ^C */
+static char *edited;            /* the editor's last line, NULL at the end */
+static int edited_done;         /* a line (or the end) came */
+
+static void on_edited(char *line)
+{
+    edited = line;
+    edited_done = 1;
+    rl_callback_handler_remove();
+}
+
+static void start_editing(void)
+{
+    struct termios t;
+
+    if (!isatty(STDIN_FILENO) || !isatty(STDOUT_FILENO))
+        return;
+    /* The editor turns echo off while it reads: ^C is echoed here. */
+    echo_ctl = tcgetattr(STDIN_FILENO, &t) == 0 && (t.c_lflag & ECHOCTL);
+    rl_readline_name = PROGNAME;        /* for "$if luamp" in ~/.inputrc */
+    rl_catch_signals = 0;
+    editing = 1;
+}
+
+/* Forgets the line being edited and gives the terminal back. */
+static void drop_edited(int sig)
+{
+    if (sig == SIGINT && echo_ctl)
+        fputs("^C", stdout);
+    rl_free_line_state();
+#ifdef HAVE_RL_CALLBACK_SIGCLEANUP
+    rl_callback_sigcleanup();
+#endif
+    rl_cleanup_after_signal();
+    rl_callback_handler_remove();
+}
+
+/* read_plain's work, through the editor. */
+static int read_edited(lua_State *L, const char *prompt, const sigset_t *waiting_mask)
+{
+    int sig;
+
+    free(edited);
+    edited = NULL;
+    edited_done = 0;
+    rl_callback_handler_install(prompt, on_edited);
+    while (!edited_done) {
+        if ((sig = wait_for_input(L, waiting_mask)) > 0) {
+            drop_edited(sig);
+            return line_signal(sig);
+        }
+        if (sig < 0) {
+            int err = errno;
+
+            rl_callback_handler_remove();
+            return read_error(L, "", err);
+        }
+        rl_callback_read_char();
+    }
+    if (edited == NULL)
+        return LINE_END;
+    lua_pushstring(L, edited);
+    return LINE_READ;
+}
+
+/* Keeps a statement (index idx) for recalling with the arrow keys. */
+static void remember(lua_State *L, int idx)
+{
+    const char *text = lua_tostring(L, idx);
+
+    if (editing && text[0] != '\0')
+        add_history(text);
+}
+#else
+static void start_editing(void)
+{
+}
+
+static void remember(lua_State *L, int idx)
+{
+    (void)L;
+    (void)idx;
+}
+#endif
+
 /* Prompts and reads a line: the first of a statement, or the next.  The
  * signal mask is as it was when it returns. */
 static int read_line(lua_State *L, int first)
@@ -464,7 +574,12 @@ static int read_line(lua_State *L, int first)
         got = line_signal(sig);
     } else {                            /* (a SIGINT for the last statement) */
         prompt = push_prompt(L, first);
-        got = read_plain(L, prompt, &waiting_mask);
+#ifdef LINE_EDITING
+        if (editing)
+            got = read_edited(L, prompt, &waiting_mask);
+        else
+#endif
+            got = read_plain(L, prompt, &waiting_mask);
         lua_remove(L, got == LINE_READ ? -2 : -1);
     }
     if (sigprocmask(SIG_SETMASK, &waiting_mask, NULL) != 0) {
@@ -550,8 +665,11 @@ static int do_statement(lua_State *L)
         status = run_statement(L, &got);
         first = line + 1;
     }
-    if (status != -1 && report(L, status))
-        print_results(L, first);
+    if (status != -1) {
+        remember(L, line);
+        if (report(L, status))
+            print_results(L, first);
+    }
     lua_settop(L, line - 1);
     return got;
 }
@@ -572,6 +690,7 @@ static int repl(lua_State *L)
 {
     int got;
 
+    start_editing();
     set_mp(L);
     while ((got = do_statement(L)) == LINE_READ || got == LINE_INTERRUPTED)
         ;
