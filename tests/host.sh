@@ -119,8 +119,8 @@ run "$LUAMP" -h
 is "$rc" 0 "-h exits 0"
 like "$out" "^usage: luamp \[options\] \[script \[args\.\.\.\]\]" "-h prints the usage on stdout"
 like "$out" "-j N" "the usage lists -j"
-like "$out" "-E  .*
-  -W  " "the usage lists -E and -W"
+like "$out" "^  -E  " "the usage lists -E"
+like "$out" "^  -W  " "the usage lists -W"
 
 run "$LUAMP" -e 'print("ran")' -x
 is "$rc" 2 "an unknown option exits 2"
