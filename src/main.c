@@ -21,7 +21,9 @@
  *
  * Exit status: 0 when all went well, 1 when a chunk raised an error (its
  * message and traceback are on stderr), 2 on bad usage.  A script calling
- * os.exit chooses its own.
+ * os.exit chooses its own.  The interactive mode ends with 0 at the end
+ * of its input (errors of the lines typed are only reported), 1 after a
+ * SIGTERM at the prompt or a failure to read standard input.
  */
 #include "luamp.h"
 
