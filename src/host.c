@@ -11,7 +11,10 @@
  *    how a module table travels by name to the workers).
  *  - Every chunk runs under one message handler that turns whatever was
  *    raised into a string with a traceback, so a caller prints one string
- *    and never has to know what the script threw.
+ *    and never has to know what the script threw.  The entry point calls
+ *    the chunk itself, with no helper of ours in between, so that the
+ *    traceback ends as lua's does: the main chunk, then one "[C]: in ?"
+ *    for the host that ran it.
  *  - Each entry point does its work inside lua_pcall, so running out of
  *    memory becomes an error status instead of a panic that aborts the
  *    embedding application.
@@ -29,6 +32,7 @@
  */
 #include "luamp.h"
 #include "host.h"
+#include "interrupt.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -40,10 +44,10 @@
 #include <lauxlib.h>
 #include <lualib.h>
 
-/* The message handler: error object in, message with a traceback out.
- * Objects that are not strings are described rather than lost, so that
- * error({code = 1}) still tells the user something. */
-static int msghandler(lua_State *L)
+/* The error object at index 1 as a string.  Objects that are not strings
+ * are described rather than lost, so that error({code = 1}) still tells
+ * the user something. */
+static const char *error_text(lua_State *L)
 {
     const char *msg = lua_tostring(L, 1);
 
@@ -53,7 +57,22 @@ static int msghandler(lua_State *L)
         else
             msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
     }
-    luaL_traceback(L, L, msg, 1);
+    return msg;
+}
+
+/* The message handler of chunks: error object in, message with a
+ * traceback out. */
+static int msghandler(lua_State *L)
+{
+    luaL_traceback(L, L, error_text(L), 1);
+    return 1;
+}
+
+/* The message handler while a chunk is being prepared: only an interrupt
+ * can be raised there, and it has no stack of its own to show. */
+static int plain_msghandler(lua_State *L)
+{
+    lua_pushstring(L, error_text(L));
     return 1;
 }
 
@@ -316,10 +335,11 @@ static void set_arg_table(lua_State *L, int argc, char **argv)
     lua_setglobal(L, "arg");
 }
 
-/* The chunk's error or results, preceded by its status (an integer):
- * a status travels back from here as a value, because a load error must
- * stay LUA_ERRSYNTAX or LUA_ERRFILE rather than become a raised error. */
-static int run_chunk(lua_State *L)
+/* Pushes the status of loading the chunk, then the loaded chunk and its
+ * arguments, or the load error: a status travels back from here as a
+ * value, because a load error must stay LUA_ERRSYNTAX or LUA_ERRFILE
+ * rather than become a raised error. */
+static int load_chunk(lua_State *L)
 {
     const struct chunk *c = lua_touserdata(L, 1);
     int status, i;
@@ -328,8 +348,6 @@ static int run_chunk(lua_State *L)
     lua_pushinteger(L, LUA_OK);
     if (c->code != NULL) {
         status = luaL_loadbuffer(L, c->code, strlen(c->code), c->name);
-        if (status == LUA_OK)
-            status = docall(L, 0, LUA_MULTRET);
     } else {
         if (c->argc > 0)
             set_arg_table(L, c->argc, c->argv);
@@ -338,7 +356,6 @@ static int run_chunk(lua_State *L)
             luaL_checkstack(L, c->argc, "too many arguments to script");
             for (i = 1; i < c->argc; i++)
                 lua_pushstring(L, c->argv[i]);
-            status = docall(L, c->argc > 0 ? c->argc - 1 : 0, LUA_MULTRET);
         }
     }
     lua_pushinteger(L, status);
@@ -346,21 +363,31 @@ static int run_chunk(lua_State *L)
     return lua_gettop(L);
 }
 
-/* Runs run_chunk protected and unwraps its status.  Only a failure outside
- * the chunk itself (memory, while building `arg`) reaches the outer
- * lua_pcall's status. */
+/* Loads the chunk inside lua_pcall (building `arg` and loading can run
+ * out of memory), then calls it from here, so that nothing of the host
+ * but its caller lies under the chunk: a traceback ends as lua's does,
+ * with the main chunk and one "[C]: in ?".  The message handler stays in
+ * place under everything, so whatever is raised comes back as a string. */
 static int run(lua_State *L, struct chunk *c)
 {
     int base = lua_gettop(L);
+    int handler = base + 1;
     int status;
 
-    lua_pushcfunction(L, run_chunk);
+    lua_pushcfunction(L, plain_msghandler);
+    lua_pushcfunction(L, load_chunk);
     lua_pushlightuserdata(L, c);
-    status = lua_pcall(L, 1, LUA_MULTRET, 0);
-    if (status != LUA_OK)
-        return status;
-    status = (int)lua_tointeger(L, base + 1);
-    lua_remove(L, base + 1);
+    status = lua_pcall(L, 1, LUA_MULTRET, handler);
+    if (status == LUA_OK) {
+        status = (int)lua_tointeger(L, handler + 1);
+        lua_remove(L, handler + 1);
+        if (status == LUA_OK) {
+            lua_pushcfunction(L, msghandler);
+            lua_replace(L, handler);
+            status = lua_pcall(L, lua_gettop(L) - handler - 1, LUA_MULTRET, handler);
+        }
+    }
+    lua_remove(L, handler);
     return status;
 }
 
@@ -376,6 +403,30 @@ int luamp_dostring(lua_State *L, const char *code, const char *chunkname)
     struct chunk c = {NULL, 0, NULL, code, chunkname != NULL ? chunkname : code};
 
     return run(L, &c);
+}
+
+/* Raises the pending interrupt, which interrupt.c's luamp_raise_interrupt
+ * forgets as it raises it. */
+static int raise_interrupt(lua_State *L)
+{
+    luamp_raise_interrupt(L);
+    return 0;
+}
+
+/* The interrupt is raised, inside lua_pcall, and its error dropped: that
+ * way it is forgotten exactly as when a script catches it.  (The hook the
+ * signal handler set may raise it as raise_interrupt is called: the same
+ * error, caught the same way.) */
+int luamp_clear_interrupt(lua_State *L)
+{
+    int sig = luamp_interrupt_pending();
+
+    if (sig == 0)
+        return 0;
+    lua_pushcfunction(L, raise_interrupt);
+    if (lua_pcall(L, 0, 0, 0) != LUA_OK)
+        lua_pop(L, 1);
+    return sig;
 }
 
 /* Calls package.loaded.luamp._shutdown if the module was loaded; a state

@@ -35,7 +35,7 @@ static int interrupts_caught;
 
 int luamp_interrupt_pending(void)
 {
-    return pending_signal != 0;
+    return pending_signal;
 }
 
 void luamp_raise_interrupt(lua_State *L)

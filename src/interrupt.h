@@ -7,7 +7,8 @@
 
 #include <lua.h>
 
-/* A signal arrived that nobody has raised yet (waits check this on EINTR). */
+/* The signal (SIGINT or SIGTERM) that arrived and nobody has raised yet,
+ * else 0 (waits check this on EINTR). */
 int luamp_interrupt_pending(void);
 
 /* Raises the pending interrupt as a Lua error; returns if there is none. */

@@ -66,6 +66,14 @@ int luamp_dostring(lua_State *L, const char *code, const char *chunkname);
  * one arrived, luamp_close stops every child at once instead of waiting. */
 void luamp_catch_interrupts(lua_State *L);
 
+/* Takes back an interrupt that arrived while no Lua code ran, so that it
+ * does not stop the next chunk: a host's prompt calls this when its read
+ * failed with EINTR (the user pressed Ctrl-C at the prompt).  Returns the
+ * signal taken back (SIGINT or SIGTERM), 0 when there was none.
+ * (luamp_close still stops the children at once: an interrupt did
+ * arrive.) */
+int luamp_clear_interrupt(lua_State *L);
+
 /* Reaps and stops what the scripts left running (non-daemon Processes are
  * joined, daemon ones and open pools terminated) by calling the loaded
  * module's _shutdown, then closes the state.  An error while shutting down

@@ -8,22 +8,46 @@
  * tracebacks, reaping children at the end) is the host API of luamp.h, in
  * host.c; this file only drives it from the command line.
  *
+ * The interactive mode (-i, or no script with a terminal on standard
+ * input) is lua's REPL too, banner and prompts included even when the
+ * input is piped, with one addition: the global `mp` is the luamp module,
+ * ready at the first prompt.  Ctrl-C at the prompt drops the line being
+ * typed; Ctrl-C while a line runs interrupts it (the REPL section below).
+ * At a terminal, lines are edited and statements recalled with libedit,
+ * when the binary was built with it: libedit is BSD-licensed, as luamp is
+ * MIT, where GNU readline (which Debian's lua5.4 uses) is GPL-3 and would
+ * put the whole binary under the GPL; configure takes it only when asked
+ * (--with-readline=gnu).  Without either, lines are read with fgets.
+ *
  * Exit status: 0 when all went well, 1 when a chunk raised an error (its
  * message and traceback are on stderr), 2 on bad usage.  A script calling
- * os.exit chooses its own.
+ * os.exit chooses its own.  The interactive mode ends with 0 at the end
+ * of its input (errors of the lines typed are only reported), 1 after a
+ * SIGTERM at the prompt or a failure to read standard input.
  */
 #include "luamp.h"
 
 #include <errno.h>
 #include <limits.h>
 #include <malloc.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include <lauxlib.h>
+
+#if defined(LUAMP_LIBEDIT)
+#include <editline/readline.h>
+#define LINE_EDITING 1
+#elif defined(LUAMP_GNU_READLINE)
+#include <readline/readline.h>
+#include <readline/history.h>
+#define LINE_EDITING 1
+#endif
 
 #define PROGNAME "luamp"
 #define EXIT_USAGE 2
@@ -41,18 +65,21 @@ static const char usage_text[] =
     "  -j N        default pool size (a positive integer)\n"
     "  -i          interactive mode after the script\n"
     "  -v          show version information\n"
+    "  -E          ignore environment variables (LUA_INIT, LUA_PATH, LUA_CPATH)\n"
+    "  -W          turn warnings on\n"
     "  -h          show this help\n"
     "  --          stop handling options\n"
     "  -           stop handling options and run standard input\n"
-    "Before the options act, " INIT_VAR_VERSION " (or else " INIT_VAR ") runs:\n"
-    "Lua code, or @file to run a file.\n";
+    "Before the options act, " INIT_VAR_VERSION " (or else " INIT_VAR ") runs\n"
+    "(Lua code, or @file to run a file) unless -E is given.\n";
 
 /* The command line as collect_options understood it. */
 struct options {
     int script;        /* argv index of the script; argc when there is none */
     int has_e;         /* some -e: without a script, stdin is not run */
     int interactive;   /* -i */
-    int version;       /* -v */
+    int version;       /* -v, or -i: the banner */
+    int no_env;        /* -E */
     int help;          /* -h */
     int processes;     /* -j N; 0 when not given */
 };
@@ -136,12 +163,13 @@ static int collect_options(lua_State *L, int argc, char **argv, struct options *
                 return 0;
             }
             continue;
-        case 'i': case 'v': case 'h':
+        case 'i': case 'v': case 'h': case 'E': case 'W':
             if (opt[2] == '\0') {
                 o->interactive |= opt[1] == 'i';
-                o->version |= opt[1] == 'v';
+                o->version |= opt[1] == 'v' || opt[1] == 'i';   /* as in lua */
                 o->help |= opt[1] == 'h';
-                continue;
+                o->no_env |= opt[1] == 'E';
+                continue;       /* (-W acts in its turn, in run_options) */
             }
             break;
         }
@@ -167,6 +195,24 @@ static void create_arg_table(lua_State *L, int argc, char **argv, int script)
         lua_rawseti(L, -2, i - script);
     }
     lua_setglobal(L, "arg");
+}
+
+/* -E: package.path and package.cpath as Lua makes them when LUA_PATH,
+ * LUA_CPATH and their _5_4 forms are unset, and the registry's LUA_NOENV
+ * set, which tells libraries opened later to ignore the environment too.
+ * (lua sets LUA_NOENV before opening the libraries; the host API opens
+ * them in luamp_newstate, so the package library's paths are reset.) */
+static void ignore_environment(lua_State *L)
+{
+    lua_pushboolean(L, 1);
+    lua_setfield(L, LUA_REGISTRYINDEX, "LUA_NOENV");
+    if (lua_getglobal(L, "package") == LUA_TTABLE) {
+        lua_pushliteral(L, LUA_PATH_DEFAULT);
+        lua_setfield(L, -2, "path");
+        lua_pushliteral(L, LUA_CPATH_DEFAULT);
+        lua_setfield(L, -2, "cpath");
+    }
+    lua_pop(L, 1);
 }
 
 /* Runs LUA_INIT_5_4 or LUA_INIT: Lua code, or @file. */
@@ -234,7 +280,7 @@ static int run_library(lua_State *L, const char *spec)
     return ok;
 }
 
-/* Runs the -e and -l options, in their order on the command line. */
+/* Runs the -e, -l and -W options, in their order on the command line. */
 static int run_options(lua_State *L, int argc, char **argv, int script)
 {
     int i;
@@ -244,6 +290,10 @@ static int run_options(lua_State *L, int argc, char **argv, int script)
         const char *value;
         int base = lua_gettop(L), ok = 1;
 
+        if (option == 'W') {
+            lua_warning(L, "@on", 0);
+            continue;
+        }
         if (option != 'e' && option != 'l' && option != 'j')
             continue;
         value = option_argument(argc, argv, &i);
@@ -272,24 +322,133 @@ static int run_script(lua_State *L, int argc, char **argv, int script)
     return ok;
 }
 
-/* Pushes the next line of standard input without its newline, read in
- * pieces so that no line is too long.  Returns 0 at the end of input, and
- * on a read error, which it reports. */
-static int push_line(lua_State *L, const char *prompt)
+/* ---- the REPL ----------------------------------------------------------
+ *
+ * Shaped like lua's: a line is first tried as an expression ("return
+ * <line>", its values printed), then as a statement, read on over more
+ * lines while it is incomplete.  Prompts ("> ", ">> ", or _PROMPT and
+ * _PROMPT2) are printed whether or not standard input is a terminal.
+ *
+ * Signals.  luamp_catch_interrupts makes SIGINT and SIGTERM an error
+ * raised in the running Lua code, which the REPL reports as any other.
+ * At the prompt no Lua code runs: the REPL takes the interrupt back
+ * (luamp_clear_interrupt) and, for a Ctrl-C (SIGINT), drops the
+ * statement being typed and prompts again; a SIGTERM ends the session,
+ * as it ends a script.  Both signals are blocked while the REPL reads,
+ * and let in only while it waits for the terminal, in ppoll(): one that
+ * comes a moment before the wait still ends it, instead of lying pending
+ * until it stops the next line.  (From a pipe or a file, where stdio's
+ * buffer may hold the next line already, the REPL does not wait: a
+ * signal ends a read that blocks, with EINTR.)  A SIGINT that came after
+ * a statement ended, before the next prompt, was meant for that
+ * statement, and is dropped.
+ */
+
+/* What reading a line gave: a line (pushed), the end of input, a Ctrl-C
+ * before the line ended, or a SIGTERM (nothing pushed for these). */
+enum { LINE_READ, LINE_END, LINE_INTERRUPTED, LINE_TERMINATED };
+
+/* What a signal taken back at the prompt does: Ctrl-C drops the line. */
+static int line_signal(int sig)
+{
+    if (sig == SIGTERM)
+        return LINE_TERMINATED;
+    fputs("\n", stdout);            /* after the ^C the terminal showed */
+    return LINE_INTERRUPTED;
+}
+
+/* Reports a failure to read standard input: the end of the input. */
+static int read_error(lua_State *L, const char *what, int err)
+{
+    l_message(lua_pushfstring(L, "cannot read standard input: %s%s", what, strerror(err)));
+    lua_pop(L, 1);
+    return LINE_END;
+}
+
+/* Waits until the terminal has input (returns 0) or SIGINT or SIGTERM
+ * arrives (returns it, taken back); -1 on an error, with errno set.  The
+ * signals are blocked around the wait; ppoll lets them in during it.  A
+ * signal may come with the input (a line typed after a Ctrl-C, before
+ * luamp ran again: the terminal dropped what was typed before it), and
+ * ppoll then reports the input and leaves the signal pending: it is let
+ * in, and handled first. */
+static int wait_for_input(lua_State *L, const sigset_t *waiting_mask)
+{
+    struct pollfd in = {STDIN_FILENO, POLLIN, 0};
+    sigset_t came, blocked;
+    int sig;
+
+    for (;;) {
+        if ((sig = luamp_clear_interrupt(L)) != 0)
+            return sig;
+        if (ppoll(&in, 1, NULL, waiting_mask) < 0) {
+            if (errno != EINTR)
+                return -1;
+            continue;
+        }
+        if (sigpending(&came) != 0)
+            return -1;
+        if (!sigismember(&came, SIGINT) && !sigismember(&came, SIGTERM))
+            break;
+        if (sigprocmask(SIG_SETMASK, waiting_mask, &blocked) != 0
+            || sigprocmask(SIG_SETMASK, &blocked, NULL) != 0)
+            return -1;
+    }
+    if (!(in.revents & POLLIN)) {   /* the terminal hung up */
+        errno = EIO;
+        return -1;
+    }
+    return 0;
+}
+
+/* Pushes the prompt: _PROMPT (for a statement's next lines, _PROMPT2)
+ * through tostring when set, as lua does, else "> " (">> "). */
+static const char *push_prompt(lua_State *L, int first)
+{
+    if (lua_getglobal(L, first ? "_PROMPT" : "_PROMPT2") == LUA_TNIL) {
+        lua_pop(L, 1);
+        return lua_pushstring(L, first ? "> " : ">> ");
+    }
+    luaL_tolstring(L, -1, NULL);
+    lua_remove(L, -2);
+    return lua_tostring(L, -1);
+}
+
+/* Prints the prompt and pushes the next line of standard input without
+ * its newline, read with fgets in pieces so that no line is too long. */
+static int read_plain(lua_State *L, const char *prompt, const sigset_t *waiting_mask)
 {
     char piece[512];
     luaL_Buffer b;
-    int got = 0;
+    int got = 0, err = 0, sig = 0;
 
-    if (prompt != NULL) {
-        fputs(prompt, stdout);
-        fflush(stdout);
+    fputs(prompt, stdout);
+    fflush(stdout);
+    if (isatty(STDIN_FILENO)) {
+        /* (a terminal gives a line per read: stdio's buffer is empty) */
+        if ((sig = wait_for_input(L, waiting_mask)) != 0)
+            return sig > 0 ? line_signal(sig) : read_error(L, "", errno);
     }
+    if (sigprocmask(SIG_SETMASK, waiting_mask, NULL) != 0)
+        return read_error(L, "sigprocmask: ", errno);
+    if ((sig = luamp_clear_interrupt(L)) != 0)     /* came a moment ago */
+        return line_signal(sig);
     luaL_buffinit(L, &b);
-    while (fgets(piece, sizeof piece, stdin) != NULL) {
-        size_t len = strlen(piece);
+    for (;;) {
+        size_t len;
 
+        if (fgets(piece, sizeof piece, stdin) == NULL) {
+            if (ferror(stdin) && errno == EINTR) {
+                clearerr(stdin);
+                if ((sig = luamp_clear_interrupt(L)) == 0)
+                    continue;           /* another signal */
+            } else if (ferror(stdin)) {
+                err = errno;
+            }
+            break;
+        }
         got = 1;
+        len = strlen(piece);
         if (len > 0 && piece[len - 1] == '\n') {
             luaL_addlstring(&b, piece, len - 1);
             break;
@@ -297,10 +456,138 @@ static int push_line(lua_State *L, const char *prompt)
         luaL_addlstring(&b, piece, len);
     }
     luaL_pushresult(&b);
-    if (!got) {
-        if (ferror(stdin))
-            l_message(lua_pushfstring(L, "cannot read standard input: %s", strerror(errno)));
-        lua_pop(L, 1);
+    if (got && sig == 0 && err == 0)
+        return LINE_READ;
+    lua_pop(L, 1);
+    if (sig != 0)
+        return line_signal(sig);
+    return err != 0 ? read_error(L, "", err) : LINE_END;
+}
+
+#ifdef LINE_EDITING
+/*
+ * Line editing, when standard input and output are both a terminal.  The
+ * library's callback interface rather than readline(): the REPL waits for
+ * each key itself, in wait_for_input, so that signals reach it however the
+ * library would treat them; the library is told to leave them alone
+ * (rl_catch_signals), and on Ctrl-C the line is dropped and the terminal
+ * given back as it was.
+ */
+static int editing;             /* lines come from the editor */
+static int echo_ctl;            /* the terminal shows Ctrl-C as ^C */
+static char *edited;            /* the editor's last line, NULL at the end */
+static int edited_done;         /* a line (or the end) came */
+
+static void on_edited(char *line)
+{
+    edited = line;
+    edited_done = 1;
+    rl_callback_handler_remove();
+}
+
+static void start_editing(void)
+{
+    struct termios t;
+
+    if (!isatty(STDIN_FILENO) || !isatty(STDOUT_FILENO))
+        return;
+    /* The editor turns echo off while it reads: ^C is echoed here. */
+    echo_ctl = tcgetattr(STDIN_FILENO, &t) == 0 && (t.c_lflag & ECHOCTL);
+    rl_readline_name = PROGNAME;        /* for "$if luamp" in ~/.inputrc */
+    rl_catch_signals = 0;
+    editing = 1;
+}
+
+/* Forgets the line being edited and gives the terminal back. */
+static void drop_edited(int sig)
+{
+    if (sig == SIGINT && echo_ctl)
+        fputs("^C", stdout);
+    rl_free_line_state();
+#ifdef HAVE_RL_CALLBACK_SIGCLEANUP
+    rl_callback_sigcleanup();
+#endif
+    rl_cleanup_after_signal();
+    rl_callback_handler_remove();
+}
+
+/* read_plain's work, through the editor. */
+static int read_edited(lua_State *L, const char *prompt, const sigset_t *waiting_mask)
+{
+    int sig;
+
+    free(edited);
+    edited = NULL;
+    edited_done = 0;
+    rl_callback_handler_install(prompt, on_edited);
+    while (!edited_done) {
+        if ((sig = wait_for_input(L, waiting_mask)) > 0) {
+            drop_edited(sig);
+            return line_signal(sig);
+        }
+        if (sig < 0) {
+            int err = errno;
+
+            rl_callback_handler_remove();
+            return read_error(L, "", err);
+        }
+        rl_callback_read_char();
+    }
+    if (edited == NULL)
+        return LINE_END;
+    lua_pushstring(L, edited);
+    return LINE_READ;
+}
+
+/* Keeps a statement (index idx) for recalling with the arrow keys. */
+static void remember(lua_State *L, int idx)
+{
+    const char *text = lua_tostring(L, idx);
+
+    if (editing && text[0] != '\0')
+        add_history(text);
+}
+#else
+static void start_editing(void)
+{
+}
+
+static void remember(lua_State *L, int idx)
+{
+    (void)L;
+    (void)idx;
+}
+#endif
+
+/* Prompts and reads a line: the first of a statement, or the next.  The
+ * signal mask is as it was when it returns. */
+static int read_line(lua_State *L, int first)
+{
+    sigset_t interrupts, waiting_mask;
+    const char *prompt;
+    int got, sig;
+
+    if (sigemptyset(&interrupts) != 0 || sigaddset(&interrupts, SIGINT) != 0
+        || sigaddset(&interrupts, SIGTERM) != 0
+        || sigprocmask(SIG_BLOCK, &interrupts, &waiting_mask) != 0)
+        return read_error(L, "sigprocmask: ", errno);
+    sig = luamp_clear_interrupt(L);
+    if (sig == SIGTERM || (sig == SIGINT && !first)) {
+        got = line_signal(sig);
+    } else {                            /* (a SIGINT for the last statement) */
+        prompt = push_prompt(L, first);
+#ifdef LINE_EDITING
+        if (editing)
+            got = read_edited(L, prompt, &waiting_mask);
+        else
+#endif
+            got = read_plain(L, prompt, &waiting_mask);
+        lua_remove(L, got == LINE_READ ? -2 : -1);
+    }
+    if (sigprocmask(SIG_SETMASK, &waiting_mask, NULL) != 0) {
+        if (got == LINE_READ)
+            lua_pop(L, 1);
+        got = read_error(L, "sigprocmask: ", errno);
     }
     return got;
 }
@@ -318,17 +605,22 @@ static int incomplete(lua_State *L)
 }
 
 /* Runs the statement on top of the stack, reading lines while it is
- * incomplete.  The status is luamp_dostring's; the results or the error
- * are above the (possibly longer) statement. */
-static int run_statement(lua_State *L, const char *prompt)
+ * incomplete.  Returns luamp_dostring's status, with the results or the
+ * error above the (possibly longer) statement, or -1 when a signal
+ * dropped the statement (it is alone then).  *got is what reading the
+ * statement's last line gave. */
+static int run_statement(lua_State *L, int *got)
 {
     int status;
 
     while ((status = luamp_dostring(L, lua_tostring(L, -1), "=stdin")) == LUA_ERRSYNTAX
            && incomplete(L)) {
-        if (!push_line(L, prompt))
-            break;
-        lua_remove(L, -2);              /* the "<eof>" error */
+        lua_pop(L, 1);                  /* the "<eof>" error */
+        *got = read_line(L, 0);
+        if (*got == LINE_END)           /* the error again, to report */
+            return luamp_dostring(L, lua_tostring(L, -1), "=stdin");
+        if (*got != LINE_READ)
+            return -1;
         lua_pushliteral(L, "\n");
         lua_insert(L, -2);
         lua_concat(L, 3);
@@ -348,48 +640,73 @@ static void print_results(lua_State *L, int first)
     lua_getglobal(L, "print");
     lua_insert(L, first);
     if (lua_pcall(L, n, 0, 0) != LUA_OK)
-        l_message(lua_pushfstring(L, "error calling 'print' (%s)", lua_tostring(L, -1)));
+        l_message(lua_pushfstring(L, "error calling 'print' (%s)", luaL_tolstring(L, -1, NULL)));
 }
 
-/* The line on top of the stack: an expression is printed (it is first
- * tried as "return <line>"), anything else is run as a statement. */
-static void do_line(lua_State *L, int tty)
+/* Reads and runs one statement: an expression is printed (it is first
+ * tried as "return <line>"), anything else is run as a statement.  A
+ * first line "=expr" is "return expr", as in lua.  Returns what reading
+ * its last line gave: the REPL goes on while that is not the end. */
+static int do_statement(lua_State *L)
 {
-    int line = lua_gettop(L), first;
-    int status;
+    int line = lua_gettop(L) + 1, got, first, status;
+    const char *text;
 
+    if ((got = read_line(L, 1)) != LINE_READ)
+        return got;
+    text = lua_tostring(L, line);
+    if (text[0] == '=') {
+        lua_pushfstring(L, "return %s", text + 1);
+        lua_replace(L, line);
+    }
     lua_pushfstring(L, "return %s", lua_tostring(L, line));
     status = luamp_dostring(L, lua_tostring(L, -1), "=stdin");
     first = line + 2;
     if (status == LUA_ERRSYNTAX) {
         lua_settop(L, line);
-        status = run_statement(L, tty ? ">> " : NULL);
+        status = run_statement(L, &got);
         first = line + 1;
     }
-    if (report(L, status))
-        print_results(L, first);
+    if (status != -1) {
+        remember(L, line);
+        if (report(L, status))
+            print_results(L, first);
+    }
     lua_settop(L, line - 1);
+    return got;
 }
 
-/* The read-eval-print loop.  Prompts and the banner are for a person at
- * a terminal; piped input gets only the results.  banner is 0 when -v
- * already printed it. */
-static int repl(lua_State *L, int banner)
+/* The REPL's `mp`, as if `mp = require "luamp"` had run first (unless
+ * something, such as the script before it, set a global mp already). */
+static void set_mp(lua_State *L)
 {
-    int tty = isatty(STDIN_FILENO);
+    int base = lua_gettop(L);
 
-    if (tty && banner)
-        print_version();
-    while (push_line(L, tty ? "> " : NULL))
-        do_line(L, tty);
-    if (tty)
-        fputs("\n", stdout);
+    report(L, luamp_dostring(L, "if mp == nil then mp = require \"luamp\" end", "=(interactive)"));
+    lua_settop(L, base);
+}
+
+/* The read-eval-print loop, until the end of input or a SIGTERM.
+ * Returns whether it ended well: standard input read to its end. */
+static int repl(lua_State *L)
+{
+    int got;
+
+    start_editing();
+    set_mp(L);
+    while ((got = do_statement(L)) == LINE_READ || got == LINE_INTERRUPTED)
+        ;
+    fputs("\n", stdout);
     fflush(stdout);
+    if (got == LINE_TERMINATED) {
+        l_message("interrupted by SIGTERM");
+        return 0;
+    }
     return !ferror(stdin);
 }
 
 /* Everything the command line asks for, in lua's order: options checked,
- * LUA_INIT, -e and -l in order, the script, then the REPL.  Returns the
+ * LUA_INIT (unless -E), -e, -l and -W in order, the script, then the REPL.  Returns the
  * exit status as an integer. */
 static int pmain(lua_State *L)
 {
@@ -412,20 +729,24 @@ static int pmain(lua_State *L)
         print_version();
     if (o.processes > 0)
         luamp_set_default_processes(L, o.processes);
+    if (o.no_env)
+        ignore_environment(L);
     create_arg_table(L, argc, argv, o.script);
-    if (!run_init(L) || !run_options(L, argc, argv, o.script)
+    if ((!o.no_env && !run_init(L)) || !run_options(L, argc, argv, o.script)
         || (o.script < argc && !run_script(L, argc, argv, o.script))) {
         lua_pushinteger(L, EXIT_FAILURE);
         return 1;
     }
-    if (o.interactive)
-        lua_pushinteger(L, repl(L, !o.version) ? EXIT_SUCCESS : EXIT_FAILURE);
-    else if (o.script < argc || o.has_e || o.version)
+    if (o.interactive) {
+        lua_pushinteger(L, repl(L) ? EXIT_SUCCESS : EXIT_FAILURE);
+    } else if (o.script < argc || o.has_e || o.version) {
         lua_pushinteger(L, EXIT_SUCCESS);
-    else if (isatty(STDIN_FILENO))
-        lua_pushinteger(L, repl(L, 1) ? EXIT_SUCCESS : EXIT_FAILURE);
-    else
+    } else if (isatty(STDIN_FILENO)) {
+        print_version();
+        lua_pushinteger(L, repl(L) ? EXIT_SUCCESS : EXIT_FAILURE);
+    } else {
         lua_pushinteger(L, report(L, luamp_dofile(L, NULL, 0, NULL)) ? EXIT_SUCCESS : EXIT_FAILURE);
+    }
     return 1;
 }
 

@@ -119,6 +119,8 @@ run "$LUAMP" -h
 is "$rc" 0 "-h exits 0"
 like "$out" "^usage: luamp \[options\] \[script \[args\.\.\.\]\]" "-h prints the usage on stdout"
 like "$out" "-j N" "the usage lists -j"
+like "$out" "^  -E  " "the usage lists -E"
+like "$out" "^  -W  " "the usage lists -W"
 
 run "$LUAMP" -e 'print("ran")' -x
 is "$rc" 2 "an unknown option exits 2"
@@ -149,6 +151,18 @@ run "$LUAMP" "$tmp/boom.lua"
 is "$rc" 1 "a runtime error exits 1"
 is "$(printf '%s\n' "$err" | head -1)" "luamp: $tmp/boom.lua:2: boom" "a runtime error prints 'luamp: file:line: message'"
 like "$err" "stack traceback:" "a runtime error prints a traceback"
+is "$err" "luamp: $tmp/boom.lua:2: boom
+stack traceback:
+${tab}[C]: in function 'error'
+${tab}$tmp/boom.lua:2: in main chunk
+${tab}[C]: in ?" "a script's traceback ends with the main chunk and one '[C]: in ?', as lua's does"
+
+run "$LUAMP" -e 'error("x")'
+is "$err" "luamp: (command line):1: x
+stack traceback:
+${tab}[C]: in function 'error'
+${tab}(command line):1: in main chunk
+${tab}[C]: in ?" "the traceback of an error in -e ends with one '[C]: in ?'"
 
 printf 'x = = 1\n' >"$tmp/syntax.lua"
 run "$LUAMP" "$tmp/syntax.lua"
@@ -186,7 +200,43 @@ is "$out" "-e" "LUA_INIT=@file leaves the arg table alone"
 run env LUA_INIT='error("bad init")' "$LUAMP" -e 'print("ran")'
 like "$rc:$out:$err" "^1::luamp: LUA_INIT:1: bad init" "an error in LUA_INIT exits 1 before the options run"
 
+# --- -E and -W ----------------------------------------------------------------
+run env LUA_INIT='print("init")' LUA_INIT_5_4='print("init 5.4")' "$LUAMP" -E -e 'print("e")'
+is "$rc:$out" "0:e" "-E skips LUA_INIT and LUA_INIT_5_4"
+
+showpaths='print(package.path) print(package.cpath)'
+run env -u LUA_PATH -u LUA_PATH_5_4 -u LUA_CPATH -u LUA_CPATH_5_4 "$LUAMP" -e "$showpaths"
+defaults=$out
+run env LUA_PATH='/nowhere/?.lua' LUA_PATH_5_4='/nowhere54/?.lua' LUA_CPATH='/nowhere/?.so' \
+    LUA_CPATH_5_4='/nowhere54/?.so' "$LUAMP" -E -e "$showpaths"
+is "$out" "$defaults" "-E gives package.path and cpath the defaults, whatever LUA_PATH and LUA_CPATH say"
+if [ -n "$LUA54" ]; then
+    is "$(env LUA_PATH='/nowhere/?.lua' LUA_CPATH='/nowhere/?.so' "$LUA54" -E -e "$showpaths")" "$out" \
+        "-E gives the paths lua5.4 -E gives"
+else
+    skip "-E gives the paths lua5.4 -E gives" "no lua5.4"
+fi
+
+run env LUA_PATH="$tmp/lib/?.lua" "$LUAMP" -E -l greet
+like "$rc:$err" "^1:luamp: .*module 'greet' not found" "with -E, a module only LUA_PATH finds is not found"
+
+run env LUA_CPATH='/nowhere/?.so' "$LUAMP" -E -e 'print(debug.getregistry().LUA_NOENV, type(require "luamp"))'
+is "$out" "true${tab}table" "-E sets LUA_NOENV in the registry, and luamp is still there to require"
+
+run "$LUAMP" -Ex
+is "$rc" 2 "-E takes nothing after it (-Ex is unknown)"
+
+run "$LUAMP" -W -e 'warn("careful")'
+is "$rc:$err" "0:Lua warning: careful" "-W turns warnings on"
+
+run "$LUAMP" -e 'warn("careful")'
+is "$err" "" "without -W, warnings are off"
+
+run "$LUAMP" -e 'warn("before")' -W -e 'warn("after")'
+is "$err" "Lua warning: after" "-W acts in its turn among the -e and -l options"
+
 # --- -i -----------------------------------------------------------------------
+banner=$("$LUAMP" -v)
 feed '1 + 1
 x = 5
 x * 2, "two"
@@ -196,19 +246,55 @@ end
 print()
 error("oops")
 "still here"' "$LUAMP" -i
-is "$out" "2
-10${tab}two
-123
-still here" "-i prints expressions, runs statements over several lines, without prompts when piped"
+is "$out" "$banner
+> 2
+> > 10${tab}two
+> >> >> 123> 
+> > still here
+> " "-i prints expressions, runs statements over several lines, with the banner and prompts when piped, as lua -i does"
 like "$err" "^luamp: stdin:1: oops" "-i shows an error with the luamp: prefix and goes on"
 is "$rc" 0 "-i exits 0 at the end of input"
 
 printf 'G = "set by script"\n' >"$tmp/g.lua"
 feed 'G' "$LUAMP" -i "$tmp/g.lua"
-is "$out" "set by script" "-i enters the REPL after the script, in its globals"
+is "$out" "$banner
+> set by script
+> " "-i enters the REPL after the script, in its globals"
 
+feed '=1 + 2' "$LUAMP" -i
+is "$out" "$banner
+> 3
+> " "-i: a line '=expr' prints expr, as in lua"
+
+feed '_PROMPT = "lua$ "; _PROMPT2 = setmetatable({}, {__tostring = function() return "...$ " end})
+if true then
+print("in")
+end' "$LUAMP" -i
+is "$out" "$banner
+> lua$ ...$ ...$ in
+lua$ " "-i prompts with _PROMPT and _PROMPT2 (through tostring) when they are set"
+
+feed 'for i = 1, 2 do' "$LUAMP" -i
+like "$rc:$err" "^0:luamp: stdin:1: 'end' expected near <eof>" "-i reports a statement the input ended in the middle of"
+
+feed 'type(mp), mp == require "luamp", mp.cpu_count() > 0' "$LUAMP" -i
+is "$out" "$banner
+> table${tab}true${tab}true
+> " "-i: mp is a global, as if mp = require \"luamp\" had run"
+
+printf 'mp = "the script'"'"'s own"\n' >"$tmp/mp.lua"
+feed 'mp' "$LUAMP" -i "$tmp/mp.lua"
+is "$out" "$banner
+> the script's own
+> " "-i leaves a global mp the script set alone"
+
+run "$LUAMP" -e 'print(mp)'
+is "$out" "nil" "without -i, mp is not a global"
+
+# (TERM=dumb: a line editor, if luamp has one, then writes no escape codes;
+# tests/interactive.sh types at the REPL on a terminal in earnest.)
 if command -v script >/dev/null 2>&1; then
-    out=$(printf '6 * 7\n' | script -qec "$LUAMP" /dev/null 2>&1)
+    out=$(printf '6 * 7\n' | TERM=dumb script -qec "$LUAMP" /dev/null 2>&1)
     like "$out" "luamp 0\.1\.0 \(Lua" "on a terminal, no script means the REPL, with a banner"
     like "$out" "^> " "on a terminal, the REPL prompts with '> '"
     like "$out" "42" "on a terminal, the REPL prints results"

@@ -9,6 +9,7 @@
 #include <lauxlib.h>           /* LUA_ERRFILE */
 
 #include <errno.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -374,6 +375,36 @@ static void test_arena_closed(void)
 #endif
 }
 
+/* luamp_clear_interrupt, as a host's prompt uses it.  Last: the state
+ * that catches interrupts keeps them caught for the rest of the process. */
+static void test_clear_interrupt(void)
+{
+    lua_State *L = luamp_newstate();
+    int base, status;
+
+    if (L == NULL)
+        return;
+    base = lua_gettop(L);
+    luamp_dostring(L, "require 'luamp'", "=load");   /* interrupts are mp.Errors */
+    lua_settop(L, base);
+    luamp_catch_interrupts(L);
+    ok(luamp_clear_interrupt(L) == 0, "luamp_clear_interrupt returns 0 when no interrupt arrived");
+    raise(SIGINT);
+    ok(luamp_clear_interrupt(L) == SIGINT, "luamp_clear_interrupt returns SIGINT for one that arrived between chunks");
+    status = luamp_dostring(L, "return 42", "=after");
+    ok(status == LUA_OK && lua_tointeger(L, -1) == 42, "the next chunk runs once the interrupt was taken back");
+    lua_settop(L, base);
+    ok(luamp_clear_interrupt(L) == 0, "an interrupt is taken back once");
+    raise(SIGTERM);
+    ok(luamp_clear_interrupt(L) == SIGTERM, "luamp_clear_interrupt returns SIGTERM for a SIGTERM");
+    raise(SIGINT);
+    status = luamp_dostring(L, "return 42", "=next");
+    ok(status == LUA_ERRRUN && strncmp(top(L), "interrupted by SIGINT", 21) == 0,
+       "an interrupt not taken back stops the next chunk as it starts, with a string message: %s", top(L));
+    lua_settop(L, base);
+    luamp_close(L);
+}
+
 int main(void)
 {
     lua_State *L = luamp_newstate();
@@ -391,5 +422,6 @@ int main(void)
     luamp_close(L);
     test_close();
     test_arena_closed();
+    test_clear_interrupt();
     return done_testing();
 }
