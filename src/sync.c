@@ -19,7 +19,7 @@
  * dies holding a lock cannot leave it taken for ever: a waiter that finds
  * the holder gone (kill(pid, 0) fails with ESRCH once it is reaped; and,
  * after a whole RECHECK, /proc says it is a zombie or the pid names a
- * process started later than the holder, see holder_gone) takes the lock
+ * process started later than the holder, see holder_gone in lock.c) takes the lock
  * over.  Python's lock stays taken, and its other users hang.  Waiters
  * look again at least every RECHECK seconds for that reason.
  *
@@ -33,6 +33,7 @@
  * them the same way.  A semaphore has no holder, so one that a dead
  * process took is not given back (as in Python).
  */
+#include "lock.h"
 #include "sys.h"
 #include "interrupt.h"
 #include "module.h"
@@ -63,17 +64,10 @@
 #define EVENT_MT "luamp.Event"
 #define COND_MT  "luamp.Condition"
 #define BARRIER_MT "luamp.Barrier"
-#define RECHECK 0.1          /* seconds between looks for a dead holder */
 #define DATA_OFFSET 64       /* the elements start here in the block */
 
-typedef struct block {
-    _Atomic uint32_t word;     /* 0: free; else the holder's pid */
-    _Atomic uint32_t waiters;  /* processes sleeping on word */
-    uint32_t depth;            /* RLock: acquires by the holder not released */
-    uint32_t pad;
-    _Atomic uint64_t holder;   /* the holder's pid << 32 | its start time (0:
-                                  not written yet), see holder_gone */
-} block;
+/* A block starts with its lock word (lock.h). */
+typedef luamp_lock block;
 
 _Static_assert(sizeof(block) <= DATA_OFFSET, "the lock fits before the elements");
 
@@ -136,198 +130,6 @@ typedef struct shared {        /* a Value (n < 0) or an Array */
     const etype *t;
     lua_Integer n;
 } shared;
-
-/* ---- the lock word ------------------------------------------------------ */
-
-/* This process's pid: getpid() is a system call, and an acquire and a
- * release each need it.  A fork resets it in the child, and the tag. */
-static uint32_t my_pid;
-static uint64_t my_tag;
-
-static void forget_pid(void)
-{
-    my_pid = 0;
-    my_tag = 0;
-}
-
-static uint32_t self(void)
-{
-    if (my_pid == 0)
-        my_pid = (uint32_t)getpid();
-    return my_pid;
-}
-
-/* Process pid's start time (clock ticks after boot, from /proc/PID/stat)
- * and state letter: 0, or -1 when there is no such process (ENOENT) or
- * /proc cannot say (errno). */
-static int proc_stat(uint32_t pid, uint64_t *start, char *state)
-{
-    char path[32], buf[1024];
-    snprintf(path, sizeof path, "/proc/%u/stat", pid);
-    FILE *f = fopen(path, "re");
-    if (f == NULL)
-        return -1;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    /* pid (comm) state ppid ...: the name may hold spaces and parentheses,
-     * so fields count from its last ')'; the start time is field 22 */
-    char *p = strrchr(buf, ')');
-    if (p == NULL || p[1] != ' ') {
-        errno = EINVAL;
-        return -1;
-    }
-    *state = p[2];
-    p += 2;
-    for (int field = 3; field < 22; field++) {
-        p = strchr(p, ' ');
-        if (p == NULL) {
-            errno = EINVAL;
-            return -1;
-        }
-        p++;
-    }
-    *start = strtoull(p, NULL, 10);
-    return 0;
-}
-
-/* What a holder writes in block.holder: its pid and (the low half of) its
- * start time, which tell it from a later process given the same pid. */
-static uint64_t tag_of(uint32_t pid, uint64_t start)
-{
-    return (uint64_t)pid << 32 | (start & 0xffffffffu) | 1;   /* (never 0) */
-}
-
-static uint64_t self_tag(void)
-{
-    if (my_tag == 0) {
-        uint64_t start = 0;
-        char state;
-        (void)proc_stat(self(), &start, &state);    /* (no /proc: pid only) */
-        my_tag = tag_of(self(), start);
-    }
-    return my_tag;
-}
-
-static int futex_wait(_Atomic uint32_t *word, uint32_t seen, double deadline)
-{
-    double wait = RECHECK;
-    if (deadline >= 0) {
-        double left = deadline - luamp_now();
-        if (left < wait)
-            wait = left > 0 ? left : 0;
-    }
-    struct timespec ts = { (time_t)wait, (long)((wait - (double)(time_t)wait) * 1e9) };
-    if (syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT, seen, &ts, NULL, 0) == 0)
-        return 0;
-    return errno;   /* EAGAIN: it changed; ETIMEDOUT; EINTR */
-}
-
-static void futex_wake(_Atomic uint32_t *word)
-{
-    /* (the only failures are bad arguments, which these are not) */
-    (void)syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, 1, NULL, NULL, 0);
-}
-
-/* Whether process pid is gone (reaped: a zombie still counts as there
- * until its parent waits for it).  One system call: a Condition asks it
- * of every waiter it notifies. */
-static int pid_gone(uint32_t pid)
-{
-    return pid != 0 && kill((pid_t)pid, 0) != 0 && errno == ESRCH;
-}
-
-/* Whether the process holding lock b (its word is pid) is gone: reaped
- * (kill() says so), or, with `deep` (after the holder kept the lock for a
- * whole RECHECK: reading /proc costs microseconds), a zombie, or the pid
- * now names another process: the holder died and its pid was given to a
- * new one, which kill() alone took for the holder alive, so the lock
- * stayed taken for ever.  A holder that has not written its tag yet
- * counts as there. */
-static int holder_gone(block *b, uint32_t pid, int deep)
-{
-    if (pid == 0)
-        return 0;
-    uint64_t tag = atomic_load(&b->holder);
-    int tagged = (uint32_t)(tag >> 32) == pid;
-    if (pid == self())
-        return tagged && tag != self_tag();
-    if (kill((pid_t)pid, 0) != 0)
-        return errno == ESRCH;
-    if (!deep)
-        return 0;
-    uint64_t start;
-    char state;
-    if (proc_stat(pid, &start, &state) != 0)
-        return errno == ENOENT;
-    return state == 'Z' || state == 'X' || (tagged && tag != tag_of(pid, start));
-}
-
-/* Sleeps while the word is `seen`: 1 when it may have changed, 2 when it
- * is time to look again (RECHECK passed), 0 at the deadline, -1 when
- * interrupted. */
-static int wait_while(block *b, uint32_t seen, double deadline)
-{
-    if (deadline == 0 || (deadline > 0 && luamp_now() >= deadline))
-        return 0;
-    atomic_fetch_add(&b->waiters, 1);
-    int e = futex_wait(&b->word, seen, deadline);
-    atomic_fetch_sub(&b->waiters, 1);
-    if (e == EINTR && luamp_interrupt_pending())
-        return -1;
-    return e == ETIMEDOUT ? 2 : 1;
-}
-
-/* 1: taken; 0: not by the deadline; -1: interrupted (SIGINT/SIGTERM). */
-static int acquire(block *b, int rlock, double deadline)
-{
-    uint32_t me = self();
-    int deep = 0;
-    for (;;) {
-        uint32_t w = 0;
-        if (atomic_compare_exchange_strong(&b->word, &w, me)) {
-            atomic_store(&b->holder, self_tag());
-            b->depth = 1;
-            return 1;
-        }
-        int gone = holder_gone(b, w, deep);
-        if (w == me && rlock && !gone) {
-            b->depth++;
-            return 1;
-        }
-        if (gone) {
-            if (atomic_compare_exchange_strong(&b->word, &w, me)) {
-                atomic_store(&b->holder, self_tag());
-                b->depth = 1;
-                return 1;
-            }
-            continue;
-        }
-        int r = wait_while(b, w, deadline);
-        if (r <= 0)
-            return r;
-        deep = r == 2;
-    }
-}
-
-/* NULL, or why the release is refused. */
-static const char *release(block *b, int rlock)
-{
-    uint32_t w = atomic_load(&b->word);
-    if (w == 0)
-        return "release of an unlocked lock";
-    if (rlock) {
-        if (w != self())
-            return "cannot release an RLock this process does not hold";
-        if (--b->depth > 0)
-            return NULL;
-    }
-    atomic_store(&b->holder, 0);
-    atomic_store(&b->word, 0);
-    if (atomic_load(&b->waiters) > 0)
-        futex_wake(&b->word);
-    return NULL;
-}
 
 /* ---- blocks --------------------------------------------------------------- */
 
@@ -473,7 +275,7 @@ static int l_new_lock(lua_State *L)
  * index 1, the timeout at 2. */
 static int acquire_method(lua_State *L, lockud *u)
 {
-    int r = acquire(u->h.b, u->rlock, luamp_opt_deadline(L, 2));
+    int r = luamp_lock_acquire(u->h.b, u->rlock, luamp_opt_deadline(L, 2));
     if (r < 0)
         luamp_raise_interrupt(L);
     lua_pushboolean(L, r > 0);
@@ -482,7 +284,7 @@ static int acquire_method(lua_State *L, lockud *u)
 
 static int release_method(lua_State *L, lockud *u)
 {
-    const char *why = release(u->h.b, u->rlock);
+    const char *why = luamp_lock_release(u->h.b, u->rlock);
     if (why)
         return luaL_error(L, "%s", why);
     return 0;
@@ -491,7 +293,7 @@ static int release_method(lua_State *L, lockud *u)
 /* (pushes u's guard: uservalue 1 of the lock at index lock) */
 static int guard_method(lua_State *L, lockud *u, int lock)
 {
-    if (acquire(u->h.b, u->rlock, -1) < 0)
+    if (luamp_lock_acquire(u->h.b, u->rlock, -1) < 0)
         luamp_raise_interrupt(L);
     lua_getiuservalue(L, lock, 1);
     return 1;
@@ -528,7 +330,7 @@ static int l_guard_close(lua_State *L)
     if (luaL_testudata(L, -1, LOCK_MT)) {
         lockud *u = lua_touserdata(L, -1);
         if (u->h.m != NULL)
-            why = release(u->h.b, u->rlock);
+            why = luamp_lock_release(u->h.b, u->rlock);
     } else {
         semud *u = luaL_testudata(L, -1, SEM_MT);
         if (u != NULL && u->h.m != NULL)
@@ -582,7 +384,7 @@ static int sem_take(block *b, double deadline)
                 return 1;
             continue;
         }
-        int r = wait_while(b, 0, deadline);
+        int r = luamp_lock_wait_while(b, 0, deadline);
         if (r <= 0 && atomic_load(&b->word) == 0)
             return r;
     }
@@ -599,7 +401,7 @@ static const char *sem_give(block *b)
             return "Semaphore released too many times";
     } while (!atomic_compare_exchange_weak(&b->word, &c, c + 1));
     if (atomic_load(&b->waiters) > 0)
-        futex_wake(&b->word);
+        luamp_futex_wake(&b->word);
     return NULL;
 }
 
@@ -703,7 +505,7 @@ static int l_event_wait(lua_State *L)
     semud *u = check_sem(L, EVENT_MT);
     double deadline = luamp_opt_deadline(L, 2);
     while (atomic_load(&u->h.b->word) == 0) {
-        int r = wait_while(u->h.b, 0, deadline);
+        int r = luamp_lock_wait_while(u->h.b, 0, deadline);
         if (r < 0)
             luamp_raise_interrupt(L);
         if (r == 0)
@@ -1043,7 +845,7 @@ static condud *check_cond(lua_State *L, lockud **lock)
 
 static int holds(const lockud *l)
 {
-    return atomic_load(&l->h.b->word) == self();
+    return atomic_load(&l->h.b->word) == luamp_lock_self();
 }
 
 /* core.condition([lock]): a new RLock when none is given */
@@ -1080,7 +882,7 @@ static int l_new_condition(lua_State *L)
 /* Takes the lock back after a wait, however long it takes. */
 static void retake(lockud *l, uint32_t depth)
 {
-    while (acquire(l->h.b, l->rlock, -1) < 0)
+    while (luamp_lock_acquire(l->h.b, l->rlock, -1) < 0)
         ;
     l->h.b->depth = depth;
 }
@@ -1090,14 +892,14 @@ static void retake(lockud *l, uint32_t depth)
  * notified, 0 at the deadline.  Raises on an interrupt (lock held). */
 static int cond_wait_on(lua_State *L, condud *u, lockud *l, double deadline)
 {
-    uint32_t me = self();
+    uint32_t me = luamp_lock_self();
     if (!holds(l))
         luaL_error(L, "cannot wait on a Condition whose lock this process does not hold");
     cond_data *c = cond_of(u);
     cond_slot *slot = NULL;
     for (int i = 0; i < COND_SLOTS && slot == NULL; i++) {
         cond_slot *s = &c->slots[i];
-        if (s->pid == 0 || pid_gone(s->pid))
+        if (s->pid == 0 || luamp_pid_gone(s->pid))
             slot = s;
     }
     if (slot == NULL)
@@ -1107,12 +909,12 @@ static int cond_wait_on(lua_State *L, condud *u, lockud *l, double deadline)
     slot->ticket = c->next_ticket++;
     uint32_t depth = l->h.b->depth;
     l->h.b->depth = 1;
-    release(l->h.b, l->rlock);
+    luamp_lock_release(l->h.b, l->rlock);
     int interrupted = 0;
     while (atomic_load(&slot->notified) == 0) {
         if (deadline == 0 || (deadline > 0 && luamp_now() >= deadline))
             break;
-        if (futex_wait(&slot->notified, 0, deadline) == EINTR && luamp_interrupt_pending()) {
+        if (luamp_futex_wait(&slot->notified, 0, deadline) == EINTR && luamp_interrupt_pending()) {
             interrupted = 1;
             break;
         }
@@ -1169,7 +971,7 @@ static int cond_notify_n(lua_State *L, lua_Integer n)
             cond_slot *s = &c->slots[i];
             if (s->pid == 0 || atomic_load(&s->notified) != 0)
                 continue;
-            if (pid_gone(s->pid)) {
+            if (luamp_pid_gone(s->pid)) {
                 s->pid = 0;
                 continue;
             }
@@ -1179,7 +981,7 @@ static int cond_notify_n(lua_State *L, lua_Integer n)
         if (best == NULL)
             break;
         atomic_store(&best->notified, 1);
-        futex_wake(&best->notified);
+        luamp_futex_wake(&best->notified);
     }
     return 0;
 }
@@ -1257,7 +1059,7 @@ static barrier_data *bar_of(barud *u)
 
 static void bar_lock(barrier_data *d)
 {
-    while (acquire(&d->inner, 0, -1) < 0)
+    while (luamp_lock_acquire(&d->inner, 0, -1) < 0)
         ;
 }
 
@@ -1269,7 +1071,7 @@ static void bar_end(barud *u, uint32_t gen, int o)
     d->outcome[gen % 64] = (uint8_t)o;
     d->count = 0;
     atomic_store(&u->h.b->word, gen + 1);
-    release(&d->inner, 0);
+    luamp_lock_release(&d->inner, 0);
     if (atomic_load(&u->h.b->waiters) > 0)
         (void)syscall(SYS_futex, (uint32_t *)&u->h.b->word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 }
@@ -1314,7 +1116,7 @@ static int l_barrier_wait(lua_State *L)
                       : d->timeout >= 0 ? luamp_now() + d->timeout : -1;
     bar_lock(d);
     if (d->broken) {
-        release(&d->inner, 0);
+        luamp_lock_release(&d->inner, 0);
         return luamp_raise(L, "broken", "the Barrier is broken (reset it to use it again)");
     }
     uint32_t gen = atomic_load(&b->word);
@@ -1331,10 +1133,10 @@ static int l_barrier_wait(lua_State *L)
         lua_pushinteger(L, (lua_Integer)index + 1);
         return 1;
     }
-    release(&d->inner, 0);
+    luamp_lock_release(&d->inner, 0);
     int r = 1;
     while (r > 0 && atomic_load(&b->word) == gen)
-        r = wait_while(b, gen, deadline);
+        r = luamp_lock_wait_while(b, gen, deadline);
     if (r <= 0) {
         /* Timed out or interrupted still waiting: the others would wait
          * for ever for this party, so the barrier breaks. */
@@ -1348,7 +1150,7 @@ static int l_barrier_wait(lua_State *L)
             return luamp_raise(L, "timeout", "timed out at the Barrier with %d of %d parties arrived;"
                                " the Barrier is now broken", (int)arrived, (int)d->parties);
         }
-        release(&d->inner, 0);   /* released meanwhile */
+        luamp_lock_release(&d->inner, 0);   /* released meanwhile */
     }
     if (d->outcome[gen % 64] == BAR_BROKEN)
         return luamp_raise(L, "broken", "the Barrier was broken while this process waited"
@@ -1586,14 +1388,6 @@ static int l_attach(lua_State *L)
 
 void luamp_open_sync(lua_State *L)
 {
-    static int registered;
-    if (!registered) {
-        /* (fails only without memory for the handler: then every fork's
-         * child would take its parent's pid for its own, so say so) */
-        if (pthread_atfork(NULL, NULL, forget_pid) != 0)
-            luaL_error(L, "luamp: cannot register a fork handler");
-        registered = 1;
-    }
     static const luaL_Reg lock_methods[] = {
         {"acquire", l_lock_acquire}, {"release", l_lock_release}, {"locked", l_lock_locked},
         {"guard", l_lock_guard}, {NULL, NULL}
