@@ -1,12 +1,15 @@
 /* test_shdict.c - the dict and list in shared memory (shdict.c), from C:
  * every operation, many processes, deaths in the middle of changes,
- * growth and giving memory back, many objects, attaching by descriptor.
- * Built with LUAMP_TEST_HOOKS (shd_test_kill_at). */
+ * growth and giving memory back, many objects, attaching by descriptor;
+ * and the named blocks of shmem.c.  Built with LUAMP_TEST_HOOKS
+ * (shd_test_kill_at). */
 #include "ctap.h"
 #include "../src/shdict.h"
+#include "../src/shmem.h"
 #include "../src/sys.h"
 
 #include <dirent.h>
+#include <limits.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdint.h>
@@ -998,6 +1001,99 @@ static void test_attach(void)
     shlist_close(l);
 }
 
+/* ---- named blocks (shmem.c) ------------------------------------------------ */
+
+/* Whether /dev/shm holds a file whose name starts with prefix. */
+static int in_dev_shm(const char *prefix)
+{
+    DIR *dir = opendir("/dev/shm");
+    if (!dir)
+        return 0;
+    struct dirent *e;
+    int found = 0;
+    while ((e = readdir(dir)) != NULL)
+        found |= strncmp(e->d_name, prefix, strlen(prefix)) == 0;
+    closedir(dir);
+    return found;
+}
+
+static void test_shmem(void)
+{
+    char name[64], longname[NAME_MAX + 2];
+    snprintf(name, sizeof name, "luamp-test-%d", (int)getpid());
+    memset(longname, 'n', sizeof longname - 1);
+    longname[sizeof longname - 1] = '\0';
+    ok(shmem_check_name("psm_1f2e") == 0 && shmem_check_name("/psm_1f2e") == 0, "a name, with a '/' in front or not");
+    ok(shmem_check_name("") != 0 && shmem_check_name("/") != 0 && shmem_check_name("a/b") != 0
+       && shmem_check_name(".") != 0 && shmem_check_name("..") != 0 && errno == EINVAL,
+       "empty names, '.', '..' and names with a '/' inside are refused");
+    ok(shmem_check_name(longname) != 0 && errno == ENAMETOOLONG && shmem_check_name(longname + 1) == 0,
+       "a name is NAME_MAX bytes at most");
+    ok(shmem_open(name, 0, 0) == NULL && errno == ENOENT, "opening a block that does not exist says so");
+    ok(shmem_open(name, SHMEM_CREATE | SHMEM_EXCL, 0) == NULL && errno == EINVAL, "a new block of 0 bytes is refused");
+    ok(shmem_open("a/b", SHMEM_CREATE, 10) == NULL && errno == EINVAL, "and so is a bad name");
+
+    shmem *m = shmem_open(name, SHMEM_CREATE | SHMEM_EXCL, 1000);
+    ok(m != NULL && shmem_size(m) == 1000 && shmem_owner(m) && strcmp(shmem_name(m), name) == 0,
+       "a block of 1000 bytes is made under its name, and its maker owns it");
+    if (!m)
+        return;
+    char path[128];
+    snprintf(path, sizeof path, "/dev/shm/%s", name);
+    ok(access(path, F_OK) == 0, "it is a file in /dev/shm");
+    ok(shmem_open(name, SHMEM_CREATE | SHMEM_EXCL, 1000) == NULL && errno == EEXIST,
+       "making it again, exclusively, is refused");
+    char zero[1000] = { 0 }, got[1000];
+    ok(shmem_read(m, 0, got, 1000) == 0 && memcmp(got, zero, 1000) == 0, "a new block is zeros");
+    ok(shmem_write(m, 990, "0123456789", 10) == 0 && shmem_write(m, 0, "start", 5) == 0,
+       "writes up to its last byte");
+    ok(shmem_write(m, 991, "0123456789", 10) != 0 && errno == ERANGE && shmem_write(m, 1001, "", 0) != 0
+       && shmem_write(m, SIZE_MAX, "x", 1) != 0, "writes past its end are refused");
+    ok(shmem_read(m, 995, got, 6) != 0 && errno == ERANGE && shmem_read(m, 1000, got, 0) == 0,
+       "and so are reads");
+
+    pid_t pid = fork();
+    if (pid == 0) {
+        /* a process that did not inherit it opens it by its name */
+        shmem_close(m);
+        shmem *c = shmem_open(name, 0, 0);
+        char b[10];
+        if (!c || shmem_size(c) != 1000 || shmem_owner(c) || shmem_read(c, 990, b, 10) != 0
+            || memcmp(b, "0123456789", 10) != 0)
+            _exit(1);
+        if (shmem_write(c, 500, "from the child", 14) != 0)
+            _exit(2);
+        shmem_close(c);
+        _exit(0);
+    }
+    int st;
+    ok(waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+       "another process opens it by name, of its size, not its owner, and reads it");
+    ok(shmem_read(m, 500, got, 14) == 0 && memcmp(got, "from the child", 14) == 0, "its writes are seen here");
+    shmem *again = shmem_open(name, SHMEM_CREATE, 5);
+    ok(again && shmem_size(again) == 1000 && !shmem_owner(again) && memcmp(shmem_data(again), "start", 5) == 0,
+       "SHMEM_CREATE without SHMEM_EXCL opens the existing block whole");
+    shmem_close(again);
+
+    ok(shmem_unlink(m) == 0 && access(path, F_OK) != 0, "unlink removes the name");
+    ok(shmem_open(name, 0, 0) == NULL && errno == ENOENT, "so it can no longer be opened");
+    ok(memcmp(shmem_data(m), "start", 5) == 0, "while the memory stays for the views that have it");
+    ok(shmem_unlink(m) != 0 && errno == ENOENT, "unlinking twice says it is gone");
+    shmem_close(m);
+
+    char made_up[64] = "";
+    m = shmem_open(NULL, SHMEM_CREATE | SHMEM_EXCL, 4096);
+    ok(m && strncmp(shmem_name(m), "luamp_", 6) == 0 && shmem_owner(m), "without a name, one is made up (%s)",
+       m ? shmem_name(m) : "none");
+    if (m) {
+        snprintf(made_up, sizeof made_up, "%s", shmem_name(m));
+        ok(shmem_unlink_name(made_up) == 0 && shmem_unlink_name(made_up) != 0 && errno == ENOENT,
+           "a block is unlinked by its name alone");
+        shmem_close(m);
+    }
+    ok(!in_dev_shm(name) && (made_up[0] == '\0' || !in_dev_shm(made_up)), "nothing is left in /dev/shm");
+}
+
 int main(void)
 {
     luamp_buf_init(&buf);
@@ -1012,6 +1108,7 @@ int main(void)
     test_growth();
     test_many_objects();
     test_attach();
+    test_shmem();
     luamp_buf_free(&buf);
     return done_testing();
 }
