@@ -271,7 +271,8 @@ static uint64_t round_up(uint64_t n, uint64_t to)
 static inline uint64_t fold(uint64_t a, uint64_t b)
 {
 #ifdef __SIZEOF_INT128__
-    unsigned __int128 r = (unsigned __int128)a * b;
+    __extension__ typedef unsigned __int128 u128;
+    u128 r = (u128)a * b;
     return (uint64_t)r ^ (uint64_t)(r >> 64);
 #else
     uint64_t al = a & 0xffffffffu, ah = a >> 32, bl = b & 0xffffffffu, bh = b >> 32;
@@ -495,14 +496,10 @@ static uint64_t take_free(shobj *o, uint64_t s)
 {
     shd_hdr *h = H(o);
     unsigned i = bin_of(s);
-    uint64_t b = 0;
-    if (s < 1024) {
-        b = h->bins[i];
-    } else {
-        b = h->bins[i];
-        for (int n = 0; b != 0 && block_size(o, b) < s; n++)
-            b = n < FIT_SCAN ? NEXT_FREE(o, b) : 0;
-    }
+    uint64_t b = h->bins[i];
+    /* a list of one size fits; one of several sizes, maybe */
+    for (int n = 0; s >= 1024 && b != 0 && block_size(o, b) < s; n++)
+        b = n < FIT_SCAN ? NEXT_FREE(o, b) : 0;
     if (b == 0) {
         i = next_bin(o, i);
         if (i == NBINS)
