@@ -10,10 +10,11 @@
  * old value or its new one, never a mix; the next locker repairs the
  * rest (see "Crash safety" in shdict.c).
  *
- * Every call that can fail returns one of shd_status.  Calls wait for the
- * lock as long as it takes, unless interrupted by SIGINT or SIGTERM (see
- * luamp_interrupt_pending), which only the lock calls take a deadline
- * for.  Indices are 0-based.
+ * Every call that can fail returns one of shd_status.  Each waits for the
+ * lock as long as it takes (only shdict_lock and shlist_lock take a
+ * deadline), and returns SHD_INTERRUPTED if a SIGINT or SIGTERM reaches
+ * the main script meanwhile (luamp_interrupt_pending).  Indices are
+ * 0-based.
  */
 #ifndef LUAMP_SHDICT_H
 #define LUAMP_SHDICT_H
