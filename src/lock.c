@@ -175,7 +175,9 @@ static int holder_gone(block *b, uint32_t pid, int deep)
 
 /* Sleeps while the word is `seen`: 1 when it may have changed, 2 when it
  * is time to look again (RECHECK passed), 0 at the deadline, -1 when
- * interrupted. */
+ * interrupted.  An interrupt is looked for after every sleep, not only
+ * one that a signal cut short (EINTR): a signal that arrives between
+ * two sleeps would otherwise be missed, and the wait go on for ever. */
 int luamp_lock_wait_while(block *b, uint32_t seen, double deadline)
 {
     if (deadline == 0 || (deadline > 0 && luamp_now() >= deadline))
@@ -183,7 +185,7 @@ int luamp_lock_wait_while(block *b, uint32_t seen, double deadline)
     atomic_fetch_add(&b->waiters, 1);
     int e = luamp_futex_wait(&b->word, seen, deadline);
     atomic_fetch_sub(&b->waiters, 1);
-    if (e == EINTR && luamp_interrupt_pending())
+    if (luamp_interrupt_pending())
         return -1;
     return e == ETIMEDOUT ? 2 : 1;
 }

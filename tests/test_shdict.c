@@ -6,11 +6,13 @@
 #include "ctap.h"
 #include "../src/shdict.h"
 #include "../src/shmem.h"
+#include "../src/luamp.h"
 #include "../src/sys.h"
 
 #include <dirent.h>
 #include <limits.h>
 #include <errno.h>
+#include <lauxlib.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -357,6 +359,40 @@ static void test_increments(void)
     ok(good && x == 40000, "4 processes x 10,000 locked read-modify-write increments: exactly 40,000 (%llu)",
        (unsigned long long)x);
     ok(dverify(d) == NULL, "the dict is consistent after");
+    shdict_close(d);
+}
+
+/* A SIGINT to a script waiting for the lock: the call says so.  The
+ * signal comes before the wait, as one that comes between two sleeps of
+ * the wait does, where no system call is cut short to tell. */
+static void test_interrupted(void)
+{
+    shdict *d = shdict_create();
+    if (!d)
+        return;
+    shdict_set(d, S("k"), S("v"));
+    shdict_lock(d, -1);
+    pid_t pid = fork();
+    if (pid == 0) {
+        luamp_catch_interrupts(luaL_newstate());
+        raise(SIGINT);
+        _exit(shdict_get(d, S("k"), &buf) == SHD_INTERRUPTED ? 0 : 1);
+    }
+    /* (a guard against a wait that never ends, not a measure of time) */
+    int st = 0, waited = 0;
+    pid_t r;
+    while ((r = waitpid(pid, &st, WNOHANG)) == 0 && waited++ < 1000) {
+        struct timespec ts = { 0, 10 * 1000 * 1000 };
+        nanosleep(&ts, NULL);
+    }
+    if (r == 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &st, 0);
+    }
+    ok(r == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+       "a SIGINT makes a get that waits for the lock return SHD_INTERRUPTED");
+    shdict_unlock(d);
+    ok(dget_is(d, "k", "v"), "the dict is as it was");
     shdict_close(d);
 }
 
@@ -1101,6 +1137,7 @@ int main(void)
     test_list_ops();
     test_dict_model();
     test_increments();
+    test_interrupted();
     test_kill_replace();
     test_kill_alloc();
     test_kill_list();
