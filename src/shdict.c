@@ -1542,23 +1542,27 @@ int shlist_set(shlist *l, uint64_t i, const void *val, size_t vlen)
     return run_list_change(l, list_set, i, val, vlen, NULL);
 }
 
-/* A copy of the vector with room for cap elements, without element
- * `skip` (or all of them: UINT64_MAX), and with a gap at `gap` (or
- * none) holding b: its offset, or 0 (errno).  Not published. */
-static uint64_t copy_vec(shobj *o, uint64_t cap, uint64_t skip, uint64_t gap, uint64_t b)
+/* A copy of the vector with room for cap elements, with element b
+ * inserted before element i (b != 0), or without element i (b == 0):
+ * its offset, or 0 (errno).  Not published. */
+static uint64_t copy_vec(shobj *o, uint64_t cap, uint64_t i, uint64_t b)
 {
     uint64_t nb = heap_alloc(o, sizeof(vec) + cap * 8);
     if (nb == 0)
         return 0;
     vec *nv = PAYLOAD(o, nb), *v = vec_of(o);
-    uint64_t len = v ? v->len : 0, j = 0;
-    for (uint64_t i = 0; i <= len; i++) {
-        if (i == gap)
-            nv->slot[j++] = b;
-        if (i < len && i != skip)
-            nv->slot[j++] = v->slot[i];
+    uint64_t len = v ? v->len : 0;
+    if (i > 0)
+        memcpy(nv->slot, v->slot, i * 8);
+    if (b) {
+        nv->slot[i] = b;
+        if (len > i)
+            memcpy(nv->slot + i + 1, v->slot + i, (len - i) * 8);
+        nv->len = len + 1;
+    } else {
+        memcpy(nv->slot + i, v->slot + i + 1, (len - i - 1) * 8);
+        nv->len = len - 1;
     }
-    nv->len = j;
     nv->cap = cap;
     return nb;
 }
@@ -1596,7 +1600,7 @@ static int list_insert(shobj *o, uint64_t i, const void *val, size_t vlen, luamp
     /* Elsewhere, a new vector: moving the elements up in place would
      * leave one twice and another lost to a death half way. */
     uint64_t cap = v == NULL ? MIN_SLOTS : len < v->cap ? v->cap : v->cap * 2;
-    uint64_t nb = copy_vec(o, cap, UINT64_MAX, i, b);
+    uint64_t nb = copy_vec(o, cap, i, b);
     if (nb == 0) {
         int e = errno;
         heap_free(o, b);
@@ -1640,7 +1644,7 @@ static int list_remove(shobj *o, uint64_t i, const void *val, size_t vlen, luamp
         PUBLISH(&v->len, len - 1);
         KILL_POINT(SHD_KILL_PUBLISHED);
     } else {
-        uint64_t nb = copy_vec(o, cap, i, UINT64_MAX, 0);
+        uint64_t nb = copy_vec(o, cap, i, 0);
         if (nb == 0)
             return SHD_ERROR;
         KILL_POINT(SHD_KILL_WRITTEN);
