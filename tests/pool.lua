@@ -176,8 +176,11 @@ do
   end
 
   -- automatic chunksize batches small tasks: 800 items on 2 workers go in
-  -- chunks of 100, each run by one worker from start to end
-  local pids = pool:map_async(function() return mp.current_process().pid end, (function()
+  -- chunks of 100, each run by one worker from start to end.  (A pool of
+  -- its own: one that ran slow tasks before, on a loaded machine, may have
+  -- measured a cost that makes smaller chunks, rightly.)
+  local fresh <close> = mp.Pool(2)
+  local pids = fresh:map_async(function() return mp.current_process().pid end, (function()
     local xs = {} for i = 1, 800 do xs[i] = i end return xs end)()):get()
   local blocks_ok = true
   for b = 0, 7 do
