@@ -1,4 +1,4 @@
--- luamp.lua: the Python-shaped API, built on the C core.
+-- luamp/luamp.lua: the Python-shaped API, built on the C core.
 --
 -- The C core (passed in as `core`) moves bytes and waits: the codec,
 -- shared-memory queues, pipes, fork and child handles.  This file keeps
@@ -76,14 +76,15 @@ end
 --------------------------------------------------------------------------
 -- Argument checks, Lua style: bad argument #1 to 'Pool' (...)
 
--- The error points at the first caller outside this file (and its C fast
--- paths, which call back into it): the user's line.
+-- The error points at the first caller outside the library (its parts,
+-- whose chunk names are "=luamp/...", see init.lua, and its C fast paths,
+-- which call back into them): the user's line.
 local c_fast_paths = setmetatable({}, { __mode = "k" })
 local function argerror(n, fname, msg)
   local level = 2
   while true do
     local info = debug.getinfo(level, "Sf")
-    if not info or (info.source ~= "=luamp.lua" and not c_fast_paths[info.func]) then break end
+    if not info or (info.source:sub(1, 7) ~= "=luamp/" and not c_fast_paths[info.func]) then break end
     level = level + 1
   end
   error(string.format("bad argument #%d to '%s' (%s)", n, fname, msg), level)
