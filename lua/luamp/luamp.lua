@@ -15,7 +15,7 @@
 -- an id: the function is encoded once per call (once per pool for a
 -- function without upvalues of its own), and each worker decodes it once.
 
-local core = ...
+local core, part = ...
 
 local mp = { version = core.version }
 local getpid, now = core.getpid, core.now
@@ -24,129 +24,16 @@ local pack, unpack = table.pack, table.unpack
 local setmetatable, getmetatable, type, error = setmetatable, getmetatable, type, error
 local tointeger = math.tointeger
 
---------------------------------------------------------------------------
--- Errors
-
-local Error = {}
-Error.__index = Error
-Error.__name = "luamp.Error"
+local errors = part("errors")
+local Error, new_error, raise, errmsg = errors.Error, errors.new_error, errors.raise, errors.errmsg
+local error_info, traceback_handler = errors.error_info, errors.traceback_handler
 mp.Error = Error
 
--- Always a string, whatever the fields hold: loggers and the host print
--- errors through it, and a __tostring that raises hides the error itself.
-function Error.__tostring(e)
-  local m = rawget(e, "message")
-  if type(m) ~= "string" then
-    m = string.format("%s error (%s)", tostring(rawget(e, "kind")), m == nil and "no message" or type(m) .. " message")
-  end
-  local tb = rawget(e, "traceback")
-  if type(tb) == "string" then return m .. "\n" .. tb end
-  return m
-end
-
-function Error.is(e, kind)
-  return getmetatable(e) == Error and (kind == nil or e.kind == kind)
-end
-
-local function new_error(kind, message, fields)
-  local e = fields or {}
-  e.kind, e.message = kind, message
-  return setmetatable(e, Error)
-end
-
-local function raise(kind, message, level)
-  error(new_error(kind, message), level or 2)
-end
-
-debug.getregistry()["luamp.raise"] = function(kind, message, errno)
-  error(new_error(kind, message, errno and { errno = errno }), 3)
-end
-
--- A readable sentence for any error value.
-local function errmsg(e)
-  if type(e) == "string" then return e end
-  local mt = getmetatable(e)
-  if mt and mt.__tostring then
-    local ok, s = pcall(tostring, e)
-    if ok and type(s) == "string" then return s end
-  end
-  return "(error object is a " .. type(e) .. " value)"
-end
-
---------------------------------------------------------------------------
--- Argument checks, Lua style: bad argument #1 to 'Pool' (...)
-
--- The error points at the first caller outside the library (its parts,
--- whose chunk names are "=luamp/...", see init.lua, and its C fast paths,
--- which call back into them): the user's line.
-local c_fast_paths = setmetatable({}, { __mode = "k" })
-local function argerror(n, fname, msg)
-  local level = 2
-  while true do
-    local info = debug.getinfo(level, "Sf")
-    if not info or (info.source:sub(1, 7) ~= "=luamp/" and not c_fast_paths[info.func]) then break end
-    level = level + 1
-  end
-  error(string.format("bad argument #%d to '%s' (%s)", n, fname, msg), level)
-end
-
-local function typename(v)
-  if math.type(v) == "float" then return "number" end
-  return type(v)
-end
-
-local function check_callable(v, n, fname)
-  if type(v) == "function" then return end
-  local mt = getmetatable(v)
-  if mt and mt.__call then return end
-  argerror(n, fname, "function expected, got " .. typename(v))
-end
-
--- v must be a key of `set` (names); `must` says which, for the error.
-local function check_one_of(v, set, n, fname, must)
-  if type(v) ~= "string" or not set[v] then
-    argerror(n, fname, must .. ", got " .. (type(v) == "string" and ('"' .. v .. '"') or typename(v)))
-  end
-end
-
--- opts (nil: none) must be a table whose keys are all in `known`;
--- returns it, or an empty table.
-local NO_OPTIONS = setmetatable({}, { __newindex = function() error("options are read-only", 2) end })
-local function check_options(opts, known, n, fname)
-  if opts == nil then return NO_OPTIONS end
-  if type(opts) ~= "table" then argerror(n, fname, "options table expected, got " .. typename(opts)) end
-  for k in pairs(opts) do
-    if not known[k] then argerror(n, fname, "unknown option '" .. tostring(k) .. "'") end
-  end
-  return opts
-end
-
-local function check_timeout(v, n, fname)
-  if v ~= nil and type(v) ~= "number" then
-    argerror(n, fname, "number expected, got " .. typename(v))
-  end
-end
-
-local function check_posint(v, n, fname, allow_nil)
-  if v == nil and allow_nil then return nil end
-  local i = tointeger(v)
-  if not i or i < 1 then
-    argerror(n, fname, "positive integer expected, got " ..
-      (type(v) == "number" and tostring(v) or typename(v)))
-  end
-  return i
-end
-
-local function deadline_of(timeout)
-  if timeout == nil then return nil end
-  return now() + (timeout > 0 and timeout or 0)
-end
-
-local function remaining(deadline)
-  if deadline == nil then return nil end
-  local left = deadline - now()
-  return left > 0 and left or 0
-end
+local checks = part("checks")
+local c_fast_paths, argerror, typename = checks.c_fast_paths, checks.argerror, checks.typename
+local check_callable, check_one_of, check_options = checks.check_callable, checks.check_one_of, checks.check_options
+local NO_OPTIONS, check_timeout, check_posint = checks.NO_OPTIONS, checks.check_timeout, checks.check_posint
+local check_bool, deadline_of, remaining = checks.check_bool, checks.deadline_of, checks.remaining
 
 --------------------------------------------------------------------------
 -- The current process, children
@@ -222,15 +109,6 @@ do
       io.stderr:write("luamp: LUAMP_LOG=", env, " is not a level (debug, info, warn, error); ignored\n")
     end
   end
-end
-
--- An error as a task reports it; `level` 1 is the function that raised.
-local function error_info(e, level)
-  return { value = e, message = errmsg(e), traceback = debug.traceback(errmsg(e), level + 1) }
-end
-
-local function traceback_handler(e)
-  return error_info(e, 2)
 end
 
 --------------------------------------------------------------------------
@@ -2168,12 +2046,6 @@ function Executor:map(f, items, opts)
   local deadline = deadline_of(timeout)
   local job = start_imap(self._pool, "map", f, items, { chunksize = opts.chunksize })
   return ordered_iterator(self._pool, job, deadline, timeout)
-end
-
-local function check_bool(v, n, fname, what)
-  if v ~= nil and type(v) ~= "boolean" then
-    argerror(n, fname, what .. " must be a boolean, got " .. typename(v))
-  end
 end
 
 -- Stops taking work.  cancel_futures cancels the futures no worker has
