@@ -35,81 +35,17 @@ local check_callable, check_one_of, check_options = checks.check_callable, check
 local NO_OPTIONS, check_timeout, check_posint = checks.NO_OPTIONS, checks.check_timeout, checks.check_posint
 local check_bool, deadline_of, remaining = checks.check_bool, checks.deadline_of, checks.remaining
 
---------------------------------------------------------------------------
--- The current process, children
-
-local current = { name = "MainProcess", pid = getpid() }
-local children = {}        -- live Process objects started here -> true
-local pools = setmetatable({}, { __mode = "k" })   -- live pools started here
-local executors = setmetatable({}, { __mode = "k" })   -- live executors made here
-
-function mp.current_process()
-  return { name = current.name, pid = current.pid }
-end
+local current = part("current")
+local children, pools, executors = current.children, current.pools, current.executors
+local become_child = current.become_child
+mp.current_process = current.current_process
+mp._shutdown = current.shutdown
 
 function mp.cpu_count() return core.cpu_count() end
 
--- What a forked child forgets of its parent: it has no children and
--- owns no pools of its own yet.
-local function become_child(name)
-  current = { name = name, pid = getpid() }
-  children = {}
-  pools = setmetatable({}, { __mode = "k" })
-  executors = setmetatable({}, { __mode = "k" })
-end
-
---------------------------------------------------------------------------
--- Logging: one line per message on stderr, written whole by one write(2)
--- (core.log_write), so lines from different processes never mix.  At
--- "debug", pools say what they do: workers started, tasks put, deaths
--- and replacements.  A forked child logs at its parent's level.
-
-local LOG_LEVELS = { debug = 1, info = 2, warn = 3, error = 4 }
-local LOG_PREFIX = { debug = "", info = "", warn = "WARN ", error = "ERROR " }
-local log_level            -- nil: off
-local debugging = false    -- log_level == 1, for the pool's hot paths
-
-local use_apply_fast      -- (set in the Pool section)
-
-local function set_log_level(l)
-  log_level = l
-  debugging = l == 1
-  if use_apply_fast then use_apply_fast(not debugging) end
-end
-
-local function check_level(level, n, fname)
-  check_one_of(level, LOG_LEVELS, n, fname, 'level must be "debug", "info", "warn" or "error"')
-  return LOG_LEVELS[level]
-end
-
-function mp.log_to_stderr(level)
-  if level == nil then set_log_level(nil) else set_log_level(check_level(level, 1, "log_to_stderr")) end
-end
-
-function mp.log(level, fmt, ...)
-  local l = check_level(level, 1, "log")
-  if type(fmt) ~= "string" then argerror(2, "log", "format string expected, got " .. typename(fmt)) end
-  if not log_level or l < log_level then return end
-  local ok, msg = pcall(string.format, fmt, ...)
-  if not ok then argerror(2, "log", "bad format or arguments: " .. tostring(msg)) end
-  core.log_write(current.name, LOG_PREFIX[level] .. msg)
-end
-
--- The pool's own messages (callers check `debugging` first).
-local function debug_log(fmt, ...)
-  core.log_write(current.name, string.format(fmt, ...))
-end
-
-do
-  local env = os.getenv("LUAMP_LOG")
-  if env and env ~= "" then
-    if LOG_LEVELS[env] then
-      set_log_level(LOG_LEVELS[env])
-    else
-      io.stderr:write("luamp: LUAMP_LOG=", env, " is not a level (debug, info, warn, error); ignored\n")
-    end
-  end
-end
+local log = part("log")
+local debug_log = log.debug_log
+mp.log, mp.log_to_stderr = log.log, log.log_to_stderr
 
 --------------------------------------------------------------------------
 -- Start methods.  "fork" (the default): a child is a fork of the running
@@ -344,7 +280,7 @@ local function spawn_child(body, preload, root, extra_fds)
   for id, obj in pairs(collect) do objects[#objects + 1] = describe_object(obj, id, fds) end
   for _, fd in ipairs(extra_fds or {}) do fds[#fds + 1] = fd end
   local header = assert(core.encode({ path = package.path, cpath = package.cpath, preload = preload or {},
-                                      objects = objects, log = log_level }))
+                                      objects = objects, log = log.level }))
   local exe = spawn_program()
   -- (the paths first: a stock lua must find the luamp module where this
   -- script found it, which may not be the default package.cpath)
@@ -404,7 +340,7 @@ local function run_process(name, target, args)
   if not ok then
     io.stderr:write(string.format("Process %s (pid %d):\n%s\n", name, getpid(), info.traceback))
   end
-  pcall(mp._shutdown)
+  pcall(current.shutdown)
   core._exit(ok and 0 or 1)
 end
 
@@ -730,7 +666,7 @@ local function worker_main(pool, index, slot)
         -- The task refers to an object made after this worker was forked;
         -- it went back to the queue, and the worker forked to replace this
         -- one has the object.
-        if debugging then debug_log("a task needs an object made after this worker started: leaving it to a new worker") end
+        if log.debugging then debug_log("a task needs an object made after this worker started: leaving it to a new worker") end
         core._exit(0)
       end
       if jobid ~= "undecodable" then core._exit(0) end   -- the pool was closed
@@ -768,7 +704,7 @@ local function worker_main(pool, index, slot)
   -- A task ran out of memory (its error is Lua's bare message, see
   -- run_chunk): this worker may not be able to go on, and the pool forks a
   -- fresh one in its place.
-  if debugging then debug_log("a task ran out of memory: this worker exits to be replaced") end
+  if log.debugging then debug_log("a task ran out of memory: this worker exits to be replaced") end
   core._exit(0)
 end
 
@@ -841,7 +777,7 @@ function mp.Pool(opts)
   }, PoolMT)
   self._tq:_on_objects(function(objects) share_objects(self, objects) end)
   for slot = n - 1, 0, -1 do self._free_slots[#self._free_slots + 1] = slot end
-  if debugging then debug_log("Pool %d: starting %d workers", self._id, n) end
+  if log.debugging then debug_log("Pool %d: starting %d workers", self._id, n) end
   -- A pool that cannot start all its workers (fork's EAGAIN under a
   -- process limit, descriptors running out) stops those it started and
   -- gives its queues back before it raises, so that a retry, or anything
@@ -889,7 +825,7 @@ function Pool:_spawn()
   self._slot[h] = slot
   self._wname[h] = "PoolWorker-" .. self._spawned
   self._share[h] = { sock = psock, known = known, ids = {}, n = 0, scan_at = SCAN_EVERY }
-  if debugging then debug_log("Pool %d: started PoolWorker-%d (pid %d)", self._id, self._spawned, h.pid) end
+  if log.debugging then debug_log("Pool %d: started PoolWorker-%d (pid %d)", self._id, self._spawned, h.pid) end
 end
 
 local function check_pool(self, fname)
@@ -1141,7 +1077,7 @@ function Pool:_reap(i)
     end
     self:_fail_task(rec, e)
   end
-  if debugging then
+  if log.debugging then
     debug_log("Pool %d: %s (pid %d) %s%s", self._id, self._wname[h], h.pid, describe_exit(code),
       rec and (self._killed[slot] == seq and "; its task ran past its timeout and fails"
                or "; the task it ran fails (worker_lost)") or "")
@@ -1169,7 +1105,7 @@ function Pool:_reap(i)
   -- pool's workers exit one by one as they find the queue empty; replacing
   -- them because some job was still registered forked for ever.)
   if self._state == "run" or not self._sealed or self._tq:qsize() > 0 then
-    if debugging then debug_log("Pool %d: replacing it", self._id) end
+    if log.debugging then debug_log("Pool %d: replacing it", self._id) end
     self:_spawn()
   end
 end
@@ -1194,7 +1130,7 @@ function Pool:_check_deadlines()
         local dl = since + rec.timeout
         if dl <= t then
           self._killed[slot] = seq
-          if debugging then debug_log("Pool %d: killing %s (pid %d): its task is past its timeout", self._id, self._wname[h], h.pid) end
+          if log.debugging then debug_log("Pool %d: killing %s (pid %d): its task is past its timeout", self._id, self._wname[h], h.pid) end
           h:signal(9)
         elseif not first or dl < first then
           first = dl
@@ -1404,7 +1340,7 @@ function Pool:apply_async(f, args, opts)
   -- settles it in C (queue.c, settle_apply) by setting finished to the
   -- number of values; settled in Lua, it gets values and nvalues.
   local job, seq, id = put_apply(self, f, args or NO_ARGS, "apply_async")
-  if debugging then debug_log("Pool %d: put apply task %d (job %d)", self._id, seq, id) end
+  if log.debugging then debug_log("Pool %d: put apply task %d (job %d)", self._id, seq, id) end
   if opts ~= NO_OPTS then
     local timeout = opts.timeout
     job.timeout, job.callback, job.error_callback = timeout, opts.callback, opts.error_callback
@@ -1419,8 +1355,7 @@ end
 local apply_async_lua = Pool.apply_async
 local apply_async_fast = core.apply_fast(PoolMT, ApplyResult, NO_ARGS, apply_async_lua)
 c_fast_paths[apply_async_fast] = true
-Pool.apply_async = debugging and apply_async_lua or apply_async_fast
-use_apply_fast = function(on) Pool.apply_async = on and apply_async_fast or apply_async_lua end
+log.on_debugging(function(debugging) Pool.apply_async = debugging and apply_async_lua or apply_async_fast end)
 
 function Pool:apply(f, args)
   check_running(self, "apply")
@@ -1535,7 +1470,7 @@ function Pool:_start_map(fname, kind, f, items, opts, probe)
     feed(self, job)
     return job
   end
-  if debugging then
+  if log.debugging then
     debug_log("Pool %d: %s of %d items: putting %d tasks of %d items", self._id, fname, n,
       (n - first + cs) // cs, cs)
   end
@@ -1645,7 +1580,7 @@ local function abandon(self, job, why)
   job.source = nil
   job.abandoned = why
   job.total = job.next_index - 1
-  if debugging then debug_log("Pool %d: %s left after %d items", self._id, job.fname, job.total) end
+  if log.debugging then debug_log("Pool %d: %s left after %d items", self._id, job.fname, job.total) end
   if job.done == job.total then finish(self, job) end
   self:_seal()
 end
@@ -1734,7 +1669,7 @@ function Pool:close()
   check_pool(self, "close")
   if self._state == "run" then
     self._state = "close"
-    if debugging then debug_log("Pool %d: closed", self._id) end
+    if log.debugging then debug_log("Pool %d: closed", self._id) end
     self:_seal()
   end
 end
@@ -1782,7 +1717,7 @@ function Pool:terminate()
   check_pool(self, "terminate")
   if self._state == "terminate" then return end
   self._state = "terminate"
-  if debugging then debug_log("Pool %d: terminating %d workers", self._id, #self._workers) end
+  if log.debugging then debug_log("Pool %d: terminating %d workers", self._id, #self._workers) end
   self._tq:shutdown()
   for _, h in ipairs(self._workers) do h:signal(9) end
   for _, h in ipairs(self._workers) do h:poll(-1) end
@@ -1795,6 +1730,14 @@ function Pool:terminate()
     finish(self, job)
   end
   self:_end()
+end
+
+-- The end of the script (current.shutdown): a closed pool finishes its
+-- work, unless the script was interrupted; then the pool is terminated.
+function Pool:_at_exit(hard)
+  if self._owner ~= getpid() then return end
+  if self._state == "close" and not hard then pcall(Pool.join, self) end
+  pcall(Pool.terminate, self)
 end
 
 PoolMT.__close = function(self, err)
@@ -1863,7 +1806,7 @@ function mp.Executor(opts)
     _unsettled = 0,
     _shutdown = false,
   }, ExecutorMT)
-  executors[self] = true
+  executors[self] = executor_count
   return self
 end
 
@@ -2079,6 +2022,12 @@ function Executor:shutdown(opts)
   if not pool._ended then pool:join() end
 end
 
+-- The end of the script, when not interrupted (current.shutdown): an
+-- Executor not shut down runs its submitted futures to the end.
+function Executor:_at_exit()
+  if self._owner == getpid() and not self._shutdown then pcall(Executor.shutdown, self) end
+end
+
 ExecutorMT.__close = function(self, err)
   if self._owner ~= getpid() then return end
   self:shutdown{ wait = true, cancel_futures = err ~= nil }
@@ -2186,40 +2135,6 @@ function mp.wait(futures, opts)
 end
 
 --------------------------------------------------------------------------
--- The end of the main script (luamp_close calls this): nothing is left
--- running.  Closed pools finish their work, others are terminated;
--- non-daemon Processes are joined, daemon ones terminated.  After a
--- SIGINT or SIGTERM, everything is stopped at once.
-
-function mp._shutdown()
-  local hard = core.interrupted()
-  local list = {}
-  -- Executors not shut down run their submitted futures to the end, as
-  -- Python's do at exit (the pools below then end).
-  if not hard then
-    for ex in pairs(executors) do list[#list + 1] = ex end
-    table.sort(list, function(a, b) return a._id < b._id end)
-    for _, ex in ipairs(list) do
-      if ex._owner == getpid() and not ex._shutdown then pcall(Executor.shutdown, ex) end
-    end
-    list = {}
-  end
-  for pool in pairs(pools) do list[#list + 1] = pool end
-  for _, pool in ipairs(list) do
-    if pool._owner == getpid() then
-      if pool._state == "close" and not hard then pcall(Pool.join, pool) end
-      pcall(Pool.terminate, pool)
-    end
-  end
-  list = {}
-  for p in pairs(children) do list[#list + 1] = p end
-  for _, p in ipairs(list) do
-    if p.daemon or hard then p:kill() end
-  end
-  for _, p in ipairs(list) do p:join() end
-end
-
---------------------------------------------------------------------------
 -- The start of a spawned process (see spawn_child).
 
 function mp._spawned()
@@ -2228,7 +2143,7 @@ function mp._spawned()
   local header, pos = string.unpack("<s4", payload)
   local h = core.decode(header)
   package.path, package.cpath = h.path, h.cpath
-  if h.log then set_log_level(h.log) end
+  if h.log then log.set_level(h.log) end
   -- (held here until the body, which refers to them, is decoded: the
   -- registry of objects holds them weakly)
   local held, session = {}, {}
