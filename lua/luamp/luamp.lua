@@ -26,7 +26,7 @@ local tointeger = math.tointeger
 
 local errors = part("errors")
 local Error, new_error, raise, errmsg = errors.Error, errors.new_error, errors.raise, errors.errmsg
-local error_info, traceback_handler = errors.error_info, errors.traceback_handler
+local traceback_handler = errors.traceback_handler
 mp.Error = Error
 
 local checks = part("checks")
@@ -46,6 +46,12 @@ function mp.cpu_count() return core.cpu_count() end
 local log = part("log")
 local debug_log = log.debug_log
 mp.log, mp.log_to_stderr = log.log, log.log_to_stderr
+
+local share = part("share")
+local describe_object, attach_object = share.describe_object, share.attach_object
+local share_objects = share.share_objects
+
+local worker = part("worker")
 
 --------------------------------------------------------------------------
 -- Start methods.  "fork" (the default): a child is a fork of the running
@@ -89,180 +95,6 @@ local function spawn_program()
   local base = me:match("[^/]*$")
   if base:find("^luamp") or base:find("^lua") then return me end
   return core.installed_luamp or "luamp"
-end
-
--- Calls fn on sync object description d (core.sync_describe) and on the
--- description of its lock, which a Value's, an Array's (at 7) and a
--- Condition's (at 5) holds.
-local function each_sync_part(d, fn)
-  fn(d)
-  local kind = d[1]
-  if kind == "value" or kind == "array" then each_sync_part(d[7], fn)
-  elseif kind == "condition" then each_sync_part(d[5], fn) end
-end
-
--- The descriptors of sync object description d, added to fds; a
--- Barrier's action becomes its encoding, which must not name luamp
--- objects (they would have to be sent before it is decoded).
-local function sync_fds(d, fds)
-  each_sync_part(d, function(part) fds[#fds + 1] = part[3] end)
-  if d[1] == "barrier" and d[5] ~= nil then
-    local reg, seen = debug.getregistry(), {}
-    local outer = reg["luamp.collect"]
-    reg["luamp.collect"] = seen
-    local ok, bytes, why = pcall(core.encode, d[5], "the Barrier's action")
-    reg["luamp.collect"] = outer
-    if not ok then error(bytes, 0) end
-    if not bytes then error(new_error("serialize", why), 0) end
-    if next(seen) ~= nil then
-      error(new_error("serialize", "cannot send a Barrier whose action refers to luamp objects " ..
-        "to a spawned process"), 0)
-    end
-    d[5] = bytes
-  end
-end
-
--- Where the descriptors are in the description of a queue and of a pipe
--- end (memfd, ev_get, ev_put; memfd, rx socket, tx socket).
-local FD_AT = { queue = { 3, 4, 5 }, pipe = { 3, 6, 8 } }
-
--- What a process that did not inherit object obj (id) needs to make it
--- anew: {"queue" | "pipe" | "sync", ...} and the descriptors in it, added
--- to fds.  Raises "serialize" for what cannot go.
-local function describe_object(obj, id, fds)
-  local mt = getmetatable(obj)
-  local kind = mt and mt.__name
-  local o
-  if kind == "luamp.Queue" then
-    o = { "queue", id, obj:_fds() }
-  elseif kind == "luamp.Connection" then
-    o = { "pipe", id, obj:_fds() }
-  else
-    local d = core.sync_describe(obj)     -- a lock, value, condition...: {kind, id, memfd, ...}
-    if not d then
-      error(new_error("serialize", string.format("cannot send %s (%s) to a process that did not "
-        .. "inherit it", tostring(obj), id)), 0)
-    end
-    sync_fds(d, fds)
-    return { "sync", d }
-  end
-  for _, i in ipairs(FD_AT[o[1]]) do
-    if o[i] >= 0 then fds[#fds + 1] = o[i] end
-  end
-  return o
-end
-
--- Replaces the descriptor numbers in description o by map[number].
-local function remap_object(o, map)
-  if o[1] == "sync" then return each_sync_part(o[2], function(part) part[3] = map[part[3]] end) end
-  for _, i in ipairs(FD_AT[o[1]]) do
-    if o[i] >= 0 then o[i] = map[o[i]] end
-  end
-end
-
--- Makes the object description o describes (its descriptors are this
--- process's); session: a table shared by the objects made together.
-local function attach_object(o, session)
-  if o[1] == "queue" then return core.queue_attach(o[2], o[3], o[4], o[5])
-  elseif o[1] == "pipe" then return core.pipe_attach(o[2], o[3], o[4], o[5], o[6], o[7], o[8]) end
-  local d = o[2]
-  if d[1] == "barrier" and d[5] then d[5] = core.decode(d[5]) end
-  return core.sync_attach(d, session)
-end
-
--- Objects made after a pool's workers were forked (any, for spawned
--- workers) reach them ahead of the tasks that name them: before such a
--- task is put (the task queue's share hook), the parent sends each
--- worker that lacks one of its objects the object's description and
--- descriptors on that worker's object socket (a datagram with
--- SCM_RIGHTS), and a worker whose decoder meets an object it does not
--- know reads its socket (registry "luamp.fetch_objects") and makes the
--- objects there.  A worker whose socket is full (it has not read for a
--- long time) misses the object, hands the task back and is replaced
--- (see push_task in queue.c).
-local SHARE_WAIT = 0.02   -- seconds a worker's full socket is waited for, per task
--- A worker keeps what it was sent while this process still has it: the
--- ids sent to it are checked against the registry of objects (weak) once
--- SCAN_EVERY more were sent, and those gone are sent as a "forget" list.
-local SCAN_EVERY = 64
-local function share_objects(pool, objects)
-  local me, made = current.pid, {}
-  local live = debug.getregistry()["luamp.objects"] or {}
-  for _, h in ipairs(pool._workers) do
-    local s = pool._share[h]
-    local sock, known = s.sock, s.known
-    local until_ = now() + SHARE_WAIT
-    if sock and s.n >= s.scan_at then
-      local gone = {}
-      for id in pairs(s.ids) do
-        if live[id] == nil then gone[#gone + 1] = id end
-      end
-      if #gone > 0 and core.objsock_send(sock, assert(core.encode({ "forget", gone })), {}, until_) then
-        for _, id in ipairs(gone) do s.ids[id] = nil end
-        s.n = s.n - #gone
-      end
-      s.scan_at = s.n + SCAN_EVERY
-    end
-    for id, obj in pairs(sock and objects or {}) do
-      local need = not s.ids[id]
-      if need and known then
-        local pid, n = id:match(":(%d+):(%d+)$")
-        need = tonumber(pid) == me and tonumber(n) > known
-      end
-      if need then
-        local m = made[id]
-        if not m then
-          local fds, unique, seen = {}, {}, {}
-          local o = describe_object(obj, id, fds)
-          for _, fd in ipairs(fds) do
-            if not seen[fd] then seen[fd] = true; unique[#unique + 1] = fd end
-          end
-          m = { assert(core.encode({ o, unique })), unique }
-          made[id] = m
-        end
-        if core.objsock_send(sock, m[1], m[2], until_) then
-          s.ids[id], s.n = true, s.n + 1
-        else
-          until_ = 0      -- (the worker is busy: not waiting for it again this time)
-        end
-      end
-    end
-  end
-end
-
--- In a worker: makes the objects its parent sent on socket `sock`
--- whenever its decoder meets one it does not know, or it waits for a
--- task and the socket has something.  It keeps them (the registry of
--- objects holds them only weakly) until the parent says it let go of
--- them, so a job that makes a Queue per task does not fill the worker
--- with descriptors.
-local function fetch_objects_from(sock)
-  local held = {}     -- id -> object
-  local reg = debug.getregistry()
-  reg["luamp.fetch_objects"] = function()
-    while true do
-      local bytes, fds = core.objsock_recv(sock)
-      if not bytes then return bytes ~= false end     -- (false: the parent's end is closed)
-      local ok, m = pcall(core.decode, bytes)
-      local o = ok and m[1]
-      if o == "forget" then
-        for _, id in ipairs(m[2]) do held[id] = nil end
-        o = nil
-      end
-      local id = o and (o[1] == "sync" and o[2][2] or o[2])
-      local known = reg["luamp.objects"]
-      if not o or (known and known[id] ~= nil) then
-        for _, fd in ipairs(fds) do core.close_fd(fd) end
-      else
-        local map = {}
-        for i, fd in ipairs(m[2]) do map[fd] = fds[i] end
-        remap_object(o, map)
-        local made, obj = pcall(attach_object, o, {})
-        if made then held[id] = obj end
-      end
-    end
-  end
-  core.watch_objects(sock)
 end
 
 -- Starts a fresh process to run `body` (kind "process" or "worker"),
@@ -530,185 +362,6 @@ mp._now = core.now
 mp._sleep = core.sleep
 
 --------------------------------------------------------------------------
--- Pool: the worker side
-
-local MAX_CACHED_FUNCTIONS = 256
-
--- Runs a map-like task; returns results (a sequence, holes allowed) and
--- errors by position (or false).  One xpcall runs the chunk; when an
--- item fails, the message handler finds which in the loop's frame (a
--- position kept up to date per item cost as much as a cheap f), and the
--- loop goes on after it.
-local function run_chunk(f, kind, items, count)
-  local results, errs = core.table(count), false
-  local pos = 1
-  local body
-  -- (f, items and results copied into locals: registers, where upvalues
-  -- cost a load each per item, a fifth of the loop)
-  if kind == "map" then
-    body = function()
-      local f, items, results = f, items, results
-      for i = pos, count do results[i] = f(items[i]) end
-    end
-  else
-    body = function()
-      local f, items, results, unpack = f, items, results, unpack
-      for i = pos, count do
-        local a = items[i]
-        results[i] = f(unpack(a, 1, a.n or #a))
-      end
-    end
-  end
-  local failed
-  local function handler(e)
-    for level = 2, math.huge do
-      local info = debug.getinfo(level, "f")
-      if not info then break end
-      if info.func == body then
-        for k = 1, math.huge do
-          local name, v = debug.getlocal(level, k)
-          if name == nil then break end
-          if name == "i" then failed = v end
-        end
-        break
-      end
-    end
-    return error_info(e, 2)
-  end
-  local spent = false
-  while pos <= count do
-    failed = nil
-    local ok, info = xpcall(body, handler)
-    if ok then break end
-    errs = errs or {}
-    if not failed then
-      -- (the handler did not run or failed itself: memory ran out, see
-      -- spent_worker in queue.c.  Which item ran last is unknown, so every
-      -- item from pos fails rather than any running twice.)
-      for k = pos, count do errs[k] = info end
-      spent = true
-      break
-    end
-    errs[failed] = info
-    pos = failed + 1
-  end
-  return results, errs, spent
-end
-
--- An error as it can travel: its message and traceback when the whole
--- Error (its value) cannot.
-local function plain_error(info)
-  if type(info) ~= "table" then return { message = errmsg(info) } end
-  return { message = info.message, traceback = info.traceback }
-end
-
--- Sends the result of a map-like task, or a degraded one when some result
--- cannot travel: that item fails with kind "serialize", the others are
--- kept.
-local function put_result(rq, jobid, start, count, seq, pid, elapsed, results, errs)
-  local ok, why = rq:put_result(jobid, start, count, seq, pid, elapsed, results, errs)
-  if ok then return end
-  errs = errs or {}
-  local failed = false
-  for i = 1, count do
-    if errs[i] then
-      if not core.encode(errs[i]) then errs[i] = plain_error(errs[i]) end
-    else
-      local bytes, why_i = core.encode(results[i], "result[" .. (start + i - 1) .. "]")
-      if not bytes then
-        errs[i] = { message = why_i, serialize = true }
-        results[i] = nil
-        failed = true
-      end
-    end
-  end
-  if not failed then       -- too large as a whole: every item fails
-    for i = 1, count do errs[i] = errs[i] or { message = why, serialize = true } end
-    results = nil
-  end
-  assert(rq:put_result(jobid, start, count, seq, pid, elapsed, results, errs))
-end
-
--- Sends an apply task's outcome; false when the task ran out of memory
--- (its error is not the handler's table).
-local function send_apply_outcome(rq, jobid, seq, pid, t0, ok, ...)
-  rq:put_apply(jobid, seq, pid, t0, ok, ...)
-  return ok or type((...)) == "table"
-end
-
-local function worker_main(pool, index, slot)
-  become_child("PoolWorker-" .. index)
-  local tq, rq = pool._tq, pool._rq
-  local pid = current.pid
-  if pool._initializer then
-    local a = pool._initargs
-    local ok, info = xpcall(pool._initializer, traceback_handler, unpack(a, 1, a.n or #a))
-    if not ok then
-      pcall(rq.put_result, rq, 0, 0, 0, 0, pid, 0, nil, plain_error(info))
-      core._exit(1)
-    end
-  end
-  local fcache, ncached = {}, 0
-  local left = pool._maxtasks
-  while true do
-    -- tq:serve runs apply tasks and small map chunks of known functions
-    -- in C, and returns the first other task as get_task does (it does not count tasks: with
-    -- maxtasksperchild, every task comes here)
-    local got, jobid, fid, f, kind, start, items, count, seq
-    if left then
-      got, jobid, fid, f, kind, start, items, count, seq = tq:get_task(slot, fcache)
-    else
-      got, jobid, fid, f, kind, start, items, count, seq = tq:serve(slot, fcache, rq, traceback_handler, pid, put_result)
-    end
-    if not got then
-      if jobid == "spent" then break end
-      if jobid == "requeued" then
-        -- The task refers to an object made after this worker was forked;
-        -- it went back to the queue, and the worker forked to replace this
-        -- one has the object.
-        if log.debugging then debug_log("a task needs an object made after this worker started: leaving it to a new worker") end
-        core._exit(0)
-      end
-      if jobid ~= "undecodable" then core._exit(0) end   -- the pool was closed
-      -- e.g. an object this process cannot know: fail the task
-      rq:put_result(-1, 0, 0, fid, pid, 0, nil, f)
-      goto continue
-    end
-    if type(f) == "string" then
-      local ok, fn = pcall(core.decode, f)
-      if ok then
-        if ncached >= MAX_CACHED_FUNCTIONS then fcache, ncached = {}, 0 end
-        fcache[fid], ncached = fn, ncached + 1
-        f = fn
-      else
-        f = function() error(new_error("serialize", "cannot receive the task's function: " .. errmsg(fn)), 0) end
-      end
-    end
-    if kind == "apply" then
-      local t0 = now()
-      if not send_apply_outcome(rq, jobid, seq, pid, t0, xpcall(f, traceback_handler, unpack(items, 1, items.n or #items))) then
-        break
-      end
-    else
-      local t0 = now()
-      local results, errs, spent = run_chunk(f, kind, items, count)
-      put_result(rq, jobid, start, count, seq, pid, now() - t0, results, errs)
-      if spent then break end
-    end
-    if left then
-      left = left - 1
-      if left == 0 then core._exit(0) end
-    end
-    ::continue::
-  end
-  -- A task ran out of memory (its error is Lua's bare message, see
-  -- run_chunk): this worker may not be able to go on, and the pool forks a
-  -- fresh one in its place.
-  if log.debugging then debug_log("a task ran out of memory: this worker exits to be replaced") end
-  core._exit(0)
-end
-
---------------------------------------------------------------------------
 -- Pool: the parent side
 
 local Pool = {}
@@ -771,9 +424,7 @@ function mp.Pool(opts)
     _inflight = {},         -- task sequence number -> {job, start, count, timeout}, or an apply job
     _ntimed = 0,            -- tasks in flight that have a deadline
     _killed = {},           -- slot -> sequence number of a task past its deadline
-    _share = {},            -- worker handle -> {sock = this end of its object socket, known =
-                            -- objects made here before its fork (false: spawned), ids = {id =
-                            -- true} sent to it, n = their count, scan_at}: see share_objects
+    _share = {},            -- worker handle -> what was sent to it: share.worker_record
   }, PoolMT)
   self._tq:_on_objects(function(objects) share_objects(self, objects) end)
   for slot = n - 1, 0, -1 do self._free_slots[#self._free_slots + 1] = slot end
@@ -813,18 +464,13 @@ function Pool:_spawn()
   end
   if h == 0 then
     core.close_fd(psock)
-    fetch_objects_from(wsock)
-    local ok, err = xpcall(worker_main, debug.traceback, self, self._spawned, slot)
-    if not ok then
-      io.stderr:write(string.format("luamp: %s (pid %d) failed: %s\n", current.name, getpid(), errmsg(err)))
-    end
-    core._exit(ok and 0 or 70)
+    worker.run(self, self._spawned, slot, wsock)
   end
   core.close_fd(wsock)
   self._workers[#self._workers + 1] = h
   self._slot[h] = slot
   self._wname[h] = "PoolWorker-" .. self._spawned
-  self._share[h] = { sock = psock, known = known, ids = {}, n = 0, scan_at = SCAN_EVERY }
+  self._share[h] = share.worker_record(psock, known)
   if log.debugging then debug_log("Pool %d: started PoolWorker-%d (pid %d)", self._id, self._spawned, h.pid) end
 end
 
@@ -2164,14 +1810,8 @@ function mp._spawned()
   end
   if body.kind == "process" then run_process(body.name, body.target, body.args) end
   core.ignore_sigint()
-  if body.objsock then fetch_objects_from(body.objsock) end
-  local pool = { _tq = body.tq, _rq = body.rq, _initializer = body.init, _initargs = body.initargs or {},
-                 _maxtasks = body.maxtasks }
-  local ran, e = xpcall(worker_main, debug.traceback, pool, body.index, body.slot)
-  if not ran then
-    io.stderr:write(string.format("luamp: %s (pid %d) failed: %s\n", current.name, getpid(), errmsg(e)))
-  end
-  core._exit(ran and 0 or 70)
+  worker.run({ _tq = body.tq, _rq = body.rq, _initializer = body.init, _initargs = body.initargs or {},
+               _maxtasks = body.maxtasks }, body.index, body.slot, body.objsock)
 end
 
 return mp
