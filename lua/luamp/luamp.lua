@@ -26,7 +26,6 @@ local tointeger = math.tointeger
 
 local errors = part("errors")
 local Error, new_error, raise, errmsg = errors.Error, errors.new_error, errors.raise, errors.errmsg
-local traceback_handler = errors.traceback_handler
 mp.Error = Error
 
 local checks = part("checks")
@@ -36,8 +35,7 @@ local NO_OPTIONS, check_timeout, check_posint = checks.NO_OPTIONS, checks.check_
 local check_bool, deadline_of, remaining = checks.check_bool, checks.deadline_of, checks.remaining
 
 local current = part("current")
-local children, pools, executors = current.children, current.pools, current.executors
-local become_child = current.become_child
+local pools, executors = current.pools, current.executors
 mp.current_process = current.current_process
 mp._shutdown = current.shutdown
 
@@ -48,181 +46,18 @@ local debug_log = log.debug_log
 mp.log, mp.log_to_stderr = log.log, log.log_to_stderr
 
 local share = part("share")
-local describe_object, attach_object = share.describe_object, share.attach_object
 local share_objects = share.share_objects
 
 local worker = part("worker")
 
---------------------------------------------------------------------------
--- Start methods.  "fork" (the default): a child is a fork of the running
--- script.  "spawn": a child is a fresh luamp (or stock lua) process that
--- runs mp._spawned, which reads a start message: package.path and cpath,
--- the modules to preload, the queues it refers to (their descriptors stay
--- open across exec) and then what to run, serialized like a task.
+local spawn = part("spawn")
+local check_start_method, check_preload, spawn_child = spawn.check_start_method, spawn.check_preload, spawn.spawn_child
+mp.set_start_method, mp.get_start_method = spawn.set_start_method, spawn.get_start_method
+mp._spawned = spawn.spawned
 
-local START_METHODS = { fork = true, spawn = true }
-local default_start_method = "fork"
-
-local function check_start_method(name, n, fname)
-  if name == nil then return default_start_method end
-  check_one_of(name, START_METHODS, n, fname, 'start_method must be "fork" or "spawn"')
-  return name
-end
-
-function mp.set_start_method(name)
-  if name == nil then argerror(1, "set_start_method", '"fork" or "spawn" expected, got nil') end
-  default_start_method = check_start_method(name, 1, "set_start_method")
-end
-
-function mp.get_start_method() return default_start_method end
-
-local function check_preload(list, n, fname)
-  if list == nil then return nil end
-  if type(list) ~= "table" then argerror(n, fname, "preload must be a table of module names, got " .. typename(list)) end
-  for i = 1, #list do
-    if type(list[i]) ~= "string" then argerror(n, fname, "preload[" .. i .. "] must be a module name, got " .. typename(list[i])) end
-  end
-  return list
-end
-
--- The program a spawned child runs: LUAMP_EXE if set; this program when it
--- is luamp or a stock lua (which finds the luamp module on package.cpath);
--- else (an application embedding luamp) the installed luamp.
-local function spawn_program()
-  local exe = os.getenv("LUAMP_EXE")
-  if exe and exe ~= "" then return exe end
-  local me = core.self_exe()
-  local base = me:match("[^/]*$")
-  if base:find("^luamp") or base:find("^lua") then return me end
-  return core.installed_luamp or "luamp"
-end
-
--- Starts a fresh process to run `body` (kind "process" or "worker"),
--- keeping descriptors extra_fds open in it too.
--- Raises "serialize" for what cannot travel, naming it under `root`.
-local function spawn_child(body, preload, root, extra_fds)
-  local reg = debug.getregistry()
-  local collect = {}
-  reg["luamp.collect"] = collect
-  local ok, bytes, why = pcall(core.encode, body, root)
-  reg["luamp.collect"] = nil
-  if not ok then error(bytes, 0) end
-  if not bytes then error(new_error("serialize", why), 0) end
-  local objects, fds = {}, {}
-  for id, obj in pairs(collect) do objects[#objects + 1] = describe_object(obj, id, fds) end
-  for _, fd in ipairs(extra_fds or {}) do fds[#fds + 1] = fd end
-  local header = assert(core.encode({ path = package.path, cpath = package.cpath, preload = preload or {},
-                                      objects = objects, log = log.level }))
-  local exe = spawn_program()
-  -- (the paths first: a stock lua must find the luamp module where this
-  -- script found it, which may not be the default package.cpath)
-  local boot = string.format("package.path = %q; package.cpath = %q; require('luamp')._spawned()",
-    package.path, package.cpath)
-  return core.spawn(exe, { exe, "-e", boot }, fds, string.pack("<s4", header) .. bytes)
-end
-
---------------------------------------------------------------------------
--- Process
-
-local Process = {}
-local process_count = 0
-
-local function process_index(self, k)
-  if k == "exitcode" then
-    local h = rawget(self, "_h")
-    if h and rawget(self, "_exitcode") == nil then
-      local code = h:poll(0)
-      if code then self._exitcode = code; children[self] = nil end
-    end
-    return rawget(self, "_exitcode")
-  end
-  return Process[k]
-end
-
-local ProcessMT = { __index = process_index, __name = "luamp.Process",
-  __luamp_nosend = "a Process cannot be sent (send its pid, or a Queue or Pipe to talk to it)" }
-
-function ProcessMT.__tostring(self)
-  return string.format("Process %s (pid %s)", self.name, tostring(self.pid))
-end
-
-local PROCESS_OPTS = { target = true, args = true, name = true, daemon = true, start_method = true, preload = true }
-
-function mp.Process(opts)
-  if type(opts) ~= "table" then argerror(1, "Process", "table expected, got " .. typename(opts)) end
-  check_options(opts, PROCESS_OPTS, 1, "Process")
-  check_callable(opts.target, 1, "Process")
-  local args = opts.args or {}
-  if type(args) ~= "table" then argerror(1, "Process", "args must be a table, got " .. typename(args)) end
-  process_count = process_count + 1
-  local name = opts.name
-  if name == nil then name = "Process-" .. process_count end
-  if type(name) ~= "string" then argerror(1, "Process", "name must be a string, got " .. typename(name)) end
-  return setmetatable({ target = opts.target, args = args, name = name,
-                        daemon = not not opts.daemon,
-                        start_method = check_start_method(opts.start_method, 1, "Process"),
-                        preload = check_preload(opts.preload, 1, "Process") }, ProcessMT)
-end
-
--- A Process's life in its child, forked or spawned: runs the target, ends
--- what it left running as a script's end does, and exits.
-local function run_process(name, target, args)
-  become_child(name)
-  local ok, info = xpcall(target, traceback_handler, unpack(args, 1, args.n or #args))
-  if not ok then
-    io.stderr:write(string.format("Process %s (pid %d):\n%s\n", name, getpid(), info.traceback))
-  end
-  pcall(current.shutdown)
-  core._exit(ok and 0 or 1)
-end
-
-function Process:start()
-  if rawget(self, "_h") then error("cannot start a Process twice", 2) end
-  if self.start_method == "spawn" then
-    local h = spawn_child({ kind = "process", name = self.name, target = self.target, args = self.args },
-      self.preload, "Process")
-    self._h = h
-    self.pid = h.pid
-    children[self] = true
-    return
-  end
-  local h = core.fork(false)
-  if h == 0 then run_process(self.name, self.target, self.args) end
-  self._h = h
-  self.pid = h.pid
-  children[self] = true
-end
-
-local function started(self, what)
-  local h = rawget(self, "_h")
-  if not h then error("cannot " .. what .. " a Process that was not started", 3) end
-  return h
-end
-
-function Process:join(timeout)
-  check_timeout(timeout, 1, "join")
-  local h = started(self, "join")
-  local code = h:poll(timeout == nil and -1 or timeout)
-  if code then self._exitcode = code; children[self] = nil; return true end
-  return false
-end
-
-function Process:is_alive()
-  if not rawget(self, "_h") then return false end
-  return self.exitcode == nil
-end
-
-function Process:terminate() started(self, "terminate"):signal(15) end
-function Process:kill() started(self, "kill"):signal(9) end
-
-function mp.active_children()
-  local list = {}
-  for p in pairs(children) do
-    if p:is_alive() then list[#list + 1] = p end
-  end
-  table.sort(list, function(a, b) return a.pid < b.pid end)
-  return list
-end
+local process = part("process")
+local describe_exit = process.describe_exit
+mp.Process, mp.active_children = process.Process, process.active_children
 
 --------------------------------------------------------------------------
 -- Queue and Pipe: C objects; these check arguments the Lua way.
@@ -288,7 +123,6 @@ end
 --------------------------------------------------------------------------
 -- Running programs
 
-local describe_exit      -- (Pool section)
 local RUN_OPTS = { capture = true, input = true, timeout = true, check = true, cwd = true, env = true }
 
 -- The command line, shortened, for messages.
@@ -375,7 +209,7 @@ local POOL_OPTS = { processes = true, initializer = true, initargs = true, maxta
 
 function mp.Pool(opts)
   local n, init, initargs, maxtasks
-  local method, preload = default_start_method, nil
+  local method, preload = spawn.get_start_method(), nil
   if type(opts) == "table" then
     check_options(opts, POOL_OPTS, 1, "Pool")
     n = check_posint(opts.processes, 1, "Pool", true)
@@ -686,16 +520,6 @@ end
 function Pool:_observe_cost(cost)
   self._cost = self._cost and (self._cost * 0.7 + cost * 0.3) or cost
   return cost
-end
-
-local signames = { [1] = "SIGHUP", [2] = "SIGINT", [3] = "SIGQUIT", [4] = "SIGILL", [6] = "SIGABRT",
-  [7] = "SIGBUS", [8] = "SIGFPE", [9] = "SIGKILL", [11] = "SIGSEGV", [13] = "SIGPIPE", [15] = "SIGTERM" }
-
-function describe_exit(code)
-  if code < 0 then
-    return string.format("killed by signal %d (%s)", -code, signames[-code] or "?")
-  end
-  return "exited with status " .. code
 end
 
 -- A worker exited: fail the task it held (if any), reap it, and start
@@ -1778,40 +1602,6 @@ function mp.wait(futures, opts)
     t[#t + 1] = fut
   end
   return done, pending
-end
-
---------------------------------------------------------------------------
--- The start of a spawned process (see spawn_child).
-
-function mp._spawned()
-  local payload = core.spawn_payload()
-  if not payload then error("luamp: mp._spawned runs only in a process luamp spawned", 2) end
-  local header, pos = string.unpack("<s4", payload)
-  local h = core.decode(header)
-  package.path, package.cpath = h.path, h.cpath
-  if h.log then log.set_level(h.log) end
-  -- (held here until the body, which refers to them, is decoded: the
-  -- registry of objects holds them weakly)
-  local held, session = {}, {}
-  for _, o in ipairs(h.objects) do held[#held + 1] = attach_object(o, session) end
-  local ok, err = pcall(function()
-    for _, name in ipairs(h.preload) do require(name) end
-  end)
-  if not ok then
-    io.stderr:write("luamp: a spawned process could not preload a module: ", errmsg(err), "\n")
-    core._exit(1)
-  end
-  local body
-  ok, body = pcall(core.decode, payload:sub(pos))
-  held = nil
-  if not ok then
-    io.stderr:write("luamp: a spawned process could not receive what to run: ", errmsg(body), "\n")
-    core._exit(1)
-  end
-  if body.kind == "process" then run_process(body.name, body.target, body.args) end
-  core.ignore_sigint()
-  worker.run({ _tq = body.tq, _rq = body.rq, _initializer = body.init, _initargs = body.initargs or {},
-               _maxtasks = body.maxtasks }, body.index, body.slot, body.objsock)
 end
 
 return mp
