@@ -22,7 +22,6 @@ local getpid, now = core.getpid, core.now
 local pack, unpack = table.pack, table.unpack
 -- (upvalues rather than global lookups: apply_async runs them per task)
 local setmetatable, getmetatable, type, error = setmetatable, getmetatable, type, error
-local tointeger = math.tointeger
 
 local errors = part("errors")
 local Error, new_error, raise, errmsg = errors.Error, errors.new_error, errors.raise, errors.errmsg
@@ -59,135 +58,15 @@ local process = part("process")
 local describe_exit = process.describe_exit
 mp.Process, mp.active_children = process.Process, process.active_children
 
---------------------------------------------------------------------------
--- Queue and Pipe: C objects; these check arguments the Lua way.
+local channels = part("channels")
+mp.Queue, mp.JoinableQueue, mp.Pipe = channels.Queue, channels.JoinableQueue, channels.Pipe
 
-local function check_maxsize(maxsize, fname)
-  if maxsize == nil then return 0 end
-  local i = tointeger(maxsize)
-  if not i or i < 0 then
-    argerror(1, fname, "non-negative integer expected, got " ..
-      (type(maxsize) == "number" and tostring(maxsize) or typename(maxsize)))
-  end
-  return i
-end
+local sync = part("sync")
+mp.Lock, mp.RLock, mp.Event = sync.Lock, sync.RLock, sync.Event
+mp.Semaphore, mp.BoundedSemaphore = sync.Semaphore, sync.BoundedSemaphore
+mp.Condition, mp.Barrier, mp.Value, mp.Array = sync.Condition, sync.Barrier, sync.Value, sync.Array
 
-function mp.Queue(maxsize)
-  return core.queue(check_maxsize(maxsize, "Queue"))
-end
-
--- A Queue that also counts the items put and not yet marked done:
--- jq:task_done() after dealing with an item, jq:join(timeout) waits until
--- every item put is done.
-function mp.JoinableQueue(maxsize)
-  return core.queue(check_maxsize(maxsize, "JoinableQueue"), false, true)
-end
-
--- Lock, RLock, Value, Array: C objects in shared memory (src/sync.c).
-function mp.Lock() return core.lock(false) end
-function mp.RLock() return core.lock(true) end
-
-function mp.Event() return core.event() end
-
--- The C constructors raise without a position; this gives the error its
--- place in the caller of mp.X.
-local function construct(make, ...)
-  local ok, v = pcall(make, ...)
-  if not ok then error(v, 3) end
-  return v
-end
-
-function mp.Semaphore(value) return (construct(core.semaphore, value, false)) end
-function mp.BoundedSemaphore(value) return (construct(core.semaphore, value, true)) end
-
-function mp.Condition(lock) return (construct(core.condition, lock)) end
-function mp.Barrier(parties, action, timeout) return (construct(core.barrier, parties, action, timeout)) end
-
-function mp.Value(typecode, init)
-  if type(typecode) ~= "string" then argerror(1, "Value", "typecode (a string) expected, got " .. typename(typecode)) end
-  return (construct(core.value, typecode, init))
-end
-
-function mp.Array(typecode, size_or_values)
-  if type(typecode) ~= "string" then argerror(1, "Array", "typecode (a string) expected, got " .. typename(typecode)) end
-  return (construct(core.array, typecode, size_or_values))
-end
-
-function mp.Pipe(duplex)
-  if duplex ~= nil and type(duplex) ~= "boolean" then
-    argerror(1, "Pipe", "boolean expected, got " .. typename(duplex))
-  end
-  return core.pipe(duplex ~= false)
-end
-
---------------------------------------------------------------------------
--- Running programs
-
-local RUN_OPTS = { capture = true, input = true, timeout = true, check = true, cwd = true, env = true }
-
--- The command line, shortened, for messages.
-local function describe_command(argv)
-  local s = table.concat(argv, " ")
-  if #s > 60 then s = s:sub(1, 57) .. "..." end
-  return "'" .. s .. "'"
-end
-
-function mp.run(argv, opts)
-  if type(argv) ~= "table" then
-    argerror(1, "run", "argument list (a table of strings) expected, got " .. typename(argv) ..
-      (type(argv) == "string" and "; no shell is involved: {\"sh\", \"-c\", command} runs one" or ""))
-  end
-  local args = {}
-  for i = 1, #argv do
-    local a = argv[i]
-    if math.type(a) then a = tostring(a) end
-    if type(a) ~= "string" then argerror(1, "run", "argument " .. i .. " must be a string, got " .. typename(a)) end
-    if a:find("\0", 1, true) then argerror(1, "run", "argument " .. i .. " contains a NUL byte") end
-    args[i] = a
-  end
-  if #args == 0 then argerror(1, "run", "the argument list is empty") end
-  opts = check_options(opts, RUN_OPTS, 2, "run")
-  local timeout = opts.timeout
-  if timeout ~= nil and (type(timeout) ~= "number" or not (timeout > 0)) then
-    argerror(2, "run", "timeout must be a positive number, got " .. tostring(timeout))
-  end
-  for _, k in ipairs({ "capture", "check" }) do
-    if opts[k] ~= nil and type(opts[k]) ~= "boolean" then argerror(2, "run", k .. " must be a boolean, got " .. typename(opts[k])) end
-  end
-  for _, k in ipairs({ "input", "cwd" }) do
-    if opts[k] ~= nil and type(opts[k]) ~= "string" then argerror(2, "run", k .. " must be a string, got " .. typename(opts[k])) end
-  end
-  local env = opts.env
-  if env ~= nil then
-    if type(env) ~= "table" then argerror(2, "run", "env must be a table, got " .. typename(env)) end
-    for k, v in pairs(env) do
-      if type(k) ~= "string" or k == "" or k:find("=", 1, true) or k:find("\0", 1, true) then
-        argerror(2, "run", "env: " .. tostring(k) .. " is not a variable name")
-      end
-      if v ~= false and type(v) ~= "string" then
-        argerror(2, "run", "env." .. k .. " must be a string (or false to remove it), got " .. typename(v))
-      end
-      if v and v:find("\0", 1, true) then argerror(2, "run", "env." .. k .. " contains a NUL byte") end
-    end
-  end
-  local ok, code, sig, out, err, timed_out = pcall(core.run, args, opts.capture, opts.input, timeout, opts.cwd, env,
-    current.name == "MainProcess")
-  if not ok then
-    if Error.is(code) then error(code, 2) end          -- (interrupted)
-    raise("process", tostring(code), 2)
-  end
-  local r = { code = code, signal = sig, stdout = out, stderr = err }
-  if timed_out then
-    error(new_error("timeout", string.format("%s ran past its %gs timeout and was killed",
-      describe_command(args), timeout), { stdout = out, stderr = err }), 2)
-  end
-  if opts.check and code ~= 0 then
-    error(new_error("process", string.format("%s %s", describe_command(args),
-      code and ("exited with status " .. code) or describe_exit(-sig)),
-      { code = code, signal = sig, stdout = out, stderr = err }), 2)
-  end
-  return r
-end
+mp.run = part("run").run
 
 mp._pipe_ring = core.pipe_ring   -- bytes of a Pipe's ring, each way
 mp._encode = core.encode
