@@ -1,80 +1,5 @@
--- luamp/luamp.lua: the Python-shaped API, built on the C core.
---
--- The C core (passed in as `core`) moves bytes and waits: the codec,
--- shared-memory queues, pipes, fork and child handles.  This file keeps
--- the books: Process objects, Pools with their jobs and AsyncResults,
--- errors as values with a kind.
---
--- How a Pool works.  Every pool has two shared-memory queues: tasks
--- (parent -> any worker) and results (workers -> parent).  A put copies
--- the message into shared memory and returns, so tasks already submitted
--- run, and their results are taken out of the workers, while the script
--- computes and never calls luamp; the parent reads the results queue only
--- when it waits (get, wait, map, join, iteration).  That is also where
--- callbacks run.  A task message carries the function's encoded bytes and
--- an id: the function is encoded once per call (once per pool for a
--- function without upvalues of its own), and each worker decodes it once.
-
-local core, part = ...
-
-local mp = { version = core.version }
-local getpid, now = core.getpid, core.now
-local pack, unpack = table.pack, table.unpack
--- (upvalues rather than global lookups: apply_async runs them per task)
-local setmetatable, getmetatable, type, error = setmetatable, getmetatable, type, error
-
-local errors = part("errors")
-local Error, raise = errors.Error, errors.raise
-mp.Error = Error
-
-local checks = part("checks")
-local argerror, typename = checks.argerror, checks.typename
-local check_callable, check_one_of, check_options = checks.check_callable, checks.check_one_of, checks.check_options
-local check_timeout, check_posint = checks.check_timeout, checks.check_posint
-local check_bool, deadline_of = checks.check_bool, checks.deadline_of
-
-local current = part("current")
-local executors = current.executors
-mp.current_process = current.current_process
-mp._shutdown = current.shutdown
-
-function mp.cpu_count() return core.cpu_count() end
-
-local log = part("log")
-mp.log, mp.log_to_stderr = log.log, log.log_to_stderr
-
-local spawn = part("spawn")
-local check_start_method, check_preload = spawn.check_start_method, spawn.check_preload
-mp.set_start_method, mp.get_start_method = spawn.set_start_method, spawn.get_start_method
-mp._spawned = spawn.spawned
-
-local process = part("process")
-mp.Process, mp.active_children = process.Process, process.active_children
-
-local channels = part("channels")
-mp.Queue, mp.JoinableQueue, mp.Pipe = channels.Queue, channels.JoinableQueue, channels.Pipe
-
-local sync = part("sync")
-mp.Lock, mp.RLock, mp.Event = sync.Lock, sync.RLock, sync.Event
-mp.Semaphore, mp.BoundedSemaphore = sync.Semaphore, sync.BoundedSemaphore
-mp.Condition, mp.Barrier, mp.Value, mp.Array = sync.Condition, sync.Barrier, sync.Value, sync.Array
-
-mp.run = part("run").run
-
-mp._pipe_ring = core.pipe_ring   -- bytes of a Pipe's ring, each way
-mp._encode = core.encode
-mp._decode = core.decode
-mp._now = core.now
-mp._sleep = core.sleep
-
-local pool = part("pool")
-local put_apply, start_imap, check_running, run_callback = pool.put_apply, pool.start_imap, pool.check_running, pool.run_callback
-mp.Pool = pool.Pool
-
-local ordered_iterator = part("results").ordered_iterator
-
---------------------------------------------------------------------------
--- Executor and futures (Python's concurrent.futures)
+-- luamp/executor.lua: mp.Executor and its futures, mp.as_completed and
+-- mp.wait (Python's concurrent.futures).
 --
 -- An Executor is a Pool with futures in front.  submit puts the task in
 -- the pool's task queue at once, so it runs while the script computes;
@@ -85,6 +10,38 @@ local ordered_iterator = part("results").ordered_iterator
 -- slots say which), then finished or cancelled.  Results are handled, and
 -- done callbacks run, while the script waits on a future of the executor
 -- (or asks done(), or iterates its map, or shuts it down).
+--
+-- Python's executor keeps pending calls in the parent and feeds its
+-- workers a few at a time from a helper thread, so that they can still
+-- be cancelled; luamp has no helper thread, and a backlog in the parent
+-- would only move while the script waits.  So cancel works on the queue
+-- itself (shmq.c, "Cancelling"), and a future is settled by its task's
+-- callbacks when the pool handles the result, or the death of the worker
+-- that ran it.  as_completed and wait register on each future a list to
+-- be told, and wait on the pools of the futures still out (several
+-- pools: a short slice on each in turn).
+--
+-- Uses: errors, checks, current, spawn, pool, results.
+
+local core, part = ...
+
+local raise = part("errors").raise
+local checks = part("checks")
+local argerror, typename = checks.argerror, checks.typename
+local check_callable, check_one_of, check_options = checks.check_callable, checks.check_one_of, checks.check_options
+local check_timeout, check_posint = checks.check_timeout, checks.check_posint
+local check_bool, deadline_of = checks.check_bool, checks.deadline_of
+local current = part("current")
+local executors = current.executors
+local spawn = part("spawn")
+local check_start_method, check_preload = spawn.check_start_method, spawn.check_preload
+local pool_part = part("pool")
+local Pool, put_apply, start_imap = pool_part.Pool, pool_part.put_apply, pool_part.start_imap
+local check_running, run_callback = pool_part.check_running, pool_part.run_callback
+local ordered_iterator = part("results").ordered_iterator
+
+local getpid, now = core.getpid, core.now
+local pack, unpack = table.pack, table.unpack
 
 local Executor = {}
 local ExecutorMT = { __index = Executor, __name = "luamp.Executor",
@@ -97,7 +54,7 @@ local executor_count = 0
 local EXECUTOR_OPTS = { max_workers = true, initializer = true, initargs = true,
                         max_tasks_per_child = true, start_method = true, preload = true }
 
-function mp.Executor(opts)
+local function new_executor(opts)
   opts = check_options(opts, EXECUTOR_OPTS, 1, "Executor")
   local n = check_posint(opts.max_workers, 1, "Executor", true)
   if opts.initializer ~= nil then check_callable(opts.initializer, 1, "Executor") end
@@ -107,7 +64,7 @@ function mp.Executor(opts)
   local maxtasks = check_posint(opts.max_tasks_per_child, 1, "Executor", true)
   local method = check_start_method(opts.start_method, 1, "Executor")
   local preload = check_preload(opts.preload, 1, "Executor")
-  local pool = mp.Pool{ processes = n, initializer = opts.initializer, initargs = opts.initargs,
+  local pool = Pool{ processes = n, initializer = opts.initializer, initargs = opts.initargs,
                         maxtasksperchild = maxtasks, start_method = method, preload = preload }
   executor_count = executor_count + 1
   local self = setmetatable({
@@ -392,7 +349,7 @@ end
 
 -- for fut in mp.as_completed(futures, timeout): each future once, as it
 -- ends (those already ended first).
-function mp.as_completed(futures, timeout)
+local function as_completed(futures, timeout)
   local list, exs = future_set(futures, "as_completed")
   check_timeout(timeout, 2, "as_completed")
   local deadline = deadline_of(timeout)
@@ -419,7 +376,7 @@ local RETURN_WHEN = { ALL_COMPLETED = true, FIRST_COMPLETED = true, FIRST_EXCEPT
 local WAIT_OPTS = { timeout = true, return_when = true }
 
 -- done, pending = mp.wait(futures, {timeout =, return_when =})
-function mp.wait(futures, opts)
+local function wait(futures, opts)
   local list, exs = future_set(futures, "wait")
   opts = check_options(opts, WAIT_OPTS, 2, "wait")
   local timeout, when = opts.timeout, opts.return_when or "ALL_COMPLETED"
@@ -447,4 +404,8 @@ function mp.wait(futures, opts)
   return done, pending
 end
 
-return mp
+return {
+  Executor = new_executor,
+  as_completed = as_completed,
+  wait = wait,
+}
