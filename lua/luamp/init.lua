@@ -62,6 +62,14 @@
 
 local core, load_part = ...
 
+-- (in a source tree, a stock lua's require may find this file through
+-- "./?/init.lua" before it finds luamp.so, and run it with the module's
+-- name and the file's path)
+if type(core) ~= "table" then
+  error(string.format("luamp: require found %s, which is luamp's source, not a module " ..
+    "(the module is luamp.so, on package.cpath): run this from another directory", tostring(load_part)), 0)
+end
+
 local loaded, loading = {}, {}
 
 local function part(name)
