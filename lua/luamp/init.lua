@@ -36,7 +36,9 @@
 -- core it runs on, and nothing on package.path can stand in for a part.
 -- luaopen_luamp (src/module.c) runs this chunk with the C core and
 -- load_part(name), which compiles lua/luamp/NAME.lua under the chunk name
--- "=luamp/NAME.lua": errors and tracebacks say `luamp/pool.lua:123:`.
+-- "=luamp/NAME.lua": errors and tracebacks say `luamp/pool.lua:123:`
+-- ("=", not "@": there is no such file to open), and checks.lua's
+-- argerror knows the library's frames by that prefix.
 -- part(name), below, runs a part once, with the core and part itself,
 -- and keeps what it returns, as require does, but outside package.loaded:
 -- no other chunk can see or replace a part.  package.preload would have
@@ -50,9 +52,10 @@
 -- spawned child starts.
 --
 -- State that changes.  A part keeps what it takes from another in
--- locals, read once: a plain upvalue is the cheapest read Lua has, and
--- the pool's hot paths (apply_async, _pump, _complete, the iterators)
--- read them per task.  So a part exports no value that changes later:
+-- locals, read once: an upvalue costs one instruction where a field of
+-- another part's table costs two, and the pool's hot paths (apply_async,
+-- _pump, _complete, the iterators) read them per task or per chunk.  So
+-- a part exports no value that changes later:
 -- what changes is a field of a table that every part shares and that is
 -- never replaced (current.pid and current.name, which become_child sets
 -- in a forked child; log.level and log.debugging), or it is behind a

@@ -24,8 +24,8 @@
 --
 -- Chunks.  map cuts its items into chunks, one task each, sized from the
 -- number of workers, the observed cost of an item and the size of the
--- items (auto_chunksize); map and starmap first send one item per worker
--- to measure.  imap reads its input only as results are consumed
+-- items (auto_chunksize); map and starmap, given no chunksize, first
+-- send one item per worker to measure.  imap reads its input only as results are consumed
 -- (_feed), so an endless iterator is fine.  doc/design.md, "A map call,
 -- step by step", follows one call through this file, worker.lua and
 -- src/queue.c.

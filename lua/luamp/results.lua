@@ -1,13 +1,14 @@
 -- luamp/results.lua: a pool's results as the script waits for them:
 -- AsyncResult, and the loops of imap and imap_unordered.
 --
--- A job (pool.lua) is one call: map_async, apply_async, imap... .  The
--- AsyncResult that map_async and apply_async return is the job itself,
--- with a metatable: the script's handle and the pool's books are one
--- table.  Results reach the parent only while it waits (pool.lua), so
--- whatever here waits, pumps the job's pool (_wait_for, _pump) until the
--- job is finished or the deadline has passed, and ready() takes what has
--- arrived without waiting.  apply_async's jobs are leaner, for scripts
+-- A job (pool.lua) is one call of map, apply_async, imap and the like.
+-- The AsyncResult that map_async, starmap_async and apply_async return
+-- is the job itself, with a metatable: the script's handle and the
+-- pool's books are one table.  Results reach the parent only while it
+-- waits (pool.lua), so each method here that waits pumps the job's pool
+-- (_wait_for, _pump) until the job is finished or the deadline has
+-- passed; ready() takes what has arrived without waiting.  apply_async's
+-- jobs are leaner, for scripts
 -- that submit a task per item: an ApplyResult gets its kind from its
 -- metatable, and its values at 1..n (queue.c, settle_apply, sets
 -- finished to n when it settles a success in C).

@@ -16,7 +16,7 @@
 -- raised, and put_result replaces a result that cannot travel by a
 -- "serialize" error for that item alone.  A task that runs out of memory
 -- ends the worker (a Lua state that ran out may not be able to go on),
--- and the pool forks another in its place.
+-- and the pool starts another in its place.
 --
 -- Uses: errors, log, current, share.
 
