@@ -830,7 +830,7 @@ static int q_put_apply(lua_State *L)
  * f from Lua, cheaper per item once chunks are big. */
 #define SERVE_MAP_MAX 16
 
-/* Runs a map chunk (stack: 7 f, 8 items) as run_chunk in luamp.lua does,
+/* Runs a map chunk (stack: 7 f, 8 items) as run_chunk in lua/luamp/worker.lua does,
  * each item in a protected call with the handler at 5, and sends its
  * results and errors; when they cannot be sent, put_result (at 6)
  * sends what can be. */
@@ -898,7 +898,7 @@ static int spent_worker(lua_State *L)
  * of up to SERVE_MAP_MAX items, whose function is in fcache.  An apply
  * runs as xpcall(f, handler, unpack(args)) would, and its outcome goes to
  * rq as put_apply sends it.  A map chunk runs as run_chunk
- * in luamp.lua; the Lua put_result sends what it can when its results
+ * in lua/luamp/worker.lua; the Lua put_result sends what it can when its results
  * cannot all be sent.  Returns what get_task would for the first other
  * task (or when the queue closes).  This is most of what a worker does
  * per small task, and every task that stays in C spares the worker a

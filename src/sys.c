@@ -61,7 +61,7 @@ double luamp_opt_deadline(lua_State *L, int idx)
 /* ---- errors raised to Lua ---------------------------------------------- */
 
 /* Raises the message on top of the stack as an mp.Error of `kind`, with
- * field errno when err is not 0 (a plain string where luamp.lua is not
+ * field errno when err is not 0 (a plain string where lua/luamp/errors.lua is not
  * loaded yet). */
 static int raise_top(lua_State *L, const char *kind, int err)
 {

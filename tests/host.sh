@@ -176,6 +176,19 @@ stack traceback:" "an error object with __tostring is shown through it, with a t
 run "$LUAMP" -e 'error({})'
 like "$rc:$err" "^1:luamp: \(error object is a table value\)" "an error object without __tostring is described"
 
+# The library's Lua parts are compiled in under the names of their files
+# (lua/luamp/), so a traceback through the library says where to look.
+cat >"$tmp/closed.lua" <<'EOF'
+local mp = require "luamp"
+local pool = mp.Pool(1)
+pool:close()
+pool:map(function(x) return x end, {1})
+EOF
+run "$LUAMP" "$tmp/closed.lua"
+like "$rc:$err" "^1:luamp: cannot map: the Pool is closed" "an error raised inside the library ends the script with its message"
+like "$err" "^${tab}luamp/pool\.lua:[0-9]+: in " "its traceback names the library's file and line (luamp/pool.lua)"
+like "$err" "^${tab}$tmp/closed\.lua:4: in main chunk" "and then the script's line that called the library"
+
 run "$LUAMP" "$tmp/nope.lua"
 is "$rc:$err" "1:luamp: cannot open $tmp/nope.lua: No such file or directory" \
     "a missing script exits 1 and says which file and why"
