@@ -107,7 +107,8 @@
  *
  * A process that dies holding a lock leaves the ring consistent: a put is
  * committed by its store of the tail, a get by its store of the head, a
- * resize by its store of the capacity, each the last change to the ring.
+ * resize by its store of the capacity, each the last change to the ring
+ * (a shrink then truncates the file: see resize for why in that order).
  * The next locker gets EOWNERDEAD, marks the mutex consistent, and, as
  * the counters may then be off by the one item the dead process was
  * moving, counts the records between head and tail again under both
@@ -544,7 +545,16 @@ static void read_rec(shmq *q, uint64_t pos, uint32_t *len, uint64_t *seq)
 /* Resizes the ring to `cap` bytes, keeping its records; under both locks.
  * Growing moves the part that wrapped around to behind the old end;
  * shrinking is only done when the ring is empty.  The records keep their
- * positions; base moves so that the head lies at offset `head`. */
+ * positions; base moves so that the head lies at offset `head`.
+ *
+ * The file is never smaller than the capacity the header states, as
+ * every process maps what the header says and a page past the end of
+ * the file is SIGBUS: growing makes the file bigger before it stores the
+ * capacity, shrinking stores it before it makes the file smaller.  A
+ * death in between leaves a file bigger than its ring, which only wastes
+ * memory until the next resize.  (Shrinking once truncated first: a
+ * process killed before the store left the others mapping, and touching,
+ * pages the file no longer had.) */
 static int resize(shmq *q, uint64_t cap)
 {
     struct shmq_hdr *h = q->hdr;
@@ -560,15 +570,16 @@ static int resize(shmq *q, uint64_t cap)
     } else {
         if (map_ring(q, cap) != 0)
             return -1;
-        if (ftruncate(q->memfd, (off_t)(HDR_SIZE + cap)) != 0)
-            return -1;
         head = 0;
     }
     /* (a death before the capacity leaves the old layout valid: growing
-     * moves base by a multiple of the old capacity) */
+     * moves base by a multiple of the old capacity, and a ring shrinks
+     * only when empty) */
     STORE(&h->base, h->head - head);
     h->head_seen = h->head;     /* (an old look could claim more room than a smaller ring has) */
     STORE(&h->cap, cap);
+    if (cap < old && ftruncate(q->memfd, (off_t)(HDR_SIZE + cap)) != 0)
+        return -1;      /* (the ring is resized; the file keeps pages it need not) */
     return 0;
 }
 
