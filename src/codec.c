@@ -152,27 +152,42 @@ void luamp_buf_copy_out(const luamp_buf *b, char *dst)
     luamp_buf_each(b, copy_piece, &dst);
 }
 
-int luamp_buf_flatten(luamp_buf *b)
+/* Piece k of the message (see luamp_buf_cursor). */
+static void buf_piece(const luamp_buf *b, size_t k, const char **p, size_t *n)
 {
-    size_t end = b->len, shift = b->spanlen;
+    size_t i = k / 2;
 
-    if (b->nspans == 0)
-        return 0;
-    if (luamp_buf_reserve(b, shift) != 0)
-        return -1;
-    /* from the back: each stretch of data moves up by the spans before
-     * its end, then the span before it goes in */
-    for (size_t i = b->nspans; i-- > 0;) {
-        const luamp_span *s = &b->spans[i];
-        memmove(b->data + s->at + shift, b->data + s->at, end - s->at);
-        shift -= s->n;
-        memcpy(b->data + s->at + shift, s->p, s->n);
-        end = s->at;
+    if (k & 1) {
+        *p = b->spans[i].p;
+        *n = b->spans[i].n;
+    } else {
+        size_t from = i > 0 ? b->spans[i - 1].at : 0;
+        size_t to = i < b->nspans ? b->spans[i].at : b->len;
+        *p = b->data + from;
+        *n = to - from;
     }
-    b->len += b->spanlen;
-    b->nspans = 0;
-    b->spanlen = 0;
-    return 0;
+}
+
+size_t luamp_buf_read(const luamp_buf *b, luamp_buf_cursor *c, char *dst, size_t n)
+{
+    size_t done = 0;
+
+    while (done < n && c->piece <= 2 * b->nspans) {
+        const char *p;
+        size_t len, k;
+
+        buf_piece(b, c->piece, &p, &len);
+        k = len - c->off < n - done ? len - c->off : n - done;
+        if (k > 0)
+            memcpy(dst + done, p + c->off, k);
+        done += k;
+        c->off += k;
+        if (c->off == len) {
+            c->piece++;
+            c->off = 0;
+        }
+    }
+    return done;
 }
 
 /* Drops the spans from the n-th on (a cut back to before they were made). */
@@ -2667,6 +2682,27 @@ int luamp_decode(lua_State *L, const char *data, size_t len, int flags)
 int luamp_decode_into(lua_State *L, const char *data, size_t len, int flags, int t, lua_Integer offset)
 {
     return decode(L, data, len, flags, lua_absindex(L, t), offset);
+}
+
+/* decode_protected(pointer, length, flags) -> value; raises what
+ * decoding says. */
+static int decode_protected(lua_State *L)
+{
+    const char *p = lua_touserdata(L, 1);
+    size_t n = (size_t)lua_tointeger(L, 2);
+
+    if (luamp_decode(L, p, n, (int)lua_tointeger(L, 3)) != 0)
+        return lua_error(L);
+    return 1;
+}
+
+int luamp_decode_protected(lua_State *L, const char *data, size_t len, int flags)
+{
+    lua_pushcfunction(L, decode_protected);
+    lua_pushlightuserdata(L, (void *)data);
+    lua_pushinteger(L, (lua_Integer)len);
+    lua_pushinteger(L, flags);
+    return lua_pcall(L, 3, 1, 0) == LUA_OK ? 0 : -1;
 }
 
 /* ------------------------------------------------------------------ */

@@ -101,3 +101,14 @@ double luamp_opt_deadline(lua_State *L, int idx);
 
 /* Shrinks a scratch buffer that a big message left large. */
 void luamp_buf_trim(luamp_buf *b);
+
+/* Faults in the pages of [p + from, p + to) that are not resident yet,
+ * with one system call per run of them rather than a fault per page
+ * (advice only: nothing fails).  Worth it for blocks of
+ * LUAMP_POPULATE_FROM bytes and more about to be written. */
+#define LUAMP_POPULATE_FROM ((size_t)256 << 10)
+void luamp_populate(char *p, size_t from, size_t to);
+/* Empties b and makes room for a message of n bytes about to be copied
+ * in, its pages faulted in (luamp_populate): 0, or -1 when out of
+ * memory.  Nothing the buffer held is copied to new memory. */
+int luamp_buf_prepare(luamp_buf *b, size_t n);
