@@ -22,7 +22,10 @@
  * 256 MiB shrinks back, so one huge message does not pin its memory for
  * ever; a smaller ring keeps its size, as growing again costs fresh pages
  * (shrinking at 16 MiB made 32 MiB result chunks fault in every page of
- * the ring again for each chunk).
+ * the ring again for each chunk).  A put of 256 KiB or more first gets
+ * the pages of its record that the file lacks in two calls (fallocate,
+ * then MADV_POPULATE_WRITE) rather than one page fault each: a fresh
+ * 300 MiB went in at about 1,100 MiB/s instead of 900.
  *
  * Two locks: producers take the put lock, consumers the get lock (a
  * two-lock queue, as Michael and Scott's).  head and tail are byte
@@ -846,6 +849,19 @@ static void write_piece(void *ctx, const char *p, size_t n)
     c->pos += n;
 }
 
+/* Under the put lock: gets the pages of the n bytes at ring position pos
+ * that the file does not have yet (a ring that grew: the kernel gives
+ * them out zeroed, one page fault per 4 KiB) at once, before they are
+ * written (sys.h, luamp_populate_shared). */
+static void prefault(shmq *q, uint64_t pos, uint64_t n)
+{
+    uint64_t cap = q->hdr->cap, off = ring_off(q->hdr, pos);
+    uint64_t first = n < cap - off ? n : cap - off;
+    luamp_populate_shared(q->ring, off, off + first, q->memfd, HDR_SIZE);
+    if (n > first)
+        luamp_populate_shared(q->ring, 0, n - first, q->memfd, HDR_SIZE);
+}
+
 /* Writes message m (its data with its spans inserted) at ring position pos. */
 static void write_message(shmq *q, uint64_t pos, const luamp_buf *m)
 {
@@ -948,6 +964,8 @@ static int put_rec(shmq *q, const luamp_buf *m, double deadline, uint64_t fixed,
      * wrap around its end, so that it can be lent (big results are). */
     if (both && h->head == h->tail && ring_off(h, h->tail) + need > h->cap)
         STORE(&h->base, h->tail);
+    if (need >= LUAMP_POPULATE_FROM)
+        prefault(q, h->tail, need);
     unsigned char rec[REC_HDR];
     uint32_t len = (uint32_t)n;
     uint64_t s = fixed ? fixed : ++h->next_seq;
@@ -1203,7 +1221,7 @@ int shmq_get(shmq *q, luamp_buf *out, double deadline, shmq_wait *w)
         w->lent = q->ring + off + REC_HDR;
         w->lent_len = len;
     } else {
-        if (luamp_buf_reserve(out, len) != 0) {
+        if (luamp_buf_prepare(out, len) != 0) {
             unlock_get(q);
             errno = ENOMEM;
             return SHMQ_ERROR;

@@ -1040,7 +1040,7 @@ double luamp_opt_deadline(lua_State *L, int idx)
  * faulting in resident pages is not free (about 140 ns a page here, more
  * than copying them), so mincore() first says which are not, 256 pages
  * at a time. */
-void luamp_populate(char *p, size_t from, size_t to)
+static void populate(char *p, size_t from, size_t to, int fd, off_t at)
 {
     uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
     uintptr_t a = ((uintptr_t)p + from + page - 1) & ~(page - 1);
@@ -1055,14 +1055,27 @@ void luamp_populate(char *p, size_t from, size_t to)
             size_t j = i;
             while (j < n && !(vec[j] & 1))
                 j++;
-            /* Advice only: if it fails (EINVAL before Linux 5.14, ENOMEM),
-             * the pages fault in when written, as they would have anyway. */
+            /* Advice only: if they fail (EINVAL before Linux 5.14, ENOMEM,
+             * ENOSPC), the pages fault in when written, as they would
+             * have anyway. */
+            if (j > i && fd >= 0)
+                (void)fallocate(fd, 0, at + (off_t)(a + i * page - (uintptr_t)p), (off_t)((j - i) * page));
             if (j > i)
                 (void)madvise((void *)(a + i * page), (j - i) * page, MADV_POPULATE_WRITE);
             i = j + 1;
         }
         a += n * page;
     }
+}
+
+void luamp_populate(char *p, size_t from, size_t to)
+{
+    populate(p, from, to, -1, 0);
+}
+
+void luamp_populate_shared(char *p, size_t from, size_t to, int fd, off_t at)
+{
+    populate(p, from, to, fd, at);
 }
 
 int luamp_buf_prepare(luamp_buf *b, size_t n)
