@@ -62,7 +62,15 @@
  * head stays before it until it is given back, so no put can overwrite
  * it, and neither growing (which only moves the wrapped part, which ends
  * before the head) nor shrinking (only when empty) moves it.  Only
- * records that do not wrap are lent.
+ * records that do not wrap are lent.  Holding is lending to any of
+ * several consumers: the holder keeps the get lock while it reads the
+ * record in place, and takes it (or leaves it) when it lets go, so
+ * nothing changes in the shared header meanwhile and a holder that dies
+ * leaves the record at the head for the next consumer.  The get lock is
+ * an error-checking mutex, so that a call of the holder's own that would
+ * wait for it (from a finalizer) fails instead of hanging.  Reading a big
+ * message in place spares a copy into fresh memory as slow as decoding
+ * it; other consumers wait meanwhile, as they waited for that copy.
  *
  * Cancelling (shmq_cancel) marks a record still in the ring as withdrawn
  * and counts it removed; a get that finds it at the head skips it, with
@@ -202,6 +210,11 @@ struct shmq {
     char *ring;
     size_t mapped;       /* ring bytes this process has mapped */
     int spin;            /* this process's last waits were short: spin first */
+    /* the message this process holds (shmq_end_hold): its record's bytes
+     * (0: none), number, claim slot and when it was got */
+    uint64_t held, held_seq;
+    int held_claim;
+    double held_at;
 };
 
 /* Words one side writes under its lock and the other reads without it. */
@@ -223,12 +236,16 @@ static int map_ring(shmq *q, size_t cap)
     return 0;
 }
 
-static int init_mutex(pthread_mutex_t *m)
+/* (checked: the error-checking type, for the get lock, which a consumer
+ * holds while it reads a message in place and may then call in again
+ * from a finalizer: EDEADLK rather than a hang) */
+static int init_mutex(pthread_mutex_t *m, int checked)
 {
     pthread_mutexattr_t a;
     int e = pthread_mutexattr_init(&a);
     if (!e) e = pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
     if (!e) e = pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+    if (!e && checked) e = pthread_mutexattr_settype(&a, PTHREAD_MUTEX_ERRORCHECK);
     if (!e) e = pthread_mutex_init(m, &a);
     pthread_mutexattr_destroy(&a);
     return e;
@@ -256,9 +273,9 @@ shmq *shmq_create(uint64_t maxsize)
     q->ev_put = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK | EFD_SEMAPHORE);
     if (q->ev_get < 0 || q->ev_put < 0)
         goto fail;
-    int e = init_mutex(&q->hdr->put_lock);
-    if (!e) e = init_mutex(&q->hdr->get_lock);
-    if (!e) e = init_mutex(&q->hdr->wake_lock);
+    int e = init_mutex(&q->hdr->put_lock, 0);
+    if (!e) e = init_mutex(&q->hdr->get_lock, 1);
+    if (!e) e = init_mutex(&q->hdr->wake_lock, 0);
     if (e) {
         errno = e;
         goto fail;
@@ -1220,6 +1237,15 @@ int shmq_get(shmq *q, luamp_buf *out, double deadline, shmq_wait *w)
     if (lend) {
         w->lent = q->ring + off + REC_HDR;
         w->lent_len = len;
+        if (w->hold) {
+            if (pacing)
+                __atomic_store(&h->last_get, &t, __ATOMIC_RELAXED);
+            q->held = need;
+            q->held_seq = w->seq;
+            q->held_claim = w->claim;
+            q->held_at = t;
+            return SHMQ_OK;     /* with the lock: see shmq_end_hold */
+        }
     } else {
         if (luamp_buf_prepare(out, len) != 0) {
             unlock_get(q);
@@ -1244,6 +1270,24 @@ int shmq_get(shmq *q, luamp_buf *out, double deadline, shmq_wait *w)
     if (!lend || freed)
         wake(q, 1);
     return SHMQ_OK;
+}
+
+void shmq_end_hold(shmq *q, int take)
+{
+    struct shmq_hdr *h = q->hdr;
+    if (q->held == 0)
+        return;
+    if (take) {
+        if (q->held_claim >= 0) {
+            h->claims[q->held_claim].seq = q->held_seq;
+            h->claims[q->held_claim].since = q->held_at;
+        }
+        consumed(q, q->held);
+        STORE(&h->nremoved, h->nremoved + 1);
+    }
+    q->held = 0;
+    unlock_get(q);
+    wake(q, 1);     /* (also for what the get freed before it) */
 }
 
 void shmq_joinable(shmq *q)
