@@ -22,10 +22,14 @@
  * 256 MiB shrinks back, so one huge message does not pin its memory for
  * ever; a smaller ring keeps its size, as growing again costs fresh pages
  * (shrinking at 16 MiB made 32 MiB result chunks fault in every page of
- * the ring again for each chunk).  A put of 256 KiB or more first gets
- * the pages of its record that the file lacks in two calls (fallocate,
- * then MADV_POPULATE_WRITE) rather than one page fault each: a fresh
- * 300 MiB went in at about 1,100 MiB/s instead of 900.
+ * the ring again for each chunk).  Even a big ring is kept until no big
+ * message came for a second, and it is shrunk by a consumer that finds
+ * it empty, not by the get that emptied it (see shrink_empty): freeing
+ * 300 MiB takes 50-60 ms, and a stream of 300 MiB items paid that and
+ * 200 ms of fresh pages per item.  A put of 256 KiB or more
+ * first gets the pages of its record that the file lacks in two calls
+ * (fallocate, then MADV_POPULATE_WRITE) rather than one page fault each:
+ * a fresh 300 MiB went in at about 1,100 MiB/s instead of 900.
  *
  * Two locks: producers take the put lock, consumers the get lock (a
  * two-lock queue, as Michael and Scott's).  head and tail are byte
@@ -143,7 +147,12 @@
 
 #define HDR_SIZE 8192
 #define INITIAL_CAP ((size_t)256 << 10)   /* capacities are powers of two */
+/* A ring bigger than SHRINK_ABOVE shrinks back once it is empty and no
+ * record of BIG_RECORD bytes or more was taken for SHRINK_IDLE seconds
+ * (shrink_empty). */
 #define SHRINK_ABOVE ((size_t)256 << 20)
+#define BIG_RECORD (SHRINK_ABOVE / 4)
+#define SHRINK_IDLE 1.0
 #define REC_HDR 12     /* u32 length, u64 sequence number */
 /* In a record's sequence number: withdrawn by shmq_cancel, to be skipped. */
 #define REC_CANCELLED ((uint64_t)1 << 63)
@@ -175,6 +184,7 @@ struct shmq_hdr {
                             consumer (0: none), still before the head */
     double last_get;     /* when a consumer last took an item from a
                             ring holding PACE_FROM bytes or more (luamp_now) */
+    double big_get;      /* when one last took a BIG_RECORD */
     /* the sleepers', under wake_lock */
     _Alignas(64) pthread_mutex_t wake_lock;
     uint32_t getters;    /* consumers sleeping on ev_get */
@@ -1019,14 +1029,25 @@ static void maybe_shrink(shmq *q)
         resize(q, INITIAL_CAP);   /* failure just keeps the big ring */
 }
 
-/* Under the get lock: frees the n bytes of the record at the head.  A
- * ring that is empty then and grew big shrinks, if no producer is busy
- * (the put lock is taken second, so only tried). */
+/* Under the get lock: frees the n bytes of the record at the head. */
 static void consumed(shmq *q, uint64_t n)
 {
+    STORE(&q->hdr->head, q->hdr->head + n);
+}
+
+/* Under the get lock: shrinks a ring that grew big and is empty, if no
+ * producer is busy (the put lock is taken second, so only tried) and no
+ * big record was taken for SHRINK_IDLE.  Called by a consumer that finds
+ * the ring empty (and again each time it wakes up, at least once a
+ * second), not by the one that emptied it: freeing the pages of a big
+ * ring (50-60 ms for 300 MiB) delayed the very get that took the big
+ * message.  And a ring that carries big messages keeps its pages while
+ * they come: shrunk after each, it gave every next one fresh pages to
+ * fault in (a stream of 300 MiB items: about 200 ms each). */
+static void shrink_empty(shmq *q)
+{
     struct shmq_hdr *h = q->hdr;
-    STORE(&h->head, h->head + n);
-    if (h->cap > SHRINK_ABOVE && h->head == LOAD(&h->tail)) {
+    if (h->cap > SHRINK_ABOVE && h->head == LOAD(&h->tail) && luamp_now() - h->big_get >= SHRINK_IDLE) {
         int e = pthread_mutex_trylock(&h->put_lock);
         if (e == EOWNERDEAD) {
             e = pthread_mutex_consistent(&h->put_lock);
@@ -1177,6 +1198,7 @@ int shmq_get(shmq *q, luamp_buf *out, double deadline, shmq_wait *w)
         freed |= skip_cancelled(q, tail);
         if (h->head != tail)
             break;
+        shrink_empty(q);
         if (LOAD(&h->shutdown) || expired(deadline)) {
             int r = LOAD(&h->shutdown) ? SHMQ_SHUTDOWN : SHMQ_TIMEOUT;
             unlock_get(q);
@@ -1232,6 +1254,8 @@ int shmq_get(shmq *q, luamp_buf *out, double deadline, shmq_wait *w)
     uint32_t len;
     read_rec(q, h->head, &len, &w->seq);
     uint64_t need = REC_HDR + (uint64_t)len, off = ring_off(h, h->head);
+    if (need >= BIG_RECORD)
+        h->big_get = t;     /* (pacing, so t was read) */
     int lend = w->lend_from && len >= w->lend_from && off + need <= h->cap;
     luamp_buf_reset(out);
     if (lend) {

@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -189,6 +190,37 @@ static void test_holding(void)
     shmq_destroy(q);
     luamp_buf_free(&b);
     luamp_buf_free(&other);
+}
+
+/* A ring that grew past 256 MiB keeps its size while big messages come,
+ * and shrinks once a consumer finds it empty a second after the last. */
+static void test_shrink(void)
+{
+    size_t n = (size_t)257 << 20;
+    char *m = malloc(n);
+    shmq *q = shmq_create(0);
+    luamp_buf b;
+    luamp_buf_init(&b);
+    if (!m || !q) {
+        free(m);
+        shmq_destroy(q);
+        return;
+    }
+    memset(m, 's', n);
+    int moved = 1;
+    for (int i = 0; i < 2; i++) {
+        moved &= shmq_put(q, m, n, -1, NULL) == SHMQ_OK && shmq_test_capacity(q) == (512 << 20);
+        moved &= shmq_get(q, &b, 0, NULL) == SHMQ_OK && b.len == n && shmq_get(q, &b, 0, NULL) == SHMQ_TIMEOUT;
+    }
+    ok(moved && shmq_test_capacity(q) == (512 << 20),
+       "a ring grown for a 257 MiB message keeps its size while such messages come");
+    luamp_buf_free(&b);     /* (257 MiB) */
+    free(m);
+    usleep(1100 * 1000);
+    int r = shmq_get(q, &b, 0, NULL);
+    ok(r == SHMQ_TIMEOUT && shmq_test_capacity(q) == (256 << 10),
+       "a get that finds it empty a second after the last shrinks it back to 256 KiB");
+    shmq_destroy(q);
 }
 
 /* A message with spans goes in as its data with the spans' bytes in
@@ -670,6 +702,7 @@ int main(void)
     shmq_destroy(q);
     test_lending();
     test_holding();
+    test_shrink();
     test_spans();
     test_cancel();
     test_cancel_at();
