@@ -172,6 +172,8 @@ struct shmq_hdr {
     uint64_t next_seq;
     uint64_t head_seen;  /* head, as a producer last read it */
     uint64_t nremoved_seen; /* nremoved, the same (bounded queues) */
+    uint64_t written;    /* the ring's first bytes, those that may have
+                            pages in the file (see prefault) */
     /* published by the producers */
     _Alignas(64) uint64_t tail;  /* where the next record goes (a position) */
     int put_cpu;         /* where the last put ran (see spin_until_item) */
@@ -595,12 +597,16 @@ static int resize(shmq *q, uint64_t cap)
             return -1;
         if (map_ring(q, cap) != 0)
             return -1;
-        if (head + used > old)
+        if (head + used > old) {
             memcpy(q->ring + old, q->ring, head + used - old);
+            h->written = head + used;
+        }
     } else {
         if (map_ring(q, cap) != 0)
             return -1;
         head = 0;
+        if (h->written > cap)
+            h->written = cap;
     }
     /* (a death before the capacity leaves the old layout valid: growing
      * moves base by a multiple of the old capacity, and a ring shrinks
@@ -879,14 +885,21 @@ static void write_piece(void *ctx, const char *p, size_t n)
 /* Under the put lock: gets the pages of the n bytes at ring position pos
  * that the file does not have yet (a ring that grew: the kernel gives
  * them out zeroed, one page fault per 4 KiB) at once, before they are
- * written (sys.h, luamp_populate_shared). */
+ * written (sys.h, luamp_populate_shared).  Only past the bytes written
+ * since the ring last shrank, which have their pages: a ring in use is
+ * not asked about its pages at every put (a mincore() per MiB). */
 static void prefault(shmq *q, uint64_t pos, uint64_t n)
 {
-    uint64_t cap = q->hdr->cap, off = ring_off(q->hdr, pos);
+    struct shmq_hdr *h = q->hdr;
+    uint64_t cap = h->cap, off = ring_off(h, pos);
     uint64_t first = n < cap - off ? n : cap - off;
-    luamp_populate_shared(q->ring, off, off + first, q->memfd, HDR_SIZE);
-    if (n > first)
-        luamp_populate_shared(q->ring, 0, n - first, q->memfd, HDR_SIZE);
+    uint64_t from = off > h->written ? off : h->written;
+    if (off + first > from)
+        luamp_populate_shared(q->ring, from, off + first, q->memfd, HDR_SIZE);
+    if (n > first && n - first > h->written)
+        luamp_populate_shared(q->ring, h->written, n - first, q->memfd, HDR_SIZE);
+    if (off + first > h->written)
+        h->written = n > first ? cap : off + first;
 }
 
 /* Writes message m (its data with its spans inserted) at ring position pos. */

@@ -1081,12 +1081,11 @@ void luamp_populate_shared(char *p, size_t from, size_t to, int fd, off_t at)
 int luamp_buf_prepare(luamp_buf *b, size_t n)
 {
     luamp_buf_reset(b);
-    if (b->cap < n) {
-        /* (realloc would copy what the buffer held) */
-        luamp_buf_free(b);
-        if (luamp_buf_reserve(b, n) != 0)
-            return -1;
-    }
+    if (b->cap >= n)
+        return 0;       /* (a buffer kept: mostly written before) */
+    luamp_buf_free(b);  /* (realloc would copy what the buffer held) */
+    if (luamp_buf_reserve(b, n) != 0)
+        return -1;
     if (n >= LUAMP_POPULATE_FROM)
         luamp_populate(b->data, 0, n);
     return 0;

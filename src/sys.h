@@ -115,6 +115,8 @@ void luamp_populate(char *p, size_t from, size_t to);
  * alone gained half of that). */
 void luamp_populate_shared(char *p, size_t from, size_t to, int fd, off_t at);
 /* Empties b and makes room for a message of n bytes about to be copied
- * in, its pages faulted in (luamp_populate): 0, or -1 when out of
- * memory.  Nothing the buffer held is copied to new memory. */
+ * in: 0, or -1 when out of memory.  A buffer too small is replaced, not
+ * grown (nothing it held is copied), and the new one's pages are faulted
+ * in (luamp_populate); one big enough is used as it is (asking which of
+ * its pages are resident would cost more than the few faults left). */
 int luamp_buf_prepare(luamp_buf *b, size_t n);
