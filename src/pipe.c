@@ -17,7 +17,7 @@
  * as it writes a small message, rather than making it whole first, and
  * the receiver faults in the buffer it collects the message in with one
  * call (luamp_buf_prepare) before it starts: a first 300 MiB message went
- * from about 500 to 900 MiB/s, the rest being mostly the fresh memory
+ * from about 600 to 900 MiB/s, the rest being mostly the fresh memory
  * the receiver needs for that buffer and then for the Lua string it
  * decodes.  Positions only grow; when a sender finds the ring empty well
  * past its start, it moves both positions back to offset 0, so a Pipe

@@ -111,8 +111,8 @@ void luamp_populate(char *p, size_t from, size_t to);
 /* The same for a shared mapping of the memfd fd, p being the file's byte
  * at `at`: the pages the file lacks are allocated in it first
  * (fallocate), one call per run, then mapped here (a 300 MiB copy into
- * a fresh memfd went from about 890 to 1,120 MiB/s on this VM; mapping
- * alone gained half of that). */
+ * a fresh memfd went from about 1,350 to 1,700 MiB/s on this VM,
+ * bench/rawbig.c). */
 void luamp_populate_shared(char *p, size_t from, size_t to, int fd, off_t at);
 /* Empties b and makes room for a message of n bytes about to be copied
  * in: 0, or -1 when out of memory.  A buffer too small is replaced, not
