@@ -35,6 +35,17 @@
  * reports the path of the culprit ("args[2].f"), collected while the
  * recursion unwinds, so the hot path never builds it.
  *
+ * Only the fast pass leaves big strings where they are (spans, codec.h),
+ * so it must see as many messages as it can: the map of names it needs
+ * for tables is made before the first one, rather than by the protected
+ * pass that the first message with a table once went to.  And the size
+ * limit (1 GiB) is checked against the running total before each string
+ * is looked at or copied; a refusal for size is final even in the fast
+ * pass, as the protected pass would only write the same bytes again,
+ * copying the strings the fast pass had pointed at, to come to the same
+ * refusal (five 256 MiB strings: 1.7 s and 512 MiB more memory to refuse,
+ * now 0.05 s and nothing).
+ *
  * Decoding is luamp's own reader rather than msgpack-c's unpacker: that one
  * builds a msgpack_object tree in a zone allocated per message and caps
  * nesting at 32 levels, while luamp allows 200 and wants Lua values
@@ -74,6 +85,9 @@ enum ext_type {
 #define STR(x) STR_(x)
 #define TOO_DEEP "nesting deeper than " STR(LUAMP_MAX_DEPTH) " levels"
 #define TOO_BIG "message larger than 1 GiB"
+/* The encoder's refusal for size: by this address, the fast pass knows
+ * the refusal is final (see fast_pass). */
+static const char too_big[] = TOO_BIG;
 
 /* The module's registry table of objects: id -> object. */
 #define OBJECTS_KEY "luamp.objects"
@@ -138,27 +152,42 @@ void luamp_buf_copy_out(const luamp_buf *b, char *dst)
     luamp_buf_each(b, copy_piece, &dst);
 }
 
-int luamp_buf_flatten(luamp_buf *b)
+/* Piece k of the message (see luamp_buf_cursor). */
+static void buf_piece(const luamp_buf *b, size_t k, const char **p, size_t *n)
 {
-    size_t end = b->len, shift = b->spanlen;
+    size_t i = k / 2;
 
-    if (b->nspans == 0)
-        return 0;
-    if (luamp_buf_reserve(b, shift) != 0)
-        return -1;
-    /* from the back: each stretch of data moves up by the spans before
-     * its end, then the span before it goes in */
-    for (size_t i = b->nspans; i-- > 0;) {
-        const luamp_span *s = &b->spans[i];
-        memmove(b->data + s->at + shift, b->data + s->at, end - s->at);
-        shift -= s->n;
-        memcpy(b->data + s->at + shift, s->p, s->n);
-        end = s->at;
+    if (k & 1) {
+        *p = b->spans[i].p;
+        *n = b->spans[i].n;
+    } else {
+        size_t from = i > 0 ? b->spans[i - 1].at : 0;
+        size_t to = i < b->nspans ? b->spans[i].at : b->len;
+        *p = b->data + from;
+        *n = to - from;
     }
-    b->len += b->spanlen;
-    b->nspans = 0;
-    b->spanlen = 0;
-    return 0;
+}
+
+size_t luamp_buf_read(const luamp_buf *b, luamp_buf_cursor *c, char *dst, size_t n)
+{
+    size_t done = 0;
+
+    while (done < n && c->piece <= 2 * b->nspans) {
+        const char *p;
+        size_t len, k;
+
+        buf_piece(b, c->piece, &p, &len);
+        k = len - c->off < n - done ? len - c->off : n - done;
+        if (k > 0)
+            memcpy(dst + done, p + c->off, k);
+        done += k;
+        c->off += k;
+        if (c->off == len) {
+            c->piece++;
+            c->off = 0;
+        }
+    }
+    return done;
 }
 
 /* Drops the spans from the n-th on (a cut back to before they were made). */
@@ -288,7 +317,7 @@ static void cut_back(encoder *e, size_t len, size_t spans)
 static int grow(encoder *e, size_t n)
 {
     if (written(e) + n > LUAMP_MAX_MESSAGE)
-        return refuse_whole(e, TOO_BIG);
+        return refuse_whole(e, too_big);
     if (luamp_buf_reserve(e->out, n) < 0)
         return refuse_whole(e, "out of memory");
     return 0;
@@ -1034,6 +1063,13 @@ static int utf8_valid(const unsigned char *s, size_t n)
     }
 }
 
+/* The fewest bytes put_header writes for a string of n bytes (str; bin
+ * may take one more). */
+static inline size_t str_header_size(size_t n)
+{
+    return n < 32 ? 1 : n < 0x100 ? 2 : n < 0x10000 ? 3 : 5;
+}
+
 /* Records the n bytes at s as a span at the end of the message (see
  * luamp_buf).  Only the fast pass makes spans: it runs no Lua code, so
  * no string it meets can be collected before the message is sent. */
@@ -1042,7 +1078,7 @@ static int add_span(encoder *e, const char *s, size_t n)
     luamp_buf *b = e->out;
 
     if (written(e) + n > LUAMP_MAX_MESSAGE)
-        return refuse_whole(e, TOO_BIG);
+        return refuse_whole(e, too_big);
     if (b->nspans == b->spancap) {
         size_t cap = b->spancap ? b->spancap * 2 : 8;
         luamp_span *p = realloc(b->spans, cap * sizeof *p);
@@ -1063,8 +1099,9 @@ static int enc_string(encoder *e)
     unsigned char *p;
     int span = e->fast && e->out->span_from && n >= e->out->span_from;
 
-    if (n > LUAMP_MAX_MESSAGE)
-        return refuse_whole(e, TOO_BIG);   /* before spending time on checking it */
+    /* before spending time on checking it, and before a byte is copied */
+    if (n > LUAMP_MAX_MESSAGE || written(e) + str_header_size(n) + n > LUAMP_MAX_MESSAGE)
+        return refuse_whole(e, too_big);
     if (room(e, span ? 5 : 5 + n))
         return -1;
     if (put_header(e, utf8_valid((const unsigned char *)s, n) ? 0xa0 : 0, n))
@@ -1385,7 +1422,8 @@ static int fast_table(encoder *e, int depth)
 
     if (id >= 0)
         return enc_ref(e, (uint32_t)id);
-    /* no map of names yet, a metatable, or a name: the protected pass */
+    /* no map of names (fast_pass could not make one), a metatable, or a
+     * name: the protected pass */
     if (e->names == 0 || lua_getmetatable(L, -1))
         return -1;
     lua_pushvalue(L, -1);
@@ -1623,9 +1661,42 @@ static void encoder_init(encoder *e, lua_State *L, const char *root, luamp_buf *
  * and the protected pass encodes the whole value again, with the
  * checks, tables and error paths described above.
  */
+static int names_build_main(lua_State *L)
+{
+    names_build(L);
+    return 0;
+}
+
+/* Makes the map of names if the state has none yet, before the fast
+ * pass, which gives up on every table without one: the first message
+ * with a table went to the protected pass, which makes no spans, and so
+ * copied its big strings (a first put of a table holding a 300 MiB
+ * string copied it twice, the refusal of an oversized one only came
+ * after a copy of up to 1 GiB).  Protected, and only advice: when it
+ * fails (out of memory), the protected pass makes the map or says why
+ * it cannot. */
+static void names_first(lua_State *L)
+{
+    lua_pushcfunction(L, names_build_main);
+    if (lua_pcall(L, 0, 0, 0) != LUA_OK)
+        lua_pop(L, 1);
+}
+
 /* The fast pass over the value at idx, or the slice (first, count) of
  * the table there, or (stack) the count stack values from idx: 0, or -1
- * with out cut back when it gives up. */
+ * with out cut back when it gives up, or REFUSED with out cut back and
+ * the refusal pushed when the message is over the size limit.
+ *
+ * That refusal is final.  What the fast pass wrote before it gave up
+ * is what the protected pass writes for the same values, so a message
+ * whose first part already passes the limit cannot come under it
+ * there; and the protected pass makes no spans, so it copied every big
+ * string the fast pass had only pointed at into the buffer before it
+ * came to the same refusal (five 256 MiB strings in a table took 1.7 s
+ * and 512 MiB more memory to refuse on a Queue, 2.4 s and 767 MiB on a
+ * Pipe; now nothing is copied). */
+#define REFUSED (-2)
+
 static int fast_pass(lua_State *L, int idx, const char *root, luamp_buf *out,
                      lua_Integer first, lua_Integer count, int stack)
 {
@@ -1638,13 +1709,22 @@ static int fast_pass(lua_State *L, int idx, const char *root, luamp_buf *out,
         tables = lua_type(L, idx) == LUA_TTABLE;
     for (int i = 0; stack && i < count && !tables; i++)
         tables = lua_type(L, idx + i) == LUA_TTABLE;
-    if (tables && lua_rawgetp(L, LUA_REGISTRYINDEX, &names_key) == LUA_TTABLE)
+    if (tables && lua_rawgetp(L, LUA_REGISTRYINDEX, &names_key) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        names_first(L);
+        lua_rawgetp(L, LUA_REGISTRYINDEX, &names_key);
+    }
+    if (tables && lua_istable(L, -1))
         e.names = lua_gettop(L);
     r = enc_root(&e, idx);
     seen_free(&e.seen);
     lua_settop(L, top);
     if (r != 0)
         cut_back(&e, e.start, e.spans0);
+    if (r != 0 && e.why == too_big) {
+        lua_pushfstring(L, "cannot send %s: %s", e.root, too_big);
+        return REFUSED;
+    }
     return r;
 }
 
@@ -1674,10 +1754,12 @@ static int protected_pass(lua_State *L, int idx, const char *root, luamp_buf *ou
 static int encode(lua_State *L, int idx, const char *root, luamp_buf *out,
                   lua_Integer first, lua_Integer count)
 {
+    int r;
+
     idx = lua_absindex(L, idx);
     luaL_checkstack(L, SLACK, NULL);
-    if (fast_pass(L, idx, root, out, first, count, 0) == 0)
-        return 0;
+    if ((r = fast_pass(L, idx, root, out, first, count, 0)) != -1)
+        return r == 0 ? 0 : -1;
     return protected_pass(L, idx, root, out, first, count);
 }
 
@@ -1699,8 +1781,8 @@ int luamp_encode_values(lua_State *L, int first, int n, const char *root, luamp_
 
     first = lua_absindex(L, first);
     luaL_checkstack(L, SLACK, NULL);
-    if (fast_pass(L, first, root, out, 1, n, 1) == 0)
-        return 0;
+    if ((r = fast_pass(L, first, root, out, 1, n, 1)) != -1)
+        return r == 0 ? 0 : -1;
     /* The protected pass cannot see this stack: it gets them in a table. */
     lua_createtable(L, n, 0);
     for (int i = 0; i < n; i++) {
@@ -2600,6 +2682,27 @@ int luamp_decode(lua_State *L, const char *data, size_t len, int flags)
 int luamp_decode_into(lua_State *L, const char *data, size_t len, int flags, int t, lua_Integer offset)
 {
     return decode(L, data, len, flags, lua_absindex(L, t), offset);
+}
+
+/* decode_protected(pointer, length, flags) -> value; raises what
+ * decoding says. */
+static int decode_protected(lua_State *L)
+{
+    const char *p = lua_touserdata(L, 1);
+    size_t n = (size_t)lua_tointeger(L, 2);
+
+    if (luamp_decode(L, p, n, (int)lua_tointeger(L, 3)) != 0)
+        return lua_error(L);
+    return 1;
+}
+
+int luamp_decode_protected(lua_State *L, const char *data, size_t len, int flags)
+{
+    lua_pushcfunction(L, decode_protected);
+    lua_pushlightuserdata(L, (void *)data);
+    lua_pushinteger(L, (lua_Integer)len);
+    lua_pushinteger(L, flags);
+    return lua_pcall(L, 3, 1, 0) == LUA_OK ? 0 : -1;
 }
 
 /* ------------------------------------------------------------------ */

@@ -37,7 +37,8 @@ typedef struct luamp_span {
  * writes their headers and records spans, so that the message is data
  * with each span's bytes inserted at its offset (luamp_buf_size bytes in
  * all), and a queue copies the string once, straight into shared memory
- * (shmq_put_buf).  The strings are those of the value encoded, so they
+ * (shmq_put_buf; a Pipe: luamp_buf_copy_out, luamp_buf_read).  The
+ * strings are those of the value encoded, so they
  * live as long as it does; the message must be sent before the value
  * can be collected (no Lua code runs in between).
  */
@@ -65,8 +66,18 @@ void luamp_buf_reset(luamp_buf *b);
 void luamp_buf_each(const luamp_buf *b, void (*put)(void *ctx, const char *p, size_t n), void *ctx);
 /* Copies the whole message, spans in place, to dst (luamp_buf_size bytes). */
 void luamp_buf_copy_out(const luamp_buf *b, char *dst);
-/* Copies the spans' bytes into the data: 0, or -1 when out of memory. */
-int luamp_buf_flatten(luamp_buf *b);
+/* Where a reader of a message is: in its piece number `piece` (2i: the
+ * data before span i, or after the last one when i == nspans; 2i + 1:
+ * span i), `off` bytes in.  A zeroed cursor is at the start. */
+typedef struct luamp_buf_cursor {
+    size_t piece;
+    size_t off;
+} luamp_buf_cursor;
+/* Copies the message's next n bytes (spans in place) to dst and moves the
+ * cursor past them: a message streamed piece by piece, whatever its
+ * spans, without being made whole first.  Returns the bytes copied, fewer
+ * than n only at the end of the message. */
+size_t luamp_buf_read(const luamp_buf *b, luamp_buf_cursor *c, char *dst, size_t n);
 /* Makes room for `extra` more bytes; 0, or -1 when out of memory. */
 int luamp_buf_reserve(luamp_buf *b, size_t extra);
 int luamp_buf_append(luamp_buf *b, const void *p, size_t n);
@@ -108,6 +119,14 @@ int luamp_encode_values(lua_State *L, int first, int n, const char *root, luamp_
  * Raises only for Lua memory errors.
  */
 int luamp_decode(lua_State *L, const char *data, size_t len, int flags);
+
+/*
+ * luamp_decode inside a protected call, for a caller that holds a lock
+ * over the input: never raises.  0 with the value pushed, or -1 with the
+ * error pushed (a message, or Lua's out-of-memory error).  Needs 4 free
+ * stack slots (luaL_checkstack before taking the lock).
+ */
+int luamp_decode_protected(lua_State *L, const char *data, size_t len, int flags);
 
 /*
  * Decodes a message that is a table and stores its integer keys k in the

@@ -33,6 +33,7 @@
 #include "luamp.h"
 #include "host.h"
 #include "interrupt.h"
+#include "sys.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -99,38 +100,9 @@ static int open_host(lua_State *L)
     return 0;
 }
 
-/* Blocks from this size up are faulted in when allocated.  Smaller ones
- * mostly reuse memory the process already has. */
-#define POPULATE_FROM ((size_t)256 << 10)
-
-/* Faults in the whole pages of [p + from, p + to) that are not resident
- * yet.  A block glibc hands out again usually is; faulting in resident
- * pages is not free (about 140 ns a page here, more than copying them),
- * so mincore() first says which are not, 256 pages at a time. */
-static void populate(char *p, size_t from, size_t to)
-{
-    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-    uintptr_t a = ((uintptr_t)p + from + page - 1) & ~(page - 1);
-    uintptr_t e = ((uintptr_t)p + to) & ~(page - 1);
-    unsigned char vec[256];
-
-    while (a < e) {
-        size_t n = (e - a) / page < sizeof vec ? (e - a) / page : sizeof vec;
-        if (mincore((void *)a, n * page, vec) != 0)
-            return;     /* (advice only: the pages fault in when written) */
-        for (size_t i = 0; i < n;) {
-            size_t j = i;
-            while (j < n && !(vec[j] & 1))
-                j++;
-            /* Advice only: if it fails (EINVAL before Linux 5.14, ENOMEM),
-             * the pages fault in when written, as they would have anyway. */
-            if (j > i)
-                (void)madvise((void *)(a + i * page), (j - i) * page, MADV_POPULATE_WRITE);
-            i = j + 1;
-        }
-        a += n * page;
-    }
-}
+/* Blocks from this size up are faulted in when allocated (sys.h).
+ * Smaller ones mostly reuse memory the process already has. */
+#define POPULATE_FROM LUAMP_POPULATE_FROM
 
 /*
  * Small blocks (tables, their parts, closures, short strings: most of
@@ -219,14 +191,14 @@ static inline size_t small_class(size_t n)
     return (n + SMALL_STEP - 1) / SMALL_STEP;
 }
 
-/* malloc's realloc plus populate() for big blocks. */
+/* malloc's realloc plus luamp_populate() for big blocks. */
 static void *big_realloc(void *ptr, size_t osize, size_t nsize)
 {
     void *p = realloc(ptr, nsize);
     if (p != NULL && nsize >= POPULATE_FROM) {
         size_t kept = ptr != NULL ? osize : 0;
         if (kept < nsize)
-            populate(p, kept, nsize);
+            luamp_populate(p, kept, nsize);
     }
     return p;
 }
@@ -263,7 +235,7 @@ static void *alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     return p;
 }
 
-/* lua_Alloc without an arena: malloc's realloc plus populate(). */
+/* lua_Alloc without an arena: malloc's realloc plus luamp_populate(). */
 static void *alloc_malloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
     (void)ud;

@@ -9,6 +9,16 @@
  * apply_task, get_task, put_result, put_apply, get_result below, and a
  * worker's loop, serve); get_result also wakes up when a worker dies and
  * settles the results that need no Lua.
+ *
+ * A message is copied out of the ring into the getter's scratch buffer
+ * and decoded from there, outside the queue's locks, except a big one:
+ * the Pool's parent decodes results of 64 KiB and more where they lie
+ * (lent: it is their only consumer), and any getter of an item or a
+ * task over 64 MiB holds it in the ring while it decodes it (HOLD_FROM,
+ * shmq.h): the copy would go to fresh memory and cost as much as the
+ * decoding.  A 300 MiB string now goes through a Queue with one copy on
+ * each side, from the Lua string into the ring and from the ring into
+ * the new Lua string.
  */
 #include "shmq.h"
 #include "sys.h"
@@ -29,9 +39,10 @@ typedef struct queue {
     luamp_buf buf;
     luamp_buf held;      /* a result get_result took but did not return
                             yet, when len > 0 (see q_get_result) */
-    const char *msg;     /* get_result's message: in buf, or lent by */
-    size_t mlen;         /* the ring (lent set) */
-    int lent;
+    const char *msg;     /* get_result's message, or a worker's task: in */
+    size_t mlen;         /* buf, lent by the ring (lent set), or held in */
+    int lent;            /* it with the get lock (holding set; requeue: */
+    int holding, requeue; /* leave it there, see push_task) */
     char id[48];
 } queue;
 
@@ -196,12 +207,54 @@ static int push_item(lua_State *L, queue *u)
     return 1;
 }
 
+/* Items from this size up are decoded where they lie in the ring, the
+ * queue's get lock held (shmq.h, "Holding"), instead of being copied out
+ * first.  The scratch buffer keeps 64 MiB (luamp_buf_trim), so a copy of
+ * a smaller item goes to memory this process has, and costs a fraction
+ * of decoding it, which other consumers of the queue do meanwhile; a
+ * bigger one went to fresh memory, a page fault per 4 KiB, and cost as
+ * much as the decoding that follows (a 300 MiB string: about 170 ms of
+ * the getter's 400). */
+#define HOLD_FROM ((size_t)64 << 20)
+
+/* Stops the collector while a message is read where it lies, the get
+ * lock held: no finalizer then runs meanwhile, to call the queue again
+ * (or destroy it).  Whether it was running (for collector_on). */
+static int collector_off(lua_State *L)
+{
+    int running = lua_gc(L, LUA_GCISRUNNING);
+    if (running)
+        lua_gc(L, LUA_GCSTOP);
+    return running;
+}
+
+static void collector_on(lua_State *L, int was_running)
+{
+    if (was_running)
+        lua_gc(L, LUA_GCRESTART);
+}
+
+/* Pushes the item held in the ring (w), and takes it whatever decoding
+ * says; raises what decoding says. */
+static int push_held(lua_State *L, queue *u, const shmq_wait *w)
+{
+    int gc = collector_off(L);
+    int r = luamp_decode_protected(L, w->lent, w->lent_len, 0);
+    shmq_end_hold(u->q, 1);
+    collector_on(L, gc);
+    if (r != 0)
+        return lua_error(L);
+    luamp_collect_for(L, w->lent_len);
+    return 1;
+}
+
 static int do_get(lua_State *L, queue *u, double deadline, const char *why_empty)
 {
-    int r = shmq_get(u->q, &u->buf, deadline, NULL);
+    shmq_wait w = { .claim = -1, .lend_from = HOLD_FROM, .hold = 1 };
+    int r = shmq_get(u->q, &u->buf, deadline, &w);
     switch (r) {
     case SHMQ_OK:
-        return push_item(L, u);
+        return w.lent ? push_held(L, u, &w) : push_item(L, u);
     case SHMQ_TIMEOUT:
         lua_pushnil(L);
         lua_pushstring(L, why_empty);
@@ -337,15 +390,15 @@ static int put_task_msg(lua_State *L, const char *fname, queue *u, int qidx, str
     return put_msg(L, u, "the task", t);
 }
 
-/* Reads the header of the task message in u->buf into h; whether the
+/* Reads the header of the task message (u->msg) into h; whether the
  * message holds that header, the function's bytes and a known kind. */
 static int read_task(const queue *u, struct task_hdr *h)
 {
     memset(h, 0, sizeof *h);
-    if (u->buf.len < sizeof *h)
+    if (u->mlen < sizeof *h)
         return 0;
-    memcpy(h, u->buf.data, sizeof *h);
-    return u->buf.len - sizeof *h >= h->flen && h->kind <= 2;
+    memcpy(h, u->msg, sizeof *h);
+    return u->mlen - sizeof *h >= h->flen && h->kind <= 2;
 }
 
 /* q:put_task(jobid, fid, fbytes, kind, start, items, count, root [, first])
@@ -601,20 +654,35 @@ static int l_watch_objects(lua_State *L)
 /* wait_message for a worker's next task, forever.  While it waits, it
  * also reads the objects its parent sends on its object socket
  * (registry LUAMP_FETCH_KEY), so that a parent sending many does not find
- * the socket full while the worker is idle. */
+ * the socket full while the worker is idle.  The task is u->msg: in
+ * u->buf, or, from HOLD_FROM bytes, held in the ring (u->holding; see
+ * push_task). */
 static int wait_task(lua_State *L, queue *u, shmq_wait *w)
 {
-    if (worker_objsock < 0)
-        return wait_message(L, u, -1, 0, w);
-    for (;;) {
-        w->extra = &worker_objsock;
-        w->nextra = 1;
-        int r = shmq_get(u->q, &u->buf, -1, w);
-        if (r != SHMQ_EVENT)
-            return wait_status(L, r, 0);
-        if (!luamp_fetch_objects(L))
-            worker_objsock = -1;    /* (the parent's end is closed, or unreadable) */
+    int n;
+    w->lend_from = HOLD_FROM;
+    w->hold = 1;
+    if (worker_objsock < 0) {
+        n = wait_message(L, u, -1, 0, w);
+    } else {
+        for (;;) {
+            w->extra = &worker_objsock;
+            w->nextra = 1;
+            int r = shmq_get(u->q, &u->buf, -1, w);
+            if (r != SHMQ_EVENT) {
+                n = wait_status(L, r, 0);
+                break;
+            }
+            if (!luamp_fetch_objects(L))
+                worker_objsock = -1;    /* (the parent's end is closed, or unreadable) */
+        }
     }
+    if (n == 0) {
+        u->holding = w->lent != NULL;
+        u->msg = u->holding ? w->lent : u->buf.data;
+        u->mlen = u->holding ? w->lent_len : u->buf.len;
+    }
+    return n;
 }
 
 /* Pushes false, "undecodable", seq, message (the message on top). */
@@ -627,16 +695,13 @@ static int undecodable(lua_State *L, uint64_t seq)
     return 4;
 }
 
-/* Pushes what q:get_task returns for the task message in u->buf, taken
- * as `seq` (claimed in `slot`); fcache is a stack index.  A task that
- * refers to an object made after this worker was forked goes back to the
- * queue (false, "requeued"): the worker then exits, and the one forked to
- * replace it has the object. */
-static int push_task(lua_State *L, queue *u, uint64_t seq, int slot, int fcache)
+/* push_task's work on the task message u->msg: pushes what get_task
+ * returns.  A held message (u->holding) stays where it is: the caller takes
+ * it, or with u->requeue leaves it in the queue. */
+static int push_task_msg(lua_State *L, queue *u, uint64_t seq, int slot, int fcache)
 {
     struct task_hdr h;
     if (!read_task(u, &h)) {
-        luamp_buf_trim(&u->buf);
         lua_pushliteral(L, "malformed task message");
         return undecodable(L, seq);
     }
@@ -646,27 +711,72 @@ static int push_task(lua_State *L, queue *u, uint64_t seq, int slot, int fcache)
     lua_pushinteger(L, h.fid);
     if (lua_rawgeti(L, fcache, h.fid) == LUA_TNIL) {
         lua_pop(L, 1);
-        lua_pushlstring(L, u->buf.data + sizeof h, h.flen);
+        lua_pushlstring(L, u->msg + sizeof h, h.flen);
     }
     lua_pushstring(L, task_kinds[h.kind]);
     lua_pushinteger(L, h.start);
     luamp_decode_missed_newer();
-    if (luamp_decode(L, u->buf.data + off, u->buf.len - off, 0) != 0) {
-        if (slot >= 0 && luamp_decode_missed_newer()
-            && shmq_requeue(u->q, slot, u->buf.data, u->buf.len, seq) == SHMQ_OK) {
-            luamp_buf_trim(&u->buf);
-            lua_pushboolean(L, 0);
-            lua_pushliteral(L, "requeued");
-            return 2;
+    if (luamp_decode(L, u->msg + off, u->mlen - off, 0) != 0) {
+        if (slot >= 0 && luamp_decode_missed_newer()) {
+            if (u->holding)
+                u->requeue = 1;
+            if (u->holding || shmq_requeue(u->q, slot, u->msg, u->mlen, seq) == SHMQ_OK) {
+                lua_pushboolean(L, 0);
+                lua_pushliteral(L, "requeued");
+                return 2;
+            }
         }
-        luamp_buf_trim(&u->buf);
         return undecodable(L, seq);
     }
-    luamp_collect_for(L, u->buf.len);
-    luamp_buf_trim(&u->buf);
     lua_pushinteger(L, h.count);
     lua_pushinteger(L, (lua_Integer)seq);
     return 9;
+}
+
+/* push_task_msg(u, seq, slot, fcache) in a protected call, for a held
+ * message. */
+static int push_held_task(lua_State *L)
+{
+    queue *u = lua_touserdata(L, 1);
+    uint64_t seq = (uint64_t)lua_tointeger(L, 2);
+    int slot = (int)lua_tointeger(L, 3);
+    return push_task_msg(L, u, seq, slot, 4);
+}
+
+/* Pushes what q:get_task returns for the task message u->msg, taken as
+ * `seq` (claimed in `slot`); fcache is a stack index.  A task that
+ * refers to an object made after this worker was forked goes back to the
+ * queue (false, "requeued"): the worker then exits, and the one forked to
+ * replace it has the object.  A held task is decoded where it lies (see
+ * HOLD_FROM), in a protected call, as nothing may raise while the
+ * queue's get lock is held; a requeued one is simply not taken. */
+static int push_task(lua_State *L, queue *u, uint64_t seq, int slot, int fcache)
+{
+    int n;
+    if (u->holding) {
+        int top = lua_gettop(L);
+        fcache = lua_absindex(L, fcache);
+        lua_pushcfunction(L, push_held_task);   /* (a C function gets 20 free slots) */
+        lua_pushlightuserdata(L, u);
+        lua_pushinteger(L, (lua_Integer)seq);
+        lua_pushinteger(L, slot);
+        lua_pushvalue(L, fcache);
+        u->requeue = 0;
+        int gc = collector_off(L);
+        int st = lua_pcall(L, 4, LUA_MULTRET, 0);
+        u->holding = 0;
+        shmq_end_hold(u->q, !(st == LUA_OK && u->requeue));
+        collector_on(L, gc);
+        if (st != LUA_OK)
+            return lua_error(L);
+        n = lua_gettop(L) - top;
+    } else {
+        n = push_task_msg(L, u, seq, slot, fcache);
+    }
+    if (n == 9)
+        luamp_collect_for(L, u->mlen);
+    luamp_buf_trim(&u->buf);
+    return n;
 }
 
 /* q:get_task(slot, fcache) -> true, jobid, fid, f, kind, start, items,
@@ -922,7 +1032,7 @@ static int q_serve(lua_State *L)
         if (n)
             return n;
         struct task_hdr h;
-        if (!read_task(u, &h)
+        if (u->holding || !read_task(u, &h)
             || !(h.kind == 0 || (h.kind == 1 && h.count >= 1 && h.count <= SERVE_MAP_MAX))
             || lua_rawgeti(L, 3, h.fid) != LUA_TFUNCTION) {
             lua_settop(L, 6);
@@ -930,11 +1040,11 @@ static int q_serve(lua_State *L)
         }
         if (h.kind == 1) {
             size_t off = sizeof h + h.flen;
-            if (luamp_decode(L, u->buf.data + off, u->buf.len - off, 0) != 0 || !lua_istable(L, 8)) {
+            if (luamp_decode(L, u->msg + off, u->mlen - off, 0) != 0 || !lua_istable(L, 8)) {
                 lua_settop(L, 6);
                 return push_task(L, u, w.seq, w.claim, 3);   /* (which says why) */
             }
-            luamp_collect_for(L, u->buf.len);
+            luamp_collect_for(L, u->mlen);
             luamp_buf_trim(&u->buf);
             if (serve_map(L, r, &h, w.seq, pid))
                 return spent_worker(L);
@@ -944,7 +1054,7 @@ static int q_serve(lua_State *L)
         /* stack: 7 f, 8 args */
         size_t off = sizeof h + h.flen;
         lua_Integer nargs = -1;
-        if (luamp_decode(L, u->buf.data + off, u->buf.len - off, 0) == 0 && lua_istable(L, 8)) {
+        if (luamp_decode(L, u->msg + off, u->mlen - off, 0) == 0 && lua_istable(L, 8)) {
             lua_pushliteral(L, "n");
             if (lua_rawget(L, 8) == LUA_TNUMBER && lua_isinteger(L, -1))
                 nargs = lua_tointeger(L, -1);
@@ -956,7 +1066,7 @@ static int q_serve(lua_State *L)
             lua_settop(L, 6);   /* the Lua loop runs it, or says what is wrong */
             return push_task(L, u, w.seq, w.claim, 3);
         }
-        luamp_collect_for(L, u->buf.len);
+        luamp_collect_for(L, u->mlen);
         luamp_buf_trim(&u->buf);
         lua_pushvalue(L, 5);          /* 9: handler */
         lua_pushvalue(L, 7);          /* 10: f */

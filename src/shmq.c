@@ -22,7 +22,15 @@
  * 256 MiB shrinks back, so one huge message does not pin its memory for
  * ever; a smaller ring keeps its size, as growing again costs fresh pages
  * (shrinking at 16 MiB made 32 MiB result chunks fault in every page of
- * the ring again for each chunk).
+ * the ring again for each chunk).  Even a big ring is kept until no big
+ * message came for a second, and it is shrunk by a consumer that finds
+ * it empty, not by the get that emptied it (see shrink_empty): freeing
+ * 300 MiB takes 50-60 ms, and a stream of 300 MiB items paid that and
+ * 200 ms of fresh pages per item.  A put of 256 KiB or more
+ * first gets the pages of its record that the file lacks in two calls
+ * (fallocate, then MADV_POPULATE_WRITE) rather than one page fault each:
+ * a fresh 300 MiB goes in at about 1,700 MiB/s instead of 1,350
+ * (bench/rawbig.c).
  *
  * Two locks: producers take the put lock, consumers the get lock (a
  * two-lock queue, as Michael and Scott's).  head and tail are byte
@@ -59,7 +67,15 @@
  * head stays before it until it is given back, so no put can overwrite
  * it, and neither growing (which only moves the wrapped part, which ends
  * before the head) nor shrinking (only when empty) moves it.  Only
- * records that do not wrap are lent.
+ * records that do not wrap are lent.  Holding is lending to any of
+ * several consumers: the holder keeps the get lock while it reads the
+ * record in place, and takes it (or leaves it) when it lets go, so
+ * nothing changes in the shared header meanwhile and a holder that dies
+ * leaves the record at the head for the next consumer.  The get lock is
+ * an error-checking mutex, so that a call of the holder's own that would
+ * wait for it (from a finalizer) fails instead of hanging.  Reading a big
+ * message in place spares a copy into fresh memory as slow as decoding
+ * it; other consumers wait meanwhile, as they waited for that copy.
  *
  * Cancelling (shmq_cancel) marks a record still in the ring as withdrawn
  * and counts it removed; a get that finds it at the head skips it, with
@@ -107,7 +123,8 @@
  *
  * A process that dies holding a lock leaves the ring consistent: a put is
  * committed by its store of the tail, a get by its store of the head, a
- * resize by its store of the capacity, each the last change to the ring.
+ * resize by its store of the capacity, each the last change to the ring
+ * (a shrink then truncates the file: see resize for why in that order).
  * The next locker gets EOWNERDEAD, marks the mutex consistent, and, as
  * the counters may then be off by the one item the dead process was
  * moving, counts the records between head and tail again under both
@@ -133,7 +150,12 @@
 
 #define HDR_SIZE 8192
 #define INITIAL_CAP ((size_t)256 << 10)   /* capacities are powers of two */
+/* A ring bigger than SHRINK_ABOVE shrinks back once it is empty and no
+ * record of BIG_RECORD bytes or more was taken for SHRINK_IDLE seconds
+ * (shrink_empty). */
 #define SHRINK_ABOVE ((size_t)256 << 20)
+#define BIG_RECORD (SHRINK_ABOVE / 4)
+#define SHRINK_IDLE 1.0
 #define REC_HDR 12     /* u32 length, u64 sequence number */
 /* In a record's sequence number: withdrawn by shmq_cancel, to be skipped. */
 #define REC_CANCELLED ((uint64_t)1 << 63)
@@ -153,6 +175,8 @@ struct shmq_hdr {
     uint64_t next_seq;
     uint64_t head_seen;  /* head, as a producer last read it */
     uint64_t nremoved_seen; /* nremoved, the same (bounded queues) */
+    uint64_t written;    /* the ring's first bytes, those that may have
+                            pages in the file (see prefault) */
     /* published by the producers */
     _Alignas(64) uint64_t tail;  /* where the next record goes (a position) */
     int put_cpu;         /* where the last put ran (see spin_until_item) */
@@ -165,6 +189,7 @@ struct shmq_hdr {
                             consumer (0: none), still before the head */
     double last_get;     /* when a consumer last took an item from a
                             ring holding PACE_FROM bytes or more (luamp_now) */
+    double big_get;      /* when one last took a BIG_RECORD */
     /* the sleepers', under wake_lock */
     _Alignas(64) pthread_mutex_t wake_lock;
     uint32_t getters;    /* consumers sleeping on ev_get */
@@ -200,6 +225,11 @@ struct shmq {
     char *ring;
     size_t mapped;       /* ring bytes this process has mapped */
     int spin;            /* this process's last waits were short: spin first */
+    /* the message this process holds (shmq_end_hold): its record's bytes
+     * (0: none), number, claim slot and when it was got */
+    uint64_t held, held_seq;
+    int held_claim;
+    double held_at;
 };
 
 /* Words one side writes under its lock and the other reads without it. */
@@ -243,8 +273,11 @@ shmq *shmq_create(uint64_t maxsize)
     q->ev_put = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK | EFD_SEMAPHORE);
     if (q->ev_get < 0 || q->ev_put < 0)
         goto fail;
+    /* (the get lock is error-checking: a consumer holds it while it reads
+     * a message in place and may then call in again from a finalizer:
+     * EDEADLK rather than a hang) */
     int e = init_shared_mutex(&q->hdr->put_lock, PTHREAD_MUTEX_DEFAULT);
-    if (!e) e = init_shared_mutex(&q->hdr->get_lock, PTHREAD_MUTEX_DEFAULT);
+    if (!e) e = init_shared_mutex(&q->hdr->get_lock, PTHREAD_MUTEX_ERRORCHECK);
     if (!e) e = init_shared_mutex(&q->hdr->wake_lock, PTHREAD_MUTEX_DEFAULT);
     if (e) {
         errno = e;
@@ -526,7 +559,16 @@ static void read_rec(shmq *q, uint64_t pos, uint32_t *len, uint64_t *seq)
 /* Resizes the ring to `cap` bytes, keeping its records; under both locks.
  * Growing moves the part that wrapped around to behind the old end;
  * shrinking is only done when the ring is empty.  The records keep their
- * positions; base moves so that the head lies at offset `head`. */
+ * positions; base moves so that the head lies at offset `head`.
+ *
+ * The file is never smaller than the capacity the header states, as
+ * every process maps what the header says and a page past the end of
+ * the file is SIGBUS: growing makes the file bigger before it stores the
+ * capacity, shrinking stores it before it makes the file smaller.  A
+ * death in between leaves a file bigger than its ring, which only wastes
+ * memory until the next resize.  (Shrinking once truncated first: a
+ * process killed before the store left the others mapping, and touching,
+ * pages the file no longer had.) */
 static int resize(shmq *q, uint64_t cap)
 {
     struct shmq_hdr *h = q->hdr;
@@ -537,20 +579,25 @@ static int resize(shmq *q, uint64_t cap)
             return -1;
         if (map_ring(q, cap) != 0)
             return -1;
-        if (head + used > old)
+        if (head + used > old) {
             memcpy(q->ring + old, q->ring, head + used - old);
+            h->written = head + used;
+        }
     } else {
         if (map_ring(q, cap) != 0)
             return -1;
-        if (ftruncate(q->memfd, (off_t)(HDR_SIZE + cap)) != 0)
-            return -1;
         head = 0;
+        if (h->written > cap)
+            h->written = cap;
     }
     /* (a death before the capacity leaves the old layout valid: growing
-     * moves base by a multiple of the old capacity) */
+     * moves base by a multiple of the old capacity, and a ring shrinks
+     * only when empty) */
     STORE(&h->base, h->head - head);
     h->head_seen = h->head;     /* (an old look could claim more room than a smaller ring has) */
     STORE(&h->cap, cap);
+    if (cap < old && ftruncate(q->memfd, (off_t)(HDR_SIZE + cap)) != 0)
+        return -1;      /* (the ring is resized; the file keeps pages it need not) */
     return 0;
 }
 
@@ -817,6 +864,26 @@ static void write_piece(void *ctx, const char *p, size_t n)
     c->pos += n;
 }
 
+/* Under the put lock: gets the pages of the n bytes at ring position pos
+ * that the file does not have yet (a ring that grew: the kernel gives
+ * them out zeroed, one page fault per 4 KiB) at once, before they are
+ * written (sys.h, luamp_populate_shared).  Only past the bytes written
+ * since the ring last shrank, which have their pages: a ring in use is
+ * not asked about its pages at every put (a mincore() per MiB). */
+static void prefault(shmq *q, uint64_t pos, uint64_t n)
+{
+    struct shmq_hdr *h = q->hdr;
+    uint64_t cap = h->cap, off = ring_off(h, pos);
+    uint64_t first = n < cap - off ? n : cap - off;
+    uint64_t from = off > h->written ? off : h->written;
+    if (off + first > from)
+        luamp_populate_shared(q->ring, from, off + first, q->memfd, HDR_SIZE);
+    if (n > first && n - first > h->written)
+        luamp_populate_shared(q->ring, h->written, n - first, q->memfd, HDR_SIZE);
+    if (off + first > h->written)
+        h->written = n > first ? cap : off + first;
+}
+
 /* Writes message m (its data with its spans inserted) at ring position pos. */
 static void write_message(shmq *q, uint64_t pos, const luamp_buf *m)
 {
@@ -919,6 +986,8 @@ static int put_rec(shmq *q, const luamp_buf *m, double deadline, uint64_t fixed,
      * wrap around its end, so that it can be lent (big results are). */
     if (both && h->head == h->tail && ring_off(h, h->tail) + need > h->cap)
         STORE(&h->base, h->tail);
+    if (need >= LUAMP_POPULATE_FROM)
+        prefault(q, h->tail, need);
     unsigned char rec[REC_HDR];
     uint32_t len = (uint32_t)n;
     uint64_t s = fixed ? fixed : ++h->next_seq;
@@ -955,14 +1024,25 @@ static void maybe_shrink(shmq *q)
         resize(q, INITIAL_CAP);   /* failure just keeps the big ring */
 }
 
-/* Under the get lock: frees the n bytes of the record at the head.  A
- * ring that is empty then and grew big shrinks, if no producer is busy
- * (the put lock is taken second, so only tried). */
+/* Under the get lock: frees the n bytes of the record at the head. */
 static void consumed(shmq *q, uint64_t n)
 {
+    STORE(&q->hdr->head, q->hdr->head + n);
+}
+
+/* Under the get lock: shrinks a ring that grew big and is empty, if no
+ * producer is busy (the put lock is taken second, so only tried) and no
+ * big record was taken for SHRINK_IDLE.  Called by a consumer that finds
+ * the ring empty (and again each time it wakes up, at least once a
+ * second), not by the one that emptied it: freeing the pages of a big
+ * ring (50-60 ms for 300 MiB) delayed the very get that took the big
+ * message.  And a ring that carries big messages keeps its pages while
+ * they come: shrunk after each, it gave every next one fresh pages to
+ * fault in (a stream of 300 MiB items: about 200 ms each). */
+static void shrink_empty(shmq *q)
+{
     struct shmq_hdr *h = q->hdr;
-    STORE(&h->head, h->head + n);
-    if (h->cap > SHRINK_ABOVE && h->head == LOAD(&h->tail)) {
+    if (h->cap > SHRINK_ABOVE && h->head == LOAD(&h->tail) && luamp_now() - h->big_get >= SHRINK_IDLE) {
         int e = pthread_mutex_trylock(&h->put_lock);
         if (e == EOWNERDEAD) {
             e = pthread_mutex_consistent(&h->put_lock);
@@ -1113,6 +1193,7 @@ int shmq_get(shmq *q, luamp_buf *out, double deadline, shmq_wait *w)
         freed |= skip_cancelled(q, tail);
         if (h->head != tail)
             break;
+        shrink_empty(q);
         if (LOAD(&h->shutdown) || expired(deadline)) {
             int r = LOAD(&h->shutdown) ? SHMQ_SHUTDOWN : SHMQ_TIMEOUT;
             unlock_get(q);
@@ -1168,13 +1249,24 @@ int shmq_get(shmq *q, luamp_buf *out, double deadline, shmq_wait *w)
     uint32_t len;
     read_rec(q, h->head, &len, &w->seq);
     uint64_t need = REC_HDR + (uint64_t)len, off = ring_off(h, h->head);
+    if (need >= BIG_RECORD)
+        h->big_get = t;     /* (pacing, so t was read) */
     int lend = w->lend_from && len >= w->lend_from && off + need <= h->cap;
     luamp_buf_reset(out);
     if (lend) {
         w->lent = q->ring + off + REC_HDR;
         w->lent_len = len;
+        if (w->hold) {
+            if (pacing)
+                __atomic_store(&h->last_get, &t, __ATOMIC_RELAXED);
+            q->held = need;
+            q->held_seq = w->seq;
+            q->held_claim = w->claim;
+            q->held_at = t;
+            return SHMQ_OK;     /* with the lock: see shmq_end_hold */
+        }
     } else {
-        if (luamp_buf_reserve(out, len) != 0) {
+        if (luamp_buf_prepare(out, len) != 0) {
             unlock_get(q);
             errno = ENOMEM;
             return SHMQ_ERROR;
@@ -1197,6 +1289,24 @@ int shmq_get(shmq *q, luamp_buf *out, double deadline, shmq_wait *w)
     if (!lend || freed)
         wake(q, 1);
     return SHMQ_OK;
+}
+
+void shmq_end_hold(shmq *q, int take)
+{
+    struct shmq_hdr *h = q->hdr;
+    if (q->held == 0)
+        return;
+    if (take) {
+        if (q->held_claim >= 0) {
+            h->claims[q->held_claim].seq = q->held_seq;
+            h->claims[q->held_claim].since = q->held_at;
+        }
+        consumed(q, q->held);
+        STORE(&h->nremoved, h->nremoved + 1);
+    }
+    q->held = 0;
+    unlock_get(q);
+    wake(q, 1);     /* (also for what the get freed before it) */
 }
 
 void shmq_joinable(shmq *q)

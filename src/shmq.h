@@ -44,6 +44,7 @@ typedef struct shmq_wait {
     int claim;          /* slot to claim the message in, or -1 */
     uint64_t seq;       /* out: the message's sequence number */
     size_t lend_from;   /* 0, or lend messages of this many bytes and more */
+    int hold;           /* lend them holding the get lock (see below) */
     const char *lent;   /* out: the message, lent in place, or NULL */
     size_t lent_len;    /* out: its length */
 } shmq_wait;
@@ -71,6 +72,18 @@ int shmq_get(shmq *q, luamp_buf *out, double deadline, shmq_wait *w);
  * with a single consumer may lend, and the lent bytes are only valid
  * until then.  A Pool's result queue, read by its parent alone, lends. */
 int shmq_give_back(shmq *q);
+
+/* Holding: a get asked to (w->hold, with w->lend_from) lends a big
+ * message that does not wrap while it keeps the get lock, which any
+ * queue may do, whatever its number of consumers: the consumer reads the
+ * message in place and no other consumer gets meanwhile.  Nothing is
+ * taken until shmq_end_hold(q, take) lets go of the lock: take 1 takes
+ * the message (as a get that copied it would have), take 0 leaves it at
+ * the head.  A consumer that dies holding leaves the message in the
+ * queue.  Until shmq_end_hold, any other call of this process that needs
+ * the get lock of the queue fails with EDEADLK instead of waiting for
+ * itself. */
+void shmq_end_hold(shmq *q, int take);
 
 /* What slot `slot` holds: the sequence number (0: nothing) and when it
  * was taken (luamp_now() time).  release empties the slot. */

@@ -22,9 +22,12 @@
 #include <limits.h>
 #include <stdarg.h>
 #include <poll.h>
+#include <stdint.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <fcntl.h>
+#include <sys/mman.h>
 
 #include <lauxlib.h>
 
@@ -131,6 +134,63 @@ void luamp_collect_for(lua_State *L, size_t n)
         pending = 0;
         lua_gc(L, LUA_GCSTEP, kb > INT_MAX ? INT_MAX : (int)kb);
     }
+}
+
+/* ---- big blocks ------------------------------------------------------- */
+
+/* A block glibc hands out again usually is resident already, and
+ * faulting in resident pages is not free (about 140 ns a page here, more
+ * than copying them), so mincore() first says which are not, 256 pages
+ * at a time. */
+static void populate(char *p, size_t from, size_t to, int fd, off_t at)
+{
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = ((uintptr_t)p + from + page - 1) & ~(page - 1);
+    uintptr_t e = ((uintptr_t)p + to) & ~(page - 1);
+    unsigned char vec[256];
+
+    while (a < e) {
+        size_t n = (e - a) / page < sizeof vec ? (e - a) / page : sizeof vec;
+        if (mincore((void *)a, n * page, vec) != 0)
+            return;     /* (advice only: the pages fault in when written) */
+        for (size_t i = 0; i < n;) {
+            size_t j = i;
+            while (j < n && !(vec[j] & 1))
+                j++;
+            /* Advice only: if they fail (EINVAL before Linux 5.14, ENOMEM,
+             * ENOSPC), the pages fault in when written, as they would
+             * have anyway. */
+            if (j > i && fd >= 0)
+                (void)fallocate(fd, 0, at + (off_t)(a + i * page - (uintptr_t)p), (off_t)((j - i) * page));
+            if (j > i)
+                (void)madvise((void *)(a + i * page), (j - i) * page, MADV_POPULATE_WRITE);
+            i = j + 1;
+        }
+        a += n * page;
+    }
+}
+
+void luamp_populate(char *p, size_t from, size_t to)
+{
+    populate(p, from, to, -1, 0);
+}
+
+void luamp_populate_shared(char *p, size_t from, size_t to, int fd, off_t at)
+{
+    populate(p, from, to, fd, at);
+}
+
+int luamp_buf_prepare(luamp_buf *b, size_t n)
+{
+    luamp_buf_reset(b);
+    if (b->cap >= n)
+        return 0;       /* (a buffer kept: mostly written before) */
+    luamp_buf_free(b);  /* (realloc would copy what the buffer held) */
+    if (luamp_buf_reserve(b, n) != 0)
+        return -1;
+    if (n >= LUAMP_POPULATE_FROM)
+        luamp_populate(b->data, 0, n);
+    return 0;
 }
 
 /* Scratch buffers keep up to 64 MiB: growing one again for every big

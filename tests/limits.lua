@@ -8,6 +8,40 @@ local MiB = 1 << 20
 local function blob(c, mib) return string.rep(string.rep(c, MiB), mib) end
 local big = blob("L", 256)
 
+-- The peak of this process's resident memory (KiB).
+local function peak()
+  local f = assert(io.open("/proc/self/status"))
+  local status = f:read("a")
+  f:close()
+  return tonumber(status:match("VmHWM:%s*(%d+) kB"))
+end
+
+-- A table whose strings add up to more than 1 GiB is refused by the
+-- encoder's running total, before any of them is copied: the peak does
+-- not move.  (Encoders once copied them up to the limit before they
+-- refused: the peak grew by 512 MiB on a Queue, 767 MiB on a Pipe.)
+do
+  local five = {big, big, big, big, big}   -- 1.25 GiB, one string in memory
+  local q = mp.Queue()
+  local a, b = mp.Pipe()
+  local pool <close> = mp.Pool(1)
+  for _, case in ipairs{
+    {"put on a Queue", function() q:put(five) end},
+    {"sent on a Pipe", function() b:send(five) end},
+    {"a Pool task's argument", function() pool:apply(function(s) return #s end, {five}) end},
+  } do
+    local before = peak()
+    local e = t.raises(case[2], "larger than 1 GiB", "strings adding up to 1.25 GiB are refused: " .. case[1])
+    t.ok(mp.Error.is(e, "serialize"), "that refusal has kind serialize: " .. case[1])
+    local grew = (peak() - before) // 1024
+    t.ok(grew < 32, "they are refused without being copied: " .. case[1], "peak grew by " .. grew .. " MiB")
+  end
+  t.is(q:qsize(), 0, "nothing was put")
+  b:send("small")
+  t.is(a:recv(1), "small", "the pipe is still usable after the refusal")
+  t.is(pool:apply(function() return 1 end), 1, "the pool is still usable after the refusal")
+end
+
 do
   local q = mp.Queue()
   q:put(big)

@@ -588,7 +588,7 @@ static void test_spans(void)
     ok(same_with_spans("{BIG, setmetatable({}, {})}", &n) && n == 0,
        "a value the fast pass gives up on is copied whole by the protected pass");
 
-    /* copy_out and flatten give the message the encoder meant */
+    /* copy_out and read give the message the encoder meant */
     luamp_buf plain, flat;
     luamp_buf_init(&plain);
     luamp_buf_init(&flat);
@@ -602,8 +602,17 @@ static void test_spans(void)
     size_t spans = b.nspans;
     ok(spans == 3 && flat.len == plain.len && memcmp(flat.data, plain.data, plain.len) == 0,
        "copy_out writes the message with its %zu spans in place", spans);
-    ok(luamp_buf_flatten(&b) == 0 && b.nspans == 0 && b.spanlen == 0 && b.len == plain.len
-       && memcmp(b.data, plain.data, plain.len) == 0, "flatten copies the spans into the data");
+    int whole = 1;
+    size_t steps[] = { 1, 7, 4096, 65536 + 3, 1 << 20 };
+    for (size_t i = 0; i < sizeof steps / sizeof *steps; i++) {
+        luamp_buf_cursor c = { 0, 0 };
+        size_t at = 0, got;
+        memset(flat.data, 0, flat.len);
+        while ((got = luamp_buf_read(&b, &c, flat.data + at, steps[i])) > 0)
+            at += got;
+        whole = whole && at == plain.len && memcmp(flat.data, plain.data, plain.len) == 0;
+    }
+    ok(whole, "read streams the message with its spans in place, in steps of 1 byte to 1 MiB");
     luamp_buf_free(&plain);
     luamp_buf_free(&flat);
     luamp_buf_reset(&b);

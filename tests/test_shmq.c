@@ -3,7 +3,9 @@
 #include "../src/shmq.h"
 #include "../src/sys.h"
 
+#include <errno.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -123,6 +125,102 @@ static void test_lending(void)
        "a message put into an empty ring where it would wrap starts at the beginning, and is lent");
     shmq_destroy(q);
     luamp_buf_free(&b);
+}
+
+/* Big messages held in place by any consumer, the get lock kept
+ * (shmq.h, "Holding"). */
+static void test_holding(void)
+{
+    static char a[100 << 10];
+    shmq *q = shmq_create(0);
+    luamp_buf b;
+    luamp_buf_init(&b);
+    fill(a, sizeof a, 'h');
+    if (!q)
+        return;
+
+    shmq_put(q, a, sizeof a, -1, NULL);
+    shmq_put(q, "small", 5, -1, NULL);
+    shmq_wait w = { .claim = 3, .lend_from = 64 << 10, .hold = 1 };
+    int r = shmq_get(q, &b, 0, &w);
+    ok(r == SHMQ_OK && w.lent != NULL && w.lent_len == sizeof a && memcmp(w.lent, a, sizeof a) == 0
+       && b.len == 0, "a held message is lent in place, not copied");
+    luamp_buf other;
+    luamp_buf_init(&other);
+    r = shmq_get(q, &other, 0, NULL);
+    int e = errno;
+    ok(r == SHMQ_ERROR && e == EDEADLK, "a get by the holder itself fails with EDEADLK, it does not hang");
+
+    /* Another consumer waits for the holder, then gets what comes next. */
+    int rfd;
+    pid_t pid = consumer(q, 10, &rfd);
+    char got[64];
+    usleep(50 * 1000);
+    ok(memcmp(w.lent, a, sizeof a) == 0, "(the held message is as it was put)");
+    shmq_end_hold(q, 1);
+    int fine = pid > 0 && finish(pid, rfd, got, sizeof got);
+    ok(fine && strcmp(got, "small") == 0, "another consumer got the message behind it once it was taken (%s)", got);
+    uint64_t seq;
+    double since;
+    ok(shmq_claim(q, 3, &seq, &since) == 0 && seq == 1, "taking it claimed it in the get's slot");
+
+    /* Not taken: it stays at the head. */
+    shmq_put(q, a, sizeof a, -1, NULL);
+    r = shmq_get(q, &b, 0, &w);
+    int held = r == SHMQ_OK && w.lent != NULL;
+    shmq_end_hold(q, 0);
+    ok(held && shmq_count(q) == 1, "a held message that is not taken still counts");
+    r = shmq_get(q, &b, 0, NULL);
+    ok(r == SHMQ_OK && b.len == sizeof a && memcmp(b.data, a, sizeof a) == 0, "and the next get has it");
+
+    /* A holder that dies leaves the message in the queue. */
+    shmq_put(q, a, sizeof a, -1, NULL);
+    pid = fork();
+    if (pid == 0) {
+        luamp_buf mine;
+        luamp_buf_init(&mine);
+        shmq_wait hw = { .claim = -1, .lend_from = 64 << 10, .hold = 1 };
+        _exit(shmq_get(q, &mine, 0, &hw) == SHMQ_OK && hw.lent != NULL ? 0 : 1);
+    }
+    int st;
+    int died = pid > 0 && waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0;
+    r = shmq_get(q, &b, 0, NULL);
+    ok(died && r == SHMQ_OK && b.len == sizeof a && memcmp(b.data, a, sizeof a) == 0 && shmq_count(q) == 0,
+       "a message whose holder died holding it is got by the next consumer");
+    shmq_destroy(q);
+    luamp_buf_free(&b);
+    luamp_buf_free(&other);
+}
+
+/* A ring that grew past 256 MiB keeps its size while big messages come,
+ * and shrinks once a consumer finds it empty a second after the last. */
+static void test_shrink(void)
+{
+    size_t n = (size_t)257 << 20;
+    char *m = malloc(n);
+    shmq *q = shmq_create(0);
+    luamp_buf b;
+    luamp_buf_init(&b);
+    if (!m || !q) {
+        free(m);
+        shmq_destroy(q);
+        return;
+    }
+    memset(m, 's', n);
+    int moved = 1;
+    for (int i = 0; i < 2; i++) {
+        moved &= shmq_put(q, m, n, -1, NULL) == SHMQ_OK && shmq_test_capacity(q) == (512 << 20);
+        moved &= shmq_get(q, &b, 0, NULL) == SHMQ_OK && b.len == n && shmq_get(q, &b, 0, NULL) == SHMQ_TIMEOUT;
+    }
+    ok(moved && shmq_test_capacity(q) == (512 << 20),
+       "a ring grown for a 257 MiB message keeps its size while such messages come");
+    luamp_buf_free(&b);     /* (257 MiB) */
+    free(m);
+    usleep(1100 * 1000);
+    int r = shmq_get(q, &b, 0, NULL);
+    ok(r == SHMQ_TIMEOUT && shmq_test_capacity(q) == (256 << 10),
+       "a get that finds it empty a second after the last shrinks it back to 256 KiB");
+    shmq_destroy(q);
 }
 
 /* A message with spans goes in as its data with the spans' bytes in
@@ -603,6 +701,8 @@ int main(void)
        "without a consumer, 32 MiB of puts all go in at once");
     shmq_destroy(q);
     test_lending();
+    test_holding();
+    test_shrink();
     test_spans();
     test_cancel();
     test_cancel_at();
