@@ -164,11 +164,18 @@ pool:close(); pool:join()
     local rows = parse(out)
     for _, name in ipairs { "Pool fork", "Pool spawn" } do
       local row = rows[name] or {}
+      if row.errno == "13" then
+        -- (a spawned worker is this luamp run again, as nobody: a build
+        -- under a directory only root may enter, /root, cannot be)
+        t.skip(name .. " under a limit of 6 processes", "user nobody cannot run " .. LUAMP .. ": " .. tostring(row.msg))
+        goto next
+      end
       t.is(row.ok, "false", name .. " of 8 workers under a limit of 6 processes fails", r.stderr)
       t.ok(row.kind == "os" and row.errno == "11", name .. ": the error has kind os and errno EAGAIN",
         tostring(row.kind) .. " " .. tostring(row.errno) .. " " .. tostring(row.msg))
       t.is(row.kids, "none", name .. ": no worker is left running")
       t.is(row.fds, "same", name .. ": every descriptor it opened is closed")
+      ::next::
     end
     t.like(out, "retry|42\n", "a smaller pool starts right after the failures")
   end
