@@ -327,10 +327,10 @@ do
   local q = mp.Queue()
   local p = mp.Process{target = function()
     local ok, e = pcall(pool.map, pool, square, {1})
-    q:put(tostring(e))
+    q:put(tostring(mp.Error.is(e) and e.kind) .. ": " .. tostring(e))
   end}
   p:start(); p:join()
-  t.like(q:get(5), "cannot use a Pool of process", "a pool refuses to be used from a forked child")
+  t.like(q:get(5), "^usage: cannot use a Pool of process", "a pool refuses to be used from a forked child, kind usage")
 end
 
 t.done()

@@ -89,10 +89,15 @@ end
 -- start twice, join before start
 do
   local p = mp.Process{target = function() end}
-  t.raises(function() p:join() end, "not started", "join before start raises")
+  local e = t.raises(function() p:join() end, "not started", "join before start raises")
+  t.ok(mp.Error.is(e, "usage"), "of kind usage")
   p:start()
-  t.raises(function() p:start() end, "twice", "start twice raises")
+  e = t.raises(function() p:start() end, "twice", "start twice raises")
+  t.ok(mp.Error.is(e, "usage"), "of kind usage, too")
   p:join()
+  local pool <close> = mp.Pool(1)
+  e = t.raises(function() pool:join() end, "cannot join a running Pool", "joining a running pool raises")
+  t.ok(mp.Error.is(e, "usage"), "of kind usage as well")
 end
 
 -- argument checks

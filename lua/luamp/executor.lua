@@ -85,7 +85,7 @@ local function check_executor(self, fname)
     error(string.format("bad argument #1 to '%s' (Executor expected, got %s)", fname, typename(self)), 3)
   end
   if self._owner ~= current.pid then
-    error(string.format("cannot use an Executor of process %d in process %d", self._owner, current.pid), 3)
+    raise("usage", string.format("cannot use an Executor of process %d in process %d", self._owner, current.pid), 3)
   end
 end
 
@@ -154,7 +154,7 @@ end
 local function owned_executor(fut, level)
   local ex = fut._ex
   if ex._owner ~= current.pid then
-    error(string.format("cannot wait for a Future of process %d in process %d", ex._owner, current.pid), level + 1)
+    raise("usage", string.format("cannot wait for a Future of process %d in process %d", ex._owner, current.pid), level + 1)
   end
   return ex
 end

@@ -183,7 +183,7 @@ local function check_pool(self, fname)
     error(string.format("bad argument #1 to '%s' (Pool expected, got %s)", fname, typename(self)), 3)
   end
   if self._owner ~= current.pid then   -- (every luamp fork updates current)
-    error(string.format("cannot use a Pool of process %d in process %d", self._owner, current.pid), 3)
+    raise("usage", string.format("cannot use a Pool of process %d in process %d", self._owner, current.pid), 3)
   end
 end
 
@@ -910,7 +910,7 @@ end
 -- task has finished and every callback has run when it returns.
 function Pool:join()
   check_pool(self, "join")
-  if self._state == "run" then error("cannot join a running Pool: close or terminate it first", 2) end
+  if self._state == "run" then raise("usage", "cannot join a running Pool: close or terminate it first", 2) end
   for _, job in pairs(self._jobs) do abandon(self, job, "join") end
   while #self._workers > 0 do self:_pump() end
   -- results that were put just before the last worker exited

@@ -21,6 +21,7 @@
 local core, part = ...
 
 local traceback_handler = part("errors").traceback_handler
+local raise = part("errors").raise
 local checks = part("checks")
 local argerror, typename, check_callable = checks.argerror, checks.typename, checks.check_callable
 local check_options, check_timeout = checks.check_options, checks.check_timeout
@@ -85,7 +86,7 @@ local function run_process(name, target, args)
 end
 
 function Process:start()
-  if rawget(self, "_h") then error("cannot start a Process twice", 2) end
+  if rawget(self, "_h") then raise("usage", "cannot start a Process twice", 2) end
   if self.start_method == "spawn" then
     local h = spawn_child({ kind = "process", name = self.name, target = self.target, args = self.args },
       self.preload, "Process")
@@ -103,7 +104,7 @@ end
 
 local function started(self, what)
   local h = rawget(self, "_h")
-  if not h then error("cannot " .. what .. " a Process that was not started", 3) end
+  if not h then raise("usage", "cannot " .. what .. " a Process that was not started", 3) end
   return h
 end
 
