@@ -703,6 +703,12 @@ static int sleep_on(int fd, const int *extra, int nx, int *which, double deadlin
         p[1 + i].events = POLLIN;
     }
     for (;;) {
+        /* An interrupt that came after the caller last looked and before
+         * poll() began would not make poll() fail with EINTR: seen here,
+         * at the latest when the sleep's cap wakes the caller, which
+         * calls again. */
+        if (luamp_interrupt_pending())
+            return SHMQ_INTERRUPTED;
         int r = poll(p, (nfds_t)(1 + nx), luamp_poll_ms(deadline));
         if (r > 0) {
             for (int i = 0; i < nx; i++) {
