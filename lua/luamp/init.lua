@@ -21,6 +21,7 @@
 --   channels.lua  mp.Queue, mp.JoinableQueue, mp.Pipe
 --   sync.lua      mp.Lock, RLock, Event, Semaphore, Condition, Barrier,
 --                 Value, Array
+--   manager.lua   mp.Manager: shared dicts, lists and Namespaces
 --   run.lua       mp.run
 --   worker.lua    a pool worker's loop: the worker side of a Pool
 --   pool.lua      mp.Pool: the parent side
@@ -112,6 +113,8 @@ local sync = part("sync")
 mp.Lock, mp.RLock, mp.Event = sync.Lock, sync.RLock, sync.Event
 mp.Semaphore, mp.BoundedSemaphore = sync.Semaphore, sync.BoundedSemaphore
 mp.Condition, mp.Barrier, mp.Value, mp.Array = sync.Condition, sync.Barrier, sync.Value, sync.Array
+
+mp.Manager = part("manager").Manager
 
 mp.run = part("run").run
 
