@@ -247,4 +247,60 @@ do
   t.ok(maps() <= before_maps + 2, "and no mapping", maps() .. " vs " .. before_maps)
 end
 
+-- SharedMemory: named bytes, 1-based offsets, unlinked by its maker
+do
+  local function exists(name)
+    local f = io.open("/dev/shm/" .. name)
+    if f then f:close() end
+    return f ~= nil
+  end
+  local shm = mp.SharedMemory(64)
+  t.is(shm.size, 64, "SharedMemory(size) has that size")
+  t.ok(exists(shm.name), "and a name in /dev/shm")
+  t.is(shm:read(1, 4), "\0\0\0\0", "a new block is zeros")
+  shm:write(1, "hello")
+  shm:write(64, "!")
+  t.is(shm:read(1, 5), "hello", "write then read at offset 1, as string.sub counts")
+  t.is(shm:read(64, 1), "!", "the last byte is at offset size")
+  t.is(shm:read(65, 0), "", "an empty read just past the end")
+  local other = mp.SharedMemory{name = shm.name}
+  t.is(other.size, 64, "opening by name maps the whole block")
+  local p = mp.Process{target = function() other:write(1, "HELLO") end}
+  p:start(); p:join()
+  t.is(shm:read(1, 5), "HELLO", "a child's write is seen through another view")
+  t.ok(exists(shm.name), "a child's views do not unlink its parent's block")
+  t.raises(function() shm:read(0, 1) end, "offset must be 1 or more", "offset 0 raises")
+  t.raises(function() shm:read(-3, 1) end, "offset must be 1 or more", "a negative offset raises")
+  t.raises(function() shm:read(60, 10) end, "cannot read 10 bytes at offset 60: the SharedMemory has 64",
+    "a read past the end raises")
+  t.raises(function() shm:write(63, "abc") end, "cannot write 3 bytes at offset 63", "a write past the end raises")
+  t.raises(function() shm:read(1, -1) end, "length must be 0 or more", "a negative length raises")
+  t.raises(function() mp.SharedMemory{name = shm.name, create = true, size = 8} end, "File exists",
+    "create refuses a name in use")
+  t.raises(function() mp.SharedMemory{name = "luamp-test-no-such-block"} end, "No such file",
+    "opening a missing name raises")
+  t.raises(function() mp.SharedMemory(0) end, "size of 1 byte or more", "size 0 raises")
+  t.raises(function() mp.SharedMemory{sise = 3} end, "unknown option 'sise'", "options are checked")
+  local name = shm.name
+  other:close()
+  shm:close()
+  t.ok(not exists(name), "the maker's close unlinks the name")
+  t.raises(function() shm:read(1, 1) end, "the SharedMemory is closed", "a closed block raises")
+
+  local kept = mp.SharedMemory{size = 8, unlink = false}
+  name = kept.name
+  kept:close()
+  t.ok(exists(name), "unlink = false keeps the name past close")
+  local again = mp.SharedMemory{name = name}
+  again:unlink()
+  t.ok(not exists(name), "unlink() removes it")
+  again:close()
+
+  local dropped = mp.SharedMemory(8)
+  name = dropped.name
+  dropped = nil
+  collectgarbage(); collectgarbage()
+  t.ok(not exists(name), "a collected block is unlinked")
+end
+
 t.done()

@@ -21,7 +21,7 @@
 --   channels.lua  mp.Queue, mp.JoinableQueue, mp.Pipe
 --   sync.lua      mp.Lock, RLock, Event, Semaphore, Condition, Barrier,
 --                 Value, Array
---   manager.lua   mp.Manager: shared dicts, lists and Namespaces
+--   manager.lua   mp.Manager (shared dicts, lists, Namespaces), mp.SharedMemory
 --   run.lua       mp.run
 --   worker.lua    a pool worker's loop: the worker side of a Pool
 --   pool.lua      mp.Pool: the parent side
@@ -114,7 +114,8 @@ mp.Lock, mp.RLock, mp.Event = sync.Lock, sync.RLock, sync.Event
 mp.Semaphore, mp.BoundedSemaphore = sync.Semaphore, sync.BoundedSemaphore
 mp.Condition, mp.Barrier, mp.Value, mp.Array = sync.Condition, sync.Barrier, sync.Value, sync.Array
 
-mp.Manager = part("manager").Manager
+local manager = part("manager")
+mp.Manager, mp.SharedMemory = manager.Manager, manager.SharedMemory
 
 mp.run = part("run").run
 

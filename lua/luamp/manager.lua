@@ -1,4 +1,5 @@
--- luamp/manager.lua: mp.Manager, and its dict, list and Namespace.
+-- luamp/manager.lua: mp.Manager, its dict, list and Namespace, and
+-- mp.SharedMemory.
 --
 -- Python's Manager starts a server process that owns the data, and
 -- every access is a message to it.  Here there is no server: a dict or
@@ -9,6 +10,9 @@
 -- `local m <close> = mp.Manager()`), and its Lock, Queue, Value... are
 -- luamp's own objects.  Its objects live as long as a process holds
 -- them, shutdown() or not: shutdown only stops the Manager making more.
+--
+-- mp.SharedMemory is raw bytes under a name in /dev/shm, as Python's
+-- multiprocessing.shared_memory (src/shared_memory.c says who unlinks).
 --
 -- Uses: checks, sync, channels.
 
@@ -75,4 +79,32 @@ local function new_manager()
   return setmetatable({ _closed = false }, Manager)
 end
 
-return { Manager = new_manager }
+local SHM_OPTS = { name = true, create = true, size = true, unlink = true }
+
+-- mp.SharedMemory(size) or mp.SharedMemory{name =, create =, size =,
+-- unlink =}: create defaults to true without a name, false with one.
+local function SharedMemory(arg)
+  local name, create, size, keep
+  if math.type(arg) == "integer" then
+    create, size = true, arg
+  elseif type(arg) == "table" then
+    checks.check_options(arg, SHM_OPTS, 1, "SharedMemory")
+    name, size, keep = arg.name, arg.size, arg.unlink == false
+    if name ~= nil and type(name) ~= "string" then
+      argerror(1, "SharedMemory", "name: string expected, got " .. typename(name))
+    end
+    if size ~= nil and math.type(size) ~= "integer" then
+      argerror(1, "SharedMemory", "size: integer expected, got " .. typename(size))
+    end
+    create = arg.create
+    if create == nil then create = name == nil end
+  else
+    argerror(1, "SharedMemory", "size or options table expected, got " .. typename(arg))
+  end
+  local ok, shm = pcall(core.shm_open, name, create, size)
+  if not ok then error(shm, 2) end
+  if keep then shm:keep() end
+  return shm
+end
+
+return { Manager = new_manager, SharedMemory = SharedMemory }
