@@ -832,6 +832,28 @@ static int l_attach(lua_State *L)
     return 1;
 }
 
+/* core.manager_stats(obj) -> {count, slots, file_bytes, resident_bytes,
+ * heap_bytes, used_bytes, repairs}: for tests and debugging */
+static int l_stats(lua_State *L)
+{
+    managed *m = test_managed(L, 1);
+    luaL_argexpected(L, m != NULL, 1, "managed object");
+    check_open(L, m);
+    shd_stats st;
+    check(L, m->l ? shlist_stats(m->l, &st) : shdict_stats(m->d, &st), "cannot read the object");
+    lua_createtable(L, 0, 7);
+    const struct { const char *name; uint64_t v; } fields[] = {
+        {"count", st.count}, {"slots", st.slots}, {"file_bytes", st.file_bytes},
+        {"resident_bytes", st.resident_bytes}, {"heap_bytes", st.heap_bytes},
+        {"used_bytes", st.used_bytes}, {"repairs", st.repairs},
+    };
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+        lua_pushinteger(L, (lua_Integer)fields[i].v);
+        lua_setfield(L, -2, fields[i].name);
+    }
+    return 1;
+}
+
 /* ---- registration ----------------------------------------------------------- */
 
 /* Registers metatable mt with meta, and __index: index with the methods
@@ -883,7 +905,7 @@ void luamp_open_manager(lua_State *L)
     static const luaL_Reg mguard_meta[] = { {"__close", l_mguard_close}, {NULL, NULL} };
     static const luaL_Reg functions[] = {
         {"manager_new", l_new}, {"manager_describe", l_describe}, {"manager_attach", l_attach},
-        {NULL, NULL}
+        {"manager_stats", l_stats}, {NULL, NULL}
     };
     new_type(L, DICT_MT, dict_meta, l_dict_index, dict_methods);
     new_type(L, NS_MT, dict_meta, l_dict_index, NULL);

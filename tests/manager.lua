@@ -183,12 +183,14 @@ do
   p:start(); p:join()
   t.is(d.forked, true, "a forked Process changes the parent's dict")
 
-  local sp = mp.Process{start_method = "spawn", target = function(dd, ll, ns)
-    dd.spawned = true; ll:append("spawned"); ns.s = 1
-  end, args = {d, l, m:Namespace()}}
+  local ns = m:Namespace()
+  local sp = mp.Process{start_method = "spawn", target = function(dd, ll, nn)
+    dd.spawned = true; ll:append("spawned"); nn.s = 1
+  end, args = {d, l, ns}}
   sp:start(); sp:join()
   t.is(d.spawned, true, "a spawned Process gets the dict")
   t.same(l:totable(), {"forked", "spawned"}, "and the list")
+  t.is(ns.s, 1, "and the Namespace")
 
   local pool <close> = mp.Pool(2)
   local late = m:dict()
@@ -220,12 +222,22 @@ end
 -- growth and shrink, and no leak of descriptors or mappings
 do
   local d = m:dict()
+  local small = mp._manager_stats(d).file_bytes
   for i = 1, 20000 do d[i] = string.rep("x", 100) end
   t.is(#d, 20000, "a dict grows to 20,000 keys")
+  t.ok(mp._manager_stats(d).file_bytes > 2000000, "its memory grows with them")
   for i = 1, 20000 do d[i] = nil end
   t.is(#d, 0, "and empties")
+  t.is(mp._manager_stats(d).file_bytes, small, "an emptied dict gives its memory back")
   d.big = string.rep("y", 1 << 22)
   t.is(#d.big, 1 << 22, "a 4 MiB value")
+  d.big = nil
+  t.ok(mp._manager_stats(d).resident_bytes < 1 << 20, "and gives it back when removed")
+  local l = m:list()
+  for i = 1, 20000 do l:append(i) end
+  t.is(l[20000], 20000, "a list grows to 20,000 elements")
+  for _ = 1, 20000 do l:remove() end
+  t.is(mp._manager_stats(l).file_bytes, mp._manager_stats(m:list()).file_bytes, "and shrinks back when emptied")
   local function fds()
     local n = 0
     for _ in io.popen("ls /proc/" .. mp.current_process().pid .. "/fd"):lines() do n = n + 1 end

@@ -130,5 +130,6 @@ mp._encode = core.encode
 mp._decode = core.decode
 mp._now = core.now
 mp._sleep = core.sleep
+mp._manager_stats = core.manager_stats   -- a managed object's memory (shdict.h's shd_stats)
 
 return mp
