@@ -16,12 +16,18 @@
  * that collects it does not take the block from its parent.  A process
  * killed by SIGKILL cannot unlink: its block stays in /dev/shm, as
  * Python's does without its resource tracker.
+ *
+ * A view travels as a Lock does, by id to a forked child; to any other
+ * process as its name (shm_describe), which shm_attach opens there, as
+ * Python pickles a SharedMemory.  Such a view owns nothing.
  */
 #include "shmem.h"
 #include "sys.h"
 #include "module.h"
+#include "objects.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -32,6 +38,7 @@
 typedef struct shmud {
     shmem *m;       /* NULL once closed */
     pid_t maker;    /* the process that may unlink the name */
+    char id[48];    /* what it travels as (__luamp_ref) */
 } shmud;
 
 static shmud *check_shm(lua_State *L)
@@ -65,6 +72,56 @@ static int l_open(lua_State *L)
         return luamp_sys_error(L, lua_pushfstring(L, "cannot open SharedMemory '%s'", name ? name : "?"));
     }
     u->maker = create ? getpid() : 0;
+    luamp_new_object_id(u->id, sizeof u->id, "shm");
+    luamp_register_object(L, -1, u->id);
+    return 1;
+}
+
+/* core.shm_describe(obj) -> {name, id} | nil: what a process that did
+ * not inherit the view needs to open the block (by its name) */
+static int l_describe(lua_State *L)
+{
+    shmud *u = luaL_testudata(L, 1, SHM_MT);
+    if (u == NULL || u->m == NULL)
+        return 0;
+    lua_createtable(L, 2, 0);
+    lua_pushstring(L, shmem_name(u->m));
+    lua_rawseti(L, -2, 1);
+    lua_pushstring(L, u->id);
+    lua_rawseti(L, -2, 2);
+    return 1;
+}
+
+/* core.shm_attach(desc) -> a view of the block desc names, under the
+ * same id, which does not own the name (a view of that id made already
+ * is returned instead) */
+static int l_attach(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_rawgeti(L, 1, 1);
+    lua_rawgeti(L, 1, 2);
+    const char *name = lua_tostring(L, 2), *id = lua_tostring(L, 3);
+    if (name == NULL || id == NULL || strlen(id) >= sizeof ((shmud *)0)->id)
+        return luaL_error(L, "shm_attach: a bad description");
+    if (lua_getfield(L, LUA_REGISTRYINDEX, "luamp.objects") == LUA_TTABLE
+        && lua_getfield(L, -1, id) != LUA_TNIL && luaL_testudata(L, -1, SHM_MT))
+        return 1;
+    shmud *u = lua_newuserdatauv(L, sizeof *u, 0);
+    u->m = NULL;
+    luaL_setmetatable(L, SHM_MT);
+    u->m = shmem_open(name, 0, 0);
+    if (u->m == NULL)
+        return luamp_sys_error(L, lua_pushfstring(L, "cannot open SharedMemory '%s'", name));
+    u->maker = 0;
+    snprintf(u->id, sizeof u->id, "%s", id);
+    luamp_register_object(L, -1, u->id);
+    return 1;
+}
+
+static int l_ref(lua_State *L)
+{
+    shmud *u = luaL_checkudata(L, 1, SHM_MT);
+    lua_pushstring(L, u->id);
     return 1;
 }
 
@@ -178,7 +235,8 @@ void luamp_open_shared_memory(lua_State *L)
         {NULL, NULL}
     };
     static const luaL_Reg meta[] = {
-        {"__gc", l_close}, {"__close", l_close}, {"__tostring", l_tostring}, {NULL, NULL}
+        {"__gc", l_close}, {"__close", l_close}, {"__tostring", l_tostring}, {"__luamp_ref", l_ref},
+        {NULL, NULL}
     };
     luaL_newmetatable(L, SHM_MT);
     luaL_setfuncs(L, meta, 0);
@@ -187,6 +245,8 @@ void luamp_open_shared_memory(lua_State *L)
     lua_pushcclosure(L, l_index, 1);
     lua_setfield(L, -2, "__index");
     lua_pop(L, 1);
-    lua_pushcfunction(L, l_open);
-    lua_setfield(L, -2, "shm_open");
+    static const luaL_Reg functions[] = {
+        {"shm_open", l_open}, {"shm_describe", l_describe}, {"shm_attach", l_attach}, {NULL, NULL}
+    };
+    luaL_setfuncs(L, functions, 0);
 }

@@ -308,6 +308,21 @@ do
   t.ok(not exists(name), "unlink() removes it")
   again:close()
 
+  local block = mp.SharedMemory(8)
+  local pool <close> = mp.Pool(1)
+  local late = mp.SharedMemory(8)
+  t.is(pool:apply(function(x) x:write(1, "pool"); return x.size end, {late}), 8,
+    "a block made after a pool reaches its worker as an argument")
+  t.is(late:read(1, 4), "pool", "and the worker's write is seen")
+  local sp = mp.Process{start_method = "spawn", target = function(x) x:write(1, "spwn") end, args = {block}}
+  sp:start(); sp:join()
+  t.is(block:read(1, 4), "spwn", "a spawned child opens a block it was sent, by its name")
+  t.ok(exists(block.name), "and leaves its name to its maker")
+  pool:close(); pool:join()
+  name = late.name
+  late:close(); block:close()
+  t.ok(not exists(name), "the maker unlinks a block it sent")
+
   local dropped = mp.SharedMemory(8)
   name = dropped.name
   dropped = nil
