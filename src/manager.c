@@ -467,7 +467,10 @@ static int l_len(lua_State *L)
  * elements; extra: 1 to allow n + 1. */
 static uint64_t list_pos(lua_State *L, int idx, uint64_t n, int extra)
 {
-    lua_Integer i = luaL_checkinteger(L, idx);
+    int isint;
+    lua_Integer i = lua_tointegerx(L, idx, &isint);
+    if (!isint)
+        luaL_error(L, "list index must be an integer, got %s", luaL_typename(L, idx));
     if (i < 1 || (uint64_t)i > n + (uint64_t)extra)
         luaL_error(L, "list index %I out of range (length %I)", i, (lua_Integer)n);
     return (uint64_t)i - 1;

@@ -103,6 +103,9 @@ do
   t.raises(function() l[3] = 1 end, "list index 3 out of range %(length 0%)", "a hole cannot be made")
   t.raises(function() l:append(nil) end, "cannot store nil in a list", "nil is not an element")
   t.raises(function() l:insert(5, 1) end, "out of range", "insert past the end raises")
+  t.raises(function() l.x = 1 end, "list index must be an integer, got string", "a list has no string keys")
+  t.raises(function() l:update_key(1, function(v) return v end) end, "list index 1 out of range",
+    "update_key on a missing element raises")
 end
 
 -- a Namespace has no methods: every field is data
@@ -215,6 +218,7 @@ do
     "an unsendable value is refused by name")
   t.raises(function() return d[io.stdout] end, "cannot send key", "reading an unsendable key raises")
   t.raises(function() d[0/0] = 1 end, "key is NaN", "a NaN key is refused")
+  t.raises(function() d[nil] = 1 end, "key is nil", "a nil key is refused")
   t.raises(function() m:dict(5) end, "bad argument #1 to 'dict' %(table expected, got number%)",
     "dict's init must be a table")
 end
