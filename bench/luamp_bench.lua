@@ -395,6 +395,53 @@ workload("value_lock", function(o)
            "uncontended_ops_per_s", 2 * n / du)
 end)
 
+-- manager_get, manager_set, manager_incr: mp.Manager's dict against
+-- Python's Manager().dict() (1,000 integer keys)
+local function manager_dict(m)
+  local d = m:dict()
+  for i = 0, 999 do d[i] = i end
+  return d
+end
+
+workload("manager_get", function(o)
+  local n = o.n or 100000
+  local m <close> = mp.Manager()
+  local d = manager_dict(m)
+  local t0 = now()
+  for i = 0, n - 1 do local _ = d[i % 1000] end
+  local dt = now() - t0
+  return O("n", n, "seconds", dt, "per_op_us", dt / n * 1e6, "ops_per_s", n / dt)
+end)
+
+workload("manager_set", function(o)
+  local n = o.n or 100000
+  local m <close> = mp.Manager()
+  local d = manager_dict(m)
+  local t0 = now()
+  for i = 0, n - 1 do d[i % 1000] = i end
+  local dt = now() - t0
+  return O("n", n, "seconds", dt, "per_op_us", dt / n * 1e6, "ops_per_s", n / dt)
+end)
+
+local function manager_incr(d, n)
+  local add = function(v) return v + 1 end
+  for _ = 1, n do d:update_key("n", add) end
+end
+
+workload("manager_incr", function(o)
+  local n = o.n or 10000                   -- per process
+  local m <close> = mp.Manager()
+  local d = m:dict{ n = 0 }
+  local procs = {}
+  for i = 1, 2 do procs[i] = mp.Process{ target = manager_incr, args = { d, n } } end
+  local t0 = now()
+  for _, p in ipairs(procs) do p:start() end
+  for _, p in ipairs(procs) do p:join() end
+  local dt = now() - t0
+  assert(d.n == 2 * n, "lost updates: " .. d.n .. " of " .. 2 * n)
+  return O("n", 2 * n, "seconds", dt, "ops_per_s", 2 * n / dt, "final", d.n, "correct", true)
+end)
+
 -- Future:cancel on n pending futures: the 2 workers are busy with tasks
 -- that wait on an Event, so the n futures submitted behind them all wait
 -- in the task queue.

@@ -61,6 +61,8 @@ int luaopen_luamp(lua_State *L)
     luamp_open_queue(L);
     luamp_open_pipe(L);
     luamp_open_sync(L);
+    luamp_open_manager(L);
+    luamp_open_shared_memory(L);
     luamp_open_run(L);
     lua_pushliteral(L, LUAMP_VERSION);
     lua_setfield(L, -2, "version");

@@ -27,6 +27,10 @@ void luamp_open_queue(lua_State *L);
 void luamp_open_pipe(lua_State *L);
 /* sync.c: Lock, RLock, Semaphore, Event, Condition, Barrier, Value, Array. */
 void luamp_open_sync(lua_State *L);
+/* manager.c: the dict, list and Namespace of mp.Manager. */
+void luamp_open_manager(lua_State *L);
+/* shared_memory.c: SharedMemory (shm_open). */
+void luamp_open_shared_memory(lua_State *L);
 /* run.c: run, log_write. */
 void luamp_open_run(lua_State *L);
 

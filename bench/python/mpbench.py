@@ -320,6 +320,56 @@ def w_value_lock(n):
                 correct=ok, uncontended_ops_per_s=2 * n / du)
 
 
+# Manager().dict(): every access is a round trip to the manager's server.
+def _manager_dict(m, keys=1000):
+    d = m.dict()
+    d.update({i: i for i in range(keys)})
+    return d
+
+
+def w_manager_get(n):
+    n = n or 100_000
+    with CTX.Manager() as m:
+        d = _manager_dict(m)
+        t0 = now()
+        for i in range(n):
+            d[i % 1000]
+        dt = now() - t0
+    return dict(n=n, seconds=dt, per_op_us=dt / n * 1e6, ops_per_s=n / dt)
+
+
+def w_manager_set(n):
+    n = n or 100_000
+    with CTX.Manager() as m:
+        d = _manager_dict(m)
+        t0 = now()
+        for i in range(n):
+            d[i % 1000] = i
+        dt = now() - t0
+    return dict(n=n, seconds=dt, per_op_us=dt / n * 1e6, ops_per_s=n / dt)
+
+
+def _manager_incr(d, lock, n):
+    for _ in range(n):
+        with lock:
+            d["n"] += 1
+
+
+def w_manager_incr(n):
+    n = n or 10_000                       # per process
+    with CTX.Manager() as m:
+        d, lock = m.dict(n=0), m.Lock()
+        procs = [CTX.Process(target=_manager_incr, args=(d, lock, n)) for _ in range(2)]
+        t0 = now()
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        dt = now() - t0
+        final = d["n"]
+    return dict(n=2 * n, seconds=dt, ops_per_s=2 * n / dt, final=final, correct=final == 2 * n)
+
+
 # The workers' gate in w_cancel: made before any executor forks them.
 GATE = CTX.Event()
 

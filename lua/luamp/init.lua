@@ -21,6 +21,7 @@
 --   channels.lua  mp.Queue, mp.JoinableQueue, mp.Pipe
 --   sync.lua      mp.Lock, RLock, Event, Semaphore, Condition, Barrier,
 --                 Value, Array
+--   manager.lua   mp.Manager (shared dicts, lists, Namespaces), mp.SharedMemory
 --   run.lua       mp.run
 --   worker.lua    a pool worker's loop: the worker side of a Pool
 --   pool.lua      mp.Pool: the parent side
@@ -113,6 +114,9 @@ mp.Lock, mp.RLock, mp.Event = sync.Lock, sync.RLock, sync.Event
 mp.Semaphore, mp.BoundedSemaphore = sync.Semaphore, sync.BoundedSemaphore
 mp.Condition, mp.Barrier, mp.Value, mp.Array = sync.Condition, sync.Barrier, sync.Value, sync.Array
 
+local manager = part("manager")
+mp.Manager, mp.SharedMemory = manager.Manager, manager.SharedMemory
+
 mp.run = part("run").run
 
 mp.Pool = part("pool").Pool
@@ -126,5 +130,6 @@ mp._encode = core.encode
 mp._decode = core.decode
 mp._now = core.now
 mp._sleep = core.sleep
+mp._manager_stats = core.manager_stats   -- a managed object's memory (shdict.h's shd_stats)
 
 return mp

@@ -79,6 +79,15 @@ local function describe_object(obj, id, fds)
     o = { "queue", id, obj:_fds() }
   elseif kind == "luamp.Connection" then
     o = { "pipe", id, obj:_fds() }
+  elseif kind == "luamp.dict" or kind == "luamp.list" or kind == "luamp.Namespace" then
+    local d = core.manager_describe(obj)   -- {kind, id, memfd}
+    if not d then error(new_error("serialize", "cannot send a collected " .. kind), 0) end
+    fds[#fds + 1] = d[3]
+    return { "managed", d }
+  elseif kind == "luamp.SharedMemory" then
+    local d = core.shm_describe(obj)       -- {name, id}: opened by its name
+    if not d then error(new_error("serialize", "cannot send a closed SharedMemory"), 0) end
+    return { "shm", d }
   else
     local d = core.sync_describe(obj)     -- a lock, value, condition...: {kind, id, memfd, ...}
     if not d then
@@ -97,6 +106,8 @@ end
 -- Replaces the descriptor numbers in description o by map[number].
 local function remap_object(o, map)
   if o[1] == "sync" then return each_sync_part(o[2], function(p) p[3] = map[p[3]] end) end
+  if o[1] == "managed" then o[2][3] = map[o[2][3]]; return end
+  if o[1] == "shm" then return end
   for _, i in ipairs(FD_AT[o[1]]) do
     if o[i] >= 0 then o[i] = map[o[i]] end
   end
@@ -106,7 +117,9 @@ end
 -- process's); session: a table shared by the objects made together.
 local function attach_object(o, session)
   if o[1] == "queue" then return core.queue_attach(o[2], o[3], o[4], o[5])
-  elseif o[1] == "pipe" then return core.pipe_attach(o[2], o[3], o[4], o[5], o[6], o[7], o[8]) end
+  elseif o[1] == "pipe" then return core.pipe_attach(o[2], o[3], o[4], o[5], o[6], o[7], o[8])
+  elseif o[1] == "managed" then return core.manager_attach(o[2])
+  elseif o[1] == "shm" then return core.shm_attach(o[2]) end
   local d = o[2]
   if d[1] == "barrier" and d[5] then d[5] = core.decode(d[5]) end
   return core.sync_attach(d, session)
@@ -193,7 +206,7 @@ local function fetch_objects_from(sock)
         for _, id in ipairs(m[2]) do held[id] = nil end
         o = nil
       end
-      local id = o and (o[1] == "sync" and o[2][2] or o[2])
+      local id = o and ((o[1] == "sync" or o[1] == "managed" or o[1] == "shm") and o[2][2] or o[2])
       local known = reg["luamp.objects"]
       if not o or (known and known[id] ~= nil) then
         for _, fd in ipairs(fds) do core.close_fd(fd) end
