@@ -59,6 +59,7 @@ int luaopen_luamp(lua_State *L)
     luamp_open_objects(L);
     luamp_open_interrupt(L);
     luamp_open_queue(L);
+    luamp_open_pool(L);
     luamp_open_pipe(L);
     luamp_open_sync(L);
     luamp_open_run(L);

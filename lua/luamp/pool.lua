@@ -18,7 +18,7 @@
 -- task queue says which task it held) or the task's deadline
 -- (_check_deadlines) settles exactly that task.  The parent serves every
 -- worker, so its cost per task bounds the whole pool's rate: messages
--- are built and taken apart in C (src/queue.c), apply_async's common
+-- are built and taken apart in C (src/pool.c), apply_async's common
 -- case is one C function (apply_fast), and get_result settles plain
 -- results in C and returns here (_handle) only for what needs Lua.
 --
@@ -28,7 +28,7 @@
 -- send one item per worker to measure.  imap reads its input only as results are consumed
 -- (_feed), so an endless iterator is fine.  doc/design.md, "A map call,
 -- step by step", follows one call through this file, worker.lua and
--- src/queue.c.
+-- src/pool.c.
 --
 -- A pool's end.  close lets the workers finish what is queued, then they
 -- exit as they find the task queue shut down; terminate kills them; join
@@ -95,8 +95,8 @@ local function new_pool(opts)
   n = n or core.default_processes() or core.cpu_count()
   if n > MAX_POOL then argerror(1, "Pool", "at most " .. MAX_POOL .. " processes") end
   -- (map_async never waits for the workers to make room in the task queue)
-  local tq = core.queue(0, true)
-  local ok, rq = pcall(core.queue, 0)
+  local tq = core.pool_queue(0, true)
+  local ok, rq = pcall(core.pool_queue, 0)
   if not ok then
     tq:destroy()
     error(rq, 2)
@@ -383,7 +383,7 @@ function Pool:_handle(jobid, start, count, results, errs, elapsed, pid, seq, nre
 end
 
 -- n items (apply tasks, map items) were settled by get_result itself
--- (see queue.c, settle_apply and settle_map), in `elapsed` seconds in all.
+-- (see pool.c, settle_apply and settle_map), in `elapsed` seconds in all.
 function Pool:_settled(n, elapsed)
   self._early_deaths = 0
   self:_observe_cost(elapsed / n)
@@ -623,7 +623,7 @@ function Pool:apply_async(f, args, opts)
   -- the AsyncResult, its own record in the books (in _inflight only, not
   -- in _jobs) and where its values are decoded (at 1..n).  Its table
   -- has room for one value and `finished` without growing: get_result
-  -- settles it in C (queue.c, settle_apply) by setting finished to the
+  -- settles it in C (pool.c, settle_apply) by setting finished to the
   -- number of values; settled in Lua, it gets values and nvalues.
   local job, seq, id = put_apply(self, f, args or NO_ARGS, "apply_async")
   if log.debugging then debug_log("Pool %d: put apply task %d (job %d)", self._id, seq, id) end
@@ -635,7 +635,7 @@ function Pool:apply_async(f, args, opts)
   return job
 end
 
--- The common case in C (queue.c, apply_fast), which hands everything else
+-- The common case in C (pool.c, apply_fast), which hands everything else
 -- to the function above; while the pools log at "debug", that function
 -- serves every call, so that each task is logged.
 local apply_async_lua = Pool.apply_async

@@ -23,7 +23,7 @@
 -- know reads its socket (registry "luamp.fetch_objects") and makes the
 -- objects there.  A worker whose socket is full (it has not read for a
 -- long time) misses the object, hands the task back and is replaced
--- (see push_task in queue.c).  doc/design.md tells the whole story.
+-- (see push_task in pool.c).  doc/design.md tells the whole story.
 --
 -- Uses: errors, current.
 
@@ -64,9 +64,9 @@ local function sync_fds(d, fds)
   end
 end
 
--- Where the descriptors are in the description of a queue and of a pipe
--- end (memfd, ev_get, ev_put; memfd, rx socket, tx socket).
-local FD_AT = { queue = { 3, 4, 5 }, pipe = { 3, 6, 8 } }
+-- Where the descriptors are in the description of a queue (a Pool's too)
+-- and of a pipe end (memfd, ev_get, ev_put; memfd, rx socket, tx socket).
+local FD_AT = { queue = { 3, 4, 5 }, pool_queue = { 3, 4, 5 }, pipe = { 3, 6, 8 } }
 
 -- What a process that did not inherit object obj (id) needs to make it
 -- anew: {"queue" | "pipe" | "sync", ...} and the descriptors in it, added
@@ -75,10 +75,12 @@ local function describe_object(obj, id, fds)
   local mt = getmetatable(obj)
   local kind = mt and mt.__name
   local o
-  if kind == "luamp.Queue" then
-    o = { "queue", id, obj:_fds() }
+  if kind == "luamp.Queue" or kind == "luamp.JoinableQueue" then
+    o = { "queue", id, core.queue_fds(obj) }
+  elseif kind == "luamp.PoolQueue" then
+    o = { "pool_queue", id, core.queue_fds(obj) }
   elseif kind == "luamp.Connection" then
-    o = { "pipe", id, obj:_fds() }
+    o = { "pipe", id, core.pipe_fds(obj) }
   else
     local d = core.sync_describe(obj)     -- a lock, value, condition...: {kind, id, memfd, ...}
     if not d then
@@ -106,6 +108,7 @@ end
 -- process's); session: a table shared by the objects made together.
 local function attach_object(o, session)
   if o[1] == "queue" then return core.queue_attach(o[2], o[3], o[4], o[5])
+  elseif o[1] == "pool_queue" then return core.pool_queue_attach(o[2], o[3], o[4], o[5])
   elseif o[1] == "pipe" then return core.pipe_attach(o[2], o[3], o[4], o[5], o[6], o[7], o[8]) end
   local d = o[2]
   if d[1] == "barrier" and d[5] then d[5] = core.decode(d[5]) end
