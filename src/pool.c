@@ -842,7 +842,12 @@ static int q_serve(lua_State *L)
     }
 }
 
-/* Pushes the 10 values after `true` of a get_result for the message in
+/* The fields of get_result's record, in the order push_result pushes
+ * them: pool.lua's Pool:_handle reads them by these names. */
+static const char *const result_fields[] = { "jobid", "start", "count", "results", "errs", "elapsed",
+                                             "pid", "seq", "nres", "rlen" };
+
+/* Pushes the values of get_result's record (result_fields, in order) for the message in
  * u->buf (header h, checked), decoding its results into their sink when
  * there is one: inflight[seq] for an apply task (the job itself), else
  * sinks[jobid] (sinks and inflight: stack indexes, or 0). */
@@ -884,7 +889,7 @@ static int push_result(lua_State *L, queue *u, const struct result_hdr *h, int s
     lua_pushinteger(L, h->seq);
     lua_pushinteger(L, h->nres);
     lua_pushinteger(L, h->rlen);
-    return 10;
+    return (int)(sizeof result_fields / sizeof *result_fields);
 }
 
 /* The fields of a Pool's jobs that get_result reads and writes: its
@@ -1028,9 +1033,10 @@ static void give_back(lua_State *L, queue *u)
 }
 
 /*
- * q:get_result(timeout, waitables [, sinks [, inflight [, jobs]]])
- *   -> true, jobid, start, count, results, errs, elapsed, pid, seq, nres,
- *      rlen (the results' encoded size)
+ * q:get_result(timeout, waitables, sinks, inflight, jobs, rec)
+ *   -> true, with the result in the record rec (the caller's, reused from
+ *      call to call): its fields RESULT_FIELDS, below; rlen is the
+ *      results' encoded size
  *    | false, "settled", n (items), elapsed (the sum over their tasks)
  *    | false, "event", i | false, "timeout" | false, "closed".
  * A result that cannot be decoded here comes with results false and errs
@@ -1045,7 +1051,8 @@ static void give_back(lua_State *L, queue *u)
 static int q_get_result(lua_State *L)
 {
     queue *u = check_queue(L);
-    lua_settop(L, 6);
+    luaL_checktype(L, 7, LUA_TTABLE);
+    lua_settop(L, 7);
     int sinks = lua_istable(L, 4) ? 4 : 0;
     int inflight = lua_istable(L, 5) ? 5 : 0;
     int jobs = lua_istable(L, 6) ? 6 : 0;
@@ -1096,12 +1103,13 @@ static int q_get_result(lua_State *L)
             }
             break;
         }
-        lua_pushboolean(L, 1);
-        int n = push_result(L, u, &h, sinks, inflight);
+        for (int n = push_result(L, u, &h, sinks, inflight); n > 0; n--)
+            lua_setfield(L, 7, result_fields[n - 1]);
         give_back(L, u);
         luamp_collect_for(L, u->mlen);
         luamp_buf_trim(&u->buf);
-        return n + 1;
+        lua_pushboolean(L, 1);
+        return 1;
     }
     luamp_buf_trim(&u->buf);
     lua_pushboolean(L, 0);

@@ -129,6 +129,7 @@ local function new_pool(opts)
     _ntimed = 0,            -- tasks in flight that have a deadline
     _killed = {},           -- slot -> sequence number of a task past its deadline
     _share = {},            -- worker handle -> what was sent to it: share.worker_record
+    _result = {},           -- get_result's record, reused by every _pump
   }, PoolMT)
   self._tq:_on_objects(function(objects) share_objects(self, objects) end)
   for slot = n - 1, 0, -1 do self._free_slots[#self._free_slots + 1] = slot end
@@ -352,7 +353,10 @@ function Pool:_unfinished()
   return jobs
 end
 
-function Pool:_handle(jobid, start, count, results, errs, elapsed, pid, seq, nres, rlen)
+-- r: get_result's record (pool.c, result_fields).
+function Pool:_handle(r)
+  local jobid, start, count, results, errs = r.jobid, r.start, r.count, r.results, r.errs
+  local elapsed, pid, seq, nres, rlen = r.elapsed, r.pid, r.seq, r.nres, r.rlen
   if jobid <= 0 then
     if jobid == 0 then                        -- a worker's initializer failed
       local info = type(errs) == "table" and errs or { message = errmsg(errs) }
@@ -499,19 +503,20 @@ function Pool:_pump(deadline)
     if dl and (not wait_until or dl < wait_until) then wait_until = dl end
   end
   local sinks, inflight, jobs = self._sinks, self._inflight, self._jobs
-  local got, a, b, c, d, e, f, g, h, i, j = rq:get_result(remaining(wait_until), self._workers, sinks, inflight, jobs)
+  local rec = self._result                   -- (filled by get_result, reused)
+  local got, a, b, c = rq:get_result(remaining(wait_until), self._workers, sinks, inflight, jobs, rec)
   if got or a == "settled" then
     repeat
-      if got then self:_handle(a, b, c, d, e, f, g, h, i, j) else self:_settled(b, c) end
-      got, a, b, c, d, e, f, g, h, i, j = rq:get_result(0, nil, sinks, inflight, jobs)
+      if got then self:_handle(rec) else self:_settled(b, c) end
+      got, a, b, c = rq:get_result(0, nil, sinks, inflight, jobs, rec)
     until not got and a ~= "settled"
     return true
   end
   if a == "event" then
     local w = b
     repeat                           -- what the worker put before it died
-      got, a, b, c, d, e, f, g, h, i, j = rq:get_result(0, nil, sinks, inflight, jobs)
-      if got then self:_handle(a, b, c, d, e, f, g, h, i, j) elseif a == "settled" then self:_settled(b, c) end
+      got, a, b, c = rq:get_result(0, nil, sinks, inflight, jobs, rec)
+      if got then self:_handle(rec) elseif a == "settled" then self:_settled(b, c) end
     until not got and a ~= "settled"
     self:_reap(w)
     return true
