@@ -64,23 +64,28 @@ local function sync_fds(d, fds)
   end
 end
 
--- Where the descriptors are in the description of a queue (a Pool's too)
--- and of a pipe end (memfd, ev_get, ev_put; memfd, rx socket, tx socket).
-local FD_AT = { queue = { 3, 4, 5 }, pool_queue = { 3, 4, 5 }, pipe = { 3, 6, 8 } }
+-- The fields of a description that are descriptors (-1: none, for a
+-- one-way pipe end's missing side).
+local DESCRIPTORS = {
+  queue = { "memfd", "ev_get", "ev_put" },
+  pool_queue = { "memfd", "ev_get", "ev_put" },
+  pipe = { "memfd", "rx_fd", "tx_fd" },
+}
 
 -- What a process that did not inherit object obj (id) needs to make it
--- anew: {"queue" | "pipe" | "sync", ...} and the descriptors in it, added
--- to fds.  Raises "serialize" for what cannot go.
+-- anew: {kind = "queue" | "pool_queue" | "pipe" | "sync", id = id, ...}
+-- and the descriptors in it, added to fds.  Raises "serialize" for what
+-- cannot go.
 local function describe_object(obj, id, fds)
   local mt = getmetatable(obj)
   local kind = mt and mt.__name
   local o
-  if kind == "luamp.Queue" or kind == "luamp.JoinableQueue" then
-    o = { "queue", id, core.queue_fds(obj) }
-  elseif kind == "luamp.PoolQueue" then
-    o = { "pool_queue", id, core.queue_fds(obj) }
+  if kind == "luamp.Queue" or kind == "luamp.JoinableQueue" or kind == "luamp.PoolQueue" then
+    o = { kind = kind == "luamp.PoolQueue" and "pool_queue" or "queue", id = id }
+    o.memfd, o.ev_get, o.ev_put = core.queue_fds(obj)
   elseif kind == "luamp.Connection" then
-    o = { "pipe", id, core.pipe_fds(obj) }
+    o = { kind = "pipe", id = id }
+    o.memfd, o.ndir, o.rx_dir, o.rx_fd, o.tx_dir, o.tx_fd = core.pipe_fds(obj)
   else
     local d = core.sync_describe(obj)     -- a lock, value, condition...: {kind, id, memfd, ...}
     if not d then
@@ -88,29 +93,31 @@ local function describe_object(obj, id, fds)
         .. "inherit it", tostring(obj), id)), 0)
     end
     sync_fds(d, fds)
-    return { "sync", d }
+    return { kind = "sync", id = id, sync = d }
   end
-  for _, i in ipairs(FD_AT[o[1]]) do
-    if o[i] >= 0 then fds[#fds + 1] = o[i] end
+  for _, k in ipairs(DESCRIPTORS[o.kind]) do
+    if o[k] >= 0 then fds[#fds + 1] = o[k] end
   end
   return o
 end
 
 -- Replaces the descriptor numbers in description o by map[number].
 local function remap_object(o, map)
-  if o[1] == "sync" then return each_sync_part(o[2], function(p) p[3] = map[p[3]] end) end
-  for _, i in ipairs(FD_AT[o[1]]) do
-    if o[i] >= 0 then o[i] = map[o[i]] end
+  if o.kind == "sync" then return each_sync_part(o.sync, function(p) p[3] = map[p[3]] end) end
+  for _, k in ipairs(DESCRIPTORS[o.kind]) do
+    if o[k] >= 0 then o[k] = map[o[k]] end
   end
 end
 
 -- Makes the object description o describes (its descriptors are this
 -- process's); session: a table shared by the objects made together.
 local function attach_object(o, session)
-  if o[1] == "queue" then return core.queue_attach(o[2], o[3], o[4], o[5])
-  elseif o[1] == "pool_queue" then return core.pool_queue_attach(o[2], o[3], o[4], o[5])
-  elseif o[1] == "pipe" then return core.pipe_attach(o[2], o[3], o[4], o[5], o[6], o[7], o[8]) end
-  local d = o[2]
+  if o.kind == "queue" then return core.queue_attach(o.id, o.memfd, o.ev_get, o.ev_put)
+  elseif o.kind == "pool_queue" then return core.pool_queue_attach(o.id, o.memfd, o.ev_get, o.ev_put)
+  elseif o.kind == "pipe" then
+    return core.pipe_attach(o.id, o.memfd, o.ndir, o.rx_dir, o.rx_fd, o.tx_dir, o.tx_fd)
+  end
+  local d = o.sync
   if d[1] == "barrier" and d[5] then d[5] = core.decode(d[5]) end
   return core.sync_attach(d, session)
 end
@@ -196,7 +203,7 @@ local function fetch_objects_from(sock)
         for _, id in ipairs(m[2]) do held[id] = nil end
         o = nil
       end
-      local id = o and (o[1] == "sync" and o[2][2] or o[2])
+      local id = o and o.id
       local known = reg["luamp.objects"]
       if not o or (known and known[id] ~= nil) then
         for _, fd in ipairs(fds) do core.close_fd(fd) end
