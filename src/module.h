@@ -2,18 +2,14 @@
  * module.h - the parts of the core table that module.c gathers: each
  * file's luamp_open_* registers its functions and types into the table
  * on top of the stack.  The metatable names are registry keys, listed
- * together so that no two collide.
+ * with the others in registry.h.
  */
 #ifndef LUAMP_MODULE_H
 #define LUAMP_MODULE_H
 
 #include <lua.h>
 
-#define LUAMP_CHILD_MT "luamp.child"
-#define LUAMP_CONN_MT  "luamp.Connection"
-#define LUAMP_QUEUE_MT "luamp.Queue"
-#define LUAMP_JQUEUE_MT "luamp.JoinableQueue"
-#define LUAMP_POOLQUEUE_MT "luamp.PoolQueue"
+#include "registry.h"      /* the metatable names */
 
 /* sys.c: now, sleep, isatty, table, default_processes. */
 void luamp_open_sys(lua_State *L);

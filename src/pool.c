@@ -111,17 +111,17 @@ static void share_objects(lua_State *L, int qidx, int idx, const char *root, lua
         lua_pop(L, 1);
         return;
     }
-    lua_getfield(L, LUA_REGISTRYINDEX, "luamp.collect");   /* an outer one, restored below */
+    lua_getfield(L, LUA_REGISTRYINDEX, LUAMP_COLLECT_KEY);   /* an outer one, restored below */
     lua_newtable(L);
     lua_pushvalue(L, -1);
-    lua_setfield(L, LUA_REGISTRYINDEX, "luamp.collect");
+    lua_setfield(L, LUA_REGISTRYINDEX, LUAMP_COLLECT_KEY);
     luamp_buf scratch;
     luamp_buf_init(&scratch);
     if (encode_task(L, idx, root, first, count, &scratch) != 0)
         lua_pop(L, 1);      /* (it was encoded once already) */
     luamp_buf_free(&scratch);
     lua_pushvalue(L, -2);
-    lua_setfield(L, LUA_REGISTRYINDEX, "luamp.collect");
+    lua_setfield(L, LUA_REGISTRYINDEX, LUAMP_COLLECT_KEY);
     lua_remove(L, -2);
     lua_call(L, 1, 0);      /* hook(objects) */
 }

@@ -28,6 +28,7 @@
 -- Uses: errors, current.
 
 local core, part = ...
+local KEYS = core.registry_keys      -- (src/registry.h)
 
 local new_error = part("errors").new_error
 local current = part("current")
@@ -50,10 +51,10 @@ local function sync_fds(d, fds)
   each_sync_part(d, function(p) fds[#fds + 1] = p[3] end)
   if d[1] == "barrier" and d[5] ~= nil then
     local reg, seen = debug.getregistry(), {}
-    local outer = reg["luamp.collect"]
-    reg["luamp.collect"] = seen
+    local outer = reg[KEYS.collect]
+    reg[KEYS.collect] = seen
     local ok, bytes, why = pcall(core.encode, d[5], "the Barrier's action")
-    reg["luamp.collect"] = outer
+    reg[KEYS.collect] = outer
     if not ok then error(bytes, 0) end
     if not bytes then error(new_error("serialize", why), 0) end
     if next(seen) ~= nil then
@@ -141,7 +142,7 @@ end
 -- queue: sends each worker those it lacks.
 local function share_objects(pool, objects)
   local me, made = current.pid, {}
-  local live = debug.getregistry()["luamp.objects"] or {}
+  local live = debug.getregistry()[KEYS.objects] or {}
   for _, h in ipairs(pool._workers) do
     local s = pool._share[h]
     local sock, known = s.sock, s.known
@@ -193,7 +194,7 @@ end
 local function fetch_objects_from(sock)
   local held = {}     -- id -> object
   local reg = debug.getregistry()
-  reg["luamp.fetch_objects"] = function()
+  reg[KEYS.fetch_objects] = function()
     while true do
       local bytes, fds = core.objsock_recv(sock)
       if not bytes then return bytes ~= false end     -- (false: the parent's end is closed)
@@ -204,7 +205,7 @@ local function fetch_objects_from(sock)
         o = nil
       end
       local id = o and o.id
-      local known = reg["luamp.objects"]
+      local known = reg[KEYS.objects]
       if not o or (known and known[id] ~= nil) then
         for _, fd in ipairs(fds) do core.close_fd(fd) end
       else
