@@ -33,6 +33,32 @@ static queue *check_queue(lua_State *L)
     return luamp_check_queue(L, LUAMP_POOLQUEUE_MT);
 }
 
+/* How many times this process took each fast path (for tests: a field
+ * renamed on the Lua side must not silently send everything down the
+ * slow path).  apply_fast and settle_* count in the parent, serve_* in a
+ * worker, whose counts start at its parent's at the fork.  One task or
+ * one result each. */
+static struct {
+    lua_Integer apply_fast, serve_apply, serve_map, settle_apply, settle_map;
+} counters;
+
+/* core.counters() -> {apply_fast = n, serve_apply = n, ...}: internal */
+static int l_counters(lua_State *L)
+{
+    lua_createtable(L, 0, 5);
+    lua_pushinteger(L, counters.apply_fast);
+    lua_setfield(L, -2, "apply_fast");
+    lua_pushinteger(L, counters.serve_apply);
+    lua_setfield(L, -2, "serve_apply");
+    lua_pushinteger(L, counters.serve_map);
+    lua_setfield(L, -2, "serve_map");
+    lua_pushinteger(L, counters.settle_apply);
+    lua_setfield(L, -2, "settle_apply");
+    lua_pushinteger(L, counters.settle_map);
+    lua_setfield(L, -2, "settle_map");
+    return 1;
+}
+
 /* q:_on_objects(fn): fn(objects) is called before a task naming luamp
  * objects is put (see share_objects) */
 static int q_on_objects(lua_State *L)
@@ -314,6 +340,7 @@ static int apply_fast(lua_State *L)
     if (put_task_msg(L, "apply_async", u, 12, &h, f, flen, 3, "args", 0, &t) != 0)
         return luamp_raise(L, "serialize", "%s", lua_tostring(L, -1));
     push_apply_job(L, AF_ID, id, 1, lua_upvalueindex(AF_RESULTMT), 13, t.seq);
+    counters.apply_fast++;
     return 1;
 slow:
     lua_settop(L, n);
@@ -807,6 +834,7 @@ static int q_serve(lua_State *L)
             }
             luamp_collect_for(L, u->mlen);
             luamp_buf_trim(&u->buf);
+            counters.serve_map++;
             if (serve_map(L, r, &h, w.seq, pid))
                 return spent_worker(L);
             lua_settop(L, 6);
@@ -833,6 +861,7 @@ static int q_serve(lua_State *L)
         lua_pushvalue(L, 7);          /* 10: f */
         for (lua_Integer i = 1; i <= nargs; i++)
             lua_rawgeti(L, 8, i);
+        counters.serve_apply++;
         double t0 = luamp_now();
         int status = lua_pcall(L, (int)nargs, LUA_MULTRET, 9);
         send_outcome(L, r, &h, w.seq, pid, t0, status == LUA_OK, 10, lua_gettop(L) - 9);
@@ -942,6 +971,7 @@ static int settle_apply(lua_State *L, queue *u, const struct result_hdr *h, int 
         raw_set(L, job, K_FINISHED);
         lua_pushnil(L);
         lua_rawseti(L, inflight, h->seq);
+        counters.settle_apply++;
         done = 1;
     }
     /* (a failed decode may have stored some values in the job: the message
@@ -999,6 +1029,7 @@ static int settle_map(lua_State *L, queue *u, const struct result_hdr *h, int si
             lua_pushnil(L);
             lua_rawseti(L, sinks, h->jobid);
         }
+        counters.settle_map++;
         done = 1;
     }
     lua_settop(L, top);
@@ -1239,4 +1270,6 @@ void luamp_open_pool(lua_State *L)
     lua_setfield(L, -2, "pool_queue_attach");
     lua_pushcfunction(L, l_watch_objects);
     lua_setfield(L, -2, "watch_objects");
+    lua_pushcfunction(L, l_counters);
+    lua_setfield(L, -2, "counters");
 }

@@ -126,5 +126,6 @@ mp._encode = core.encode
 mp._decode = core.decode
 mp._now = core.now
 mp._sleep = core.sleep
+mp._counters = core.counters     -- times the C fast paths ran (src/pool.c)
 
 return mp
