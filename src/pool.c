@@ -14,6 +14,11 @@
  * The parent decodes results of 64 KiB and more where they lie in the
  * ring (lent: it is their only consumer, LEND_FROM), and a worker holds a
  * task over 64 MiB in the ring while it decodes it (LUAMP_HOLD_FROM).
+ *
+ * The fast paths read and write the Pool's private Lua fields by name
+ * (af_names, job_keys, result_fields): core.pool_fields lists them and
+ * core.counters counts the fast paths taken, so that tests/fast_paths.lua
+ * notices when a rename in lua/luamp/ leaves one behind.
  */
 #include "queue.h"
 #include "sys.h"
@@ -285,6 +290,11 @@ enum {
     AF_NEXTJOB, AF_FCACHE, AF_TQ, AF_INFLIGHT, AF_ID, AF_POOL, AF_FINISHED, AF_QUEUEMT,
     AF_N = AF_QUEUEMT
 };
+/* The names of upvalues AF_RUN .. AF_FINISHED: "run" is a value of
+ * _state, the others fields of a Pool and of an apply job (pool.lua). */
+static const char *const af_names[] = { "run", "_owner", "_state", "_broken", "_nextjob", "_fcache",
+                                        "_tq", "_inflight", "id", "_pool", "finished" };
+_Static_assert(sizeof af_names / sizeof *af_names == AF_FINISHED - AF_RUN + 1, "a name for every AF_ key");
 
 /* pushes self[upvalue k] (raw); its type */
 static int af_field(lua_State *L, int k)
@@ -357,10 +367,8 @@ static int new_apply_fast(lua_State *L)
     luaL_checktype(L, 3, LUA_TTABLE);
     luaL_checktype(L, 4, LUA_TFUNCTION);
     lua_settop(L, 4);
-    static const char *const names[] = { "run", "_owner", "_state", "_broken", "_nextjob", "_fcache",
-                                         "_tq", "_inflight", "id", "_pool", "finished" };
-    for (size_t i = 0; i < sizeof names / sizeof *names; i++)
-        lua_pushstring(L, names[i]);
+    for (size_t i = 0; i < sizeof af_names / sizeof *af_names; i++)
+        lua_pushstring(L, af_names[i]);
     luaL_getmetatable(L, LUAMP_POOLQUEUE_MT);
     lua_pushcclosure(L, apply_fast, AF_N);
     return 1;
@@ -1219,6 +1227,33 @@ static int q_tostring(lua_State *L)
     return 1;
 }
 
+/*
+ * core.pool_fields() -> {name, ...}: every field of a Pool, of a job or of
+ * a task record (pool.lua, results.lua) that this file reads or writes by
+ * name, from the lists above (af_names, job_keys, result_fields).  A
+ * field renamed on one side only would not fail: the fast path would
+ * just stop being taken, or take what it should not.  tests/fast_paths.lua
+ * checks that lua/luamp/ still names each, and counts the fast paths.
+ */
+static int l_pool_fields(lua_State *L)
+{
+    lua_newtable(L);
+    lua_Integer n = 0;
+    for (size_t i = 1; i < sizeof af_names / sizeof *af_names; i++) {   /* (not "run") */
+        lua_pushstring(L, af_names[i]);
+        lua_rawseti(L, -2, ++n);
+    }
+    for (size_t i = 0; i < sizeof job_keys / sizeof *job_keys; i++) {
+        lua_pushstring(L, job_keys[i]);
+        lua_rawseti(L, -2, ++n);
+    }
+    for (size_t i = 0; i < sizeof result_fields / sizeof *result_fields; i++) {
+        lua_pushstring(L, result_fields[i]);
+        lua_rawseti(L, -2, ++n);
+    }
+    return 1;
+}
+
 void luamp_open_pool(lua_State *L)
 {
     static const luaL_Reg methods[] = {
@@ -1272,4 +1307,6 @@ void luamp_open_pool(lua_State *L)
     lua_setfield(L, -2, "watch_objects");
     lua_pushcfunction(L, l_counters);
     lua_setfield(L, -2, "counters");
+    lua_pushcfunction(L, l_pool_fields);
+    lua_setfield(L, -2, "pool_fields");
 }

@@ -61,4 +61,25 @@ end
 
 pool:close()
 pool:join()
+
+do
+  -- the fields src/pool.c reads by name are still fields of the Lua layer
+  local top = os.getenv("top_srcdir") or "."
+  local source = {}
+  for _, name in ipairs({ "pool", "results", "executor", "worker" }) do
+    local f = assert(io.open(top .. "/lua/luamp/" .. name .. ".lua"))
+    source[#source + 1] = f:read("a")
+    f:close()
+  end
+  source = table.concat(source, "\n")
+  local missing = {}
+  for _, name in ipairs(mp._pool_fields()) do
+    local quoted = name:gsub("%p", "%%%0")
+    if not (source:find("[%.:]" .. quoted .. "%f[^%w_]") or source:find("%f[%w_]" .. quoted .. "%s*=[^=]")) then
+      missing[#missing + 1] = name
+    end
+  end
+  t.is(table.concat(missing, " "), "", "every Lua field src/pool.c reads by name is still used in lua/luamp/")
+end
+
 t.done()
