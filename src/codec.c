@@ -71,6 +71,7 @@
 #include <lua.h>
 
 #include "codec.h"
+#include "registry.h"
 
 enum ext_type {
     EXT_REF = 1,
@@ -90,7 +91,6 @@ enum ext_type {
 static const char too_big[] = TOO_BIG;
 
 /* The module's registry table of objects: id -> object. */
-#define OBJECTS_KEY "luamp.objects"
 
 /* The codec's own registry entries, keyed by address: cheaper to look up
  * than strings, and that happens on every message. */
@@ -1157,7 +1157,7 @@ static int enc_obj(encoder *e)
     luamp_codec_objects_encoded++;
     /* registry["luamp.collect"][id] = object, when that table is set: what
      * a message refers to (the spawn start method sends their descriptors) */
-    if (lua_getfield(L, LUA_REGISTRYINDEX, "luamp.collect") == LUA_TTABLE) {
+    if (lua_getfield(L, LUA_REGISTRYINDEX, LUAMP_COLLECT_KEY) == LUA_TTABLE) {
         lua_pushvalue(L, -2);
         lua_pushvalue(L, -4);
         lua_rawset(L, -3);
@@ -2135,7 +2135,7 @@ unsigned long luamp_codec_objects_encoded;
  * returns 0. */
 static int find_obj(lua_State *L, const ext *x)
 {
-    if (lua_getfield(L, LUA_REGISTRYINDEX, OBJECTS_KEY) == LUA_TTABLE) {
+    if (lua_getfield(L, LUA_REGISTRYINDEX, LUAMP_OBJECTS_KEY) == LUA_TTABLE) {
         lua_pushlstring(L, (const char *)x->data, x->len);
         if (lua_rawget(L, -2) != LUA_TNIL) {
             lua_remove(L, -2);

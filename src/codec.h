@@ -154,7 +154,6 @@ extern unsigned long luamp_codec_objects_encoded;
  * registry[LUAMP_FETCH_KEY]() if that is a function (a pool's worker
  * reads the objects its parent sent it ahead of the task), then looks
  * again. */
-#define LUAMP_FETCH_KEY "luamp.fetch_objects"
 /* Calls registry[LUAMP_FETCH_KEY]() protected: 1 when it ran and the
  * parent may send more, 0 when there is none, it failed, or it says the
  * parent's end is closed (it returned false). */

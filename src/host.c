@@ -32,6 +32,7 @@
  */
 #include "luamp.h"
 #include "host.h"
+#include "registry.h"
 #include "interrupt.h"
 #include "sys.h"
 

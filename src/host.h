@@ -9,7 +9,6 @@
 
 /* Registry field of the default size of a Pool created without one
  * (luamp_set_default_processes; nil: mp.cpu_count()). */
-#define LUAMP_DEFAULT_PROCESSES_KEY "luamp.default_processes"
 
 /* Whether states made by luamp_newstate take their small blocks from an
  * arena (host.c): not under AddressSanitizer, so that it sees each one. */

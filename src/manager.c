@@ -28,6 +28,7 @@
  * registry of objects), to any other process as {kind, id, memfd}
  * (manager_describe) and the memfd, which manager_attach maps.
  */
+#include "registry.h"
 #include "shdict.h"
 #include "codec.h"
 #include "sys.h"
@@ -825,7 +826,7 @@ static int l_attach(lua_State *L)
     lua_Integer fd = lua_tointegerx(L, -1, &isint);
     if (id == NULL || strlen(id) >= sizeof ((managed *)0)->id || !isint || fd < 0 || fd > INT_MAX)
         return luaL_error(L, "manager_attach: a bad description");
-    if (lua_getfield(L, LUA_REGISTRYINDEX, "luamp.objects") == LUA_TTABLE
+    if (lua_getfield(L, LUA_REGISTRYINDEX, LUAMP_OBJECTS_KEY) == LUA_TTABLE
         && lua_getfield(L, -1, id) != LUA_TNIL && test_managed(L, -1))
         return 1;
     void *o = k == LIST ? (void *)shlist_attach((int)fd) : (void *)shdict_attach((int)fd);

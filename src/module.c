@@ -42,6 +42,22 @@ static int load_part(lua_State *L)
     return luaL_error(L, "luamp: the library has no part named '%s'", name);
 }
 
+/* core.registry_keys: registry.h's keys the Lua layer uses, by name. */
+static void push_registry_keys(lua_State *L)
+{
+    static const char *const keys[][2] = {
+        {"objects", LUAMP_OBJECTS_KEY},
+        {"collect", LUAMP_COLLECT_KEY},
+        {"raise", LUAMP_RAISE_KEY},
+        {"fetch_objects", LUAMP_FETCH_KEY},
+    };
+    lua_createtable(L, 0, sizeof keys / sizeof *keys);
+    for (size_t i = 0; i < sizeof keys / sizeof *keys; i++) {
+        lua_pushstring(L, keys[i][1]);
+        lua_setfield(L, -2, keys[i][0]);
+    }
+}
+
 int luaopen_luamp(lua_State *L)
 {
     static const luaL_Reg codec_funcs[] = {
@@ -54,11 +70,14 @@ int luaopen_luamp(lua_State *L)
     lua_call(L, 1, 1);
     lua_newtable(L);
     luaL_setfuncs(L, codec_funcs, 0);
+    push_registry_keys(L);
+    lua_setfield(L, -2, "registry_keys");
     luamp_open_sys(L);
     luamp_open_process(L);
     luamp_open_objects(L);
     luamp_open_interrupt(L);
     luamp_open_queue(L);
+    luamp_open_pool(L);
     luamp_open_pipe(L);
     luamp_open_sync(L);
     luamp_open_manager(L);

@@ -2,16 +2,14 @@
  * module.h - the parts of the core table that module.c gathers: each
  * file's luamp_open_* registers its functions and types into the table
  * on top of the stack.  The metatable names are registry keys, listed
- * together so that no two collide.
+ * with the others in registry.h.
  */
 #ifndef LUAMP_MODULE_H
 #define LUAMP_MODULE_H
 
 #include <lua.h>
 
-#define LUAMP_CHILD_MT "luamp.child"
-#define LUAMP_CONN_MT  "luamp.Connection"
-#define LUAMP_QUEUE_MT "luamp.Queue"
+#include "registry.h"      /* the metatable names */
 
 /* sys.c: now, sleep, isatty, table, default_processes. */
 void luamp_open_sys(lua_State *L);
@@ -21,8 +19,10 @@ void luamp_open_process(lua_State *L);
 void luamp_open_objects(lua_State *L);
 /* interrupt.c: interrupted, ignore_sigint. */
 void luamp_open_interrupt(lua_State *L);
-/* queue.c: Queue, and a Pool's task and result messages. */
+/* queue.c: Queue, JoinableQueue, queue_fds (queue.h: the struct it shares with pool.c). */
 void luamp_open_queue(lua_State *L);
+/* pool.c: a Pool's task and result queues and messages, apply_fast. */
+void luamp_open_pool(lua_State *L);
 /* pipe.c: Pipe. */
 void luamp_open_pipe(lua_State *L);
 /* sync.c: Lock, RLock, Semaphore, Event, Condition, Barrier, Value, Array. */

@@ -84,7 +84,7 @@ static int object_is_newer(const char *id, size_t len)
 void luamp_register_object(lua_State *L, int idx, const char *id)
 {
     idx = lua_absindex(L, idx);
-    if (lua_getfield(L, LUA_REGISTRYINDEX, "luamp.objects") != LUA_TTABLE) {
+    if (lua_getfield(L, LUA_REGISTRYINDEX, LUAMP_OBJECTS_KEY) != LUA_TTABLE) {
         lua_pop(L, 1);
         lua_newtable(L);
         lua_newtable(L);
@@ -92,7 +92,7 @@ void luamp_register_object(lua_State *L, int idx, const char *id)
         lua_setfield(L, -2, "__mode");
         lua_setmetatable(L, -2);
         lua_pushvalue(L, -1);
-        lua_setfield(L, LUA_REGISTRYINDEX, "luamp.objects");
+        lua_setfield(L, LUA_REGISTRYINDEX, LUAMP_OBJECTS_KEY);
     }
     lua_pushvalue(L, idx);
     lua_setfield(L, -2, id);

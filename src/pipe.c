@@ -869,7 +869,7 @@ static int c_waitfd(lua_State *L)
     return 1;
 }
 
-/* end:_fds() -> memfd, ndir, rx direction (-1: none), rx socket, tx
+/* core.pipe_fds(end) -> memfd, ndir, rx direction (-1: none), rx socket, tx
  * direction, tx socket: what a spawned process needs to use this end */
 static int c_fds(lua_State *L)
 {
@@ -884,7 +884,7 @@ static int c_fds(lua_State *L)
 }
 
 /* core.pipe_attach(id, memfd, ndir, rx_dir, rx_fd, tx_dir, tx_fd): the
- * Pipe end `id` of the process that spawned this one, from what _fds
+ * Pipe end `id` of the process that spawned this one, from what pipe_fds
  * gave there; the end owns the descriptors. */
 static int l_pipe_attach(lua_State *L)
 {
@@ -911,13 +911,6 @@ static int l_pipe_attach(lua_State *L)
     return 1;
 }
 
-static int c_fd(lua_State *L)
-{
-    conn *c = luaL_checkudata(L, 1, LUAMP_CONN_MT);
-    lua_pushinteger(L, c->rx.d ? c->rx.fd : c->tx.fd);
-    return 1;
-}
-
 static int c_ref(lua_State *L)
 {
     lua_pushstring(L, check_conn(L)->id);
@@ -938,8 +931,6 @@ void luamp_open_pipe(lua_State *L)
         {"recv", c_recv},
         {"poll", c_poll},
         {"close", c_close},
-        {"fileno", c_fd},
-        {"_fds", c_fds},
         {NULL, NULL}
     };
     static const luaL_Reg meta[] = {
@@ -959,6 +950,8 @@ void luamp_open_pipe(lua_State *L)
     lua_setfield(L, -2, "pipe");
     lua_pushcfunction(L, l_pipe_attach);
     lua_setfield(L, -2, "pipe_attach");
+    lua_pushcfunction(L, c_fds);
+    lua_setfield(L, -2, "pipe_fds");
     lua_pushinteger(L, (lua_Integer)CAP);    /* for tests at the ring's edge */
     lua_setfield(L, -2, "pipe_ring");
 }

@@ -13,7 +13,7 @@
  * the child exits, so "wait for a result, or a worker death, or the
  * timeout" is one poll() over ordinary file descriptors: queue doorbells
  * (eventfds), pipe ends and pidfds alike (core.wait here, a Pool's
- * get_result in queue.c).  There is no helper thread.
+ * get_result in pool.c).  There is no helper thread.
  *
  * Where pidfd_open is missing (Linux before 5.3, and valgrind, which does
  * not know the call; LUAMP_NO_PIDFD=1 forces it, for the tests), a death

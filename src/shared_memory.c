@@ -21,6 +21,7 @@
  * process as its name (shm_describe), which shm_attach opens there, as
  * Python pickles a SharedMemory.  Such a view owns nothing.
  */
+#include "registry.h"
 #include "shmem.h"
 #include "sys.h"
 #include "module.h"
@@ -103,7 +104,7 @@ static int l_attach(lua_State *L)
     const char *name = lua_tostring(L, 2), *id = lua_tostring(L, 3);
     if (name == NULL || id == NULL || strlen(id) >= sizeof ((shmud *)0)->id)
         return luaL_error(L, "shm_attach: a bad description");
-    if (lua_getfield(L, LUA_REGISTRYINDEX, "luamp.objects") == LUA_TTABLE
+    if (lua_getfield(L, LUA_REGISTRYINDEX, LUAMP_OBJECTS_KEY) == LUA_TTABLE
         && lua_getfield(L, -1, id) != LUA_TNIL && luaL_testudata(L, -1, SHM_MT))
         return 1;
     shmud *u = lua_newuserdatauv(L, sizeof *u, 0);

@@ -92,7 +92,7 @@ int shmq_release(shmq *q, int slot);
 
 /* Puts a message taken from the queue back, under its own sequence
  * number, and empties claim slot `slot` in the same step: a consumer that
- * cannot handle a message hands it to another (see queue.c, push_task). */
+ * cannot handle a message hands it to another (see pool.c, push_task). */
 int shmq_requeue(shmq *q, int slot, const void *p, size_t n, uint64_t seq);
 
 /* Withdraws the message numbered seq if no consumer has taken it yet: it

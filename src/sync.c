@@ -1320,7 +1320,7 @@ static void attach(lua_State *L, int desc, int session)
         luaL_error(L, "sync_attach: a bad description");
     /* made already (sent twice, or the lock of another object sent) */
     int top = lua_gettop(L);
-    if (lua_getfield(L, LUA_REGISTRYINDEX, "luamp.objects") == LUA_TTABLE
+    if (lua_getfield(L, LUA_REGISTRYINDEX, LUAMP_OBJECTS_KEY) == LUA_TTABLE
         && lua_getfield(L, -1, id) != LUA_TNIL && kind_of(L, -1) == k) {
         lua_replace(L, top);
         lua_settop(L, top);

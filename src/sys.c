@@ -68,7 +68,7 @@ double luamp_opt_deadline(lua_State *L, int idx)
  * loaded yet). */
 static int raise_top(lua_State *L, const char *kind, int err)
 {
-    if (lua_getfield(L, LUA_REGISTRYINDEX, "luamp.raise") != LUA_TFUNCTION) {
+    if (lua_getfield(L, LUA_REGISTRYINDEX, LUAMP_RAISE_KEY) != LUA_TFUNCTION) {
         lua_pop(L, 1);
         return lua_error(L);
     }

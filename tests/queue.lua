@@ -220,8 +220,11 @@ do
   t.is(jq:join(), true, "join returns once every item was marked done")
   t.raises(function() jq:task_done() end, "called more times than items were put",
     "task_done beyond the items put raises")
-  t.raises(function() mp.Queue():task_done() end, "only for a JoinableQueue", "a plain Queue has no task_done")
-  t.raises(function() mp.Queue():join() end, "only for a JoinableQueue", "nor join")
+  t.is(mp.Queue().task_done, nil, "a plain Queue has no task_done")
+  t.is(mp.Queue().join, nil, "nor join")
+  local task_done = getmetatable(jq).__index.task_done
+  t.raises(function() task_done(mp.Queue()) end, "only for a JoinableQueue",
+    "a JoinableQueue's task_done called on a plain Queue raises")
   t.raises(function() mp.JoinableQueue(-1) end, "bad argument #1 to 'JoinableQueue'", "maxsize is checked")
   local bounded = mp.JoinableQueue(1)
   t.is(bounded:put_nowait("x"), true, "a bounded JoinableQueue takes up to maxsize")

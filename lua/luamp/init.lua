@@ -131,5 +131,7 @@ mp._decode = core.decode
 mp._now = core.now
 mp._sleep = core.sleep
 mp._manager_stats = core.manager_stats   -- a managed object's memory (shdict.h's shd_stats)
+mp._counters = core.counters     -- times the C fast paths ran (src/pool.c)
+mp._pool_fields = core.pool_fields   -- the Lua fields src/pool.c reads by name
 
 return mp

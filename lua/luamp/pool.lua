@@ -18,7 +18,7 @@
 -- task queue says which task it held) or the task's deadline
 -- (_check_deadlines) settles exactly that task.  The parent serves every
 -- worker, so its cost per task bounds the whole pool's rate: messages
--- are built and taken apart in C (src/queue.c), apply_async's common
+-- are built and taken apart in C (src/pool.c), apply_async's common
 -- case is one C function (apply_fast), and get_result settles plain
 -- results in C and returns here (_handle) only for what needs Lua.
 --
@@ -28,7 +28,7 @@
 -- send one item per worker to measure.  imap reads its input only as results are consumed
 -- (_feed), so an endless iterator is fine.  doc/design.md, "A map call,
 -- step by step", follows one call through this file, worker.lua and
--- src/queue.c.
+-- src/pool.c.
 --
 -- A pool's end.  close lets the workers finish what is queued, then they
 -- exit as they find the task queue shut down; terminate kills them; join
@@ -95,8 +95,8 @@ local function new_pool(opts)
   n = n or core.default_processes() or core.cpu_count()
   if n > MAX_POOL then argerror(1, "Pool", "at most " .. MAX_POOL .. " processes") end
   -- (map_async never waits for the workers to make room in the task queue)
-  local tq = core.queue(0, true)
-  local ok, rq = pcall(core.queue, 0)
+  local tq = core.pool_queue(0, true)
+  local ok, rq = pcall(core.pool_queue, 0)
   if not ok then
     tq:destroy()
     error(rq, 2)
@@ -129,6 +129,7 @@ local function new_pool(opts)
     _ntimed = 0,            -- tasks in flight that have a deadline
     _killed = {},           -- slot -> sequence number of a task past its deadline
     _share = {},            -- worker handle -> what was sent to it: share.worker_record
+    _result = {},           -- get_result's record, reused by every _pump
   }, PoolMT)
   self._tq:_on_objects(function(objects) share_objects(self, objects) end)
   for slot = n - 1, 0, -1 do self._free_slots[#self._free_slots + 1] = slot end
@@ -352,7 +353,10 @@ function Pool:_unfinished()
   return jobs
 end
 
-function Pool:_handle(jobid, start, count, results, errs, elapsed, pid, seq, nres, rlen)
+-- r: get_result's record (pool.c, result_fields).
+function Pool:_handle(r)
+  local jobid, start, count, results, errs = r.jobid, r.start, r.count, r.results, r.errs
+  local elapsed, pid, seq, nres, rlen = r.elapsed, r.pid, r.seq, r.nres, r.rlen
   if jobid <= 0 then
     if jobid == 0 then                        -- a worker's initializer failed
       local info = type(errs) == "table" and errs or { message = errmsg(errs) }
@@ -383,7 +387,7 @@ function Pool:_handle(jobid, start, count, results, errs, elapsed, pid, seq, nre
 end
 
 -- n items (apply tasks, map items) were settled by get_result itself
--- (see queue.c, settle_apply and settle_map), in `elapsed` seconds in all.
+-- (see pool.c, settle_apply and settle_map), in `elapsed` seconds in all.
 function Pool:_settled(n, elapsed)
   self._early_deaths = 0
   self:_observe_cost(elapsed / n)
@@ -499,19 +503,20 @@ function Pool:_pump(deadline)
     if dl and (not wait_until or dl < wait_until) then wait_until = dl end
   end
   local sinks, inflight, jobs = self._sinks, self._inflight, self._jobs
-  local got, a, b, c, d, e, f, g, h, i, j = rq:get_result(remaining(wait_until), self._workers, sinks, inflight, jobs)
+  local rec = self._result                   -- (filled by get_result, reused)
+  local got, a, b, c = rq:get_result(remaining(wait_until), self._workers, sinks, inflight, jobs, rec)
   if got or a == "settled" then
     repeat
-      if got then self:_handle(a, b, c, d, e, f, g, h, i, j) else self:_settled(b, c) end
-      got, a, b, c, d, e, f, g, h, i, j = rq:get_result(0, nil, sinks, inflight, jobs)
+      if got then self:_handle(rec) else self:_settled(b, c) end
+      got, a, b, c = rq:get_result(0, nil, sinks, inflight, jobs, rec)
     until not got and a ~= "settled"
     return true
   end
   if a == "event" then
     local w = b
     repeat                           -- what the worker put before it died
-      got, a, b, c, d, e, f, g, h, i, j = rq:get_result(0, nil, sinks, inflight, jobs)
-      if got then self:_handle(a, b, c, d, e, f, g, h, i, j) elseif a == "settled" then self:_settled(b, c) end
+      got, a, b, c = rq:get_result(0, nil, sinks, inflight, jobs, rec)
+      if got then self:_handle(rec) elseif a == "settled" then self:_settled(b, c) end
     until not got and a ~= "settled"
     self:_reap(w)
     return true
@@ -623,7 +628,7 @@ function Pool:apply_async(f, args, opts)
   -- the AsyncResult, its own record in the books (in _inflight only, not
   -- in _jobs) and where its values are decoded (at 1..n).  Its table
   -- has room for one value and `finished` without growing: get_result
-  -- settles it in C (queue.c, settle_apply) by setting finished to the
+  -- settles it in C (pool.c, settle_apply) by setting finished to the
   -- number of values; settled in Lua, it gets values and nvalues.
   local job, seq, id = put_apply(self, f, args or NO_ARGS, "apply_async")
   if log.debugging then debug_log("Pool %d: put apply task %d (job %d)", self._id, seq, id) end
@@ -635,7 +640,7 @@ function Pool:apply_async(f, args, opts)
   return job
 end
 
--- The common case in C (queue.c, apply_fast), which hands everything else
+-- The common case in C (pool.c, apply_fast), which hands everything else
 -- to the function above; while the pools log at "debug", that function
 -- serves every call, so that each task is logged.
 local apply_async_lua = Pool.apply_async

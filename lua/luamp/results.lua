@@ -10,7 +10,7 @@
 -- passed; ready() takes what has arrived without waiting.  apply_async's
 -- jobs are leaner, for scripts
 -- that submit a task per item: an ApplyResult gets its kind from its
--- metatable, and its values at 1..n (queue.c, settle_apply, sets
+-- metatable, and its values at 1..n (pool.c, settle_apply, sets
 -- finished to n when it settles a success in C).
 --
 -- imap's loops yield results a chunk at a time, in input order or as

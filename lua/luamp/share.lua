@@ -23,11 +23,12 @@
 -- know reads its socket (registry "luamp.fetch_objects") and makes the
 -- objects there.  A worker whose socket is full (it has not read for a
 -- long time) misses the object, hands the task back and is replaced
--- (see push_task in queue.c).  doc/design.md tells the whole story.
+-- (see push_task in pool.c).  doc/design.md tells the whole story.
 --
 -- Uses: errors, current.
 
 local core, part = ...
+local KEYS = core.registry_keys      -- (src/registry.h)
 
 local new_error = part("errors").new_error
 local current = part("current")
@@ -50,10 +51,10 @@ local function sync_fds(d, fds)
   each_sync_part(d, function(p) fds[#fds + 1] = p[3] end)
   if d[1] == "barrier" and d[5] ~= nil then
     local reg, seen = debug.getregistry(), {}
-    local outer = reg["luamp.collect"]
-    reg["luamp.collect"] = seen
+    local outer = reg[KEYS.collect]
+    reg[KEYS.collect] = seen
     local ok, bytes, why = pcall(core.encode, d[5], "the Barrier's action")
-    reg["luamp.collect"] = outer
+    reg[KEYS.collect] = outer
     if not ok then error(bytes, 0) end
     if not bytes then error(new_error("serialize", why), 0) end
     if next(seen) ~= nil then
@@ -64,30 +65,37 @@ local function sync_fds(d, fds)
   end
 end
 
--- Where the descriptors are in the description of a queue and of a pipe
--- end (memfd, ev_get, ev_put; memfd, rx socket, tx socket).
-local FD_AT = { queue = { 3, 4, 5 }, pipe = { 3, 6, 8 } }
+-- The fields of a description that are descriptors (-1: none, for a
+-- one-way pipe end's missing side).
+local DESCRIPTORS = {
+  queue = { "memfd", "ev_get", "ev_put" },
+  pool_queue = { "memfd", "ev_get", "ev_put" },
+  pipe = { "memfd", "rx_fd", "tx_fd" },
+}
 
 -- What a process that did not inherit object obj (id) needs to make it
--- anew: {"queue" | "pipe" | "sync", ...} and the descriptors in it, added
--- to fds.  Raises "serialize" for what cannot go.
+-- anew: {kind = "queue" | "pool_queue" | "pipe" | "sync", id = id, ...}
+-- and the descriptors in it, added to fds.  Raises "serialize" for what
+-- cannot go.
 local function describe_object(obj, id, fds)
   local mt = getmetatable(obj)
   local kind = mt and mt.__name
   local o
-  if kind == "luamp.Queue" then
-    o = { "queue", id, obj:_fds() }
+  if kind == "luamp.Queue" or kind == "luamp.JoinableQueue" or kind == "luamp.PoolQueue" then
+    o = { kind = kind == "luamp.PoolQueue" and "pool_queue" or "queue", id = id }
+    o.memfd, o.ev_get, o.ev_put = core.queue_fds(obj)
   elseif kind == "luamp.Connection" then
-    o = { "pipe", id, obj:_fds() }
+    o = { kind = "pipe", id = id }
+    o.memfd, o.ndir, o.rx_dir, o.rx_fd, o.tx_dir, o.tx_fd = core.pipe_fds(obj)
   elseif kind == "luamp.dict" or kind == "luamp.list" or kind == "luamp.Namespace" then
     local d = core.manager_describe(obj)   -- {kind, id, memfd}
     if not d then error(new_error("serialize", "cannot send a collected " .. kind), 0) end
     fds[#fds + 1] = d[3]
-    return { "managed", d }
+    return { kind = "managed", id = d[2], managed = d }
   elseif kind == "luamp.SharedMemory" then
     local d = core.shm_describe(obj)       -- {name, id}: opened by its name
     if not d then error(new_error("serialize", "cannot send a closed SharedMemory"), 0) end
-    return { "shm", d }
+    return { kind = "shm", id = d[2], shm = d }
   else
     local d = core.sync_describe(obj)     -- a lock, value, condition...: {kind, id, memfd, ...}
     if not d then
@@ -95,32 +103,35 @@ local function describe_object(obj, id, fds)
         .. "inherit it", tostring(obj), id)), 0)
     end
     sync_fds(d, fds)
-    return { "sync", d }
+    return { kind = "sync", id = id, sync = d }
   end
-  for _, i in ipairs(FD_AT[o[1]]) do
-    if o[i] >= 0 then fds[#fds + 1] = o[i] end
+  for _, k in ipairs(DESCRIPTORS[o.kind]) do
+    if o[k] >= 0 then fds[#fds + 1] = o[k] end
   end
   return o
 end
 
 -- Replaces the descriptor numbers in description o by map[number].
 local function remap_object(o, map)
-  if o[1] == "sync" then return each_sync_part(o[2], function(p) p[3] = map[p[3]] end) end
-  if o[1] == "managed" then o[2][3] = map[o[2][3]]; return end
-  if o[1] == "shm" then return end
-  for _, i in ipairs(FD_AT[o[1]]) do
-    if o[i] >= 0 then o[i] = map[o[i]] end
+  if o.kind == "sync" then return each_sync_part(o.sync, function(p) p[3] = map[p[3]] end) end
+  if o.kind == "managed" then o.managed[3] = map[o.managed[3]]; return end
+  if o.kind == "shm" then return end
+  for _, k in ipairs(DESCRIPTORS[o.kind]) do
+    if o[k] >= 0 then o[k] = map[o[k]] end
   end
 end
 
 -- Makes the object description o describes (its descriptors are this
 -- process's); session: a table shared by the objects made together.
 local function attach_object(o, session)
-  if o[1] == "queue" then return core.queue_attach(o[2], o[3], o[4], o[5])
-  elseif o[1] == "pipe" then return core.pipe_attach(o[2], o[3], o[4], o[5], o[6], o[7], o[8])
-  elseif o[1] == "managed" then return core.manager_attach(o[2])
-  elseif o[1] == "shm" then return core.shm_attach(o[2]) end
-  local d = o[2]
+  if o.kind == "queue" then return core.queue_attach(o.id, o.memfd, o.ev_get, o.ev_put)
+  elseif o.kind == "pool_queue" then return core.pool_queue_attach(o.id, o.memfd, o.ev_get, o.ev_put)
+  elseif o.kind == "pipe" then
+    return core.pipe_attach(o.id, o.memfd, o.ndir, o.rx_dir, o.rx_fd, o.tx_dir, o.tx_fd)
+  elseif o.kind == "managed" then return core.manager_attach(o.managed)
+  elseif o.kind == "shm" then return core.shm_attach(o.shm)
+  end
+  local d = o.sync
   if d[1] == "barrier" and d[5] then d[5] = core.decode(d[5]) end
   return core.sync_attach(d, session)
 end
@@ -144,7 +155,7 @@ end
 -- queue: sends each worker those it lacks.
 local function share_objects(pool, objects)
   local me, made = current.pid, {}
-  local live = debug.getregistry()["luamp.objects"] or {}
+  local live = debug.getregistry()[KEYS.objects] or {}
   for _, h in ipairs(pool._workers) do
     local s = pool._share[h]
     local sock, known = s.sock, s.known
@@ -196,7 +207,7 @@ end
 local function fetch_objects_from(sock)
   local held = {}     -- id -> object
   local reg = debug.getregistry()
-  reg["luamp.fetch_objects"] = function()
+  reg[KEYS.fetch_objects] = function()
     while true do
       local bytes, fds = core.objsock_recv(sock)
       if not bytes then return bytes ~= false end     -- (false: the parent's end is closed)
@@ -206,8 +217,8 @@ local function fetch_objects_from(sock)
         for _, id in ipairs(m[2]) do held[id] = nil end
         o = nil
       end
-      local id = o and ((o[1] == "sync" or o[1] == "managed" or o[1] == "shm") and o[2][2] or o[2])
-      local known = reg["luamp.objects"]
+      local id = o and o.id
+      local known = reg[KEYS.objects]
       if not o or (known and known[id] ~= nil) then
         for _, fd in ipairs(fds) do core.close_fd(fd) end
       else

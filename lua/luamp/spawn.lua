@@ -75,9 +75,9 @@ end
 local function spawn_child(body, preload, root, extra_fds)
   local reg = debug.getregistry()
   local collect = {}
-  reg["luamp.collect"] = collect
+  reg[core.registry_keys.collect] = collect
   local ok, bytes, why = pcall(core.encode, body, root)
-  reg["luamp.collect"] = nil
+  reg[core.registry_keys.collect] = nil
   if not ok then error(bytes, 0) end
   if not bytes then error(new_error("serialize", why), 0) end
   local objects, fds = {}, {}

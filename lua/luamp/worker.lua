@@ -6,7 +6,7 @@
 -- shut down.  A task message carries its function's encoded bytes and an
 -- id: the worker decodes a function once and keeps it by id (up to
 -- MAX_CACHED_FUNCTIONS).  Most tasks never reach the Lua loop below:
--- tq:serve (src/queue.c) runs apply tasks and small map chunks of a
+-- tq:serve (src/pool.c) runs apply tasks and small map chunks of a
 -- function decoded before in C, under the same message handler
 -- (errors.lua), and returns here with any other task: a bigger chunk, a
 -- starmap, a new function, a message it cannot decode; and with every
@@ -86,7 +86,7 @@ local function run_chunk(f, kind, items, count)
     errs = errs or {}
     if not failed then
       -- (the handler did not run or failed itself: memory ran out, see
-      -- spent_worker in queue.c.  Which item ran last is unknown, so every
+      -- spent_worker in pool.c.  Which item ran last is unknown, so every
       -- item from pos fails rather than any running twice.)
       for k = pos, count do errs[k] = info end
       spent = true
