@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- big.lua: one big message through luamp, timed (luamp only).
 --
 -- Usage:  luamp bench/big.lua KIND [MIB] [N]

@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- luamp_bench.lua: the luamp side of luamp's benchmarks.
 --
 -- Usage:  luamp bench/luamp_bench.lua WORKLOAD [--n N] [--size BYTES] [--workers W]

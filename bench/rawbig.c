@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * rawbig.c - what this machine itself does with 300 MiB, the yardstick
  * for bench/big.lua: no luamp, no Lua, one process (two for the pipe).

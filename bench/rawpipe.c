@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* rawpipe.c - the physical limit for two forked processes talking over pipes.
  *
  *   gcc -O2 -Wall -Wextra -o rawpipe rawpipe.c

@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- pipe.lua: a Pipe between the parent and a child process.
 --
 -- mp.Pipe() returns two connected ends.  The child sends values on its end;

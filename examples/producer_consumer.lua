@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- producer_consumer.lua: many producers, many consumers, one Queue.
 --
 -- Producers put numbered items on a work queue; consumers take items until

@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- queue_sender_receiver.lua: two processes talking through a Queue.
 --
 -- A sender process puts a few messages on the queue and then an END

@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- squares.lua: the smallest useful luamp program.
 --
 -- Squares the numbers 1..10 on a pool of worker processes, twice: with

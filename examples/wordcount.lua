@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- wordcount.lua: a batch job.  Counts the words of every .txt file under a
 -- directory, one pool task per file, and prints the 10 most frequent words
 -- as "count word" lines (ties in alphabetical order).

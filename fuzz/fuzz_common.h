@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * fuzz_common.h - what the fuzz targets share: a hermetic Lua state with a
  * counting allocator, two known luamp objects, and a check that two Lua

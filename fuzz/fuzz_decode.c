@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * fuzz_decode.c - libFuzzer target: luamp_decode on untrusted bytes.
  *

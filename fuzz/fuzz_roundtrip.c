@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * fuzz_roundtrip.c - libFuzzer target: Lua values -> luamp_encode ->
  * luamp_decode -> the same values.

@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- make-seeds.lua: writes the fuzzers' seed corpora:
 --   fuzz/corpus/decode/*      messages for fuzz_decode.c
 --   fuzz/corpus/roundtrip/*   value-building programs for fuzz_roundtrip.c

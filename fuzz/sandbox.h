@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * sandbox.h - the Lua code that makes a state safe to fuzz in, shared by
  * the fuzz targets (fuzz_common.h) and the replay of fuzz/regressions in

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * host.c - the luamp host as a library: create a state, run scripts with
  * tracebacks, close it once the children are reaped.

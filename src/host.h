@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * host.h - what host.c shares with the rest of luamp and its tests: where
  * the default pool size is kept, and the arena small blocks come from.

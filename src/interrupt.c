@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * interrupt.c - SIGINT and SIGTERM as a Lua error.
  *

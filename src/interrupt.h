@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * interrupt.h - SIGINT and SIGTERM as a Lua error (interrupt.c).  Every
  * wait that returns with EINTR asks here whether to raise.

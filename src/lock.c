@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * lock.c - the lock word of luamp's shared objects (lock.h).
  *

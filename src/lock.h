@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * lock.h - the lock word of luamp's shared objects (lock.c): a futex word
  * in shared memory that holds its holder's pid, so that a process which

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * luamp.h - the public C API of luamp.
  *

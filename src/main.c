@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * main.c - the luamp binary: luamp [options] [script [args...]].
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * manager.c - the dict, list and Namespace of mp.Manager: Lua bindings
  * over shdict.c.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * module.c - luaopen_luamp: the module's entry point.
  *

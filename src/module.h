@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * module.h - the parts of the core table that module.c gathers: each
  * file's luamp_open_* registers its functions and types into the table

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * objects.c - luamp objects by id, and the socket that brings a pool's
  * worker the ones it lacks.

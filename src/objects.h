@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * objects.h - luamp objects by id (objects.c): the ids, the registry the
  * codec finds objects in, and what a new child must tell it.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * pipe.c - mp.Pipe: two connected ends that carry whole messages.
  *

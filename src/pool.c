@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * pool.c - a Pool's task and result queues (PoolQueue): the messages a
  * Pool's parent and workers exchange, and the C fast paths over them.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * process.c - child processes and waiting for them: core.fork,
  * core.spawn, child handles, the SIGCHLD reaper and core.wait.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * pshared.h - what code working on memory shared between processes
  * (shmq.c, pipe.c) needs alike: a pause for its spin loops, and its

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * queue.c - mp.Queue and mp.JoinableQueue, the Lua face of shmq.
  *

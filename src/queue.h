@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * queue.h - the Lua-side queue both queue types share: mp.Queue and
  * mp.JoinableQueue (queue.c) and a Pool's task and result queues (pool.c,

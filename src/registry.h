@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * registry.h - every key luamp keeps in the Lua registry, in one place so
  * that no two collide and C and Lua name each the same way: the Lua layer

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * run.c - mp.run: runs a program from an argument list (never a shell)
  * and waits for it, feeding its standard input and collecting its output

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * shared_memory.c - mp.SharedMemory: Lua bindings over shmem.c.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * shdict.c - a dict and a list of byte strings in shared memory: the
  * storage under mp.Manager().dict() and .list().

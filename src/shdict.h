@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * shdict.h - a dict and a list of byte strings in shared memory
  * (shdict.c), the storage under mp.Manager's dict() and list().

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * shmem.c - a block of shared memory with a name, for mp.SharedMemory.
  *

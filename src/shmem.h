@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * shmem.h - a block of shared memory with a name (shmem.c), for
  * mp.SharedMemory: a file in /dev/shm that any process may open by its

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * shmq.c - a multi-producer, multi-consumer message queue in shared memory.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * shmq.h - a queue of byte messages in shared memory, usable by any number
  * of producer and consumer processes forked after it was made.

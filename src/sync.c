@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * sync.c - mp.Lock, mp.RLock, mp.Value, mp.Array, mp.Semaphore,
  * mp.BoundedSemaphore, mp.Event, mp.Condition and mp.Barrier.

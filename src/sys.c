@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * sys.c - the small utilities every part of luamp uses: the monotonic
  * clock and deadlines, errors raised to Lua as an mp.Error, scratch

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * sys.h - the small utilities every part of luamp uses (sys.c): the
  * monotonic clock and deadlines, errors raised to Lua, and scratch

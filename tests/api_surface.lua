@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- The methods a user's objects carry are the documented API
 -- (README, "API"): a Queue does not carry a Pool's
 -- private messages, nor a Connection its descriptors.

@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- Every public function checks its arguments, with Lua's own wording.
 local t = require "tap"
 local mp = require "luamp"

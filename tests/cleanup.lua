@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- Constructors that fail undo what they did before they raise: no worker
 -- left running, no descriptor left open, and the error is an mp.Error of
 -- kind "os" with the errno.  The limits (descriptors, processes) are set

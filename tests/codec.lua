@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- codec.lua: Lua values survive luamp's encoder and decoder (src/codec.c),
 -- and what cannot travel is refused with the path of the culprit.
 local t = require "tap"

@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- Condition and Barrier, between processes.
 -- Processes report what happened on a Queue; nothing here depends on how
 -- long anything takes (a short timeout only ever bounds a wait for

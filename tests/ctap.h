@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* ctap.h: a few macros that print TAP from C unit tests. */
 #ifndef CTAP_H
 #define CTAP_H

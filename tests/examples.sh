@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # examples.sh: every program in examples/ runs under luamp, exits 0 within a
 # bounded time, prints what it should, and leaves no process behind.
 #

@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- Executor and futures: submit, result, cancel, callbacks, as_completed,
 -- wait, map, shutdown, a dying worker, bad input.
 -- Tasks that must stay unfinished wait on an Event the test sets: nothing

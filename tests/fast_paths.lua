@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- The C fast paths of a Pool (src/pool.c) are taken: apply_async's common
 -- case (apply_fast), a worker's loop for apply tasks and small map chunks
 -- (serve), and the results settled without Lua (settle_apply,

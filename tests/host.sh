@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # host.sh: the luamp binary's command line, as a user meets it: options,
 # the arg table, LUA_INIT, the REPL, error messages and exit statuses.
 . "$top_srcdir/tests/tap.sh"

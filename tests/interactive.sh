@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # interactive.sh: luamp's interactive mode at a terminal, typed at through
 # a pseudo-terminal (tests/pty_session.py): prompts, mp without require,
 # Ctrl-C at the prompt and while a line computes or waits, Ctrl-D, SIGTERM,

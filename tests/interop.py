@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """interop.py: the Python half of tests/interop.sh.
 
     interop.py check FILE   reads luamp's messages (lines "id<TAB>hex") and

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # interop.sh: luamp's plain values are standard MessagePack.  luamp encodes
 # values that Debian's python3-msgpack must read back exactly (int vs float,
 # -0.0, NaN, inf, bin vs str, nested maps and lists, big and negative ints),

@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- Size limits: 256 MiB messages pass; anything over the 1 GiB limit is
 -- refused with a clear error, never a crash.
 local t = require "tap"

@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- mp.Manager: shared dicts, lists and Namespaces that read like tables,
 -- their atomic updates, how they travel, and their errors.
 local t = require "tap"

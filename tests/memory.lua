@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- Tasks that run out of memory: the error says so and names the worker,
 -- tostring of every mp.Error is a string, the worker is replaced and the
 -- pool goes on.  The limit is a worker's own RLIMIT_AS (prlimit), set by

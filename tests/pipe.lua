@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- Pipe: send/recv with message boundaries, timeouts, closed, one-way.
 local t = require "tap"
 local mp = require "luamp"

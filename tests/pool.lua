@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- Pool: map, starmap, apply, errors, closures, chunking, lifecycle.
 local t = require "tap"
 local mp = require "luamp"

@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- AsyncResult, callbacks, map_async, and work going on while the script computes.
 local t = require "tap"
 local mp = require "luamp"

@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- imap and imap_unordered, over tables and lazy iterators.
 local t = require "tap"
 local mp = require "luamp"

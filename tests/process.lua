@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- Process: start, join with timeout, exit codes, names, tracebacks, children.
 local t = require "tap"
 local mp = require "luamp"

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # progress = true draws a bar on stderr when stderr is a terminal, and
 # nothing when it is not.
 . "$top_srcdir/tests/tap.sh"

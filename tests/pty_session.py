@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # pty_session.py: runs a program on a pseudo-terminal and types at it, as
 # a person at a terminal would; tests/interactive.sh is its user.
 #

@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- Queue: FIFO, timeouts, bounded size, many producers/consumers, big items,
 -- nothing lost when a producer exits.
 local t = require "tap"

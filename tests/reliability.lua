@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- Faults: dead workers, per-task deadlines.  Only the task concerned fails;
 -- the pool goes on; nothing hangs.
 local t = require "tap"

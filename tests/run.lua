@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- mp.run (programs from argument lists) and logging (mp.log,
 -- mp.log_to_stderr, LUAMP_LOG).
 local t = require "tap"

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # Signals and lifetime: Ctrl-C is a catchable error, an uncaught one stops
 # everything, and children never outlive a main process killed by SIGKILL.
 . "$top_srcdir/tests/tap.sh"

@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- The soak test (make soak; minutes, not part of make check): many small
 -- tasks, many large results, and a long map whose workers are killed at
 -- random.  Every lost task must be reported, every other result correct.

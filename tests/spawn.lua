@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- The spawn start method: children are fresh processes that inherit
 -- nothing but what they are sent.
 local t = require "tap"

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # stock_lua.sh: require "luamp" from the stock lua5.4 interpreter, loading
 # the C module luamp.so from package.cpath (what an installed luamp offers).
 . "$top_srcdir/tests/tap.sh"

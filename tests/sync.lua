@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- Lock, RLock, Value, Array: shared between processes, safe when a holder
 -- dies, checked the Lua way.
 local t = require "tap"

@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- tap.lua: a small TAP producer for luamp's Lua tests.
 --   local t = require "tap"
 --   t.ok(cond, "name"); t.is(got, want, "name"); t.same(got, want, "name")

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # tap.sh: TAP helpers for shell tests, sourced by tests/*.sh.
 #   ok CONDITION-COMMAND... -- "name";   is "$got" "$want" "name";   like "$got" REGEX "name"
 tap_n=0

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test_codec.c - unit tests of src/codec.c through its C interface: the
  * exact bytes on the wire, buffers left as they were on failure, the

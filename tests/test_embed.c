@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test_embed.c: the host API of luamp.h, used the way an application that
  * embeds luamp uses it: only luamp.h and the Lua API are needed.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* test_shdict.c - the dict and list in shared memory (shdict.c), from C:
  * every operation, many processes, deaths in the middle of changes,
  * growth and giving memory back, many objects, attaching by descriptor;

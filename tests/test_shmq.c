@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* test_shmq.c - the shared-memory queue's waiting protocol, from C. */
 #include "ctap.h"
 #include "../src/shmq.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* bin2c NAME DIR FILE...: embeds the files DIR/FILE..., each under its base
  * name without ".lua" (lua/luamp/pool.lua: "pool"), as a table
  * `const struct luamp_lua_part NAME[]` ending with a NULL name, so the

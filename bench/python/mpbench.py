@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
 """CPython multiprocessing baseline workloads (the anchor luamp must beat).
 
 Usage:  python3 mpbench.py WORKLOAD [--n N] [--size BYTES] [--workers W]

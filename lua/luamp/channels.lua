@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- luamp/channels.lua: mp.Queue, mp.JoinableQueue and mp.Pipe.
 --
 -- Both are C objects (src/queue.c over the shared-memory queue of

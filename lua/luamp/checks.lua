@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- luamp/checks.lua: argument checks, options tables and deadlines.
 --
 -- A bad call gets the error Lua's own libraries give, at the caller's

@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- luamp/current.lua: the current process, what it started, and how that
 -- ends.
 --

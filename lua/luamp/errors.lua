@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- luamp/errors.lua: errors as values with a kind (mp.Error), and the
 -- message handler tasks run under.
 --

@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- luamp/executor.lua: mp.Executor and its futures, mp.as_completed and
 -- mp.wait (Python's concurrent.futures).
 --

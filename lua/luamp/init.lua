@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- luamp/init.lua: the module, assembled from its parts.
 --
 -- luamp is Python's multiprocessing for Lua, built on a C core that

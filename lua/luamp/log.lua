@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- luamp/log.lua: mp.log, mp.log_to_stderr, and the pools' debug messages.
 --
 -- One line per message on stderr, written whole by one write(2)

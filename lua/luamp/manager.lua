@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- luamp/manager.lua: mp.Manager, its dict, list and Namespace, and
 -- mp.SharedMemory.
 --

@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- luamp/pool.lua: mp.Pool, the parent's side of a pool of workers.
 --
 -- How a Pool works.  Every pool has two shared-memory queues: tasks

@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- luamp/process.lua: mp.Process, a function run in a child process.
 --
 -- A Process is a table of options until start: then a child is forked

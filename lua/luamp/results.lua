@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- luamp/results.lua: a pool's results as the script waits for them:
 -- AsyncResult, and the loops of imap and imap_unordered.
 --

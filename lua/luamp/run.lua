@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- luamp/run.lua: mp.run, a program run from an argument list.
 --
 -- mp.run(argv, opts) runs a program, never through a shell, and waits

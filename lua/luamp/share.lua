@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- luamp/share.lua: luamp objects sent to a process that did not inherit
 -- them.
 --

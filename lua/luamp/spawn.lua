@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- luamp/spawn.lua: start methods, and starting a fresh process.
 --
 -- "fork" (the default): a child is a fork of the running script, a copy

@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- luamp/sync.lua: Lock, RLock, Event, Semaphore, BoundedSemaphore,
 -- Condition, Barrier, Value and Array.
 --

@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- luamp/worker.lua: a pool worker, from its start to its exit.
 --
 -- A worker is a fork of the script that made its pool (or a spawned
