@@ -61,6 +61,12 @@ is "${#bar}" 59 "a failed job's final line is as wide as a finished one's"
 is "$lines" 2 "a failed job leaves exactly one line of bar"
 is "$after" "ok=false" "the failure reaches the script after the bar's final line"
 
+screen 60 "$job"'pool:map(function(x) return x end, {}, {progress = true})
+io.stdout:write("empty\n")'
+like "$bar" '^100%\|#+\| 0/0 \[' "an empty job's bar is full, at 100%, 0/0"
+is "${#bar}" 59 "an empty job's final line is as wide as any other"
+is "$after" "empty" "an empty job leaves exactly one line of bar"
+
 screen 60 "$job"'local i = 0
 local function items() i = i + 1; if i <= 200 then return i end end
 local n = 0

@@ -702,7 +702,7 @@ local function progress_line(done, total, elapsed, columns)
     return string.format("%d [%s, %.1f/s]", done, hms(elapsed), rate)
   end
   local eta = done >= total and "0:00:00" or rate > 0 and hms((total - done) / rate) or "?"
-  local left = string.format("%3d%%|", math.floor(100 * done / math.max(total, 1)))
+  local left = string.format("%3d%%|", total > 0 and 100 * done // total or 100)
   local right = string.format("| %d/%d [%s<%s, %.1f/s]", done, total, hms(elapsed), eta, rate)
   local width = columns - 1 - #left - #right
   if width < 1 then return (left:gsub("|$", "")) .. right:sub(2) end
