@@ -42,6 +42,7 @@ local core, part = ...
 
 local errors = part("errors")
 local new_error, raise, errmsg = errors.new_error, errors.raise, errors.errmsg
+local script_site, note_site = errors.script_site, errors.note_site
 local checks = part("checks")
 local c_fast_paths, argerror, typename = checks.c_fast_paths, checks.argerror, checks.typename
 local check_callable, check_options, check_posint = checks.check_callable, checks.check_options, checks.check_posint
@@ -377,7 +378,7 @@ function Pool:_handle(jobid, start, count, results, errs, elapsed, pid, seq, nre
   local errors
   if errs then
     errors = {}
-    for i, info in pairs(errs) do errors[i] = remote_error(info, pid) end
+    for i, info in pairs(errs) do errors[i] = note_site(remote_error(info, pid), job.site) end
   end
   self:_complete(job, start, count, results or {}, errors, nres)
 end
@@ -536,6 +537,8 @@ local function new_job(self, kind, opts, fname, f, total)
   local job = { id = id, kind = kind, done = 0, inflight = 0, finished = false, _pool = self,
                 callback = opts.callback, error_callback = opts.error_callback,
                 timeout = opts.timeout, fid = fid, fbytes = fbytes, total = total }
+  local site = script_site(2)       -- (for the remote tracebacks of its tasks)
+  if site then job.site = "task submitted by " .. fname .. " at " .. site end
   self._jobs[id] = job
   return job
 end
