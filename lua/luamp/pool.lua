@@ -219,6 +219,26 @@ local function encode_function(self, f, fname)
   return fid, bytes
 end
 
+-- A worker as mp.active_children lists it: pid, name ("PoolWorker-3"),
+-- daemon (true, as in Python) and is_alive(): whether its pool has not
+-- yet seen it exit.
+local PoolWorker = { __name = "luamp.PoolWorker", __index = {} }
+function PoolWorker.__index:is_alive()
+  for _, h in ipairs(self._pool._workers) do
+    if h == self._h then return true end
+  end
+  return false
+end
+PoolWorker.__tostring = function(w) return string.format("pool worker %s (pid %d)", w.name, w.pid) end
+
+function Pool:_children()
+  local list = {}
+  for _, h in ipairs(self._workers) do
+    list[#list + 1] = setmetatable({ pid = h.pid, name = self._wname[h], daemon = true, _pool = self, _h = h }, PoolWorker)
+  end
+  return list
+end
+
 --------------------------------------------------------------------------
 -- The books: results, failures, deaths and deadlines
 
