@@ -4,7 +4,7 @@
  * clock and deadlines, errors raised to Lua as an mp.Error, scratch
  * buffers and the collector's pace for received messages, and the core
  * functions too small for a file of their own (now, sleep, isatty,
- * table, default_processes).
+ * term_columns, table, default_processes).
  *
  * A timeout crosses luamp as a deadline on the monotonic clock (-1:
  * none, 0: do not wait), so that a wait that wakes early and waits again
@@ -28,6 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <fcntl.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 
 #include <lauxlib.h>
@@ -230,6 +231,24 @@ static int l_isatty(lua_State *L)
     return 1;
 }
 
+/* term_columns(fd): the width of the terminal on fd; nil when fd is not a
+ * terminal, 80 when the terminal does not say (a serial line, a pty
+ * nobody sized). */
+static int l_term_columns(lua_State *L)
+{
+    int fd = (int)luaL_checkinteger(L, 1);
+    struct winsize ws;
+    if (!isatty(fd)) {
+        lua_pushnil(L);
+        return 1;
+    }
+    if (ioctl(fd, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0)
+        lua_pushinteger(L, ws.ws_col);
+    else
+        lua_pushinteger(L, 80);
+    return 1;
+}
+
 /* core.table(narr, nrec): a table with room for narr array items and
  * nrec other fields (Lua 5.4 has no way to say so from Lua), so that one
  * filled with a million results is not grown and copied twenty times. */
@@ -254,6 +273,7 @@ void luamp_open_sys(lua_State *L)
         {"now", l_now},
         {"sleep", l_sleep},
         {"isatty", l_isatty},
+        {"term_columns", l_term_columns},
         {"default_processes", l_default_processes},
         {"table", l_table},
         {NULL, NULL}

@@ -122,6 +122,41 @@ do
   t.ok(not found, "active_children drops a finished child")
 end
 
+-- active_children lists pool workers too, as Python's does
+do
+  local function pids()
+    local set, n = {}, 0
+    for _, c in ipairs(mp.active_children()) do set[c.pid], n = c, n + 1 end
+    return set, n
+  end
+  local before, n0 = pids()
+  local both = mp.Barrier(2)     -- (so that each worker runs one task and says its pid)
+  local pool = mp.Pool(2)
+  local worker_pids = pool:map(function() both:wait(10) return mp.current_process().pid end, {1, 2}, 1)
+  local during, n1 = pids()
+  t.is(n1, n0 + 2, "a Pool(2) adds two entries to active_children")
+  local names = {}
+  for _, pid in ipairs(worker_pids) do
+    local w = during[pid]
+    t.ok(w and not before[pid], "active_children lists the worker of pid " .. tostring(pid))
+    if w then
+      names[#names + 1] = w.name
+      t.is(w:is_alive(), true, "a pool worker listed is alive")
+      t.is(w.daemon, true, "a pool worker is a daemon, as in Python")
+    end
+  end
+  table.sort(names)
+  t.same(names, {"PoolWorker-1", "PoolWorker-2"}, "pool workers are listed by their names")
+  pool:close()
+  pool:join()
+  local after, n2 = pids()
+  t.is(n2, n0, "the workers leave active_children once the pool is closed and joined")
+  for _, pid in ipairs(worker_pids) do
+    t.ok(not after[pid], "the worker of pid " .. pid .. " is no longer listed")
+    if during[pid] then t.is(during[pid]:is_alive(), false, "a joined pool's worker is not alive") end
+  end
+end
+
 -- a child sees the parent's globals as they were at fork time
 do
   GLOBAL_AT_FORK = "before"

@@ -12,6 +12,7 @@
 #   asleep        waits until the program sleeps (state S in /proc): after
 #                 an expect, it has got as far as a blocking wait
 #   kill SIG      sends the program signal SIG (TERM, INT...)
+# The terminal is 24 rows of $PTY_COLS columns (200 when unset).
 # The program gets TIMEOUT seconds for everything; after the last step it
 # must exit by itself.  The output is the screen as the person saw it:
 # what the program wrote, with carriage returns, backspaces and the usual
@@ -31,7 +32,7 @@ import termios
 import fcntl
 import time
 
-ROWS, COLS = 24, 200
+ROWS, COLS = 24, int(os.environ.get("PTY_COLS", "200"))
 CSI = re.compile(rb"\x1b\[([0-9;?]*)([ -/]*)([@-~])")
 OSC = re.compile(rb"\x1b\][^\x07\x1b]*(\x07|\x1b\\)")
 

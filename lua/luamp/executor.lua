@@ -26,7 +26,8 @@
 
 local core, part = ...
 
-local raise = part("errors").raise
+local errors = part("errors")
+local raise, note_site = errors.raise, errors.note_site
 local checks = part("checks")
 local argerror, typename = checks.argerror, checks.typename
 local check_callable, check_one_of, check_options = checks.check_callable, checks.check_one_of, checks.check_options
@@ -126,8 +127,10 @@ function Executor:submit(f, ...)
   check_running(pool, "submit")
   local job, seq, _, pos = put_apply(pool, f, pack(...), "submit")
   local fut = setmetatable({ _ex = self, _seq = seq, _pos = pos, _state = "pending" }, FutureMT)
+  local caller = debug.getinfo(2, "Sl")     -- (for the remote traceback of its task)
+  local site = caller and "task submitted by submit at " .. caller.short_src .. ":" .. caller.currentline
   job.callback = function(...) settle(fut, "finished", nil, pack(...)) end
-  job.error_callback = function(e) settle(fut, "finished", e) end
+  job.error_callback = function(e) settle(fut, "finished", note_site(e, site)) end
   self._futures[seq] = fut
   self._unsettled = self._unsettled + 1
   return fut

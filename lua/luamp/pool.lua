@@ -43,6 +43,7 @@ local core, part = ...
 
 local errors = part("errors")
 local new_error, raise, errmsg = errors.new_error, errors.raise, errors.errmsg
+local script_site, note_site = errors.script_site, errors.note_site
 local checks = part("checks")
 local c_fast_paths, argerror, typename = checks.c_fast_paths, checks.argerror, checks.typename
 local check_callable, check_options, check_posint = checks.check_callable, checks.check_options, checks.check_posint
@@ -220,6 +221,26 @@ local function encode_function(self, f, fname)
   return fid, bytes
 end
 
+-- A worker as mp.active_children lists it: pid, name ("PoolWorker-3"),
+-- daemon (true, as in Python) and is_alive(): whether its pool has not
+-- yet seen it exit.
+local PoolWorker = { __name = "luamp.PoolWorker", __index = {} }
+function PoolWorker.__index:is_alive()
+  for _, h in ipairs(self._pool._workers) do
+    if h == self._h then return true end
+  end
+  return false
+end
+PoolWorker.__tostring = function(w) return string.format("pool worker %s (pid %d)", w.name, w.pid) end
+
+function Pool:_children()
+  local list = {}
+  for _, h in ipairs(self._workers) do
+    list[#list + 1] = setmetatable({ pid = h.pid, name = self._wname[h], daemon = true, _pool = self, _h = h }, PoolWorker)
+  end
+  return list
+end
+
 --------------------------------------------------------------------------
 -- The books: results, failures, deaths and deadlines
 
@@ -382,7 +403,7 @@ function Pool:_handle(r)
   local errors
   if errs then
     errors = {}
-    for i, info in pairs(errs) do errors[i] = remote_error(info, pid) end
+    for i, info in pairs(errs) do errors[i] = note_site(remote_error(info, pid), job.site) end
   end
   self:_complete(job, start, count, results or {}, errors, nres)
 end
@@ -542,6 +563,8 @@ local function new_job(self, kind, opts, fname, f, total)
   local job = { id = id, kind = kind, done = 0, inflight = 0, finished = false, _pool = self,
                 callback = opts.callback, error_callback = opts.error_callback,
                 timeout = opts.timeout, fid = fid, fbytes = fbytes, total = total }
+  local site = script_site(2)       -- (for the remote tracebacks of its tasks)
+  if site then job.site = "task submitted by " .. fname .. " at " .. site end
   self._jobs[id] = job
   return job
 end
@@ -688,27 +711,44 @@ local function auto_chunksize(self, n, items, cost, rbytes)
   return cs
 end
 
--- A progress bar on stderr (done/total, rate, ETA), when it is a terminal.
+-- A progress bar on stderr, when it is a terminal, laid out as tqdm's:
+--    45%|#########           | 450/1000 [0:00:02<0:00:03, 180.5/s]
+-- and for an iterator of unknown length `450 [0:00:02, 180.5/s]`.  The
+-- line is redrawn in place ("\r", the line, then erase to the end of
+-- the line: a shorter line leaves nothing behind) at most ten times a
+-- second, and once more, with a newline, when the job ends, failed or
+-- not.  The bar takes what the terminal's width (asked at each redraw,
+-- so a resized window is followed) leaves of the line, less one column:
+-- a line that fills the last column makes some terminals wrap.
+local function hms(s)
+  s = math.floor(s + 0.5)
+  return string.format("%d:%02d:%02d", s // 3600, s // 60 % 60, s % 60)
+end
+
+local function progress_line(done, total, elapsed, columns)
+  local rate = elapsed > 0 and done / elapsed or 0
+  if not total then
+    return string.format("%d [%s, %.1f/s]", done, hms(elapsed), rate)
+  end
+  local eta = done >= total and "0:00:00" or rate > 0 and hms((total - done) / rate) or "?"
+  local left = string.format("%3d%%|", total > 0 and 100 * done // total or 100)
+  local right = string.format("| %d/%d [%s<%s, %.1f/s]", done, total, hms(elapsed), eta, rate)
+  local width = columns - 1 - #left - #right
+  if width < 1 then return (left:gsub("|$", "")) .. right:sub(2) end
+  local filled = total > 0 and width * done // total or width
+  return left .. string.rep("#", filled) .. string.rep(" ", width - filled) .. right
+end
+
 local function progress_bar(job)
   if not core.isatty(2) then return nil end
   local t0, last = now(), 0
+  local sized = job.total ~= nil    -- (an iterator's count is known at its end only)
   return function(final)
     local t = now()
     if not final and t - last < 0.1 then return end
     last = t
-    local done, total = job.done, job.total
-    local rate = done / math.max(t - t0, 1e-9)
-    local line
-    if total then
-      local width = 30
-      local filled = math.floor(width * done / math.max(total, 1))
-      local eta = rate > 0 and (total - done) / rate or 0
-      line = string.format("\r[%s%s] %d/%d %.1f/s ETA %ds", string.rep("#", filled),
-        string.rep(".", width - filled), done, total, rate, math.floor(eta + 0.5))
-    else
-      line = string.format("\r%d done %.1f/s", done, rate)
-    end
-    io.stderr:write(line, final and "\n" or "")
+    local line = progress_line(job.done, sized and job.total, t - t0, core.term_columns(2) or 80)
+    io.stderr:write("\r", line, "\27[K", final and "\n" or "")
     io.stderr:flush()
   end
 end

@@ -14,6 +14,9 @@
 -- without waiting, join waits.  A Process cannot be sent to another
 -- process: its handle is its starter's alone.
 --
+-- mp.active_children lists the live Processes and, as Python's does, the
+-- workers of this process's pools.
+--
 -- describe_exit says how a process ended, for the errors of mp.run and
 -- of a pool whose worker died.
 --
@@ -125,10 +128,16 @@ end
 function Process:terminate() started(self, "terminate"):signal(15) end
 function Process:kill() started(self, "kill"):signal(9) end
 
+-- The live children: Process objects, and, as in Python, the workers of
+-- this process's pools (pool.lua, Pool:_children: records with pid, name,
+-- daemon and is_alive).
 local function active_children()
   local list = {}
   for p in pairs(children) do
     if p:is_alive() then list[#list + 1] = p end
+  end
+  for pool in pairs(current.pools) do
+    for _, w in ipairs(pool:_children()) do list[#list + 1] = w end
   end
   table.sort(list, function(a, b) return a.pid < b.pid end)
   return list

@@ -26,7 +26,8 @@
 
 local core, part = ...
 
-local raise = part("errors").raise
+local errors = part("errors")
+local raise, script_site, note_site = errors.raise, errors.script_site, errors.note_site
 local checks = part("checks")
 local check_timeout, deadline_of = checks.check_timeout, checks.deadline_of
 local current = part("current")
@@ -70,7 +71,12 @@ function AsyncResult:get(timeout)
       raise("timeout", string.format("timed out after %gs waiting for a result", timeout), 2)
     end
   end
-  if self.err then error(self.err, 2) end
+  if self.err then
+    -- (an apply_async job does not know where it was submitted: say
+    -- where its error reached the script)
+    local site = script_site(2)
+    error(note_site(self.err, site and "task's error received at " .. site), 2)
+  end
   if self.kind == "apply" then return unpack(self.values or self, 1, self.nvalues or self.finished) end
   return self.results
 end

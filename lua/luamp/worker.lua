@@ -25,7 +25,7 @@ local core, part = ...
 
 local errors = part("errors")
 local new_error, errmsg = errors.new_error, errors.errmsg
-local error_info, traceback_handler = errors.error_info, errors.traceback_handler
+local error_info = errors.error_info
 local log = part("log")
 local debug_log = log.debug_log
 local current = part("current")
@@ -37,6 +37,15 @@ local unpack = table.unpack
 local type, error = type, error
 
 local MAX_CACHED_FUNCTIONS = 256
+
+-- The frames under a task's function: worker_main and what lies under it
+-- (run, and the script's frames that forked this worker), and the frame
+-- that calls the task: tq:serve's (C) or xpcall's.  A task's traceback
+-- leaves them out (errors.lua); set when the worker starts.
+local under_task
+local function task_handler(e)
+  return error_info(e, 2, under_task)
+end
 
 -- Runs a map-like task; returns results (a sequence, holes allowed) and
 -- errors by position (or false).  One xpcall runs the chunk; when an
@@ -77,7 +86,7 @@ local function run_chunk(f, kind, items, count)
         break
       end
     end
-    return error_info(e, 2)
+    return error_info(e, 2, under_task + 2)   -- (and run_chunk, xpcall, body)
   end
   local spent = false
   while pos <= count do
@@ -144,9 +153,10 @@ local function worker_main(pool, index, slot)
   become_child("PoolWorker-" .. index)
   local tq, rq = pool._tq, pool._rq
   local pid = current.pid
+  under_task = errors.last_level() + 1
   if pool._initializer then
     local a = pool._initargs
-    local ok, info = xpcall(pool._initializer, traceback_handler, unpack(a, 1, a.n or #a))
+    local ok, info = xpcall(pool._initializer, task_handler, unpack(a, 1, a.n or #a))
     if not ok then
       pcall(rq.put_result, rq, 0, 0, 0, 0, pid, 0, nil, plain_error(info))
       core._exit(1)
@@ -162,7 +172,7 @@ local function worker_main(pool, index, slot)
     if left then
       got, jobid, fid, f, kind, start, items, count, seq = tq:get_task(slot, fcache)
     else
-      got, jobid, fid, f, kind, start, items, count, seq = tq:serve(slot, fcache, rq, traceback_handler, pid, put_result)
+      got, jobid, fid, f, kind, start, items, count, seq = tq:serve(slot, fcache, rq, task_handler, pid, put_result)
     end
     if not got then
       if jobid == "spent" then break end
@@ -190,7 +200,7 @@ local function worker_main(pool, index, slot)
     end
     if kind == "apply" then
       local t0 = now()
-      if not send_apply_outcome(rq, jobid, seq, pid, t0, xpcall(f, traceback_handler, unpack(items, 1, items.n or #items))) then
+      if not send_apply_outcome(rq, jobid, seq, pid, t0, xpcall(f, task_handler, unpack(items, 1, items.n or #items))) then
         break
       end
     else
