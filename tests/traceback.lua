@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- A task's remote traceback shows the task's frames only (not the
 -- worker's loop, nor the script's frames that forked the worker), and
 -- says where the script submitted the task.
