@@ -274,4 +274,29 @@ do
   end
 end
 
+-- A task that overflows the stack fails with "stack overflow", fast: the
+-- worker's message handler once walked its hundreds of thousands of
+-- frames from the top for each one (quadratic: hours).  In a luamp of
+-- its own, bounded by a timeout.
+do
+  local path = os.tmpname()
+  local f = assert(io.open(path, "w"))
+  f:write([[
+local mp = require "luamp"
+local pool <close> = mp.Pool(1)
+local function deep() local function r(n) return 1 + r(n + 1) end return r(1) end
+local ok, e = pcall(pool.map, pool, deep, {1, 2}, 2)
+print(ok, mp.Error.is(e, "remote"), (tostring(e.message):match("stack overflow")))
+ok, e = pcall(pool.apply, pool, deep)
+print(ok, mp.Error.is(e, "remote"), (tostring(e.message):match("stack overflow")))
+print(pool:apply(function() return 42 end))
+]])
+  f:close()
+  local ok, r = pcall(mp.run, { os.getenv("LUAMP") or arg[-1], path }, { capture = true, timeout = 60 })
+  os.remove(path)
+  t.is(ok and r.stdout, "false\ttrue\tstack overflow\nfalse\ttrue\tstack overflow\n42\n",
+    "a task that overflows the stack fails with stack overflow (map and apply), and the pool goes on",
+    ok and r.stderr or tostring(r))
+end
+
 t.done()

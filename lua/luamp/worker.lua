@@ -74,10 +74,14 @@ local function run_chunk(f, kind, items, count)
   end
   local failed
   local function handler(e)
-    for level = 2, math.huge do
+    -- body's frame is near the bottom of the stack, under the task's: it
+    -- is looked for from the bottom up.  (From the top, each getinfo
+    -- walking the stack from its top, a task that overflowed the stack
+    -- with hundreds of thousands of frames took hours.)
+    local last = errors.last_level()
+    for level = last, math.max(2, last - 64), -1 do
       local info = debug.getinfo(level, "f")
-      if not info then break end
-      if info.func == body then
+      if info and info.func == body then
         for k = 1, math.huge do
           local name, v = debug.getlocal(level, k)
           if name == nil then break end
