@@ -83,4 +83,26 @@ do
   t.is(table.concat(missing, " "), "", "every Lua field src/pool.c reads by name is still used in lua/luamp/")
 end
 
+-- An apply job has one shape however it was settled: its values at
+-- 1..n and `finished` = n, whether get_result settled it in C (no
+-- callback) or _complete did in Lua (with a callback); 0 when it failed.
+do
+  local pool <close> = mp.Pool(1)
+  local function two(a) return a, a * 2 end
+  local c = pool:apply_async(two, { 3 })
+  local called
+  local l = pool:apply_async(two, { 4 }, { callback = function(...) called = { ... } end })
+  c:wait(); l:wait()
+  t.same({ c.finished, c[1], c[2], rawget(c, "values") }, { 2, 3, 6 }, "settled in C: finished = 2, values at 1..2")
+  t.same({ l.finished, l[1], l[2], rawget(l, "values") }, { 2, 4, 8 }, "settled in Lua: the same shape")
+  t.same(called, { 4, 8 }, "and its callback got the values")
+  local e = pool:apply_async(function() error("no") end)
+  e:wait()
+  t.same({ e.finished, e:successful() }, { 0, false }, "a failed apply job: finished = 0")
+  t.raises(function() e:get() end, "no", "and get raises its error")
+  local z = pool:apply_async(function() end)
+  t.same({ z:get() }, {}, "a job with no values returns none")
+  t.is(z.finished, 0, "finished = 0 values")
+end
+
 t.done()

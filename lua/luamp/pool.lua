@@ -268,9 +268,16 @@ local function run_callback(fn, ...)
   end
 end
 
--- Marks a job finished and runs its callback.
+-- Marks a job finished and runs its callback.  A map-like job's
+-- `finished` is true; an apply job's is the number of its values, which
+-- are in the job itself at 1..n (0 when it failed): one shape, whether
+-- get_result settled it in C (pool.c, settle_apply) or _complete did.
 local function finish(self, job)
-  job.finished = true
+  if job.kind ~= "apply" then
+    job.finished = true
+  elseif type(job.finished) ~= "number" then
+    job.finished = 0
+  end
   self._jobs[job.id] = nil
   self._sinks[job.id] = nil
   if job.progress then job.progress(true) end
@@ -279,7 +286,7 @@ local function finish(self, job)
     if job.error_callback then run_callback(job.error_callback, job.err) end
   elseif job.callback then
     if job.kind == "apply" then
-      run_callback(job.callback, unpack(job.values, 1, job.nvalues))
+      run_callback(job.callback, unpack(job, 1, job.finished))
     else
       run_callback(job.callback, job.results)
     end
@@ -303,8 +310,9 @@ function Pool:_complete(job, start, count, results, errors, nres)
   if job.kind == "apply" then
     if errors then
       job.err = errors[1]
-    else   -- (true: the values were decoded into the job itself, at 1..nres)
-      job.values, job.nvalues = results == true and job or results, nres
+    else   -- (results true: the values were decoded into the job itself)
+      if results ~= true then table.move(results, 1, nres, 1, job) end
+      job.finished = nres
     end
     return finish(self, job)
   end
@@ -653,7 +661,7 @@ function Pool:apply_async(f, args, opts)
   -- in _jobs) and where its values are decoded (at 1..n).  Its table
   -- has room for one value and `finished` without growing: get_result
   -- settles it in C (pool.c, settle_apply) by setting finished to the
-  -- number of values; settled in Lua, it gets values and nvalues.
+  -- number of values, as _complete does when it is settled in Lua.
   local job, seq, id = put_apply(self, f, args or NO_ARGS, "apply_async")
   if log.debugging then debug_log("Pool %d: put apply task %d (job %d)", self._id, seq, id) end
   if opts ~= NO_OPTS then

@@ -11,8 +11,8 @@
 -- passed; ready() takes what has arrived without waiting.  apply_async's
 -- jobs are leaner, for scripts
 -- that submit a task per item: an ApplyResult gets its kind from its
--- metatable, and its values at 1..n (pool.c, settle_apply, sets
--- finished to n when it settles a success in C).
+-- metatable, and its values at 1..n, n being `finished` (pool.c's
+-- settle_apply and pool.lua's _complete alike).
 --
 -- imap's loops yield results a chunk at a time, in input order or as
 -- they come, and drop each once yielded; each chunk yielded lets the
@@ -77,7 +77,7 @@ function AsyncResult:get(timeout)
     local site = script_site(2)
     error(note_site(self.err, site and "task's error received at " .. site), 2)
   end
-  if self.kind == "apply" then return unpack(self.values or self, 1, self.nvalues or self.finished) end
+  if self.kind == "apply" then return unpack(self, 1, self.finished) end
   return self.results
 end
 
@@ -89,10 +89,10 @@ for k, v in pairs(AsyncResult) do
   if type(v) == "function" then ApplyResult.__index[k] = v end
 end
 
--- (finished is a number only when get_result settled a success in C)
+-- (the common case first: a finished success, its values at 1..finished)
 function ApplyResult.__index:get(timeout)
   local n = self.finished
-  if n and n ~= true then return unpack(self, 1, n) end
+  if n and self.err == nil then return unpack(self, 1, n) end
   return AsyncResult.get(self, timeout)
 end
 
