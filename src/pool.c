@@ -65,6 +65,18 @@ static int l_counters(lua_State *L)
     return 1;
 }
 
+/* q:task_record(t): the table get_task and serve fill with the task they
+ * return (jobid, fid, f, kind, start, items, count, seq): one table per
+ * worker, rather than nine values a task. */
+static int q_task_record(lua_State *L)
+{
+    check_queue(L);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_settop(L, 2);
+    lua_setiuservalue(L, 1, 2);
+    return 0;
+}
+
 /* q:_on_objects(fn): fn(objects) is called before a task naming luamp
  * objects is put (see share_objects) */
 static int q_on_objects(lua_State *L)
@@ -492,10 +504,12 @@ static int undecodable(lua_State *L, uint64_t seq)
     return 4;
 }
 
-/* push_task's work on the task message u->msg: pushes what get_task
- * returns.  A held message (u->holding) stays where it is: the caller takes
- * it, or with u->requeue leaves it in the queue. */
-static int push_task_msg(lua_State *L, queue *u, uint64_t seq, int slot, int fcache)
+/* push_task's work on the task message u->msg: fills the task record
+ * at `rec` (jobid, fid, f, kind, start, items, count, seq) and pushes
+ * true, or pushes what get_task returns on failure.  A held message
+ * (u->holding) stays where it is: the caller takes it, or with
+ * u->requeue leaves it in the queue. */
+static int push_task_msg(lua_State *L, queue *u, uint64_t seq, int slot, int fcache, int rec)
 {
     struct task_hdr h;
     if (!read_task(u, &h)) {
@@ -503,15 +517,19 @@ static int push_task_msg(lua_State *L, queue *u, uint64_t seq, int slot, int fca
         return undecodable(L, seq);
     }
     size_t off = sizeof h + h.flen;
-    lua_pushboolean(L, 1);
     lua_pushinteger(L, h.jobid);
+    lua_setfield(L, rec, "jobid");
     lua_pushinteger(L, h.fid);
+    lua_setfield(L, rec, "fid");
     if (lua_rawgeti(L, fcache, h.fid) == LUA_TNIL) {
         lua_pop(L, 1);
         lua_pushlstring(L, u->msg + sizeof h, h.flen);
     }
+    lua_setfield(L, rec, "f");
     lua_pushstring(L, task_kinds[h.kind]);
+    lua_setfield(L, rec, "kind");
     lua_pushinteger(L, h.start);
+    lua_setfield(L, rec, "start");
     luamp_decode_missed_newer();
     if (luamp_decode(L, u->msg + off, u->mlen - off, 0) != 0) {
         if (slot >= 0 && luamp_decode_missed_newer()) {
@@ -525,19 +543,23 @@ static int push_task_msg(lua_State *L, queue *u, uint64_t seq, int slot, int fca
         }
         return undecodable(L, seq);
     }
+    lua_setfield(L, rec, "items");
     lua_pushinteger(L, h.count);
+    lua_setfield(L, rec, "count");
     lua_pushinteger(L, (lua_Integer)seq);
-    return 9;
+    lua_setfield(L, rec, "seq");
+    lua_pushboolean(L, 1);
+    return 1;
 }
 
-/* push_task_msg(u, seq, slot, fcache) in a protected call, for a held
- * message. */
+/* push_task_msg(u, seq, slot, fcache, rec) in a protected call, for a
+ * held message. */
 static int push_held_task(lua_State *L)
 {
     queue *u = lua_touserdata(L, 1);
     uint64_t seq = (uint64_t)lua_tointeger(L, 2);
     int slot = (int)lua_tointeger(L, 3);
-    return push_task_msg(L, u, seq, slot, 4);
+    return push_task_msg(L, u, seq, slot, 4, 5);
 }
 
 /* Pushes what q:get_task returns for the task message u->msg, taken as
@@ -550,17 +572,23 @@ static int push_held_task(lua_State *L)
 static int push_task(lua_State *L, queue *u, uint64_t seq, int slot, int fcache)
 {
     int n;
+    /* The task record: the queue's user value 2 (get_task's record, set
+     * by task_record), at the top of the stack while it is filled. */
+    fcache = lua_absindex(L, fcache);
+    if (lua_getiuservalue(L, 1, 2) != LUA_TTABLE)
+        return luaL_error(L, "a worker's task queue has no task record (tq:task_record)");
+    int rec = lua_gettop(L);
     if (u->holding) {
         int top = lua_gettop(L);
-        fcache = lua_absindex(L, fcache);
         lua_pushcfunction(L, push_held_task);   /* (a C function gets 20 free slots) */
         lua_pushlightuserdata(L, u);
         lua_pushinteger(L, (lua_Integer)seq);
         lua_pushinteger(L, slot);
         lua_pushvalue(L, fcache);
+        lua_pushvalue(L, rec);
         u->requeue = 0;
         int gc = luamp_collector_off(L);
-        int st = lua_pcall(L, 4, LUA_MULTRET, 0);
+        int st = lua_pcall(L, 5, LUA_MULTRET, 0);
         u->holding = 0;
         shmq_end_hold(u->q, !(st == LUA_OK && u->requeue));
         luamp_collector_on(L, gc);
@@ -568,17 +596,18 @@ static int push_task(lua_State *L, queue *u, uint64_t seq, int slot, int fcache)
             return lua_error(L);
         n = lua_gettop(L) - top;
     } else {
-        n = push_task_msg(L, u, seq, slot, fcache);
+        n = push_task_msg(L, u, seq, slot, fcache, rec);
     }
-    if (n == 9)
+    if (n == 1)
         luamp_collect_for(L, u->mlen);
     luamp_buf_trim(&u->buf);
     return n;
 }
 
-/* q:get_task(slot, fcache) -> true, jobid, fid, f, kind, start, items,
- * count, seq | false, "closed" | false, "undecodable", seq, message.
- * f is fcache[fid] when the worker has it, else the function's encoding. */
+/* q:get_task(slot, fcache) -> true, the task in the queue's task record
+ * (see task_record) | false, "closed" | false, "undecodable", seq,
+ * message.  The record's f is fcache[fid] when the worker has it, else
+ * the function's encoding. */
 static int q_get_task(lua_State *L)
 {
     queue *u = check_queue(L);
@@ -1260,6 +1289,7 @@ void luamp_open_pool(lua_State *L)
     static const luaL_Reg methods[] = {
         {"put_task", q_put_task},
         {"get_task", q_get_task},
+        {"task_record", q_task_record},
         {"serve", q_serve},
         {"put_result", q_put_result},
         {"put_apply", q_put_apply},

@@ -73,10 +73,11 @@ static queue *open_queue(lua_State *L, const char *op)
     return u;
 }
 
-/* A new queue userdata with one user value (a PoolQueue's share hook). */
+/* A new queue userdata with two user values (a PoolQueue's share hook,
+ * and a worker's task record: pool.c). */
 static queue *push_queue(lua_State *L)
 {
-    queue *u = lua_newuserdatauv(L, sizeof *u, 1);
+    queue *u = lua_newuserdatauv(L, sizeof *u, 2);
     memset(u, 0, sizeof *u);
     luamp_buf_init(&u->buf);
     u->buf.span_from = LUAMP_SPAN_FROM;  /* big strings go straight into the ring */

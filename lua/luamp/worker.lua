@@ -168,30 +168,35 @@ local function worker_main(pool, index, slot)
   end
   local fcache, ncached = {}, 0
   local left = pool._maxtasks
+  local task = {}          -- filled by get_task and serve (pool.c, task_record)
+  tq:task_record(task)
   while true do
     -- tq:serve runs apply tasks and small map chunks of known functions
     -- in C, and returns the first other task as get_task does (it does not count tasks: with
     -- maxtasksperchild, every task comes here)
-    local got, jobid, fid, f, kind, start, items, count, seq
+    local got, why, bad_seq, bad_msg
     if left then
-      got, jobid, fid, f, kind, start, items, count, seq = tq:get_task(slot, fcache)
+      got, why, bad_seq, bad_msg = tq:get_task(slot, fcache)
     else
-      got, jobid, fid, f, kind, start, items, count, seq = tq:serve(slot, fcache, rq, task_handler, pid, put_result)
+      got, why, bad_seq, bad_msg = tq:serve(slot, fcache, rq, task_handler, pid, put_result)
     end
     if not got then
-      if jobid == "spent" then break end
-      if jobid == "requeued" then
+      if why == "spent" then break end
+      if why == "requeued" then
         -- The task refers to an object made after this worker was forked;
         -- it went back to the queue, and the worker forked to replace this
         -- one has the object.
         if log.debugging then debug_log("a task needs an object made after this worker started: leaving it to a new worker") end
         core._exit(0)
       end
-      if jobid ~= "undecodable" then core._exit(0) end   -- the pool was closed
+      if why ~= "undecodable" then core._exit(0) end   -- the pool was closed
       -- e.g. an object this process cannot know: fail the task
-      rq:put_result(-1, 0, 0, fid, pid, 0, nil, f)
+      rq:put_result(-1, 0, 0, bad_seq, pid, 0, nil, bad_msg)
       goto continue
     end
+    local jobid, fid, f, kind, start, items, count, seq =
+      task.jobid, task.fid, task.f, task.kind, task.start, task.items, task.count, task.seq
+    task.items, task.f = nil, nil      -- (the record keeps nothing alive)
     if type(f) == "string" then
       local ok, fn = pcall(core.decode, f)
       if ok then
