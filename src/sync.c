@@ -1234,18 +1234,18 @@ static int kind_of(lua_State *L, int idx)
     return -1;
 }
 
-static void set_int(lua_State *L, int t, int i, lua_Integer v)
+static void set_int(lua_State *L, int t, const char *field, lua_Integer v)
 {
     lua_pushinteger(L, v);
-    lua_rawseti(L, t, i);
+    lua_setfield(L, t, field);
 }
 
 /*
- * core.sync_describe(obj) -> {kind, id, memfd, bytes, ...} | nil: what a
- * spawned child needs to make the object anew on the same memory; then
- * a lock: rlock; a value or array: typecode, n (-1: a value), its lock's
- * description; a condition: its lock's description; a barrier: its
- * action (or nil).  nil: not one of this file's objects.
+ * core.sync_describe(obj) -> {kind =, id =, memfd =, bytes =, ...} | nil:
+ * what a spawned child needs to make the object anew on the same memory;
+ * then a lock: rlock; a value or array: typecode, n (-1: a value), and
+ * lock, its lock's description; a condition: lock; a barrier: action (or
+ * nil).  nil: not one of this file's objects.
  */
 static int l_describe(lua_State *L)
 {
@@ -1254,29 +1254,29 @@ static int l_describe(lua_State *L)
         return 0;
     handle *h = lua_touserdata(L, 1);
     lua_settop(L, 1);
-    lua_createtable(L, 7, 0);
+    lua_createtable(L, 0, 7);
     lua_pushstring(L, kinds[k]);
-    lua_rawseti(L, 2, 1);
+    lua_setfield(L, 2, "kind");
     lua_pushstring(L, h->id);
-    lua_rawseti(L, 2, 2);
-    set_int(L, 2, 3, h->m->fd);
-    set_int(L, 2, 4, (lua_Integer)h->m->len);
+    lua_setfield(L, 2, "id");
+    set_int(L, 2, "memfd", h->m->fd);
+    set_int(L, 2, "bytes", (lua_Integer)h->m->len);
     if (k == 0) {
         lua_pushboolean(L, ((lockud *)h)->rlock);
-        lua_rawseti(L, 2, 5);
+        lua_setfield(L, 2, "rlock");
     } else if (k == 3 || k == 4) {
         lua_pushstring(L, ((shared *)h)->t->code);
-        lua_rawseti(L, 2, 5);
-        set_int(L, 2, 6, ((shared *)h)->n);
+        lua_setfield(L, 2, "typecode");
+        set_int(L, 2, "n", ((shared *)h)->n);
     }
     if (k == 3 || k == 4 || k == 5) {   /* its lock, user value 1 */
         lua_pushcfunction(L, l_describe);
         lua_getiuservalue(L, 1, 1);
         lua_call(L, 1, 1);
-        lua_rawseti(L, 2, k == 5 ? 5 : 7);
+        lua_setfield(L, 2, "lock");
     } else if (k == 6) {                /* its action */
         lua_getiuservalue(L, 1, 1);
-        lua_rawseti(L, 2, 5);
+        lua_setfield(L, 2, "action");
     }
     return 1;
 }
@@ -1296,9 +1296,9 @@ static mapping *session_mapping(lua_State *L, int session, int fd, size_t len)
     return m;
 }
 
-static lua_Integer get_int(lua_State *L, int t, int i)
+static lua_Integer get_int(lua_State *L, int t, const char *field)
 {
-    lua_rawgeti(L, t, i);
+    lua_getfield(L, t, field);
     int isint;
     lua_Integer v = lua_tointegerx(L, -1, &isint);
     lua_pop(L, 1);
@@ -1312,10 +1312,10 @@ static void attach(lua_State *L, int desc, int session)
 {
     luaL_checkstack(L, 8, NULL);
     desc = lua_absindex(L, desc);
-    lua_rawgeti(L, desc, 1);
+    lua_getfield(L, desc, "kind");
     int k = luaL_checkoption(L, -1, NULL, kinds);
     lua_pop(L, 1);
-    lua_rawgeti(L, desc, 2);      /* (stays on the stack, holding the string) */
+    lua_getfield(L, desc, "id");  /* (stays on the stack, holding the string) */
     const char *id = lua_tostring(L, -1);
     if (id == NULL || strlen(id) >= sizeof ((handle *)0)->id)
         luaL_error(L, "sync_attach: a bad description");
@@ -1328,13 +1328,13 @@ static void attach(lua_State *L, int desc, int session)
         return;
     }
     lua_settop(L, top);
-    lua_Integer fd = get_int(L, desc, 3), len = get_int(L, desc, 4);
+    lua_Integer fd = get_int(L, desc, "memfd"), len = get_int(L, desc, "bytes");
     if (fd < 0 || fd > INT_MAX || len < DATA_OFFSET)
         luaL_error(L, "sync_attach: a bad description");
     mapping *m = session_mapping(L, session, (int)fd, (size_t)len);
     switch (k) {
     case 0:
-        lua_rawgeti(L, desc, 5);
+        lua_getfield(L, desc, "rlock");
         push_lock(L, m, lua_toboolean(L, -1), id);
         lua_remove(L, -2);
         break;
@@ -1344,21 +1344,21 @@ static void attach(lua_State *L, int desc, int session)
         break;
     case 3:
     case 4: {
-        lua_rawgeti(L, desc, 5);
+        lua_getfield(L, desc, "typecode");
         const etype *t = check_type(L, -1, "sync_attach");
         lua_pop(L, 1);
-        lua_Integer n = get_int(L, desc, 6);
+        lua_Integer n = get_int(L, desc, "n");
         size_t count = n < 0 ? 1 : (size_t)n;
         if ((k == 3) != (n < 0) || count > ((size_t)len - DATA_OFFSET) / t->size)
             luaL_error(L, "sync_attach: a bad description");
-        lua_rawgeti(L, desc, 7);
+        lua_getfield(L, desc, "lock");
         attach(L, -1, session);
         lua_remove(L, -2);
         push_shared(L, m, t, n, id);
         break;
     }
     case 5:
-        lua_rawgeti(L, desc, 5);
+        lua_getfield(L, desc, "lock");
         attach(L, -1, session);
         lua_remove(L, -2);
         push_handle(L, sizeof(condud), m, "condition", COND_MT, id);
@@ -1368,7 +1368,7 @@ static void attach(lua_State *L, int desc, int session)
         break;
     case 6:
         push_handle(L, sizeof(barud), m, "barrier", BARRIER_MT, id);
-        lua_rawgeti(L, desc, 5);
+        lua_getfield(L, desc, "action");
         lua_setiuservalue(L, -2, 1);
         luamp_register_object(L, -1, id);
         break;

@@ -36,25 +36,23 @@ local current = part("current")
 local now = core.now
 
 -- Calls fn on sync object description d (core.sync_describe) and on the
--- description of its lock, which a Value's, an Array's (at 7) and a
--- Condition's (at 5) holds.
+-- description of its lock, which a Value's, an Array's and a Condition's
+-- holds (d.lock).
 local function each_sync_part(d, fn)
   fn(d)
-  local kind = d[1]
-  if kind == "value" or kind == "array" then each_sync_part(d[7], fn)
-  elseif kind == "condition" then each_sync_part(d[5], fn) end
+  if d.lock then each_sync_part(d.lock, fn) end
 end
 
 -- The descriptors of sync object description d, added to fds; a
 -- Barrier's action becomes its encoding, which must not name luamp
 -- objects (they would have to be sent before it is decoded).
 local function sync_fds(d, fds)
-  each_sync_part(d, function(p) fds[#fds + 1] = p[3] end)
-  if d[1] == "barrier" and d[5] ~= nil then
+  each_sync_part(d, function(p) fds[#fds + 1] = p.memfd end)
+  if d.kind == "barrier" and d.action ~= nil then
     local reg, seen = debug.getregistry(), {}
     local outer = reg[KEYS.collect]
     reg[KEYS.collect] = seen
-    local ok, bytes, why = pcall(core.encode, d[5], "the Barrier's action")
+    local ok, bytes, why = pcall(core.encode, d.action, "the Barrier's action")
     reg[KEYS.collect] = outer
     if not ok then error(bytes, 0) end
     if not bytes then error(new_error("serialize", why), 0) end
@@ -62,7 +60,7 @@ local function sync_fds(d, fds)
       error(new_error("serialize", "cannot send a Barrier whose action refers to luamp objects " ..
         "to a spawned process"), 0)
     end
-    d[5] = bytes
+    d.action = bytes
   end
 end
 
@@ -98,7 +96,7 @@ local function describe_object(obj, id, fds)
     if not d then error(new_error("serialize", "cannot send a closed SharedMemory"), 0) end
     return { kind = "shm", id = d[2], shm = d }
   else
-    local d = core.sync_describe(obj)     -- a lock, value, condition...: {kind, id, memfd, ...}
+    local d = core.sync_describe(obj)     -- a lock, value, condition...: {kind =, id =, memfd =, ...}
     if not d then
       error(new_error("serialize", string.format("cannot send %s (%s) to a process that did not "
         .. "inherit it", tostring(obj), id)), 0)
@@ -114,7 +112,7 @@ end
 
 -- Replaces the descriptor numbers in description o by map[number].
 local function remap_object(o, map)
-  if o.kind == "sync" then return each_sync_part(o.sync, function(p) p[3] = map[p[3]] end) end
+  if o.kind == "sync" then return each_sync_part(o.sync, function(p) p.memfd = map[p.memfd] end) end
   if o.kind == "managed" then o.managed[3] = map[o.managed[3]]; return end
   if o.kind == "shm" then return end
   for _, k in ipairs(DESCRIPTORS[o.kind]) do
@@ -133,7 +131,7 @@ local function attach_object(o, session)
   elseif o.kind == "shm" then return core.shm_attach(o.shm)
   end
   local d = o.sync
-  if d[1] == "barrier" and d[5] then d[5] = core.decode(d[5]) end
+  if d.kind == "barrier" and d.action then d.action = core.decode(d.action) end
   return core.sync_attach(d, session)
 end
 
