@@ -26,7 +26,7 @@
  * value, and the next locker takes the lock over.
  *
  * The object travels like a Lock: to a forked child by its id (the
- * registry of objects), to any other process as {kind, id, memfd}
+ * registry of objects), to any other process as {kind =, id =, memfd =}
  * (manager_describe) and the memfd, which manager_attach maps.
  */
 #include "registry.h"
@@ -795,20 +795,20 @@ static int l_tostring(lua_State *L)
     return 1;
 }
 
-/* core.manager_describe(obj) -> {kind, id, memfd} | nil (not a managed
- * object) */
+/* core.manager_describe(obj) -> {kind =, id =, memfd =} | nil (not a
+ * managed object) */
 static int l_describe(lua_State *L)
 {
     managed *m = test_managed(L, 1);
     if (m == NULL || (m->d == NULL && m->l == NULL))
         return 0;
-    lua_createtable(L, 3, 0);
+    lua_createtable(L, 0, 3);
     lua_pushstring(L, kinds[m->kind]);
-    lua_rawseti(L, -2, 1);
+    lua_setfield(L, -2, "kind");
     lua_pushstring(L, m->id);
-    lua_rawseti(L, -2, 2);
+    lua_setfield(L, -2, "id");
     lua_pushinteger(L, m->l ? shlist_fd(m->l) : shdict_fd(m->d));
-    lua_rawseti(L, -2, 3);
+    lua_setfield(L, -2, "memfd");
     return 1;
 }
 
@@ -818,11 +818,11 @@ static int l_describe(lua_State *L)
 static int l_attach(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
-    lua_rawgeti(L, 1, 1);
+    lua_getfield(L, 1, "kind");
     int k = luaL_checkoption(L, -1, NULL, kinds);
-    lua_rawgeti(L, 1, 2);
+    lua_getfield(L, 1, "id");
     const char *id = lua_tostring(L, -1);
-    lua_rawgeti(L, 1, 3);
+    lua_getfield(L, 1, "memfd");
     int isint;
     lua_Integer fd = lua_tointegerx(L, -1, &isint);
     if (id == NULL || strlen(id) >= sizeof ((managed *)0)->id || !isint || fd < 0 || fd > INT_MAX)

@@ -79,18 +79,18 @@ static int l_open(lua_State *L)
     return 1;
 }
 
-/* core.shm_describe(obj) -> {name, id} | nil: what a process that did
- * not inherit the view needs to open the block (by its name) */
+/* core.shm_describe(obj) -> {name =, id =} | nil: what a process that
+ * did not inherit the view needs to open the block (by its name) */
 static int l_describe(lua_State *L)
 {
     shmud *u = luaL_testudata(L, 1, SHM_MT);
     if (u == NULL || u->m == NULL)
         return 0;
-    lua_createtable(L, 2, 0);
+    lua_createtable(L, 0, 2);
     lua_pushstring(L, shmem_name(u->m));
-    lua_rawseti(L, -2, 1);
+    lua_setfield(L, -2, "name");
     lua_pushstring(L, u->id);
-    lua_rawseti(L, -2, 2);
+    lua_setfield(L, -2, "id");
     return 1;
 }
 
@@ -100,8 +100,9 @@ static int l_describe(lua_State *L)
 static int l_attach(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
-    lua_rawgeti(L, 1, 1);
-    lua_rawgeti(L, 1, 2);
+    lua_settop(L, 1);
+    lua_getfield(L, 1, "name");
+    lua_getfield(L, 1, "id");
     const char *name = lua_tostring(L, 2), *id = lua_tostring(L, 3);
     if (name == NULL || id == NULL || strlen(id) >= sizeof ((shmud *)0)->id)
         return luaL_error(L, "shm_attach: a bad description");

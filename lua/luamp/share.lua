@@ -87,14 +87,14 @@ local function describe_object(obj, id, fds)
     o = { kind = "pipe", id = id }
     o.memfd, o.ndir, o.rx_dir, o.rx_fd, o.tx_dir, o.tx_fd = core.pipe_fds(obj)
   elseif kind == "luamp.dict" or kind == "luamp.list" or kind == "luamp.Namespace" then
-    local d = core.manager_describe(obj)   -- {kind, id, memfd}
+    local d = core.manager_describe(obj)   -- {kind =, id =, memfd =}
     if not d then error(new_error("serialize", "cannot send a collected " .. kind), 0) end
-    fds[#fds + 1] = d[3]
-    return { kind = "managed", id = d[2], managed = d }
+    fds[#fds + 1] = d.memfd
+    return { kind = "managed", id = d.id, managed = d }
   elseif kind == "luamp.SharedMemory" then
-    local d = core.shm_describe(obj)       -- {name, id}: opened by its name
+    local d = core.shm_describe(obj)       -- {name =, id =}: opened by its name
     if not d then error(new_error("serialize", "cannot send a closed SharedMemory"), 0) end
-    return { kind = "shm", id = d[2], shm = d }
+    return { kind = "shm", id = d.id, shm = d }
   else
     local d = core.sync_describe(obj)     -- a lock, value, condition...: {kind =, id =, memfd =, ...}
     if not d then
@@ -113,7 +113,7 @@ end
 -- Replaces the descriptor numbers in description o by map[number].
 local function remap_object(o, map)
   if o.kind == "sync" then return each_sync_part(o.sync, function(p) p.memfd = map[p.memfd] end) end
-  if o.kind == "managed" then o.managed[3] = map[o.managed[3]]; return end
+  if o.kind == "managed" then o.managed.memfd = map[o.managed.memfd]; return end
   if o.kind == "shm" then return end
   for _, k in ipairs(DESCRIPTORS[o.kind]) do
     if o[k] >= 0 then o[k] = map[o[k]] end
