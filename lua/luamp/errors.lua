@@ -31,8 +31,9 @@
 -- where get() handed the error to the script (apply_async records
 -- nothing: its cost per task is the point of its fast path).
 --
--- Uses no other part.
+-- Uses no other part; the core only for its registry key names.
 
+local core = ...
 local setmetatable, getmetatable, type, error = setmetatable, getmetatable, type, error
 
 local Error = {}
@@ -65,7 +66,7 @@ local function raise(kind, message, level)
   error(new_error(kind, message), level or 2)
 end
 
-debug.getregistry()["luamp.raise"] = function(kind, message, errno)
+debug.getregistry()[core.registry_keys.raise] = function(kind, message, errno)
   error(new_error(kind, message, errno and { errno = errno }), 3)
 end
 
