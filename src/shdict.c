@@ -979,7 +979,8 @@ static int copy_out(luamp_buf *out, const void *p, size_t n)
         errno = ENOMEM;
         return -1;
     }
-    memcpy(out->data, p, n);
+    if (n > 0)          /* (an empty value: p and out->data may be NULL) */
+        memcpy(out->data, p, n);
     out->len = n;
     return 0;
 }
@@ -1222,7 +1223,8 @@ static int dict_set(shobj *o, const void *key, size_t klen, const void *val, siz
     e->hash = hash;
     e->klen = klen;
     e->vlen = vlen;
-    memcpy(e->bytes, key, klen);
+    if (klen)
+        memcpy(e->bytes, key, klen);
     if (vlen)
         memcpy(e->bytes + klen, val, vlen);
     KILL_POINT(SHD_KILL_WRITTEN);

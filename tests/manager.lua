@@ -245,7 +245,9 @@ do
   t.is(mp._manager_stats(l).file_bytes, mp._manager_stats(m:list()).file_bytes, "and shrinks back when emptied")
   local function fds()
     local n = 0
-    for _ in io.popen("ls /proc/" .. mp.current_process().pid .. "/fd"):lines() do n = n + 1 end
+    local ls = io.popen("ls /proc/" .. mp.current_process().pid .. "/fd")
+    for _ in ls:lines() do n = n + 1 end
+    ls:close()
     return n
   end
   local function maps()
@@ -261,7 +263,9 @@ do
   end
   collectgarbage(); collectgarbage()
   t.ok(fds() <= before_fds, "10,000 dicts made and dropped leave no descriptor", fds() .. " vs " .. before_fds)
-  t.ok(maps() <= before_maps + 2, "and no mapping", maps() .. " vs " .. before_maps)
+  -- (a leak would leave 10,000 mappings; the allocator, AddressSanitizer's
+  -- most, maps a few of its own meanwhile)
+  t.ok(maps() <= before_maps + 100, "and no mapping", maps() .. " vs " .. before_maps)
 end
 
 -- SharedMemory: named bytes, 1-based offsets, unlinked by its maker
