@@ -65,27 +65,29 @@ static int l_counters(lua_State *L)
     return 1;
 }
 
+/* Sets the queue's user value n to argument 2, of type t. */
+static int set_user_value(lua_State *L, int n, int t)
+{
+    check_queue(L);
+    luaL_checktype(L, 2, t);
+    lua_settop(L, 2);
+    lua_setiuservalue(L, 1, n);
+    return 0;
+}
+
 /* q:task_record(t): the table get_task and serve fill with the task they
  * return (jobid, fid, f, kind, start, items, count, seq): one table per
  * worker, rather than nine values a task. */
 static int q_task_record(lua_State *L)
 {
-    check_queue(L);
-    luaL_checktype(L, 2, LUA_TTABLE);
-    lua_settop(L, 2);
-    lua_setiuservalue(L, 1, 2);
-    return 0;
+    return set_user_value(L, 2, LUA_TTABLE);
 }
 
 /* q:_on_objects(fn): fn(objects) is called before a task naming luamp
  * objects is put (see share_objects) */
 static int q_on_objects(lua_State *L)
 {
-    check_queue(L);
-    luaL_checktype(L, 2, LUA_TFUNCTION);
-    lua_settop(L, 2);
-    lua_setiuservalue(L, 1, 1);
-    return 0;
+    return set_user_value(L, 1, LUA_TFUNCTION);
 }
 
 /* The slot argument at `idx`, or -1. */

@@ -380,7 +380,10 @@ static int q_tostring(lua_State *L)
 
 /* Pushes the metatable tname with the methods, each function having it
  * as its upvalue 1 (see luamp_check_queue). */
-static void new_type(lua_State *L, const char *tname, const luaL_Reg *methods, int n)
+/* A queue type: the metatable tname, whose __index holds `methods` and
+ * `more` (NULL: none), each method with the metatable as its upvalue. */
+static void new_type(lua_State *L, const char *tname, const luaL_Reg *methods, const luaL_Reg *more,
+                     int n)
 {
     static const luaL_Reg meta[] = {
         {"__gc", q_gc},
@@ -394,6 +397,10 @@ static void new_type(lua_State *L, const char *tname, const luaL_Reg *methods, i
         lua_createtable(L, 0, n);
         lua_pushvalue(L, -2);
         luaL_setfuncs(L, methods, 1);
+        if (more != NULL) {
+            lua_pushvalue(L, -2);
+            luaL_setfuncs(L, more, 1);
+        }
         lua_setfield(L, -2, "__index");
     }
 }
@@ -411,21 +418,13 @@ void luamp_open_queue(lua_State *L)
         {"close", q_close},
         {NULL, NULL}
     };
-    static const luaL_Reg joinable[] = {
-        {"put", q_put},
-        {"put_nowait", q_put_nowait},
-        {"get", q_get},
-        {"get_nowait", q_get_nowait},
-        {"qsize", q_qsize},
-        {"empty", q_empty},
-        {"full", q_full},
-        {"close", q_close},
+    static const luaL_Reg joinable[] = {    /* a JoinableQueue's, beside those */
         {"task_done", q_task_done},
         {"join", q_join},
         {NULL, NULL}
     };
-    new_type(L, LUAMP_QUEUE_MT, methods, 8);
-    new_type(L, LUAMP_JQUEUE_MT, joinable, 10);
+    new_type(L, LUAMP_QUEUE_MT, methods, NULL, 8);
+    new_type(L, LUAMP_JQUEUE_MT, methods, joinable, 10);
     lua_pushvalue(L, -2);
     lua_pushvalue(L, -2);
     lua_pushcclosure(L, luamp_queue_new, 2);
