@@ -27,6 +27,9 @@
  * SIGTERM at the prompt or a failure to read standard input.
  */
 #include "luamp.h"
+#ifdef LUAMP_MPI
+#include "cluster.h"
+#endif
 
 #include <errno.h>
 #include <limits.h>
@@ -728,7 +731,16 @@ static int pmain(lua_State *L)
     }
     if (o.version)
         print_version();
+#ifdef LUAMP_MPI
+    /* (luamp-mpi's rank 0: -j N is the workers of each rank) */
+    if (luamp_cluster_install(L, o.processes) != 0) {
+        lua_pushinteger(L, EXIT_FAILURE);
+        return 1;
+    }
+    if (o.processes > 0 && !luamp_cluster_active())
+#else
     if (o.processes > 0)
+#endif
         luamp_set_default_processes(L, o.processes);
     if (o.no_env)
         ignore_environment(L);
@@ -814,6 +826,14 @@ int main(int argc, char **argv)
 {
     lua_State *L;
     int status;
+#ifdef LUAMP_MPI
+    int rank = luamp_cluster_start(&argc, &argv);
+
+    if (rank == -2)
+        return EXIT_FAILURE;
+    if (rank > 0)
+        return luamp_cluster_node(argc, argv);
+#endif
 
     if (!catch_sigpipe())
         return EXIT_FAILURE;
@@ -830,5 +850,9 @@ int main(int argc, char **argv)
     status = lua_pcall(L, 2, 1, 0);
     status = report(L, status) ? (int)lua_tointeger(L, -1) : EXIT_FAILURE;
     luamp_close(L);
+#ifdef LUAMP_MPI
+    if (rank == 0)
+        status = luamp_cluster_stop(status);
+#endif
     return flush_stdout(status);
 }
