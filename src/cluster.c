@@ -95,7 +95,8 @@ struct task_head {
     double timeout;
 };
 struct result_head {
-    int64_t jobid, start, count, seq;
+    int64_t jobid, start, count, seq, nres;
+    double elapsed;
 };
 
 struct rank_info {
@@ -126,6 +127,9 @@ struct cpool {
     int terminated;
     int released;                   /* rank 0: the Pool let go of it */
     int *limit, *inflight;          /* rank 0: per rank */
+    int *workers;                   /* rank 0: per rank */
+    double *cost;                   /* rank 0: per rank, seconds a task (running mean) */
+    int nlocal;                     /* node: its workers */
     int nremote, nclosed;           /* rank 0: ranks with workers, ranks that said CLOSED */
     int gone;                       /* node: its workers all exited */
     struct entry *book;             /* node: tasks in its queue or running */
@@ -163,6 +167,10 @@ static struct note *outbox, **outbox_tail = &outbox;
 static struct note *inbox, **inbox_tail = &inbox;
 static struct sending *sends;
 static int64_t next_pool = 1;
+
+static int tracing = -1;
+#define TRACE(...) do { if (tracing < 0) tracing = getenv("LUAMP_MPI_TRACE") != NULL; \
+    if (tracing) { fprintf(stderr, "[%d %.6f] ", me, luamp_now()); fprintf(stderr, __VA_ARGS__); fputc('\n', stderr); } } while (0)
 
 static void wake(int fd)
 {
@@ -225,6 +233,8 @@ static void free_pool(struct cpool *p)
         shmq_destroy(p->rq);
     free(p->limit);
     free(p->inflight);
+    free(p->workers);
+    free(p->cost);
     free(p->book);
     free(p);
 }
@@ -384,9 +394,34 @@ static int nap(shmq *q, luamp_buf *out, uint64_t *seq, long us, int forever)
     return 0;
 }
 
-#define SPIN_US 60
-#define FIRST_SLEEP_US 20
+/* How long a thread sleeps between looks at MPI: HOT_US while it moved a
+ * message in the last HOT_WINDOW seconds, then twice as long each time,
+ * up to MAX_SLEEP_US. */
+#define HOT_US 15
+#define BUSY_US 250
+#define HOT_WINDOW 0.01
 #define MAX_SLEEP_US 1000
+
+struct pacer {
+    double hot_until;
+    long sleep_us;
+};
+
+static void pacer_active(struct pacer *p)
+{
+    p->hot_until = luamp_now() + HOT_WINDOW;
+    p->sleep_us = 0;
+}
+
+/* (busy: the other end has work queued, so answering it sooner gains
+ * nothing, and looking costs the workers CPU) */
+static long pacer_next(struct pacer *p, int busy)
+{
+    if (luamp_now() < p->hot_until)
+        return busy ? BUSY_US : HOT_US;
+    p->sleep_us = p->sleep_us ? (p->sleep_us * 2 > MAX_SLEEP_US ? MAX_SLEEP_US : p->sleep_us * 2) : 2 * HOT_US;
+    return p->sleep_us;
+}
 
 /* ---- rank 0 ----------------------------------------------------------- */
 
@@ -404,6 +439,28 @@ static int rank_with_room(struct cpool *p)
     return best;
 }
 
+/* The message in b, in a block of its own for send_msg: a big one is
+ * taken as it is (b then allocates anew), a small one copied (b keeps its
+ * block for the next). */
+static char *take_buffer(luamp_buf *b)
+{
+    char *data;
+    if (b->len >= ((size_t)64 << 10)) {
+        data = b->data;
+        b->data = NULL;
+        b->len = b->cap = 0;
+        return data;
+    }
+    data = malloc(b->len ? b->len : 1);
+    if (data == NULL) {
+        fprintf(stderr, "luamp-mpi: rank %d: out of memory sending a message\n", me);
+        MPI_Abort(MPI_COMM_WORLD, 71);
+        abort();
+    }
+    memcpy(data, b->data, b->len);
+    return data;
+}
+
 /* Sends task message t (taken from p's queue as seq) to rank r. */
 static void send_task(struct cpool *p, int r, luamp_buf *t, uint64_t seq)
 {
@@ -413,13 +470,9 @@ static void send_task(struct cpool *p, int r, luamp_buf *t, uint64_t seq)
     memcpy(&h, t->data, sizeof h);
     h.origin = (int64_t)seq;
     memcpy(t->data, &h, sizeof h);
-    char *data = malloc(t->len);
-    if (data == NULL) {
-        fprintf(stderr, "luamp-mpi: rank 0: out of memory sending a task\n");
-        MPI_Abort(MPI_COMM_WORLD, 71);
-    }
-    memcpy(data, t->data, t->len);
-    send_msg(r, TAG(K_TASK, p->id), data, t->len);
+    size_t len = t->len;
+    send_msg(r, TAG(K_TASK, p->id), take_buffer(t), len);
+    TRACE("task %llu to rank %d", (unsigned long long)seq, r);
     p->inflight[r]++;
 }
 
@@ -435,8 +488,22 @@ static int root_receive(void)
             struct result_head h = { 0 };
             if (len >= sizeof h)
                 memcpy(&h, data, sizeof h);
-            if (h.jobid != 0 && p->inflight[from] > 0)
+            TRACE("result %lld from rank %d", (long long)h.seq, from);
+            if (h.jobid != 0 && p->inflight[from] > 0) {
                 p->inflight[from]--;
+                /* Tasks in flight to a rank: two a worker, and for cheap
+                 * tasks as many as its workers run in about 5 ms, so that
+                 * a stream of small applies is not bound by the round
+                 * trip; never more than 256 a worker. */
+                if (h.count > 0 && h.elapsed >= 0 && len >= sizeof h) {
+                    double c = h.elapsed / (double)h.count;
+                    p->cost[from] = p->cost[from] > 0 ? 0.8 * p->cost[from] + 0.2 * c : c;
+                    double per = 0.005 / (p->cost[from] > 1e-6 ? p->cost[from] : 1e-6);
+                    int w = p->workers[from];
+                    int lim = per > 256 ? 256 * w : (int)(per * w);
+                    p->limit[from] = lim > 2 * w ? lim : 2 * w;
+                }
+            }
             if (!p->terminated && !p->released)
                 shmq_put(p->rq, data, len, -1, NULL);
         } else if (p && TAG_KIND(tag) == K_CLOSED) {
@@ -450,12 +517,30 @@ static int root_receive(void)
     return n;
 }
 
+/* Whether every rank with workers has two tasks a worker in flight. */
+static int pipeline_full(void)
+{
+    int any = 0;
+    for (struct cpool *p = pools; p; p = p->next) {
+        if (p->terminated || p->shut)
+            continue;
+        for (int r = 1; r < nranks; r++) {
+            if (p->workers[r] == 0)
+                continue;
+            if (p->inflight[r] < 2 * p->workers[r])
+                return 0;
+            any = 1;
+        }
+    }
+    return any;
+}
+
 static void *root_thread(void *arg)
 {
     (void)arg;
     luamp_buf task = { 0 };
-    long sleep_us = 0;
-    double active_until = 0, stop_deadline = 0;
+    struct pacer pace = { 0 };
+    double stop_deadline = 0;
     prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
     pthread_mutex_lock(&mu);
     for (;;) {
@@ -519,35 +604,26 @@ static void *root_thread(void *arg)
         if (stop_requested && stop_deadline == 0)
             stop_deadline = luamp_now() + 5;   /* (a rank that is gone never takes its STOP) */
         if (did) {
-            sleep_us = 0;
-            active_until = luamp_now() + SPIN_US / 1e6;
+            pacer_active(&pace);
             continue;
         }
         pthread_mutex_unlock(&mu);
-        if (luamp_now() < active_until) {
-            sched_yield();
-        } else {
-            sleep_us = sleep_us ? (sleep_us * 2 > MAX_SLEEP_US ? MAX_SLEEP_US : sleep_us * 2) : FIRST_SLEEP_US;
-            /* (with nothing to expect from MPI, only a task or a note
-             * can wake this thread) */
-            uint64_t seq = 0;
-            int got = nap(waitq, &task, &seq, sleep_us, !expecting && !stop_requested);
-            pthread_mutex_lock(&mu);
-            if (got == 1) {
-                /* a task came while the lock was let go: the pool is
-                 * still there (only this thread frees pools) */
-                struct cpool *p = pools;
-                while (p && p->tq != waitq)
-                    p = p->next;
-                int r = p ? rank_with_room(p) : -1;
-                if (p && r >= 0 && !p->terminated)
-                    send_task(p, r, &task, seq);
-                sleep_us = 0;
-                active_until = luamp_now() + SPIN_US / 1e6;
-            }
-            continue;
-        }
+        /* (with nothing to expect from MPI, only a task or a note can
+         * wake this thread) */
+        uint64_t seq = 0;
+        int got = nap(waitq, &task, &seq, pacer_next(&pace, pipeline_full()), !expecting && !stop_requested);
         pthread_mutex_lock(&mu);
+        if (got == 1) {
+            /* a task came while the lock was let go: the pool is still
+             * there (only this thread frees pools) */
+            struct cpool *p = pools;
+            while (p && p->tq != waitq)
+                p = p->next;
+            int r = p ? rank_with_room(p) : -1;
+            if (p && r >= 0 && !p->terminated)
+                send_task(p, r, &task, seq);
+            pacer_active(&pace);
+        }
     }
     pthread_mutex_unlock(&mu);
     luamp_buf_free(&task);
@@ -597,6 +673,8 @@ static void node_open(int64_t id, char *data, size_t len)
     }
     shmq_no_pace(p->tq);
     p->id = id;
+    if (len >= 4)
+        memcpy(&p->nlocal, data, 4);
     shmq_fds(p->tq, fds);
     shmq_fds(p->rq, fds + 3);
     for (int i = 0; i < 6; i++) {
@@ -624,14 +702,11 @@ static int forward_results(struct cpool *p, luamp_buf *buf)
             memcpy(&h, buf->data, sizeof h);
         if (h.jobid != 0)
             unbook(p, h.seq);
-        char *data = malloc(buf->len ? buf->len : 1);
-        if (data == NULL) {
-            fprintf(stderr, "luamp-mpi: rank %d: out of memory\n", me);
-            MPI_Abort(MPI_COMM_WORLD, 71);
-        }
-        memcpy(data, buf->data, buf->len);
+        TRACE("result %lld out", (long long)h.seq);
+        size_t len = buf->len;
+        char *data = take_buffer(buf);
         if (!p->terminated)
-            send_msg(0, TAG(K_RESULT, p->id), data, buf->len);
+            send_msg(0, TAG(K_RESULT, p->id), data, len);
         else
             free(data);
         n++;
@@ -669,10 +744,13 @@ static int node_receive(int *stop)
                     p->book = b;
                     p->capbook = cap;
                 }
+                TRACE("task %lld in", (long long)h.origin);
                 if (shmq_put(p->tq, data, len, -1, &t) == SHMQ_OK) {
                     p->book[p->nbook++] = (struct entry){ h.origin, t.seq, h.timeout };
-                    if (h.timeout > 0)
+                    if (h.timeout > 0) {
                         p->ntimed++;
+                        wake(inbox_fd);     /* (the supervisor then watches its deadline) */
+                    }
                 } else {
                     fprintf(stderr, "luamp-mpi: rank %d: cannot queue a task: %s\n", me, strerror(errno));
                     MPI_Abort(MPI_COMM_WORLD, 71);
@@ -705,8 +783,7 @@ static void *node_thread(void *arg)
 {
     (void)arg;
     luamp_buf buf = { 0 };
-    long sleep_us = 0;
-    double active_until = 0;
+    struct pacer pace = { 0 };
     int stop = 0;
     prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
     pthread_mutex_lock(&mu);
@@ -737,19 +814,16 @@ static void *node_thread(void *arg)
         if (stop_requested)
             break;
         if (did) {
-            sleep_us = 0;
-            active_until = luamp_now() + SPIN_US / 1e6;
+            pacer_active(&pace);
             continue;
         }
         pthread_mutex_unlock(&mu);
-        if (luamp_now() < active_until) {
-            sched_yield();
-            pthread_mutex_lock(&mu);
-            continue;
-        }
-        sleep_us = sleep_us ? (sleep_us * 2 > MAX_SLEEP_US ? MAX_SLEEP_US : sleep_us * 2) : FIRST_SLEEP_US;
         uint64_t seq;
-        int got = nap(waitq, &buf, &seq, sleep_us, 0);
+        int busy = 1;
+        for (struct cpool *p = pools; p; p = p->next)
+            if (!p->terminated && p->nbook < (size_t)(2 * (p->nlocal > 0 ? p->nlocal : 1)))
+                busy = 0;
+        int got = nap(waitq, &buf, &seq, pacer_next(&pace, busy && pools), 0);
         pthread_mutex_lock(&mu);
         if (got == 1) {
             struct cpool *p = pools;
@@ -761,19 +835,15 @@ static void *node_thread(void *arg)
                     memcpy(&h, buf.data, sizeof h);
                 if (h.jobid != 0)
                     unbook(p, h.seq);
-                char *data = malloc(buf.len ? buf.len : 1);
-                if (data == NULL) {
-                    fprintf(stderr, "luamp-mpi: rank %d: out of memory\n", me);
-                    MPI_Abort(MPI_COMM_WORLD, 71);
-                }
-                memcpy(data, buf.data, buf.len);
+                TRACE("result %lld out (woken)", (long long)h.seq);
+                size_t len = buf.len;
+                char *data = take_buffer(&buf);
                 if (!p->terminated)
-                    send_msg(0, TAG(K_RESULT, p->id), data, buf.len);
+                    send_msg(0, TAG(K_RESULT, p->id), data, len);
                 else
                     free(data);
             }
-            sleep_us = 0;
-            active_until = luamp_now() + SPIN_US / 1e6;
+            pacer_active(&pace);
         }
     }
     /* (the last results and CLOSED notes go out before MPI_Finalize) */
@@ -900,9 +970,14 @@ static int c_open(lua_State *L)
         return luaL_error(L, "too many cluster Pools for this MPI's tags");
     struct cpool *p = calloc(1, sizeof *p);
     if (p == NULL || (p->limit = calloc((size_t)nranks, sizeof(int))) == NULL
-        || (p->inflight = calloc((size_t)nranks, sizeof(int))) == NULL) {
-        if (p)
+        || (p->inflight = calloc((size_t)nranks, sizeof(int))) == NULL
+        || (p->workers = calloc((size_t)nranks, sizeof(int))) == NULL
+        || (p->cost = calloc((size_t)nranks, sizeof(double))) == NULL) {
+        if (p) {
             free(p->limit);
+            free(p->inflight);
+            free(p->workers);
+        }
         free(p);
         return luaL_error(L, "not enough memory");
     }
@@ -923,6 +998,7 @@ static int c_open(lua_State *L)
         if (n <= 0)
             continue;
         p->limit[r] = 2 * n;
+        p->workers[r] = n;
         p->nremote++;
         memcpy(msg, &n, 4);
         queue_note(K_OPEN, r, p->id, msg, clen + 4);

@@ -1141,7 +1141,7 @@ static int enc_obj(encoder *e)
         if (lua_getmetatable(L, -3)) {
             if (lua_getfield(L, -1, "__name") == LUA_TSTRING)
                 kind = lua_tostring(L, -1);
-            lua_pushfstring(L, "a %s cannot cross hosts (%s)", kind, lua_tostring(L, -4));
+            lua_pushfstring(L, "a %s cannot cross hosts (%s)", kind, lua_tostring(L, -3));
         } else {
             lua_pushfstring(L, "a %s cannot cross hosts (%s)", kind, lua_tostring(L, -1));
         }
