@@ -1316,11 +1316,26 @@ static void end_thread(void)
     comm_started = 0;
 }
 
+/* A script that ends with os.exit leaves without luamp_cluster_stop:
+ * the ranks are stopped here, so that mpirun sees the status it chose
+ * rather than a rank that left the job without finalising. */
+static pid_t root_pid;
+
+static void stop_at_exit(void)
+{
+    /* (not in a fork of rank 0, a worker whose task called os.exit) */
+    if (running && me == 0 && getpid() == root_pid)
+        luamp_cluster_stop(0);
+}
+
 int luamp_cluster_install(lua_State *L, int processes)
 {
     (void)processes;
     if (!luamp_cluster_active())
         return 0;
+    root_pid = getpid();
+    if (!comm_started && atexit(stop_at_exit) != 0)
+        fprintf(stderr, "luamp-mpi: cannot register the cluster's end at exit\n");
     install(L);
     int total = 0;
     for (int r = 0; r < nranks; r++)
@@ -1355,7 +1370,12 @@ int luamp_cluster_node(int argc, char **argv)
         fprintf(stderr, "luamp-mpi: rank %d: cannot create a Lua state\n", me);
         MPI_Abort(MPI_COMM_WORLD, 71);
     }
+    /* SIGTERM (mpirun ending the job) ends the supervisor, which kills
+     * its workers; SIGINT (Ctrl-C at mpirun's terminal, which reaches
+     * every process of its group) is rank 0's to handle: its script may
+     * go on, and needs the ranks. */
     luamp_catch_interrupts(L);
+    signal(SIGINT, SIG_IGN);
     install(L);
     if (start_thread(node_thread) != 0)
         MPI_Abort(MPI_COMM_WORLD, 71);
