@@ -50,8 +50,7 @@ start_job() {
     # shellcheck disable=SC2046
     (
         LUAMP_TEST_MARK=$(cat "$dir/mark") setsid env --default-signal=INT "$MPIRUN" \
-            $(LUAMP_TEST_MARK=x mpi_common_opts) -n 3 \
-            --mca btl self,vader,tcp --mca btl_tcp_if_include lo --mca oob_tcp_if_include lo \
+            $(LUAMP_TEST_MARK=x mpi_common_opts) -n 3 $MPI_NET \
             --output-filename "$dir/rank:nojobid,nocopy" \
             "$LUAMP_MPI" "$script" "$dir/scratch" 3 > "$dir/mpirun.out" 2> "$dir/mpirun.err" < /dev/null &
         echo $! > "$dir/pid"

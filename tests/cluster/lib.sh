@@ -5,8 +5,9 @@
 # rank wrote from the files of mpirun's --output-filename:
 #
 #   cluster_skip_reason          why this build cannot run them (empty: it can)
-#   mpi_run DIR N ARGS...        mpirun -n N on the loopback, ARGS after its own
-#                                options (e.g. "$LUAMP_MPI" script.lua); rank
+#   mpi_run DIR N ARGS...        mpirun -n N (on the loopback unless MPI_NET
+#                                says otherwise), ARGS after its own options
+#                                (e.g. "$LUAMP_MPI" script.lua); rank
 #                                R's output in DIR/rank/rank.R/std{out,err}, mpirun's
 #                                own in DIR/mpirun.{out,err}; returns its status
 #   tap_relay NAME DIR STATUS    rank 0's TAP (DIR/rank/rank.0/stdout), renumbered
@@ -29,6 +30,20 @@
 # mpirun's environment reaches the ranks it starts on this host; LUA_PATH
 # and the sanitizers' options are named with -x all the same, for ranks
 # started elsewhere (tests/cluster_hosts.sh).
+
+# How the ranks talk (one word a line): by default, every rank on this
+# host, over the loopback.  MPI_PREFIX: words before mpirun (entering a
+# namespace: tests/cluster_hosts.sh).
+MPI_NET=${MPI_NET:-"--mca
+btl
+self,vader,tcp
+--mca
+btl_tcp_if_include
+lo
+--mca
+oob_tcp_if_include
+lo"}
+MPI_PREFIX=${MPI_PREFIX:-}
 
 # Seconds: mpirun ends a wedged job after MPI_TIMEOUT; timeout(1) kills
 # mpirun itself CLUSTER_TIMEOUT seconds after it started.
@@ -74,9 +89,8 @@ mpi_run() {
 '
     # shellcheck disable=SC2046
     LUAMP_TEST_MARK=$(cat "$dir/mark") \
-    timeout -k 5 "$CLUSTER_TIMEOUT" "$MPIRUN" $(LUAMP_TEST_MARK=x mpi_common_opts) -n "$n" \
-        --mca btl self,vader,tcp --mca btl_tcp_if_include lo --mca oob_tcp_if_include lo \
-        --output-filename "$dir/rank:nojobid,nocopy" \
+    timeout -k 5 "$CLUSTER_TIMEOUT" $MPI_PREFIX "$MPIRUN" $(LUAMP_TEST_MARK=x mpi_common_opts) -n "$n" \
+        $MPI_NET --output-filename "$dir/rank:nojobid,nocopy" \
         "$@" > "$dir/mpirun.out" 2> "$dir/mpirun.err" < /dev/null
     rc=$?
     echo "$rc" > "$dir/status"
