@@ -23,8 +23,9 @@
  * 0 as it lies.  Neither thread decodes a value.
  *
  * Scheduling.  Rank 0's thread takes a task only for a rank with room:
- * each rank has at most two tasks (chunks) in flight per worker, and one
- * comes back with each result.  A rank whose workers are faster or less
+ * each rank has one task (a chunk) in flight per worker, more when tasks
+ * are cheap (as many as its workers run in about 5 ms: results say what
+ * a task cost), and one comes back with each result.  A rank whose workers are faster or less
  * loaded returns results sooner and so gets more of the work; memory stays
  * bounded on every rank, whatever the input, and rank 0's own workers take
  * what is left in the queue.
@@ -129,6 +130,7 @@ struct cpool {
     int *limit, *inflight;          /* rank 0: per rank */
     int *workers;                   /* rank 0: per rank */
     double *cost;                   /* rank 0: per rank, seconds a task (running mean) */
+    int64_t cost_job;               /* rank 0: the map-like job cost[] is about */
     int nlocal;                     /* node: its workers */
     int nremote, nclosed;           /* rank 0: ranks with workers, ranks that said CLOSED */
     int gone;                       /* node: its workers all exited */
@@ -425,14 +427,18 @@ static long pacer_next(struct pacer *p, int busy)
 
 /* ---- rank 0 ----------------------------------------------------------- */
 
-/* The rank with the most room for pool p's tasks, or -1. */
+/* The rank with room for one more of pool p's tasks that has the fewest
+ * in flight for each of its workers, or -1. */
 static int rank_with_room(struct cpool *p)
 {
-    int best = -1, room = 0;
+    int best = -1;
+    double load = 0;
     for (int r = 1; r < nranks; r++) {
-        int free_ = p->limit[r] - p->inflight[r];
-        if (free_ > room) {
-            room = free_;
+        if (p->inflight[r] >= p->limit[r])
+            continue;
+        double l = (double)p->inflight[r] / p->workers[r];
+        if (best < 0 || l < load) {
+            load = l;
             best = r;
         }
     }
@@ -468,6 +474,17 @@ static void send_task(struct cpool *p, int r, luamp_buf *t, uint64_t seq)
     if (t->len < sizeof h)
         return;                     /* (not pool.c's: cannot happen) */
     memcpy(&h, t->data, sizeof h);
+    /* A new map-like job may cost anything: what earlier tasks cost does
+     * not tell, and a rank given many of its slow tasks would hold them
+     * back from idle workers elsewhere.  (A stream of applies, a job each,
+     * keeps its estimate.) */
+    if (h.kind != 0 && h.jobid != p->cost_job) {
+        p->cost_job = h.jobid;
+        for (int k = 1; k < nranks; k++) {
+            p->cost[k] = 0;
+            p->limit[k] = p->workers[k];
+        }
+    }
     h.origin = (int64_t)seq;
     memcpy(t->data, &h, sizeof h);
     size_t len = t->len;
@@ -491,17 +508,18 @@ static int root_receive(void)
             TRACE("result %lld from rank %d", (long long)h.seq, from);
             if (h.jobid != 0 && p->inflight[from] > 0) {
                 p->inflight[from]--;
-                /* Tasks in flight to a rank: two a worker, and for cheap
-                 * tasks as many as its workers run in about 5 ms, so that
-                 * a stream of small applies is not bound by the round
-                 * trip; never more than 256 a worker. */
+                /* Tasks in flight to a rank: one a worker (a rank never
+                 * holds a task back while a worker elsewhere is free), and
+                 * for cheap tasks as many as its workers run in about 5 ms,
+                 * so that a stream of small applies is not bound by the
+                 * round trip; never more than 256 a worker. */
                 if (h.count > 0 && h.elapsed >= 0 && len >= sizeof h) {
                     double c = h.elapsed / (double)h.count;
                     p->cost[from] = p->cost[from] > 0 ? 0.8 * p->cost[from] + 0.2 * c : c;
                     double per = 0.005 / (p->cost[from] > 1e-6 ? p->cost[from] : 1e-6);
                     int w = p->workers[from];
                     int lim = per > 256 ? 256 * w : (int)(per * w);
-                    p->limit[from] = lim > 2 * w ? lim : 2 * w;
+                    p->limit[from] = lim > w ? lim : w;
                 }
             }
             if (!p->terminated && !p->released)
@@ -578,6 +596,12 @@ static void *root_thread(void *arg)
                 continue;
             int r;
             while ((r = rank_with_room(p)) >= 0) {
+                /* (beyond a task a worker, a rank takes more only while
+                 * the queue holds more than rank 0's own workers can
+                 * start: a short queue is theirs, not held back behind a
+                 * remote worker's current task) */
+                if (p->inflight[r] >= p->workers[r] && shmq_count(p->tq) <= (uint64_t)p->nlocal)
+                    break;
                 shmq_wait w = { .claim = -1 };
                 int got = shmq_get(p->tq, &task, 0, &w);
                 if (got == SHMQ_OK) {
@@ -991,13 +1015,16 @@ static int c_open(lua_State *L)
     memcpy(msg + 4, config, clen);
     pthread_mutex_lock(&mu);
     p->id = next_pool++;
+    lua_geti(L, 3, 0);
+    p->nlocal = (int)lua_tointeger(L, -1);
+    lua_pop(L, 1);
     for (int r = 1; r < nranks; r++) {
         lua_geti(L, 3, r);
         int32_t n = (int32_t)lua_tointeger(L, -1);
         lua_pop(L, 1);
         if (n <= 0)
             continue;
-        p->limit[r] = 2 * n;
+        p->limit[r] = n;
         p->workers[r] = n;
         p->nremote++;
         memcpy(msg, &n, 4);
