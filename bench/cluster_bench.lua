@@ -2,7 +2,7 @@
 -- cluster_bench.lua: the luamp side of luamp's cluster benchmark (bench/cluster).
 --
 -- Usage:
---   mpirun -n N luamp-mpi [-j J] bench/cluster_bench.lua WORKLOAD [--n N] [--workers W]
+--   mpirun -n N luamp-mpi [-j J] bench/cluster_bench.lua WORKLOAD [--n N] [--workers W | --remote]
 --   luamp bench/cluster_bench.lua WORKLOAD --workers W      (a local Pool(W))
 --   luamp bench/cluster_bench.lua --list
 --
@@ -10,8 +10,10 @@
 -- of bench/python/mpi4py_bench.py (its mpi4py.futures twin): same workload
 -- names, counts and sizes, same units.  Under luamp-mpi (mp.cluster() is
 -- a table) the Pool is mp.Pool(), which spans every worker of every rank,
--- or mp.Pool(W) with --workers; under plain luamp it is a local Pool(W),
--- the baseline a cluster Pool with the same number of workers is held to.
+-- or mp.Pool(W) with --workers, or with --remote a Pool of the workers of
+-- the ranks other than 0 only (see remote_workers); under plain luamp it
+-- is a local Pool(W), the baseline a cluster Pool with the same number of
+-- workers is held to.
 -- The Pool is created and warmed up (four trivial tasks per worker,
 -- chunksize 1) before the clock starts.
 --
@@ -115,8 +117,19 @@ end
 -- ------------------------------------------------------------------ set-up
 local cluster = mp.cluster and mp.cluster() or nil
 
+-- --remote: a Pool of as many workers as the ranks other than 0 have,
+-- which luamp-mpi places on those ranks first (cluster.lua's plan(): round
+-- robin from rank 1, rank 0 last); every task then runs on another rank,
+-- which apply_latency checks and reports (remote_n).
+local function remote_workers()
+  local w = 0
+  for i = 2, #cluster.ranks do w = w + cluster.ranks[i].workers end
+  return w
+end
+
 local function make_pool(o)
   collectgarbage()
+  if o.remote and cluster and #cluster.ranks > 1 then o.workers = remote_workers() end
   local pool
   if o.workers then pool = mp.Pool(o.workers) else pool = mp.Pool() end
   local w = o.workers or pool.processes or (cluster and cluster.workers) or mp.cpu_count()
@@ -212,7 +225,7 @@ end)
 
 -- ------------------------------------------------------------------ main
 local function usage()
-  io.stderr:write("usage: luamp cluster_bench.lua WORKLOAD [--n N] [--workers W] | --list\n")
+  io.stderr:write("usage: luamp cluster_bench.lua WORKLOAD [--n N] [--workers W | --remote] | --list\n")
   os.exit(2)
 end
 
@@ -222,6 +235,7 @@ do
   while arg[i] do
     local a = arg[i]
     if a == "--list" then opts.list = true
+    elseif a == "--remote" then opts.remote = true
     elseif a == "--n" or a == "--workers" then
       local v = math.tointeger(tonumber(arg[i + 1]))
       if not v then usage() end
