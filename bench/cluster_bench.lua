@@ -118,9 +118,10 @@ end
 local cluster = mp.cluster and mp.cluster() or nil
 
 -- --remote: a Pool of as many workers as the ranks other than 0 have,
--- which luamp-mpi places on those ranks first (cluster.lua's plan(): round
--- robin from rank 1, rank 0 last); every task then runs on another rank,
--- which apply_latency checks and reports (remote_n).
+-- which luamp-mpi places on those ranks first (README.md, "Running on a
+-- cluster": a size caps the total, spread from rank 1 on, rank 0 last);
+-- every task then runs on another rank, which apply_latency checks and
+-- reports (remote_n).
 local function remote_workers()
   local w = 0
   for i = 2, #cluster.ranks do w = w + cluster.ranks[i].workers end
