@@ -160,7 +160,7 @@ do
   local order = {}
   local e = t.raises(function()
     for fut in mp.as_completed({ slow, fast }, 0.5) do order[#order + 1] = fut == fast and "fast" or "slow" end
-  end, "timed out", "as_completed(futures, 0.5) raises while a future is unfinished")
+  end, "unfinished", "as_completed(futures, 0.5) raises while a future is unfinished")
   t.ok(mp.Error.is(e, "timeout"), "of kind timeout")
   t.same(order, { "fast" }, "after yielding the finished one")
   open(dir)
