@@ -29,6 +29,7 @@
 #include "process.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -90,6 +91,14 @@ static int q_on_objects(lua_State *L)
     return set_user_value(L, 1, LUA_TFUNCTION);
 }
 
+/* q:_cross_hosts(): the queue of a cluster Pool, whose tasks may run on
+ * another host: the luamp objects a task refers to are refused. */
+static int q_cross_hosts(lua_State *L)
+{
+    check_queue(L)->cross_hosts = 1;
+    return 0;
+}
+
 /* The slot argument at `idx`, or -1. */
 static int opt_slot(lua_State *L, int idx)
 {
@@ -108,13 +117,21 @@ static int opt_slot(lua_State *L, int idx)
  * task:   header, the function's encoding (flen bytes), the items.
  * result: header, the results (rlen bytes, none: nil), the errors (elen
  *         bytes, none: nil).  jobid 0: a worker's initializer failed (the
- *         errors hold its Error); jobid -1: a worker could not decode task
+ *         errors hold its Error); jobid -2: a node supervisor says task
+ *         `seq` failed (the errors hold {kind, message, pid, host,
+ *         exitcode}: cluster.lua); jobid -1: a worker could not decode task
  *         `seq` (the errors hold why).
  */
 struct task_hdr {
     int64_t jobid, fid, start, count;
     uint32_t flen;
     uint32_t kind;
+    /* A cluster's task (cluster.c): origin, the sequence number rank 0's
+     * task queue gave it (0 on one host), is what its result names; and
+     * the seconds it may run (0: no limit), which a node supervisor
+     * enforces (rank 0's pool keeps its own books of local tasks). */
+    int64_t origin;
+    double timeout;
 };
 
 struct result_hdr {
@@ -188,7 +205,16 @@ static int put_task_msg(lua_State *L, const char *fname, queue *u, int qidx, str
     if (luamp_buf_append(&u->buf, h, sizeof *h) != 0 || luamp_buf_append(&u->buf, f, flen) != 0)
         return luaL_error(L, "not enough memory");
     unsigned long objects = luamp_codec_objects_encoded;
-    if (encode_task(L, idx, root, first, h->count, &u->buf) != 0) {
+    if (u->cross_hosts) {
+        lua_pushliteral(L, "the Pool spans the hosts of an MPI job; send what the object holds");
+        lua_setfield(L, LUA_REGISTRYINDEX, LUAMP_NO_OBJECTS_KEY);
+    }
+    int bad = encode_task(L, idx, root, first, h->count, &u->buf);
+    if (u->cross_hosts) {
+        lua_pushnil(L);
+        lua_setfield(L, LUA_REGISTRYINDEX, LUAMP_NO_OBJECTS_KEY);
+    }
+    if (bad != 0) {
         luamp_buf_trim(&u->buf);
         return -1;
     }
@@ -208,7 +234,7 @@ static int read_task(const queue *u, struct task_hdr *h)
     return u->mlen - sizeof *h >= h->flen && h->kind <= 2;
 }
 
-/* q:put_task(jobid, fid, fbytes, kind, start, items, count, root [, first])
+/* q:put_task(jobid, fid, fbytes, kind, start, items, count, root [, first [, timeout]])
  * -> seq | nil, message (an item cannot be encoded).  With `first`, the
  * task's items are items[first .. first + count - 1], encoded straight
  * from the caller's table. */
@@ -225,6 +251,7 @@ static int q_put_task(lua_State *L)
     h.count = luaL_checkinteger(L, 8);
     const char *root = luaL_optstring(L, 9, "items");
     lua_Integer first = luaL_optinteger(L, 10, 0);
+    h.timeout = luaL_optnumber(L, 11, 0);
     shmq_ticket t;
     if (put_task_msg(L, "put_task", u, 1, &h, f, flen, 7, root, first, &t) != 0) {
         lua_pushnil(L);
@@ -259,7 +286,7 @@ static void push_apply_job(lua_State *L, int key, lua_Integer jobid, int pool, i
 }
 
 /*
- * q:apply_task(inflight, mt, pool, jobid, fid, fbytes, args) -> job, seq,
+ * q:apply_task(inflight, mt, pool, jobid, fid, fbytes, args [, timeout]) -> job, seq,
  * pos | nil, message (args cannot be encoded): Pool:apply_async's and
  * Executor:submit's task (pos: where it lies, for q:cancel).  Puts
  * the task, makes its job {id = jobid, _pool = pool, finished = false}
@@ -277,6 +304,7 @@ static int q_apply_task(lua_State *L)
     h.jobid = luaL_checkinteger(L, 5);
     h.fid = luaL_checkinteger(L, 6);
     const char *f = luaL_checklstring(L, 7, &flen);
+    h.timeout = luaL_optnumber(L, 9, 0);
     lua_settop(L, 8);
     shmq_ticket t;
     if (put_task_msg(L, "apply_task", u, 1, &h, f, flen, 8, "args", 0, &t) != 0) {
@@ -492,6 +520,13 @@ static int wait_task(lua_State *L, queue *u, shmq_wait *w)
         u->holding = w->lent != NULL;
         u->msg = u->holding ? w->lent : u->buf.data;
         u->mlen = u->holding ? w->lent_len : u->buf.len;
+        /* (a cluster's task: its result names it by rank 0's number) */
+        int64_t origin;
+        if (u->mlen >= sizeof(struct task_hdr)) {
+            memcpy(&origin, u->msg + offsetof(struct task_hdr, origin), sizeof origin);
+            if (origin > 0)
+                w->seq = (uint64_t)origin;
+        }
     }
     return n;
 }
@@ -1298,6 +1333,7 @@ void luamp_open_pool(lua_State *L)
         {"claim", q_claim},
         {"cancel", q_cancel},
         {"_on_objects", q_on_objects},
+        {"_cross_hosts", q_cross_hosts},
         {"release", q_release},
         {"destroy", q_destroy},
         {"qsize", q_qsize},

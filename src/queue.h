@@ -25,6 +25,7 @@ typedef struct queue {
     size_t mlen;         /* buf, lent by the ring (lent set), or held in */
     int lent;            /* it with the get lock (holding set; requeue: */
     int holding, requeue; /* leave it there, see push_task) */
+    int cross_hosts;     /* a cluster Pool's task queue: refuses objects */
     char id[48];
 } queue;
 

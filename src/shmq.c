@@ -710,7 +710,13 @@ static int sleep_on(int fd, const int *extra, int nx, int *which, double deadlin
          * calls again. */
         if (luamp_interrupt_pending())
             return SHMQ_INTERRUPTED;
-        int r = poll(p, (nfds_t)(1 + nx), luamp_poll_ms(deadline));
+        /* (ppoll: a deadline microseconds away, as luamp-mpi's thread
+         * sets between looks at MPI, is not rounded up to a millisecond) */
+        double left = deadline - luamp_now();
+        if (left < 0)
+            left = 0;
+        struct timespec ts = { (time_t)left, (long)((left - (double)(time_t)left) * 1e9) };
+        int r = ppoll(p, (nfds_t)(1 + nx), &ts, NULL);
         if (r > 0) {
             for (int i = 0; i < nx; i++) {
                 if (p[1 + i].revents) {

@@ -28,6 +28,8 @@
 --   pool.lua      mp.Pool: the parent side
 --   results.lua   AsyncResult, and the loops of imap and imap_unordered
 --   executor.lua  mp.Executor, futures, mp.as_completed, mp.wait
+--   cluster.lua   luamp-mpi: mp.cluster(), a Pool's workers over the
+--                 ranks, a node supervisor's loop (mp._node)
 --
 -- This file only assembles mp from what the parts return.
 --
@@ -121,6 +123,8 @@ mp.Manager, mp.SharedMemory = manager.Manager, manager.SharedMemory
 mp.run = part("run").run
 
 mp.Pool = part("pool").Pool
+mp.cluster = part("cluster").cluster
+mp._node = part("cluster").node_main
 
 local executor = part("executor")
 mp.Executor, mp.as_completed, mp.wait = executor.Executor, executor.as_completed, executor.wait

@@ -61,6 +61,7 @@ local describe_exit = part("process").describe_exit
 local results = part("results")
 local new_async, ApplyResult = results.new_async, results.ApplyResult
 local ordered_iterator, unordered_iterator = results.ordered_iterator, results.unordered_iterator
+local cluster = part("cluster")
 
 local getpid, now = core.getpid, core.now
 local unpack = table.unpack
@@ -96,6 +97,10 @@ local function new_pool(opts)
   end
   n = n or core.default_processes() or core.cpu_count()
   if n > MAX_POOL then argerror(1, "Pool", "at most " .. MAX_POOL .. " processes") end
+  -- Under luamp-mpi, a Pool's n workers are spread over the ranks, and
+  -- this process starts its own share (cluster.lua, plan).
+  local plan = cluster.active() and cluster.plan(n)
+  local n_local = plan and plan[0] or n
   -- (map_async never waits for the workers to make room in the task queue)
   local tq = core.pool_queue(0, true)
   local ok, rq = pcall(core.pool_queue, 0)
@@ -103,6 +108,7 @@ local function new_pool(opts)
     tq:destroy()
     error(rq, 2)
   end
+  if plan then tq:_cross_hosts() end
   pool_count = pool_count + 1
   local self = setmetatable({
     processes = n,
@@ -134,13 +140,19 @@ local function new_pool(opts)
     _result = {},           -- get_result's record, reused by every _pump
   }, PoolMT)
   self._tq:_on_objects(function(objects) share_objects(self, objects) end)
-  for slot = n - 1, 0, -1 do self._free_slots[#self._free_slots + 1] = slot end
-  if log.debugging then debug_log("Pool %d: starting %d workers", self._id, n) end
+  for slot = n_local - 1, 0, -1 do self._free_slots[#self._free_slots + 1] = slot end
+  if log.debugging then debug_log("Pool %d: starting %d workers", self._id, n_local) end
   -- A pool that cannot start all its workers (fork's EAGAIN under a
   -- process limit, descriptors running out) stops those it started and
   -- gives its queues back before it raises, so that a retry, or anything
   -- else that forks, is not starved by workers waiting for a collection.
-  local started, err = pcall(function() for _ = 1, n do self:_spawn() end end)
+  local started, err = pcall(function()
+    for _ = 1, n_local do self:_spawn() end
+    if plan then
+      self._cluster = cluster.open(tq, rq, plan, { init = init, initargs = initargs, maxtasks = maxtasks,
+                                                   preload = preload })
+    end
+  end)
   if not started then
     self:terminate()
     error(err, 2)
@@ -388,6 +400,14 @@ function Pool:_handle(r)
   local jobid, start, count, results, errs = r.jobid, r.start, r.count, r.results, r.errs
   local elapsed, pid, seq, nres, rlen = r.elapsed, r.pid, r.seq, r.nres, r.rlen
   if jobid <= 0 then
+    if jobid == -2 then                       -- a cluster node: the worker that held it died
+      local rec = self:_settle(seq)
+      if rec and type(errs) == "table" then
+        self:_fail_task(rec, new_error(errs.kind, errs.message,
+          { pid = errs.pid, host = errs.host, exitcode = errs.exitcode }))
+      end
+      return
+    end
     if jobid == 0 then                        -- a worker's initializer failed
       local info = type(errs) == "table" and errs or { message = errmsg(errs) }
       return self:_break(new_error("remote", "the Pool's initializer failed: " .. tostring(info.message),
@@ -582,10 +602,10 @@ end
 -- items[first .. first + count - 1] (items then has no metatable),
 -- encoded without a copy of the chunk.
 function Pool:_put_task(job, kind, start, items, count, first)
-  local seq, why = self._tq:put_task(job.id, job.fid, job.fbytes, kind, start, items, count, "items", first)
+  local timeout = job.timeout and job.timeout * count
+  local seq, why = self._tq:put_task(job.id, job.fid, job.fbytes, kind, start, items, count, "items", first, timeout)
   if seq then
     job.inflight = job.inflight + 1
-    local timeout = job.timeout and job.timeout * count
     self._inflight[seq] = { job = job, start = start, count = count, timeout = timeout }
     if timeout then self._ntimed = self._ntimed + 1 end
     return
@@ -632,12 +652,12 @@ local NO_ARGS = {}     -- only ever encoded, never handed out
 -- Puts the task f(table.unpack(args)) and files its job (an ApplyResult)
 -- in _inflight: the job, the task's sequence number, the job's id and
 -- the task's position in the queue (for _tq:cancel).
-local function put_apply(pool, f, args, fname)
+local function put_apply(pool, f, args, fname, timeout)
   local id = pool._nextjob + 1
   pool._nextjob = id
   local fid, fbytes = encode_function(pool, f, fname)
   -- (tq:apply_task puts the task, makes the job and files it in _inflight)
-  local job, seq, pos = pool._tq:apply_task(pool._inflight, ApplyResult, pool, id, fid, fbytes, args)
+  local job, seq, pos = pool._tq:apply_task(pool._inflight, ApplyResult, pool, id, fid, fbytes, args, timeout)
   if not job then error(new_error("serialize", seq), 0) end
   return job, seq, id, pos
 end
@@ -662,7 +682,7 @@ function Pool:apply_async(f, args, opts)
   -- has room for one value and `finished` without growing: get_result
   -- settles it in C (pool.c, settle_apply) by setting finished to the
   -- number of values, as _complete does when it is settled in Lua.
-  local job, seq, id = put_apply(self, f, args or NO_ARGS, "apply_async")
+  local job, seq, id = put_apply(self, f, args or NO_ARGS, "apply_async", opts.timeout)
   if log.debugging then debug_log("Pool %d: put apply task %d (job %d)", self._id, seq, id) end
   if opts ~= NO_OPTS then
     local timeout = opts.timeout
@@ -967,6 +987,10 @@ function Pool:join()
   if self._state == "run" then raise("usage", "cannot join a running Pool: close or terminate it first", 2) end
   for _, job in pairs(self._jobs) do abandon(self, job, "join") end
   while #self._workers > 0 do self:_pump() end
+  -- the other ranks' workers, when the Pool spans a cluster
+  if self._cluster then
+    while not cluster.done(self._cluster) do self:_pump(now() + 0.005) end
+  end
   -- results that were put just before the last worker exited
   while self:_pump(now()) do end
   self:_end()
@@ -977,6 +1001,7 @@ end
 function Pool:_end()
   if self._ended then return end
   self._ended = true
+  if self._cluster then cluster.release(self._cluster) end
   self._tq:destroy()
   self._rq:destroy()
   for h, s in pairs(self._share) do
@@ -993,8 +1018,10 @@ function Pool:terminate()
   if log.debugging then debug_log("Pool %d: terminating %d workers", self._id, #self._workers) end
   self._tq:shutdown()
   for _, h in ipairs(self._workers) do h:signal(9) end
+  if self._cluster then cluster.terminate(self._cluster) end
   for _, h in ipairs(self._workers) do h:poll(-1) end
   self._workers = {}
+  if self._cluster then cluster.wait_done(self._cluster, 5) end
   local jobs = self:_unfinished()
   self._inflight, self._ntimed = {}, 0
   self._jobs, self._sinks = {}, {}

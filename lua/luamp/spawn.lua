@@ -73,7 +73,7 @@ end
 -- Starts a fresh process to run `body` (kind "process" or "worker"),
 -- keeping descriptors extra_fds open in it too.
 -- Raises "serialize" for what cannot travel, naming it under `root`.
-local function spawn_child(body, preload, root, extra_fds)
+local function spawn_child(body, preload, root, extra_fds, paths)
   local reg = debug.getregistry()
   local collect = {}
   reg[core.registry_keys.collect] = collect
@@ -84,13 +84,14 @@ local function spawn_child(body, preload, root, extra_fds)
   local objects, fds = {}, {}
   for id, obj in pairs(collect) do objects[#objects + 1] = describe_object(obj, id, fds) end
   for _, fd in ipairs(extra_fds or {}) do fds[#fds + 1] = fd end
-  local header = assert(core.encode({ path = package.path, cpath = package.cpath, preload = preload or {},
-                                      objects = objects, log = log.level }))
+  paths = paths or { path = package.path, cpath = package.cpath, log = log.level }
+  local header = assert(core.encode({ path = paths.path, cpath = paths.cpath, preload = preload or {},
+                                      objects = objects, log = paths.log }))
   local exe = spawn_program()
   -- (the paths first: a stock lua must find the luamp module where this
   -- script found it, which may not be the default package.cpath)
   local boot = string.format("package.path = %q; package.cpath = %q; require('luamp')._spawned()",
-    package.path, package.cpath)
+    paths.path, paths.cpath)
   return core.spawn(exe, { exe, "-e", boot }, fds, string.pack("<s4", header) .. bytes)
 end
 
@@ -123,11 +124,34 @@ local function spawned()
   end
   if body.kind == "process" then part("process").run_process(body.name, body.target, body.args) end
   core.ignore_sigint()
+  if body.kind == "node_worker" then
+    -- (a cluster Pool's worker on another rank: its Pool's initializer,
+    -- arguments and limits come encoded from rank 0; a module they name
+    -- that this host lacks fails the Pool, saying so)
+    local cfg
+    ok, cfg = pcall(core.decode, body.config)
+    if not ok then
+      pcall(body.rq.put_result, body.rq, 0, 0, 0, 0, core.getpid(), 0, nil,
+        { message = "cannot receive the Pool's initializer on this host: " .. errmsg(cfg) })
+      core._exit(1)
+    end
+    worker.run({ _tq = body.tq, _rq = body.rq, _initializer = cfg.init, _initargs = cfg.initargs or {},
+                 _maxtasks = cfg.maxtasks }, body.index, body.slot, nil)
+  end
   worker.run({ _tq = body.tq, _rq = body.rq, _initializer = body.init, _initargs = body.initargs or {},
                _maxtasks = body.maxtasks }, body.index, body.slot, body.objsock)
 end
 
+-- A cluster Pool's worker on this rank (cluster.lua): queues and slot of
+-- this node, the rest as rank 0 sent it (header: path, cpath, preload,
+-- log; body: still encoded).
+local function spawn_node_worker(tq, rq, index, slot, header, body)
+  return spawn_child({ kind = "node_worker", tq = tq, rq = rq, index = index, slot = slot, config = body },
+    header.preload, "Pool", nil, header)
+end
+
 return {
+  spawn_node_worker = spawn_node_worker,
   check_start_method = check_start_method,
   set_start_method = set_start_method,
   get_start_method = get_start_method,
