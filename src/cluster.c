@@ -580,7 +580,7 @@ static void *root_thread(void *arg)
         did += root_receive();
         /* tasks for the ranks with room */
         shmq *waitq = NULL;
-        int expecting = 0;
+        int expecting = 0, several = 0;   /* (several pools' queues to watch) */
         for (struct cpool *p = pools, *next; p; p = next) {
             next = p->next;
             if (p->released && (p->terminated || p->nclosed >= p->nremote) && !sends) {
@@ -615,8 +615,10 @@ static void *root_thread(void *arg)
                         if (p->limit[k] > 0)
                             send_msg(k, TAG(K_CLOSE, p->id), NULL, 0);
                     expecting = 1;
-                } else if (waitq == NULL) {
-                    waitq = p->tq;
+                } else {
+                    if (waitq != NULL)
+                        several = 1;
+                    waitq = waitq ? waitq : p->tq;
                 }
                 break;
             }
@@ -635,7 +637,10 @@ static void *root_thread(void *arg)
         /* (with nothing to expect from MPI, only a task or a note can
          * wake this thread) */
         uint64_t seq = 0;
-        int got = nap(waitq, &task, &seq, pacer_next(&pace, pipeline_full()), !expecting && !stop_requested);
+        /* (a put to a queue other than waitq wakes nothing: with several,
+         * the others are looked at between naps) */
+        int got = nap(waitq, &task, &seq, pacer_next(&pace, pipeline_full()),
+                      !expecting && !several && !stop_requested);
         pthread_mutex_lock(&mu);
         if (got == 1) {
             /* a task came while the lock was let go: the pool is still

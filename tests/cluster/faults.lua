@@ -177,10 +177,9 @@ do
     "coroutine", "a remote task returning a coroutine fails")
   t.ok(mp.Error.is(e3, "serialize"), "with kind serialize")
   t.is(pool:apply(math.abs, { -7 }), 7, "the pool goes on after every refusal")
-  -- KNOWN BUG (noted for the next session): after these refusals, with an
-  -- Executor open beside the pool, the next map's tasks never reach ranks
-  -- 1 and 2 and the check below waits until mpirun's timeout.
-  t.skip("after the refusals: the pool runs on every rank", "known bug: tasks stop reaching ranks 1 and 2")
+  -- (with the Executor's pool open beside it: rank 0's thread watches
+  -- both task queues)
+  every_rank("after the refusals")
 end
 
 t.is(rank(), "0", "the script ran on rank 0")
