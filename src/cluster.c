@@ -110,6 +110,7 @@ static int running;                 /* MPI initialised, not finalised */
 static struct rank_info *ranks;
 static int max_pool;                /* pool ids stay under this (MPI_TAG_UB) */
 static size_t part_size = (size_t)1 << 30;
+static long long split_sent, split_received;   /* messages that went in parts (mp.cluster()) */
 
 /* ---- books and lists ------------------------------------------------- */
 
@@ -279,6 +280,7 @@ static void send_msg(int to, int tag, char *data, size_t len)
             MPI_Abort(MPI_COMM_WORLD, 71);
         }
         memcpy(h->data, head, sizeof head);
+        split_sent++;
         CHECK(MPI_Isend(h->data, (int)sizeof head, MPI_BYTE, to, TAG(K_BIG, 0), MPI_COMM_WORLD, &h->req[0]), "MPI_Isend");
         h->nreq = 1;
         h->next = sends;
@@ -349,17 +351,27 @@ static int recv_msg(char **data, size_t *len, int *tag, int *from)
     }
     memcpy(head, buf, sizeof head);
     free(buf);
+    split_received++;
     size_t total = (size_t)head[0];
     buf = malloc(total);
     if (buf == NULL) {
         fprintf(stderr, "luamp-mpi: rank %d: out of memory receiving %zu bytes\n", me, total);
         MPI_Abort(MPI_COMM_WORLD, 71);
     }
+    /* (each part as long as the sender made it: the ranks need not agree
+     * on LUAMP_MPI_PART) */
     for (size_t off = 0; off < total;) {
-        size_t n = total - off < part_size ? total - off : part_size;
-        CHECK(MPI_Recv(buf + off, (int)n, MPI_BYTE, *from, TAG(K_PART, 0), MPI_COMM_WORLD, MPI_STATUS_IGNORE),
-              "MPI_Recv");
-        off += n;
+        MPI_Message pm;
+        MPI_Status ps;
+        int n;
+        CHECK(MPI_Mprobe(*from, TAG(K_PART, 0), MPI_COMM_WORLD, &pm, &ps), "MPI_Mprobe");
+        CHECK(MPI_Get_count(&ps, MPI_BYTE, &n), "MPI_Get_count");
+        if (n <= 0 || (size_t)n > total - off) {
+            fprintf(stderr, "luamp-mpi: rank %d: a malformed message from rank %d\n", me, *from);
+            MPI_Abort(MPI_COMM_WORLD, 72);
+        }
+        CHECK(MPI_Mrecv(buf + off, n, MPI_BYTE, &pm, MPI_STATUS_IGNORE), "MPI_Mrecv");
+        off += (size_t)n;
     }
     *tag = (int)head[1];
     *data = buf;
@@ -968,6 +980,14 @@ static int c_info(lua_State *L)
     lua_setfield(L, -2, "workers");
     lua_pushinteger(L, me);
     lua_setfield(L, -2, "rank");
+    pthread_mutex_lock(&mu);
+    lua_createtable(L, 0, 2);
+    lua_pushinteger(L, split_sent);
+    lua_setfield(L, -2, "sent");
+    lua_pushinteger(L, split_received);
+    lua_setfield(L, -2, "received");
+    pthread_mutex_unlock(&mu);
+    lua_setfield(L, -2, "split");
     return 1;
 }
 
