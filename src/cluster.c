@@ -55,6 +55,7 @@
 #include "queue.h"
 #include "sys.h"
 #include "registry.h"
+#include "pshared.h"
 
 #include <mpi.h>
 
@@ -172,6 +173,7 @@ static struct sending *sends;
 static int64_t next_pool = 1;
 
 static int tracing = -1;
+static int getenv_spin_off;         /* LUAMP_MPI_NO_SPIN: for measuring */
 #define TRACE(...) do { if (tracing < 0) tracing = getenv("LUAMP_MPI_TRACE") != NULL; \
     if (tracing) { fprintf(stderr, "[%d %.6f] ", me, luamp_now()); fprintf(stderr, __VA_ARGS__); fputc('\n', stderr); } } while (0)
 
@@ -429,6 +431,27 @@ static void pacer_active(struct pacer *p)
 
 /* (busy: the other end has work queued, so answering it sooner gains
  * nothing, and looking costs the workers CPU) */
+/* Right after a message, while no worker of the other end has work
+ * queued, a thread watches MPI and queue q for a moment before it
+ * sleeps: a round trip then costs no wake-up from a sleep.  Called with
+ * mu held; whether something came. */
+#define SPIN_S 100e-6
+static int spin(struct pacer *p, int busy, shmq *q)
+{
+    double t = luamp_now();
+    if (busy || t >= p->hot_until || getenv_spin_off)
+        return 0;
+    for (double until = t + SPIN_S; luamp_now() < until;) {
+        int flag = 0;
+        CHECK(MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, MPI_COMM_WORLD, &flag, MPI_STATUS_IGNORE), "MPI_Iprobe");
+        if (flag || (q && shmq_count(q) > 0))
+            return 1;
+        for (int i = 0; i < 32; i++)
+            cpu_relax();
+    }
+    return 0;
+}
+
 static long pacer_next(struct pacer *p, int busy)
 {
     if (luamp_now() < p->hot_until)
@@ -645,13 +668,16 @@ static void *root_thread(void *arg)
             pacer_active(&pace);
             continue;
         }
+        int full = pipeline_full();
+        if (expecting && spin(&pace, full, waitq))
+            continue;
         pthread_mutex_unlock(&mu);
         /* (with nothing to expect from MPI, only a task or a note can
          * wake this thread) */
         uint64_t seq = 0;
         /* (a put to a queue other than waitq wakes nothing: with several,
          * the others are looked at between naps) */
-        int got = nap(waitq, &task, &seq, pacer_next(&pace, pipeline_full()),
+        int got = nap(waitq, &task, &seq, pacer_next(&pace, full),
                       !expecting && !several && !stop_requested);
         pthread_mutex_lock(&mu);
         if (got == 1) {
@@ -858,13 +884,16 @@ static void *node_thread(void *arg)
             pacer_active(&pace);
             continue;
         }
-        pthread_mutex_unlock(&mu);
-        uint64_t seq;
         int busy = 1;
         for (struct cpool *p = pools; p; p = p->next)
             if (!p->terminated && p->nbook < (size_t)(2 * (p->nlocal > 0 ? p->nlocal : 1)))
                 busy = 0;
-        int got = nap(waitq, &buf, &seq, pacer_next(&pace, busy && pools), 0);
+        busy = busy && pools;
+        if (pools && spin(&pace, busy, waitq))
+            continue;
+        pthread_mutex_unlock(&mu);
+        uint64_t seq;
+        int got = nap(waitq, &buf, &seq, pacer_next(&pace, busy), 0);
         pthread_mutex_lock(&mu);
         if (got == 1) {
             struct cpool *p = pools;
@@ -1285,6 +1314,7 @@ int luamp_cluster_start(int *argc, char ***argv)
     MPI_Comm_size(MPI_COMM_WORLD, &nranks);
     MPI_Comm_get_attr(MPI_COMM_WORLD, MPI_TAG_UB, &ub, &flag);
     max_pool = flag ? (*ub >> 4) : (32767 >> 4);
+    getenv_spin_off = getenv("LUAMP_MPI_NO_SPIN") != NULL;
     const char *part = getenv("LUAMP_MPI_PART");
     if (part && atol(part) > 0)
         part_size = (size_t)atol(part);
