@@ -157,6 +157,9 @@ workload("map_small", function(o)
   return w, O("n", n, "chunksize", "default", "seconds", dt, "ops_per_s", n / dt, "per_op_us", dt / n * 1e6)
 end)
 
+-- (the same on luamp's side: its default chunksize is already map_small's)
+workload("map_small_default", function(o) return W.map_small(o) end)
+
 workload("apply_latency", function(o)
   local n = o.n or 5000
   local pool, w = make_pool(o)

@@ -687,6 +687,9 @@ static void *root_thread(void *arg)
             while (p && p->tq != waitq)
                 p = p->next;
             int r = p ? rank_with_room(p) : -1;
+            for (int k = 1; p && r < 0 && k < nranks; k++)
+                if (p->workers[k] > 0)
+                    r = k;     /* (cannot happen: room only shrinks here; never drop a task) */
             if (p && r >= 0 && !p->terminated)
                 send_task(p, r, &task, seq);
             pacer_active(&pace);

@@ -69,6 +69,18 @@ def w_map_small(ex, info, n):
     return dict(n=n, chunksize=cs, seconds=dt, ops_per_s=n / dt, per_op_us=dt / n * 1e6)
 
 
+def w_map_small_default(ex, info, n):
+    # map_small with mpi4py's own default chunksize (1), as the shared
+    # workload says ("default chunksize"); fewer items, as each is a
+    # message: the rate is per item all the same.
+    n = n or 20_000
+    t0 = now()
+    out = list(ex.map(square, range(n)))
+    dt = now() - t0
+    assert len(out) == n and out[-1] == (n - 1) ** 2, "wrong map result"
+    return dict(n=n, chunksize=1, seconds=dt, ops_per_s=n / dt, per_op_us=dt / n * 1e6)
+
+
 def w_apply_latency(ex, info, n):
     n = n or 5_000
     for i in range(200):
@@ -115,6 +127,7 @@ def w_map_1mib(ex, info, n):
 
 WORKLOADS = {
     "map_small": w_map_small,
+    "map_small_default": w_map_small_default,
     "apply_latency": w_apply_latency,
     "apply_async_many": w_apply_async_many,
     "map_1mib": w_map_1mib,
