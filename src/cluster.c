@@ -23,8 +23,9 @@
  * 0 as it lies.  Neither thread decodes a value.
  *
  * Scheduling.  Rank 0's thread takes a task only for a rank with room:
- * each rank has at most two tasks (chunks) in flight per worker, and one
- * comes back with each result.  A rank whose workers are faster or less
+ * each rank has one task (a chunk) in flight per worker, more when tasks
+ * are cheap (as many as its workers run in about 5 ms: results say what
+ * a task cost), and one comes back with each result.  A rank whose workers are faster or less
  * loaded returns results sooner and so gets more of the work; memory stays
  * bounded on every rank, whatever the input, and rank 0's own workers take
  * what is left in the queue.
@@ -54,6 +55,7 @@
 #include "queue.h"
 #include "sys.h"
 #include "registry.h"
+#include "pshared.h"
 
 #include <mpi.h>
 
@@ -109,6 +111,7 @@ static int running;                 /* MPI initialised, not finalised */
 static struct rank_info *ranks;
 static int max_pool;                /* pool ids stay under this (MPI_TAG_UB) */
 static size_t part_size = (size_t)1 << 30;
+static long long split_sent, split_received;   /* messages that went in parts (mp.cluster()) */
 
 /* ---- books and lists ------------------------------------------------- */
 
@@ -129,6 +132,7 @@ struct cpool {
     int *limit, *inflight;          /* rank 0: per rank */
     int *workers;                   /* rank 0: per rank */
     double *cost;                   /* rank 0: per rank, seconds a task (running mean) */
+    int64_t cost_job;               /* rank 0: the map-like job cost[] is about */
     int nlocal;                     /* node: its workers */
     int nremote, nclosed;           /* rank 0: ranks with workers, ranks that said CLOSED */
     int gone;                       /* node: its workers all exited */
@@ -169,6 +173,7 @@ static struct sending *sends;
 static int64_t next_pool = 1;
 
 static int tracing = -1;
+static int getenv_spin_off;         /* LUAMP_MPI_NO_SPIN: for measuring */
 #define TRACE(...) do { if (tracing < 0) tracing = getenv("LUAMP_MPI_TRACE") != NULL; \
     if (tracing) { fprintf(stderr, "[%d %.6f] ", me, luamp_now()); fprintf(stderr, __VA_ARGS__); fputc('\n', stderr); } } while (0)
 
@@ -277,6 +282,7 @@ static void send_msg(int to, int tag, char *data, size_t len)
             MPI_Abort(MPI_COMM_WORLD, 71);
         }
         memcpy(h->data, head, sizeof head);
+        split_sent++;
         CHECK(MPI_Isend(h->data, (int)sizeof head, MPI_BYTE, to, TAG(K_BIG, 0), MPI_COMM_WORLD, &h->req[0]), "MPI_Isend");
         h->nreq = 1;
         h->next = sends;
@@ -347,17 +353,27 @@ static int recv_msg(char **data, size_t *len, int *tag, int *from)
     }
     memcpy(head, buf, sizeof head);
     free(buf);
+    split_received++;
     size_t total = (size_t)head[0];
     buf = malloc(total);
     if (buf == NULL) {
         fprintf(stderr, "luamp-mpi: rank %d: out of memory receiving %zu bytes\n", me, total);
         MPI_Abort(MPI_COMM_WORLD, 71);
     }
+    /* (each part as long as the sender made it: the ranks need not agree
+     * on LUAMP_MPI_PART) */
     for (size_t off = 0; off < total;) {
-        size_t n = total - off < part_size ? total - off : part_size;
-        CHECK(MPI_Recv(buf + off, (int)n, MPI_BYTE, *from, TAG(K_PART, 0), MPI_COMM_WORLD, MPI_STATUS_IGNORE),
-              "MPI_Recv");
-        off += n;
+        MPI_Message pm;
+        MPI_Status ps;
+        int n;
+        CHECK(MPI_Mprobe(*from, TAG(K_PART, 0), MPI_COMM_WORLD, &pm, &ps), "MPI_Mprobe");
+        CHECK(MPI_Get_count(&ps, MPI_BYTE, &n), "MPI_Get_count");
+        if (n <= 0 || (size_t)n > total - off) {
+            fprintf(stderr, "luamp-mpi: rank %d: a malformed message from rank %d\n", me, *from);
+            MPI_Abort(MPI_COMM_WORLD, 72);
+        }
+        CHECK(MPI_Mrecv(buf + off, n, MPI_BYTE, &pm, MPI_STATUS_IGNORE), "MPI_Mrecv");
+        off += (size_t)n;
     }
     *tag = (int)head[1];
     *data = buf;
@@ -415,6 +431,27 @@ static void pacer_active(struct pacer *p)
 
 /* (busy: the other end has work queued, so answering it sooner gains
  * nothing, and looking costs the workers CPU) */
+/* Right after a message, while no worker of the other end has work
+ * queued, a thread watches MPI and queue q for a moment before it
+ * sleeps: a round trip then costs no wake-up from a sleep.  Called with
+ * mu held; whether something came. */
+#define SPIN_S 100e-6
+static int spin(struct pacer *p, int busy, shmq *q)
+{
+    double t = luamp_now();
+    if (busy || t >= p->hot_until || getenv_spin_off)
+        return 0;
+    for (double until = t + SPIN_S; luamp_now() < until;) {
+        int flag = 0;
+        CHECK(MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, MPI_COMM_WORLD, &flag, MPI_STATUS_IGNORE), "MPI_Iprobe");
+        if (flag || (q && shmq_count(q) > 0))
+            return 1;
+        for (int i = 0; i < 32; i++)
+            cpu_relax();
+    }
+    return 0;
+}
+
 static long pacer_next(struct pacer *p, int busy)
 {
     if (luamp_now() < p->hot_until)
@@ -425,14 +462,18 @@ static long pacer_next(struct pacer *p, int busy)
 
 /* ---- rank 0 ----------------------------------------------------------- */
 
-/* The rank with the most room for pool p's tasks, or -1. */
+/* The rank with room for one more of pool p's tasks that has the fewest
+ * in flight for each of its workers, or -1. */
 static int rank_with_room(struct cpool *p)
 {
-    int best = -1, room = 0;
+    int best = -1;
+    double load = 0;
     for (int r = 1; r < nranks; r++) {
-        int free_ = p->limit[r] - p->inflight[r];
-        if (free_ > room) {
-            room = free_;
+        if (p->inflight[r] >= p->limit[r])
+            continue;
+        double l = (double)p->inflight[r] / p->workers[r];
+        if (best < 0 || l < load) {
+            load = l;
             best = r;
         }
     }
@@ -468,6 +509,17 @@ static void send_task(struct cpool *p, int r, luamp_buf *t, uint64_t seq)
     if (t->len < sizeof h)
         return;                     /* (not pool.c's: cannot happen) */
     memcpy(&h, t->data, sizeof h);
+    /* A new map-like job may cost anything: what earlier tasks cost does
+     * not tell, and a rank given many of its slow tasks would hold them
+     * back from idle workers elsewhere.  (A stream of applies, a job each,
+     * keeps its estimate.) */
+    if (h.kind != 0 && h.jobid != p->cost_job) {
+        p->cost_job = h.jobid;
+        for (int k = 1; k < nranks; k++) {
+            p->cost[k] = 0;
+            p->limit[k] = p->workers[k];
+        }
+    }
     h.origin = (int64_t)seq;
     memcpy(t->data, &h, sizeof h);
     size_t len = t->len;
@@ -491,17 +543,18 @@ static int root_receive(void)
             TRACE("result %lld from rank %d", (long long)h.seq, from);
             if (h.jobid != 0 && p->inflight[from] > 0) {
                 p->inflight[from]--;
-                /* Tasks in flight to a rank: two a worker, and for cheap
-                 * tasks as many as its workers run in about 5 ms, so that
-                 * a stream of small applies is not bound by the round
-                 * trip; never more than 256 a worker. */
+                /* Tasks in flight to a rank: one a worker (a rank never
+                 * holds a task back while a worker elsewhere is free), and
+                 * for cheap tasks as many as its workers run in about 5 ms,
+                 * so that a stream of small applies is not bound by the
+                 * round trip; never more than 256 a worker. */
                 if (h.count > 0 && h.elapsed >= 0 && len >= sizeof h) {
                     double c = h.elapsed / (double)h.count;
                     p->cost[from] = p->cost[from] > 0 ? 0.8 * p->cost[from] + 0.2 * c : c;
                     double per = 0.005 / (p->cost[from] > 1e-6 ? p->cost[from] : 1e-6);
                     int w = p->workers[from];
                     int lim = per > 256 ? 256 * w : (int)(per * w);
-                    p->limit[from] = lim > 2 * w ? lim : 2 * w;
+                    p->limit[from] = lim > w ? lim : w;
                 }
             }
             if (!p->terminated && !p->released)
@@ -562,7 +615,7 @@ static void *root_thread(void *arg)
         did += root_receive();
         /* tasks for the ranks with room */
         shmq *waitq = NULL;
-        int expecting = 0;
+        int expecting = 0, several = 0;   /* (several pools' queues to watch) */
         for (struct cpool *p = pools, *next; p; p = next) {
             next = p->next;
             if (p->released && (p->terminated || p->nclosed >= p->nremote) && !sends) {
@@ -578,6 +631,12 @@ static void *root_thread(void *arg)
                 continue;
             int r;
             while ((r = rank_with_room(p)) >= 0) {
+                /* (beyond a task a worker, a rank takes more only while
+                 * the queue holds more than rank 0's own workers can
+                 * start: a short queue is theirs, not held back behind a
+                 * remote worker's current task) */
+                if (p->inflight[r] >= p->workers[r] && shmq_count(p->tq) <= (uint64_t)p->nlocal)
+                    break;
                 shmq_wait w = { .claim = -1 };
                 int got = shmq_get(p->tq, &task, 0, &w);
                 if (got == SHMQ_OK) {
@@ -591,8 +650,10 @@ static void *root_thread(void *arg)
                         if (p->limit[k] > 0)
                             send_msg(k, TAG(K_CLOSE, p->id), NULL, 0);
                     expecting = 1;
-                } else if (waitq == NULL) {
-                    waitq = p->tq;
+                } else {
+                    if (waitq != NULL)
+                        several = 1;
+                    waitq = waitq ? waitq : p->tq;
                 }
                 break;
             }
@@ -607,11 +668,17 @@ static void *root_thread(void *arg)
             pacer_active(&pace);
             continue;
         }
+        int full = pipeline_full();
+        if (expecting && spin(&pace, full, waitq))
+            continue;
         pthread_mutex_unlock(&mu);
         /* (with nothing to expect from MPI, only a task or a note can
          * wake this thread) */
         uint64_t seq = 0;
-        int got = nap(waitq, &task, &seq, pacer_next(&pace, pipeline_full()), !expecting && !stop_requested);
+        /* (a put to a queue other than waitq wakes nothing: with several,
+         * the others are looked at between naps) */
+        int got = nap(waitq, &task, &seq, pacer_next(&pace, full),
+                      !expecting && !several && !stop_requested);
         pthread_mutex_lock(&mu);
         if (got == 1) {
             /* a task came while the lock was let go: the pool is still
@@ -620,6 +687,9 @@ static void *root_thread(void *arg)
             while (p && p->tq != waitq)
                 p = p->next;
             int r = p ? rank_with_room(p) : -1;
+            for (int k = 1; p && r < 0 && k < nranks; k++)
+                if (p->workers[k] > 0)
+                    r = k;     /* (cannot happen: room only shrinks here; never drop a task) */
             if (p && r >= 0 && !p->terminated)
                 send_task(p, r, &task, seq);
             pacer_active(&pace);
@@ -817,13 +887,16 @@ static void *node_thread(void *arg)
             pacer_active(&pace);
             continue;
         }
-        pthread_mutex_unlock(&mu);
-        uint64_t seq;
         int busy = 1;
         for (struct cpool *p = pools; p; p = p->next)
             if (!p->terminated && p->nbook < (size_t)(2 * (p->nlocal > 0 ? p->nlocal : 1)))
                 busy = 0;
-        int got = nap(waitq, &buf, &seq, pacer_next(&pace, busy && pools), 0);
+        busy = busy && pools;
+        if (pools && spin(&pace, busy, waitq))
+            continue;
+        pthread_mutex_unlock(&mu);
+        uint64_t seq;
+        int got = nap(waitq, &buf, &seq, pacer_next(&pace, busy), 0);
         pthread_mutex_lock(&mu);
         if (got == 1) {
             struct cpool *p = pools;
@@ -939,6 +1012,14 @@ static int c_info(lua_State *L)
     lua_setfield(L, -2, "workers");
     lua_pushinteger(L, me);
     lua_setfield(L, -2, "rank");
+    pthread_mutex_lock(&mu);
+    lua_createtable(L, 0, 2);
+    lua_pushinteger(L, split_sent);
+    lua_setfield(L, -2, "sent");
+    lua_pushinteger(L, split_received);
+    lua_setfield(L, -2, "received");
+    pthread_mutex_unlock(&mu);
+    lua_setfield(L, -2, "split");
     return 1;
 }
 
@@ -991,13 +1072,16 @@ static int c_open(lua_State *L)
     memcpy(msg + 4, config, clen);
     pthread_mutex_lock(&mu);
     p->id = next_pool++;
+    lua_geti(L, 3, 0);
+    p->nlocal = (int)lua_tointeger(L, -1);
+    lua_pop(L, 1);
     for (int r = 1; r < nranks; r++) {
         lua_geti(L, 3, r);
         int32_t n = (int32_t)lua_tointeger(L, -1);
         lua_pop(L, 1);
         if (n <= 0)
             continue;
-        p->limit[r] = 2 * n;
+        p->limit[r] = n;
         p->workers[r] = n;
         p->nremote++;
         memcpy(msg, &n, 4);
@@ -1233,6 +1317,7 @@ int luamp_cluster_start(int *argc, char ***argv)
     MPI_Comm_size(MPI_COMM_WORLD, &nranks);
     MPI_Comm_get_attr(MPI_COMM_WORLD, MPI_TAG_UB, &ub, &flag);
     max_pool = flag ? (*ub >> 4) : (32767 >> 4);
+    getenv_spin_off = getenv("LUAMP_MPI_NO_SPIN") != NULL;
     const char *part = getenv("LUAMP_MPI_PART");
     if (part && atol(part) > 0)
         part_size = (size_t)atol(part);

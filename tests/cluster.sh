@@ -12,7 +12,7 @@ dir="$top_srcdir/tests/cluster"
 reason=$(cluster_skip_reason)
 if [ -n "$reason" ]; then
     for s in "pool.lua (3 ranks)" "workers.lua (-j 2, 3 ranks)" "workers.lua (1 rank)" \
-        "executor.lua (3 ranks)" "faults.lua (3 ranks)" "nompi.lua (no mpirun)"; do
+        "executor.lua (3 ranks)" "faults.lua (3 ranks)" "parts.lua (3 ranks)" "nompi.lua (no mpirun)"; do
         skip "cluster: $s" "$reason"
     done
     done_testing
@@ -51,6 +51,8 @@ run workers-j2 3 -j 2 workers.lua 3 2
 run workers-1rank 1 workers.lua 1 cpus
 run executor.lua 3 executor.lua 3
 run faults.lua 3 faults.lua 3
+# (parts of 700 bytes: the splitting of messages over 1 GiB, in small)
+LUAMP_MPI_PART=700 run parts.lua 3 parts.lua 3
 
 # Not under mpirun: luamp-mpi is luamp (-j N is the pool size), and so is
 # luamp itself; no supervisor, no MPI.

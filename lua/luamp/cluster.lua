@@ -286,5 +286,6 @@ return {
   done = function(id) return api.done(id) end,
   release = function(id) api.release(id) end,
   wait_done = wait_done,
+  NO_OBJECTS = NO_OBJECTS,
   node_main = node_main,
 }

@@ -138,6 +138,7 @@ local function new_pool(opts)
     _killed = {},           -- slot -> sequence number of a task past its deadline
     _share = {},            -- worker handle -> what was sent to it: share.worker_record
     _result = {},           -- get_result's record, reused by every _pump
+    _cluster_plan = plan or nil,  -- workers per rank, under luamp-mpi
   }, PoolMT)
   self._tq:_on_objects(function(objects) share_objects(self, objects) end)
   for slot = n_local - 1, 0, -1 do self._free_slots[#self._free_slots + 1] = slot end
@@ -217,7 +218,15 @@ end
 local function encode_function(self, f, fname)
   local c = self._fcache[f]
   if c then return c[1], c[2] end
-  local bytes, why = core.encode(f, "function")
+  local bytes, why
+  if self._cluster_plan then        -- (its upvalues may go to other hosts)
+    local reg = debug.getregistry()
+    reg[core.registry_keys.no_objects] = cluster.NO_OBJECTS
+    bytes, why = core.encode(f, "function")
+    reg[core.registry_keys.no_objects] = nil
+  else
+    bytes, why = core.encode(f, "function")
+  end
   if not bytes then raise("serialize", why, 4) end
   self._nextfid = self._nextfid + 1
   local fid = self._nextfid

@@ -186,6 +186,8 @@ do
     "coroutine", "a remote task returning a coroutine fails")
   t.ok(mp.Error.is(e3, "serialize"), "with kind serialize")
   t.is(pool:apply(math.abs, { -7 }), 7, "the pool goes on after every refusal")
+  -- (with the Executor's pool open beside it: rank 0's thread watches
+  -- both task queues)
   every_rank("after the refusals")
 end
 
