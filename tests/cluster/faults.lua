@@ -24,14 +24,16 @@ local pool <close> = mp.Pool()
 -- the pool works on every rank (after a fault: the dead worker was replaced)
 local function every_rank(what)
   local dir = u.subdir(scratch, "check-" .. what:gsub("%W", "_"))
-  local r = pool:map(function(x) local rk = meet(dir, nranks, 20); return x * 2, rk end, u.range(2 * c.workers), 1)
+  local by = u.by(5)
+  local r = pool:map(function(x) local rk = meet(dir, nranks, by); return x * 2, rk end, u.range(2 * c.workers), 1)
   local ok = r.n == 2 * c.workers
   for i = 1, r.n do if r[i] ~= 2 * i then ok = false end end
   t.ok(ok, what .. ": the pool's next map is right")
   -- (a directory of its own: in dir, every rank has met already, and a
   -- map of quick tasks may then all run on rank 0)
   local dir2 = u.subdir(scratch, "check2-" .. what:gsub("%W", "_"))
-  local ranks = pool:map(function() return (meet(dir2, nranks, 20)) end, u.range(2 * c.workers), 1)
+  local by2 = u.by(5)
+  local ranks = pool:map(function() return (meet(dir2, nranks, by2)) end, u.range(2 * c.workers), 1)
   t.is(u.keys(u.set(ranks)), u.keys(u.ranks(nranks)), what .. ": and runs on every rank")
 end
 
@@ -40,9 +42,10 @@ local function pattern(s) return (s:gsub("%p", "%%%0")) end
 -- Kills the worker running it when it is the first on rank `victim` (of
 -- the tasks given this dir): `how` is "exit" (os.exit(3)) or "kill"
 -- (SIGKILL from itself); else returns its rank.  The victim leaves
--- "host pid" in dir/victim/who first.
-local function maybe_die(dir, victim, how)
-  local rk = meet(dir, nranks, 20)
+-- "host pid" in dir/victim/who first.  The tasks meet until os.time()
+-- `by` (util.lua).
+local function maybe_die(dir, victim, how, by)
+  local rk = meet(dir, nranks, by)
   if rk == victim and first(dir, "victim") then
     put(dir .. "/victim/who", host() .. " " .. pid())
     if how == "exit" then os.exit(3) end
@@ -55,7 +58,8 @@ end
 for _, how in ipairs({ "exit", "kill" }) do
   local dir = u.subdir(scratch, "die-" .. how)
   local rs = {}
-  for i = 1, 2 * c.workers do rs[i] = pool:apply_async(maybe_die, { dir, "2", how }) end
+  local by = u.by(how == "exit" and 20 or 5)
+  for i = 1, 2 * c.workers do rs[i] = pool:apply_async(maybe_die, { dir, "2", how, by }) end
   local lost, other, fine = {}, {}, 0
   for i = 1, #rs do
     local ok, e = pcall(rs[i].get, rs[i], 60)
@@ -73,6 +77,8 @@ for _, how in ipairs({ "exit", "kill" }) do
   t.like(e.message, "%f[%d]" .. (vpid or "?") .. "%f[%D]", what .. ": the message names the worker's pid (" .. tostring(vpid) .. ")")
   t.like(e.message, how == "exit" and "exited with status 3" or "killed by signal 9",
     what .. ": the message says how the worker ended")
+  t.is(e.host, vhost, what .. ": e.host is the worker's host (README)")
+  t.is(e.pid, tonumber(vpid), what .. ": e.pid is its pid")
   every_rank("after " .. what)
 end
 
@@ -80,7 +86,8 @@ end
 do
   local dir = u.subdir(scratch, "die-map")
   local e = t.raises(function()
-    pool:map(function(x) maybe_die(dir, "2", "exit") return x end, u.range(2 * c.workers), 1)
+    local by = u.by(5)
+    pool:map(function(x) maybe_die(dir, "2", "exit", by) return x end, u.range(2 * c.workers), 1)
   end, "", "map with an item whose worker dies on rank 2 raises")
   t.ok(mp.Error.is(e, "worker_lost"), "with kind worker_lost")
   every_rank("after a lost map item")
@@ -91,7 +98,8 @@ do
   local ex <close> = mp.Executor()
   local dir = u.subdir(scratch, "die-future")
   local futs = {}
-  for i = 1, 2 * c.workers do futs[i] = ex:submit(maybe_die, dir, "2", "kill") end
+  local by = u.by(20)
+  for i = 1, 2 * c.workers do futs[i] = ex:submit(maybe_die, dir, "2", "kill", by) end
   local lost, fine = 0, 0
   for i = 1, #futs do
     local e = futs[i]:exception(60)
@@ -105,8 +113,9 @@ end
 -- a task past its deadline on rank 1: task_timeout; its worker killed
 do
   local dir = u.subdir(scratch, "timeout")
+  local by = u.by(4)
   local function maybe_hang()
-    local rk = meet(dir, nranks, 4)
+    local rk = meet(dir, nranks, by)
     if rk == "1" and first(dir, "victim") then
       put(dir .. "/victim/who", host() .. " " .. pid())
       require("luamp")._sleep(60)

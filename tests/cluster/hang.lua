@@ -15,8 +15,9 @@ local meet = u.meet
 local c = assert(mp.cluster(), "mp.cluster() is nil: not a cluster")
 local pool <close> = mp.Pool()
 local dir = u.subdir(scratch, "meet")
+local by = u.by(30)
 local r = pool:map_async(function()
-  meet(dir, nranks, 30)
+  meet(dir, nranks, by)
   mp._sleep(120)
 end, u.range(2 * c.workers), 1)
 for _ = 1, 1500 do

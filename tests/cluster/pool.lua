@@ -59,7 +59,8 @@ t.is(pool.processes, c.workers, "mp.Pool() without a size has every worker of ev
 -- rank has run one.
 do
   local dir = u.subdir(scratch, "spread")
-  local r = pool:map(function() return (meet(dir, nranks, 20)) end, u.range(2 * c.workers), 1)
+  local by = u.by(20)
+  local r = pool:map(function() return (meet(dir, nranks, by)) end, u.range(2 * c.workers), 1)
   t.is(u.keys(u.set(r)), u.keys(u.ranks(nranks)), "a map's tasks ran on every rank")
   local pids = pool:map(function() mp._sleep(0.02) return where() end, u.range(8 * c.workers), 1)
   local distinct = 0
@@ -177,6 +178,16 @@ do
   t.ok(ok, "300 apply_async results are all correct")
 end
 
+-- After many cheap tasks, a job of tasks that take time (here: that wait
+-- for each other) still reaches every rank, rather than queueing behind
+-- one rank's workers while the others idle.
+do
+  local dir = u.subdir(scratch, "spread-after-cheap")
+  local by = u.by(5)
+  local r = pool:map(function() return (meet(dir, nranks, by)) end, u.range(2 * c.workers), 1)
+  t.is(u.keys(u.set(r)), u.keys(u.ranks(nranks)), "after many cheap tasks, a job of slow ones runs on every rank")
+end
+
 -- progress = true with stderr not a terminal (a file, under mpirun's
 -- --output-filename): the result as without; nothing drawn (the harness
 -- checks rank 0's stderr)
@@ -209,7 +220,8 @@ do
   local dir = u.subdir(scratch, "init")
   local ip <close> = mp.Pool { initializer = function(prefix) INIT_TAG = prefix .. rank() end, initargs = { "init-" } }
   t.is(ip.processes, c.workers, "mp.Pool{initializer =} without processes spans every worker")
-  local r = ip:map(function() local rk = meet(dir, nranks, 20); return tostring(INIT_TAG) .. "/" .. rk end,
+  local by = u.by(20)
+  local r = ip:map(function() local rk = meet(dir, nranks, by); return tostring(INIT_TAG) .. "/" .. rk end,
     u.range(2 * c.workers), 1)
   local ok, ranks = true, {}
   for i = 1, r.n do

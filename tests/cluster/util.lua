@@ -41,26 +41,36 @@ local function exists(path)
 end
 M.exists = exists
 
--- Leaves the mark dir/rank-R of this task's rank, then waits (at most
--- secs seconds) until every rank 0 .. nranks-1 has left its mark: a task
--- on a rank whose workers came up first does not finish until every rank
--- has taken work, so that a job of a few items reaches every rank
--- however the pool deals them.  Returns this task's rank and whether
--- every rank was seen.
-function M.meet(dir, nranks, secs)
+-- Leaves the mark dir/rank-R of this task's rank, then waits until every
+-- rank 0 .. nranks-1 has left its mark, or until os.time() passes `by`
+-- (a deadline rank 0 computes, M.by(secs), shared by all the tasks of a
+-- job: however the pool deals them, the job ends by then).  A task on a
+-- rank whose workers came up first does not finish until every rank has
+-- taken work, so that a job of a few items reaches every rank if the pool
+-- deals them to every rank.  Returns this task's rank and whether every
+-- rank was seen.  (A `by` under a million is a number of seconds from
+-- when this task calls meet, each task its own.)
+function M.meet(dir, nranks, by)
+  if by < 1e6 then by = os.time() + by end
   local r = M.rank()
   local f = assert(io.open(dir .. "/rank-" .. r, "w"))
   f:close()
   local sleep = require("luamp")._sleep
-  for _ = 1, math.ceil(secs / 0.02) do
+  repeat
     local all = true
     for i = 0, nranks - 1 do
       if not exists(dir .. "/rank-" .. i) then all = false break end
     end
     if all then return r, true end
     sleep(0.02)
-  end
+  until os.time() > by
   return r, false
+end
+
+-- The deadline of a job's meetings: secs seconds from now (the tasks of
+-- these tests run on this machine's clock)
+function M.by(secs)
+  return os.time() + secs
 end
 
 -- True for exactly one caller across every process, per name: the first
