@@ -56,6 +56,7 @@
 #include "sys.h"
 #include "registry.h"
 #include "pshared.h"
+#include "interrupt.h"
 
 #include <mpi.h>
 
@@ -69,6 +70,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <poll.h>
@@ -165,6 +167,7 @@ static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_t comm;
 static int comm_started;
 static int stop_requested;
+static int abandon;                 /* stop at once, sending nothing more */
 static int wake_fd = -1;            /* the thread waits on it too */
 static int inbox_fd = -1;           /* node: Lua waits on it */
 static struct cpool *pools;
@@ -177,6 +180,8 @@ static int tracing = -1;
 static int getenv_spin_off;         /* LUAMP_MPI_NO_SPIN: for measuring */
 #define TRACE(...) do { if (tracing < 0) tracing = getenv("LUAMP_MPI_TRACE") != NULL; \
     if (tracing) { fprintf(stderr, "[%d %.6f] ", me, luamp_now()); fprintf(stderr, __VA_ARGS__); fputc('\n', stderr); } } while (0)
+
+static void claim_mpi_fds(const int *before, int nbefore);
 
 static void wake(int fd)
 {
@@ -610,6 +615,8 @@ static void *root_thread(void *arg)
     for (;;) {
         int did = 0;
         struct note *n;
+        if (abandon)
+            break;
         while ((n = pop_note(&outbox, &outbox_tail)) != NULL) {
             if (n->kind == K_OPEN || n->kind == K_TERMINATE || n->kind == K_STOP) {
                 send_msg(n->rank, TAG(n->kind, n->pool), n->data, n->len);
@@ -746,6 +753,9 @@ static void tell_lua(int kind, int64_t pool, char *data, size_t len, const int *
 /* Makes pool id's queues and tells Lua to start its workers. */
 static void node_open(int64_t id, char *data, size_t len)
 {
+    /* (a supervisor runs no user code: a descriptor it has that is still
+     * inheritable is one MPI opened since, a TCP connection to a rank) */
+    claim_mpi_fds(NULL, 0);
     struct cpool *p = calloc(1, sizeof *p);
     int fds[6];
     if (p == NULL || (p->tq = shmq_create(0)) == NULL || (p->rq = shmq_create(0)) == NULL) {
@@ -1109,18 +1119,24 @@ static int c_open(lua_State *L)
     return 1;
 }
 
+/* Takes mu and finds the pool whose id is argument 1 (NULL: gone). */
+static struct cpool *lock_pool(lua_State *L)
+{
+    int64_t id = luaL_checkinteger(L, 1);
+    pthread_mutex_lock(&mu);
+    return find_pool(id);
+}
+
 /* terminate(id): the ranks kill that pool's workers; what they still
  * send of it is dropped. */
 static int c_terminate(lua_State *L)
 {
-    int64_t id = luaL_checkinteger(L, 1);
-    pthread_mutex_lock(&mu);
-    struct cpool *p = find_pool(id);
+    struct cpool *p = lock_pool(L);
     if (p && !p->terminated) {
         p->terminated = 1;
         for (int r = 1; r < nranks; r++)
             if (p->limit[r] > 0)
-                queue_note(K_TERMINATE, r, id, NULL, 0);
+                queue_note(K_TERMINATE, r, p->id, NULL, 0);
     }
     pthread_mutex_unlock(&mu);
     wake(wake_fd);
@@ -1131,9 +1147,7 @@ static int c_terminate(lua_State *L)
  * a close or a terminate) and their results arrived. */
 static int c_done(lua_State *L)
 {
-    int64_t id = luaL_checkinteger(L, 1);
-    pthread_mutex_lock(&mu);
-    struct cpool *p = find_pool(id);
+    struct cpool *p = lock_pool(L);
     lua_pushboolean(L, p == NULL || p->nclosed >= p->nremote);
     pthread_mutex_unlock(&mu);
     return 1;
@@ -1142,9 +1156,7 @@ static int c_done(lua_State *L)
 /* release(id): the Pool ended; the thread lets go of its queues. */
 static int c_release(lua_State *L)
 {
-    int64_t id = luaL_checkinteger(L, 1);
-    pthread_mutex_lock(&mu);
-    struct cpool *p = find_pool(id);
+    struct cpool *p = lock_pool(L);
     if (p)
         p->released = 1;
     pthread_mutex_unlock(&mu);
@@ -1187,14 +1199,12 @@ static int c_inbox_fd(lua_State *L)
  * its result did not come (what the worker put is sent on first). */
 static int c_node_lost(lua_State *L)
 {
-    int64_t id = luaL_checkinteger(L, 1);
     uint64_t lseq = (uint64_t)luaL_checkinteger(L, 2);
     luamp_buf buf = { 0 };
     int found = 0;
     int64_t origin = 0;
     double timeout = 0;
-    pthread_mutex_lock(&mu);
-    struct cpool *p = find_pool(id);
+    struct cpool *p = lock_pool(L);
     if (p) {
         forward_results(p, &buf);
         for (size_t i = 0; i < p->nbook; i++) {
@@ -1220,12 +1230,10 @@ static int c_node_lost(lua_State *L)
 /* node_timeout(id, lseq) -> timeout | nil; node_timed(id) -> count */
 static int c_node_timeout(lua_State *L)
 {
-    int64_t id = luaL_checkinteger(L, 1);
     uint64_t lseq = (uint64_t)luaL_checkinteger(L, 2);
     int found = 0;
     double timeout = 0;
-    pthread_mutex_lock(&mu);
-    struct cpool *p = find_pool(id);
+    struct cpool *p = lock_pool(L);
     for (size_t i = 0; p && i < p->nbook; i++) {
         if (p->book[i].lseq == lseq) {
             timeout = p->book[i].timeout;
@@ -1242,9 +1250,7 @@ static int c_node_timeout(lua_State *L)
 
 static int c_node_timed(lua_State *L)
 {
-    int64_t id = luaL_checkinteger(L, 1);
-    pthread_mutex_lock(&mu);
-    struct cpool *p = find_pool(id);
+    struct cpool *p = lock_pool(L);
     lua_pushinteger(L, p ? p->ntimed : 0);
     pthread_mutex_unlock(&mu);
     return 1;
@@ -1253,9 +1259,7 @@ static int c_node_timed(lua_State *L)
 /* node_gone(id): the pool's workers have all exited. */
 static int c_node_gone(lua_State *L)
 {
-    int64_t id = luaL_checkinteger(L, 1);
-    pthread_mutex_lock(&mu);
-    struct cpool *p = find_pool(id);
+    struct cpool *p = lock_pool(L);
     if (p)
         p->gone = 1;
     pthread_mutex_unlock(&mu);
@@ -1310,11 +1314,86 @@ static int launched_by_mpi(void)
     return 0;
 }
 
+/* ---- MPI's descriptors ----------------------------------------------- */
+
+/* Open MPI leaves its sockets (to mpirun's PMIx server, its out-of-band
+ * channel) inheritable.  A worker that inherits them keeps them open
+ * after its rank has gone, and mpirun, shutting down, then hung now and
+ * then inside PMIx (seen here after Ctrl-C, 1 run in 8).  So they are
+ * made close-on-exec (spawned workers), and closed in the children a fork
+ * makes (rank 0's forked workers, Processes). */
+static int *mpi_fds;
+static int nmpi_fds;
+
+/* The open descriptors above 2, as a malloc'd array (*n of them). */
+static int *open_fds(int *n)
+{
+    int cap = 64, *fds = malloc(cap * sizeof *fds);
+    DIR *d = opendir("/proc/self/fd");
+    *n = 0;
+    if (fds == NULL || d == NULL) {
+        if (d)
+            closedir(d);
+        free(fds);
+        return NULL;
+    }
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        int fd = atoi(e->d_name);
+        if (fd <= 2 || fd == dirfd(d))
+            continue;
+        if (*n == cap) {
+            int *more = realloc(fds, 2 * cap * sizeof *fds);
+            if (more == NULL)
+                break;
+            fds = more;
+            cap *= 2;
+        }
+        fds[(*n)++] = fd;
+    }
+    closedir(d);
+    return fds;
+}
+
+static void close_mpi_fds(void)
+{
+    for (int i = 0; i < nmpi_fds; i++)
+        close(mpi_fds[i]);
+}
+
+/* Marks the descriptors open now that were not in before[nbefore] (all
+ * above 2 when before is NULL) close-on-exec, and remembers them. */
+static void claim_mpi_fds(const int *before, int nbefore)
+{
+    int n;
+    int *now = open_fds(&n);
+    for (int i = 0; now && i < n; i++) {
+        int known = 0;
+        for (int k = 0; before && k < nbefore && !known; k++)
+            known = before[k] == now[i];
+        if (known)
+            continue;
+        int fl = fcntl(now[i], F_GETFD);
+        if (fl < 0 || (fl & FD_CLOEXEC))
+            continue;
+        if (fcntl(now[i], F_SETFD, fl | FD_CLOEXEC) != 0)
+            continue;
+        int *more = realloc(mpi_fds, (nmpi_fds + 1) * sizeof *mpi_fds);
+        if (more == NULL)
+            continue;
+        mpi_fds = more;
+        mpi_fds[nmpi_fds++] = now[i];
+    }
+    free(now);
+}
+
 int luamp_cluster_start(int *argc, char ***argv)
 {
     int provided, flag, *ub;
     if (!launched_by_mpi())
         return -1;
+    int nbefore;
+    int *before = open_fds(&nbefore);
     if (MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided) != MPI_SUCCESS) {
         fprintf(stderr, "luamp-mpi: MPI_Init_thread failed\n");
         return -2;
@@ -1355,6 +1434,10 @@ int luamp_cluster_start(int *argc, char ***argv)
     }
     CHECK(MPI_Allgather(&mine, sizeof mine, MPI_BYTE, ranks, sizeof mine, MPI_BYTE, MPI_COMM_WORLD),
           "MPI_Allgather");
+    claim_mpi_fds(before, nbefore);
+    free(before);
+    if (pthread_atfork(NULL, NULL, close_mpi_fds) != 0)
+        fprintf(stderr, "luamp-mpi: cannot arrange for MPI's descriptors to be closed in children\n");
     int j = option_j(*argc, *argv);
     for (int r = 0; r < nranks; r++) {
         if (ranks[r].layout != ranks[0].layout) {
@@ -1440,10 +1523,27 @@ int luamp_cluster_install(lua_State *L, int processes)
     return comm_started ? 0 : start_thread(root_thread);
 }
 
+/* After Ctrl-C or SIGTERM, mpirun is ending the job itself: a rank leaves
+ * without MPI_Finalize, whose exchange with mpirun's PMIx server while
+ * that server shuts down left mpirun hung now and then (Open MPI 4.1.4:
+ * seen here 2 runs in 20). */
+static int leave_quietly(void)
+{
+    return luamp_interrupt_seen() != 0;
+}
+
 int luamp_cluster_stop(int status)
 {
     if (!running)
         return status;
+    if (leave_quietly()) {
+        pthread_mutex_lock(&mu);
+        abandon = 1;
+        pthread_mutex_unlock(&mu);
+        end_thread();
+        running = 0;
+        return status;
+    }
     if (me == 0 && comm_started) {
         pthread_mutex_lock(&mu);
         for (int r = 1; r < nranks; r++)
@@ -1482,6 +1582,7 @@ int luamp_cluster_node(int argc, char **argv)
     luamp_close(L);
     end_thread();
     running = 0;
-    MPI_Finalize();
+    if (!leave_quietly())
+        MPI_Finalize();
     return status;
 }

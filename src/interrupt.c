@@ -39,6 +39,11 @@ int luamp_interrupt_pending(void)
     return pending_signal;
 }
 
+int luamp_interrupt_seen(void)
+{
+    return seen_signal;
+}
+
 void luamp_raise_interrupt(lua_State *L)
 {
     int sig = pending_signal;

@@ -12,6 +12,10 @@
  * else 0 (waits check this on EINTR). */
 int luamp_interrupt_pending(void);
 
+/* The last SIGINT or SIGTERM this process received, raised or not, else
+ * 0. */
+int luamp_interrupt_seen(void);
+
 /* Raises the pending interrupt as a Lua error; returns if there is none. */
 void luamp_raise_interrupt(lua_State *L);
 

@@ -52,7 +52,7 @@
  * positions only grow: head and tail never go back, and a record lies at
  * ring offset (position - base) % cap.  Growing the ring, which moves the
  * wrapped part behind the old end, and shrinking it, and starting a
- * record at offset 0 rather than wrap it in an empty ring (see put_rec)
+ * record at offset 0 rather than wrap it in an empty ring (see put_src)
  * move `base` instead of the positions.  So a position that a put gave
  * out and that lies between the head and the tail is the start of that
  * very record, whatever the ring did meanwhile, never a place in the
@@ -904,14 +904,36 @@ static void write_message(shmq *q, uint64_t pos, const luamp_buf *m)
     luamp_buf_each(m, write_piece, &c);
 }
 
-/* Puts message m as record number `fixed` (0: the next number) and, with
+/* What a put writes: message m, or with fill, n bytes that fill writes
+ * straight into the ring (shmq_put_fill). */
+struct put_src {
+    const luamp_buf *m;
+    size_t n;
+    shmq_fill_fn fill;
+    void *ctx;
+};
+
+/* Puts src as record number `fixed` (0: the next number) and, with
  * clear_slot >= 0, empties that claim slot in the same locked step. */
-static int put_rec(shmq *q, const luamp_buf *m, double deadline, uint64_t fixed, int clear_slot,
+static int put_src(shmq *q, const struct put_src *src, double deadline, uint64_t fixed, int clear_slot,
                    shmq_ticket *t);
+
+static int put_rec(shmq *q, const luamp_buf *m, double deadline, uint64_t fixed, int clear_slot,
+                   shmq_ticket *t)
+{
+    struct put_src src = { m, luamp_buf_size(m), NULL, NULL };
+    return put_src(q, &src, deadline, fixed, clear_slot, t);
+}
 
 int shmq_put_buf(shmq *q, const luamp_buf *m, double deadline, shmq_ticket *t)
 {
     return put_rec(q, m, deadline, 0, -1, t);
+}
+
+int shmq_put_fill(shmq *q, size_t n, shmq_fill_fn fill, void *ctx, double deadline, shmq_ticket *t)
+{
+    struct put_src src = { NULL, n, fill, ctx };
+    return put_src(q, &src, deadline, 0, -1, t);
 }
 
 int shmq_requeue(shmq *q, int slot, const void *p, size_t n, uint64_t seq)
@@ -945,11 +967,11 @@ static void note_requeued(struct shmq_hdr *h, uint64_t seq, uint64_t pos, uint64
     h->requeue_end = pos + need;
 }
 
-static int put_rec(shmq *q, const luamp_buf *m, double deadline, uint64_t fixed, int clear_slot,
+static int put_src(shmq *q, const struct put_src *src, double deadline, uint64_t fixed, int clear_slot,
                    shmq_ticket *t)
 {
     struct shmq_hdr *h = q->hdr;
-    size_t n = luamp_buf_size(m);
+    size_t n = src->n;
     uint64_t need = REC_HDR + (uint64_t)n;
     if (n > LUAMP_MAX_MESSAGE) {
         errno = EMSGSIZE;
@@ -1007,7 +1029,13 @@ static int put_rec(shmq *q, const luamp_buf *m, double deadline, uint64_t fixed,
     memcpy(rec, &len, 4);
     memcpy(rec + 4, &s, 8);
     ring_write(q, h->tail, rec, REC_HDR);
-    write_message(q, h->tail + REC_HDR, m);
+    if (src->fill) {
+        uint64_t off = ring_off(h, h->tail + REC_HDR);
+        size_t first = n < h->cap - off ? n : (size_t)(h->cap - off);
+        src->fill(src->ctx, q->ring + off, first, q->ring, n - first);
+    } else {
+        write_message(q, h->tail + REC_HDR, src->m);
+    }
     if (t) {
         t->seq = s;
         t->pos = h->tail;

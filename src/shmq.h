@@ -63,6 +63,13 @@ typedef struct shmq_ticket {
 int shmq_put(shmq *q, const void *p, size_t n, double deadline, shmq_ticket *t);
 /* put for a message built in a luamp_buf: its data with its spans. */
 int shmq_put_buf(shmq *q, const luamp_buf *m, double deadline, shmq_ticket *t);
+/* put of n bytes that fill writes into the ring itself, where they lie:
+ * at d1 (n1 bytes) and, when the record wraps around the ring's end, d2
+ * (n2 bytes), under the put lock (no other producer puts meanwhile; a
+ * producer that dies in fill leaves nothing put).  luamp-mpi receives
+ * MPI messages so, without a copy (cluster.c). */
+typedef void (*shmq_fill_fn)(void *ctx, char *d1, size_t n1, char *d2, size_t n2);
+int shmq_put_fill(shmq *q, size_t n, shmq_fill_fn fill, void *ctx, double deadline, shmq_ticket *t);
 #define SHMQ_MAX_EXTRA 256
 int shmq_get(shmq *q, luamp_buf *out, double deadline, shmq_wait *w);
 

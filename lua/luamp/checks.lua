@@ -104,7 +104,24 @@ local function remaining(deadline)
   return left > 0 and left or 0
 end
 
+-- A task a worker took at `since` (its claim slot's time) with `timeout`
+-- seconds: whether the worker must be killed now (past the deadline, and
+-- not killed for this task already: killed[slot] then records it), and
+-- the earliest deadline still ahead (first, or this task's if sooner).
+-- Pool:_check_deadlines and a cluster node's supervisor use it.
+local function claimed_deadline(killed, slot, seq, since, timeout, t, first)
+  if killed[slot] == seq then return false, first end
+  local dl = since + timeout
+  if dl <= t then
+    killed[slot] = seq
+    return true, first
+  end
+  if not first or dl < first then first = dl end
+  return false, first
+end
+
 return {
+  claimed_deadline = claimed_deadline,
   c_fast_paths = c_fast_paths,
   argerror = argerror,
   typename = typename,

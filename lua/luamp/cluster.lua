@@ -17,7 +17,7 @@
 -- Without luamp-mpi (or in the workers themselves), active() is false,
 -- and nothing here runs.
 --
--- Uses: errors, log, spawn, process.
+-- Uses: errors, checks, log, spawn, process.
 
 local core, part = ...
 
@@ -26,6 +26,7 @@ local new_error, errmsg = errors.new_error, errors.errmsg
 local log = part("log")
 local debug_log = log.debug_log
 local spawn = part("spawn")
+local claimed_deadline = part("checks").claimed_deadline
 
 local now = core.now
 local api = debug.getregistry()[core.registry_keys.cluster]
@@ -217,15 +218,9 @@ local function node_main()
           local timeout = lseq ~= 0 and api.node_timeout(id, lseq)
           if timeout then
             claimed = true
-            if P.killed[slot] ~= lseq then
-              local dl = since + timeout
-              if dl <= t then
-                P.killed[slot] = lseq
-                h:signal(9)
-              elseif not first or dl < first then
-                first = dl
-              end
-            end
+            local kill
+            kill, first = claimed_deadline(P.killed, slot, lseq, since, timeout, t, first)
+            if kill then h:signal(9) end
           end
         end
         if not claimed then first = math.min(first or math.huge, t + 0.05) end

@@ -48,6 +48,7 @@ local checks = part("checks")
 local c_fast_paths, argerror, typename = checks.c_fast_paths, checks.argerror, checks.typename
 local check_callable, check_options, check_posint = checks.check_callable, checks.check_options, checks.check_posint
 local NO_OPTIONS, remaining = checks.NO_OPTIONS, checks.remaining
+local claimed_deadline = checks.claimed_deadline
 local current = part("current")
 local pools = current.pools
 local log = part("log")
@@ -533,15 +534,11 @@ function Pool:_check_deadlines()
     local rec = seq ~= 0 and self._inflight[seq]
     if rec and rec.timeout then
       claimed_timed = claimed_timed + 1
-      if self._killed[slot] ~= seq then
-        local dl = since + rec.timeout
-        if dl <= t then
-          self._killed[slot] = seq
-          if log.debugging then debug_log("Pool %d: killing %s (pid %d): its task is past its timeout", self._id, self._wname[h], h.pid) end
-          h:signal(9)
-        elseif not first or dl < first then
-          first = dl
-        end
+      local kill
+      kill, first = claimed_deadline(self._killed, slot, seq, since, rec.timeout, t, first)
+      if kill then
+        if log.debugging then debug_log("Pool %d: killing %s (pid %d): its task is past its timeout", self._id, self._wname[h], h.pid) end
+        h:signal(9)
       end
     end
   end
