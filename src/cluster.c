@@ -133,6 +133,7 @@ struct cpool {
     int *workers;                   /* rank 0: per rank */
     double *cost;                   /* rank 0: per rank, seconds a task (running mean) */
     int64_t cost_job;               /* rank 0: the map-like job cost[] is about */
+    double task_bytes;              /* rank 0: the size of its tasks (running mean) */
     int nlocal;                     /* node: its workers */
     int nremote, nclosed;           /* rank 0: ranks with workers, ranks that said CLOSED */
     int gone;                       /* node: its workers all exited */
@@ -446,8 +447,11 @@ static int spin(struct pacer *p, int busy, shmq *q)
         CHECK(MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, MPI_COMM_WORLD, &flag, MPI_STATUS_IGNORE), "MPI_Iprobe");
         if (flag || (q && shmq_count(q) > 0))
             return 1;
-        for (int i = 0; i < 32; i++)
-            cpu_relax();
+        /* (a worker of this host waiting for a CPU comes first: on a
+         * host with more ranks and workers than CPUs, a spin that held
+         * its CPU would delay the very task it waits for) */
+        cpu_relax();
+        sched_yield();
     }
     return 0;
 }
@@ -523,6 +527,7 @@ static void send_task(struct cpool *p, int r, luamp_buf *t, uint64_t seq)
     h.origin = (int64_t)seq;
     memcpy(t->data, &h, sizeof h);
     size_t len = t->len;
+    p->task_bytes = p->task_bytes > 0 ? 0.8 * p->task_bytes + 0.2 * (double)len : (double)len;
     send_msg(r, TAG(K_TASK, p->id), take_buffer(t), len);
     TRACE("task %llu to rank %d", (unsigned long long)seq, r);
     p->inflight[r]++;
@@ -552,6 +557,12 @@ static int root_receive(void)
                     double c = h.elapsed / (double)h.count;
                     p->cost[from] = p->cost[from] > 0 ? 0.8 * p->cost[from] + 0.2 * c : c;
                     double per = 0.005 / (p->cost[from] > 1e-6 ? p->cost[from] : 1e-6);
+                    /* (and no more than about 4 MiB of tasks a worker: big
+                     * items gain nothing from more, and fresh memory on
+                     * both sides costs) */
+                    double by_bytes = (4 << 20) / (p->task_bytes > 1 ? p->task_bytes : 1);
+                    if (per > by_bytes)
+                        per = by_bytes;
                     int w = p->workers[from];
                     int lim = per > 256 ? 256 * w : (int)(per * w);
                     p->limit[from] = lim > w ? lim : w;

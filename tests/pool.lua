@@ -232,7 +232,10 @@ do
   for i = 1, 40 do ids[i] = i end
   local function blob(i) return string.rep(string.rep(string.char(48 + i), 1024), 1024) end
   local blobs = pool:map(blob, ids)
-  t.is(pool._chunksize, 2, "results of 1 MiB make chunks of 2 items (2 MiB), not 5")
+  -- (at most 2: a task that took over 10 ms, on a loaded machine or under
+  -- a sanitizer, makes the cost rule give 1)
+  t.ok(pool._chunksize <= 2, "results of 1 MiB make chunks of 2 items (2 MiB) or fewer, not 5",
+    "chunksize " .. tostring(pool._chunksize))
   local blobs_ok = blobs.n == 40
   for i = 1, 40 do blobs_ok = blobs_ok and blobs[i] == blob(i) end
   t.ok(blobs_ok, "and all 40 results are right")
