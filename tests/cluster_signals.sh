@@ -113,7 +113,13 @@ scenario() {
     if wait_file "$dir/status" $((ENDS_WITHIN * 10)); then
         tap_report 0 "$name: mpirun exits within ${ENDS_WITHIN}s"
     else
-        tap_report 1 "$name: mpirun exits within ${ENDS_WITHIN}s"
+        # (what is left, and where mpirun waits)
+        tap_report 1 "$name: mpirun exits within ${ENDS_WITHIN}s" "$(
+            ps -o pid=,ppid=,stat=,wchan:24=,args= -p "$(cat "$dir/pid")" --ppid "$(cat "$dir/pid")" 2>/dev/null |
+                cut -c1-160
+            if command -v gdb >/dev/null; then
+                gdb -p "$(cat "$dir/pid")" -batch -ex 'thread apply all bt 8' 2>/dev/null | grep -E '^(#|Thread)'
+            fi)"
         kill -KILL "$(cat "$dir/pid")" 2>/dev/null
         wait_file "$dir/status" 100
     fi
