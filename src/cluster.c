@@ -329,62 +329,128 @@ static int progress_sends(void)
     return sends != NULL;
 }
 
-/* Receives the next message if one came: 1 with *data (malloc'd, the
- * caller frees), *len, *tag and *from; 0 when none. */
-static int recv_msg(char **data, size_t *len, int *tag, int *from)
+/* A message that came: probed (m, not received yet) or, when it came in
+ * parts, received whole into data. */
+struct incoming {
+    MPI_Message m;
+    int tag, from;
+    size_t len;
+    char *data;
+};
+
+static char *alloc_or_abort(size_t n)
+{
+    char *p = malloc(n ? n : 1);
+    if (p == NULL) {
+        fprintf(stderr, "luamp-mpi: rank %d: out of memory receiving %zu bytes\n", me, n);
+        MPI_Abort(MPI_COMM_WORLD, 71);
+        abort();
+    }
+    return p;
+}
+
+/* Whether a message came (then *in says what it is). */
+static int probe_msg(struct incoming *in)
 {
     int flag = 0, count;
-    MPI_Message m;
     MPI_Status st;
-    CHECK(MPI_Improbe(MPI_ANY_SOURCE, MPI_ANY_TAG, MPI_COMM_WORLD, &flag, &m, &st), "MPI_Improbe");
+    CHECK(MPI_Improbe(MPI_ANY_SOURCE, MPI_ANY_TAG, MPI_COMM_WORLD, &flag, &in->m, &st), "MPI_Improbe");
     if (!flag)
         return 0;
     CHECK(MPI_Get_count(&st, MPI_BYTE, &count), "MPI_Get_count");
-    char *buf = malloc(count > 0 ? (size_t)count : 1);
-    if (buf == NULL) {
-        fprintf(stderr, "luamp-mpi: rank %d: out of memory receiving %d bytes\n", me, count);
-        MPI_Abort(MPI_COMM_WORLD, 71);
-    }
-    CHECK(MPI_Mrecv(buf, count, MPI_BYTE, &m, MPI_STATUS_IGNORE), "MPI_Mrecv");
-    *from = st.MPI_SOURCE;
-    *tag = st.MPI_TAG;
-    *data = buf;
-    *len = (size_t)count;
-    if (TAG_KIND(*tag) != K_BIG)
+    in->from = st.MPI_SOURCE;
+    in->tag = st.MPI_TAG;
+    in->len = (size_t)count;
+    in->data = NULL;
+    if (TAG_KIND(in->tag) != K_BIG)
         return 1;
     int64_t head[2];
-    if (*len != sizeof head) {
-        fprintf(stderr, "luamp-mpi: rank %d: a malformed message from rank %d\n", me, *from);
+    if (in->len != sizeof head) {
+        fprintf(stderr, "luamp-mpi: rank %d: a malformed message from rank %d\n", me, in->from);
         MPI_Abort(MPI_COMM_WORLD, 72);
     }
-    memcpy(head, buf, sizeof head);
-    free(buf);
+    CHECK(MPI_Mrecv(head, (int)sizeof head, MPI_BYTE, &in->m, MPI_STATUS_IGNORE), "MPI_Mrecv");
     split_received++;
     size_t total = (size_t)head[0];
-    buf = malloc(total);
-    if (buf == NULL) {
-        fprintf(stderr, "luamp-mpi: rank %d: out of memory receiving %zu bytes\n", me, total);
-        MPI_Abort(MPI_COMM_WORLD, 71);
-    }
+    char *buf = alloc_or_abort(total);
     /* (each part as long as the sender made it: the ranks need not agree
      * on LUAMP_MPI_PART) */
     for (size_t off = 0; off < total;) {
         MPI_Message pm;
         MPI_Status ps;
         int n;
-        CHECK(MPI_Mprobe(*from, TAG(K_PART, 0), MPI_COMM_WORLD, &pm, &ps), "MPI_Mprobe");
+        CHECK(MPI_Mprobe(in->from, TAG(K_PART, 0), MPI_COMM_WORLD, &pm, &ps), "MPI_Mprobe");
         CHECK(MPI_Get_count(&ps, MPI_BYTE, &n), "MPI_Get_count");
         if (n <= 0 || (size_t)n > total - off) {
-            fprintf(stderr, "luamp-mpi: rank %d: a malformed message from rank %d\n", me, *from);
+            fprintf(stderr, "luamp-mpi: rank %d: a malformed message from rank %d\n", me, in->from);
             MPI_Abort(MPI_COMM_WORLD, 72);
         }
         CHECK(MPI_Mrecv(buf + off, n, MPI_BYTE, &pm, MPI_STATUS_IGNORE), "MPI_Mrecv");
         off += (size_t)n;
     }
-    *tag = (int)head[1];
-    *data = buf;
-    *len = total;
+    in->tag = (int)head[1];
+    in->data = buf;
+    in->len = total;
     return 1;
+}
+
+/* The message's bytes, received now if they were not (the caller frees
+ * in->data). */
+static char *take_data(struct incoming *in)
+{
+    if (in->data == NULL) {
+        in->data = alloc_or_abort(in->len);
+        CHECK(MPI_Mrecv(in->data, (int)in->len, MPI_BYTE, &in->m, MPI_STATUS_IGNORE), "MPI_Mrecv");
+    }
+    return in->data;
+}
+
+struct fill_ctx {
+    struct incoming *in;
+    void *head;
+    size_t headlen;
+};
+
+/* shmq_put_fill's callback: MPI writes the message where the ring keeps
+ * it (in two pieces when the record wraps around the ring's end), and
+ * its first headlen bytes are copied out for the caller. */
+static void fill_from_mpi(void *ctx, char *d1, size_t n1, char *d2, size_t n2)
+{
+    struct fill_ctx *f = ctx;
+    struct incoming *in = f->in;
+    if (in->data) {
+        memcpy(d1, in->data, n1);
+        memcpy(d2, in->data + n1, n2);
+    } else if (n2 == 0) {
+        CHECK(MPI_Mrecv(d1, (int)n1, MPI_BYTE, &in->m, MPI_STATUS_IGNORE), "MPI_Mrecv");
+    } else {
+        MPI_Aint at[2];
+        int len[2] = { (int)n1, (int)n2 };
+        MPI_Datatype two;
+        CHECK(MPI_Get_address(d1, &at[0]), "MPI_Get_address");
+        CHECK(MPI_Get_address(d2, &at[1]), "MPI_Get_address");
+        CHECK(MPI_Type_create_hindexed(2, len, at, MPI_BYTE, &two), "MPI_Type_create_hindexed");
+        CHECK(MPI_Type_commit(&two), "MPI_Type_commit");
+        CHECK(MPI_Mrecv(MPI_BOTTOM, 1, two, &in->m, MPI_STATUS_IGNORE), "MPI_Mrecv");
+        CHECK(MPI_Type_free(&two), "MPI_Type_free");
+    }
+    size_t h1 = f->headlen < n1 ? f->headlen : n1;
+    memcpy(f->head, d1, h1);
+    memcpy((char *)f->head + h1, d2, f->headlen - h1);
+}
+
+/* Puts the message in queue q where MPI writes it (no copy of its own),
+ * its first headlen bytes (the message holds them) copied to head. */
+static int put_incoming(shmq *q, struct incoming *in, void *head, size_t headlen, shmq_ticket *t)
+{
+    struct fill_ctx f = { in, head, headlen };
+    int r = shmq_put_fill(q, in->len, fill_from_mpi, &f, -1, t);
+    if (r != SHMQ_OK) {
+        fprintf(stderr, "luamp-mpi: rank %d: cannot queue a message of %zu bytes: %s\n", me, in->len,
+                strerror(errno));
+        MPI_Abort(MPI_COMM_WORLD, 71);
+    }
+    return r;
 }
 
 /* ---- waiting ---------------------------------------------------------- */
@@ -540,16 +606,22 @@ static void send_task(struct cpool *p, int r, luamp_buf *t, uint64_t seq)
 
 static int root_receive(void)
 {
-    char *data;
-    size_t len;
-    int tag, from, n = 0;
-    while (recv_msg(&data, &len, &tag, &from)) {
+    struct incoming in;
+    int n = 0;
+    while (probe_msg(&in)) {
+        int put = 0;
         n++;
+        int tag = in.tag, from = in.from;
+        size_t len = in.len;
         struct cpool *p = find_pool(TAG_POOL(tag));
         if (p && TAG_KIND(tag) == K_RESULT) {
             struct result_head h = { 0 };
-            if (len >= sizeof h)
-                memcpy(&h, data, sizeof h);
+            if (len >= sizeof h && !p->terminated && !p->released) {
+                put_incoming(p->rq, &in, &h, sizeof h, NULL);    /* (the result, where the Pool reads it) */
+                put = 1;
+            } else if (len >= sizeof h) {
+                memcpy(&h, take_data(&in), sizeof h);
+            }
             TRACE("result %lld from rank %d", (long long)h.seq, from);
             if (h.jobid != 0 && p->inflight[from] > 0) {
                 p->inflight[from]--;
@@ -573,15 +645,15 @@ static int root_receive(void)
                     p->limit[from] = lim > w ? lim : w;
                 }
             }
-            if (!p->terminated && !p->released)
-                shmq_put(p->rq, data, len, -1, NULL);
         } else if (p && TAG_KIND(tag) == K_CLOSED) {
             p->nclosed++;
             p->inflight[from] = 0;
             if (p->released && p->nclosed >= p->nremote)
                 free_pool(p);
         }
-        free(data);
+        if (!put)
+            take_data(&in);    /* (what is not put is received all the same, and dropped) */
+        free(in.data);
     }
     return n;
 }
@@ -806,25 +878,28 @@ static int forward_results(struct cpool *p, luamp_buf *buf)
 
 static int node_receive(int *stop)
 {
-    char *data;
-    size_t len;
-    int tag, from, n = 0;
-    while (recv_msg(&data, &len, &tag, &from)) {
+    struct incoming in;
+    int n = 0;
+    while (probe_msg(&in)) {
+        int put = 0;
         n++;
+        int tag = in.tag;
+        size_t len = in.len;
         int64_t id = TAG_POOL(tag);
         struct cpool *p = find_pool(id);
         switch (TAG_KIND(tag)) {
         case K_OPEN:
+            take_data(&in);
+            put = 1;
             if (p == NULL) {
-                node_open(id, data, len);
-                data = NULL;
+                node_open(id, in.data, len);
+                in.data = NULL;     /* (the note to Lua holds it now) */
             }
             break;
         case K_TASK:
             if (p && !p->terminated && len >= sizeof(struct task_head)) {
                 struct task_head h;
                 shmq_ticket t;
-                memcpy(&h, data, sizeof h);
                 if (p->nbook == p->capbook) {
                     size_t cap = p->capbook ? 2 * p->capbook : 16;
                     struct entry *b = realloc(p->book, cap * sizeof *b);
@@ -835,16 +910,14 @@ static int node_receive(int *stop)
                     p->book = b;
                     p->capbook = cap;
                 }
+                /* (the task, where the workers take it) */
+                put_incoming(p->tq, &in, &h, sizeof h, &t);
+                put = 1;
                 TRACE("task %lld in", (long long)h.origin);
-                if (shmq_put(p->tq, data, len, -1, &t) == SHMQ_OK) {
-                    p->book[p->nbook++] = (struct entry){ h.origin, t.seq, h.timeout };
-                    if (h.timeout > 0) {
-                        p->ntimed++;
-                        wake(inbox_fd);     /* (the supervisor then watches its deadline) */
-                    }
-                } else {
-                    fprintf(stderr, "luamp-mpi: rank %d: cannot queue a task: %s\n", me, strerror(errno));
-                    MPI_Abort(MPI_COMM_WORLD, 71);
+                p->book[p->nbook++] = (struct entry){ h.origin, t.seq, h.timeout };
+                if (h.timeout > 0) {
+                    p->ntimed++;
+                    wake(inbox_fd);     /* (the supervisor then watches its deadline) */
                 }
             }
             break;
@@ -865,7 +938,9 @@ static int node_receive(int *stop)
             *stop = 1;
             break;
         }
-        free(data);
+        if (!put)
+            take_data(&in);    /* (received all the same, and dropped) */
+        free(in.data);
     }
     return n;
 }

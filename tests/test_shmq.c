@@ -272,6 +272,46 @@ static void test_spans(void)
     shmq_destroy(q);
 }
 
+/* shmq_put_fill's callback for test_fill: writes the message (the
+ * buffer ctx) into the ring's two pieces, and counts the calls that had
+ * two. */
+static int fill_wrapped;
+static void fill_pieces(void *ctx, char *d1, size_t n1, char *d2, size_t n2)
+{
+    const char *src = ctx;
+    memcpy(d1, src, n1);
+    memcpy(d2, src + n1, n2);
+    if (n2 > 0)
+        fill_wrapped++;
+}
+
+static void test_fill(void)
+{
+    static char a[81 << 10];
+    shmq *q = shmq_create(0);
+    luamp_buf got;
+    luamp_buf_init(&got);
+    if (!q)
+        return;
+    for (size_t i = 0; i < sizeof a; i++)
+        a[i] = (char)(i * 7 + i / 251);
+    /* as test_spans: 81 KiB messages in a 256 KiB ring, one always held,
+     * so that the fourth wraps around the ring's end */
+    int all = 1;
+    shmq_ticket t;
+    for (int i = 0; i < 4; i++) {
+        all &= shmq_put_fill(q, sizeof a, fill_pieces, a, -1, &t) == SHMQ_OK && t.seq == (uint64_t)i + 1;
+        if (i > 0)
+            all &= shmq_get(q, &got, 0, NULL) == SHMQ_OK && got.len == sizeof a
+                   && memcmp(got.data, a, sizeof a) == 0;
+    }
+    all &= shmq_get(q, &got, 0, NULL) == SHMQ_OK && got.len == sizeof a && memcmp(got.data, a, sizeof a) == 0;
+    ok(all && shmq_count(q) == 0, "a put whose bytes a callback writes into the ring comes out whole");
+    ok(fill_wrapped == 1, "the callback is given the two pieces of a record that wraps (%d)", fill_wrapped);
+    luamp_buf_free(&got);
+    shmq_destroy(q);
+}
+
 /* Gets one message as a string into buf (empty on failure). */
 static const char *get_str(shmq *q, luamp_buf *b, char *buf, size_t n)
 {
@@ -714,5 +754,6 @@ int main(void)
        crowd_ok ? "" : ": ", crowd_ok ? "" : why);
     crowd_ok = crowd(4, &why);
     ok(crowd_ok, "the same through a queue that holds at most 4%s%s", crowd_ok ? "" : ": ", crowd_ok ? "" : why);
+    test_fill();
     return done_testing();
 }
