@@ -212,32 +212,17 @@ workload("apply_async_many", function(o)
   return w, O("n", n, "seconds", dt, "ops_per_s", n / dt, "per_op_us", dt / n * 1e6)
 end)
 
-workload("map_1mib", function(o)
-  local n = o.n or 256
-  local data = {}
-  for i = 0, n - 1 do data[i + 1] = string.rep(string.rep(string.char(i & 0xFF), 1024), 1024) end
-  local pool, w = make_pool(o)
-  local t0 = now()
-  local out = pool:map(string.len, data)
-  local dt = now() - t0
-  done(pool)
-  local sum = 0
-  for i = 1, out.n do sum = sum + out[i] end
-  assert(sum == n * MIB, "wrong sum")
-  return w, O("n", n, "chunksize", "default", "seconds", dt, "mb_per_s", n / dt, "ops_per_s", n / dt)
-end)
-
--- The same map three times over the same pool, timed the third time: the
--- steady rate, once the rings, buffers and heaps of every process have
--- grown to the size the items need (map_1mib pays for that growth, in
--- fresh pages, which on a VM costs as much as the copies).
-workload("map_1mib_warm", function(o)
+-- map(len) over n distinct 1 MiB strings, `times` times over the same
+-- pool, the last one timed.  map_1mib: once (the rings, buffers and heaps
+-- of every process grow during it, in fresh pages, which on a VM cost as
+-- much as the copies); map_1mib_warm: three times, the steady rate.
+local function map_1mib(o, times)
   local n = o.n or 256
   local data = {}
   for i = 0, n - 1 do data[i + 1] = string.rep(string.rep(string.char(i & 0xFF), 1024), 1024) end
   local pool, w = make_pool(o)
   local out, dt
-  for _ = 1, 3 do
+  for _ = 1, times do
     collectgarbage()
     local t0 = now()
     out = pool:map(string.len, data)
@@ -248,7 +233,10 @@ workload("map_1mib_warm", function(o)
   for i = 1, out.n do sum = sum + out[i] end
   assert(sum == n * MIB, "wrong sum")
   return w, O("n", n, "chunksize", "default", "seconds", dt, "mb_per_s", n / dt, "ops_per_s", n / dt)
-end)
+end
+
+workload("map_1mib", function(o) return map_1mib(o, 1) end)
+workload("map_1mib_warm", function(o) return map_1mib(o, 3) end)
 
 -- ------------------------------------------------------------------ main
 local function usage()

@@ -113,30 +113,27 @@ def w_apply_async_many(ex, info, n):
     return dict(n=n, seconds=dt, ops_per_s=n / dt, per_op_us=dt / n * 1e6)
 
 
-def w_map_1mib(ex, info, n):
+def map_1mib(ex, info, n, times):
+    # map(len) over n distinct 1 MiB strings, `times` times over the same
+    # executor, the last one timed (map_1mib: once; map_1mib_warm: three)
     n = n or 256
     data = [bytes([i & 0xFF]) * MIB for i in range(n)]
     cs = default_chunksize(n, info["workers"])
-    gc.collect()
-    t0 = now()
-    out = list(ex.map(len, data, chunksize=cs))
-    dt = now() - t0
-    assert sum(out) == n * MIB, "wrong sum"
-    return dict(n=n, chunksize=cs, seconds=dt, mb_per_s=n / dt, ops_per_s=n / dt)
-
-
-def w_map_1mib_warm(ex, info, n):
-    # map_1mib three times over the same executor, timed the third time
-    n = n or 256
-    data = [bytes([i & 0xFF]) * MIB for i in range(n)]
-    cs = default_chunksize(n, info["workers"])
-    for _ in range(3):
+    for _ in range(times):
         gc.collect()
         t0 = now()
         out = list(ex.map(len, data, chunksize=cs))
         dt = now() - t0
     assert sum(out) == n * MIB, "wrong sum"
     return dict(n=n, chunksize=cs, seconds=dt, mb_per_s=n / dt, ops_per_s=n / dt)
+
+
+def w_map_1mib(ex, info, n):
+    return map_1mib(ex, info, n, 1)
+
+
+def w_map_1mib_warm(ex, info, n):
+    return map_1mib(ex, info, n, 3)
 
 
 WORKLOADS = {
