@@ -139,6 +139,8 @@ struct cpool {
     int nlocal;                     /* node: its workers */
     int nremote, nclosed;           /* rank 0: ranks with workers, ranks that said CLOSED */
     int gone;                       /* node: its workers all exited */
+    int lending;                    /* node: a result is being sent from its ring */
+    MPI_Request lend_req;
     struct entry *book;             /* node: tasks in its queue or running */
     size_t nbook, capbook;
     int ntimed;
@@ -231,8 +233,11 @@ static struct cpool *find_pool(int64_t id)
     return NULL;
 }
 
+static int lend_done(struct cpool *p, int wait);
+
 static void free_pool(struct cpool *p)
 {
+    lend_done(p, 1);
     struct cpool **pp = &pools;
     while (*pp && *pp != p)
         pp = &(*pp)->next;
@@ -853,19 +858,60 @@ static void node_open(int64_t id, char *data, size_t len)
 }
 
 /* Sends what p's workers put in its result queue to rank 0. */
-static int forward_results(struct cpool *p, luamp_buf *buf)
+/* A result of LEND_FROM bytes and more is sent from where it lies in the
+ * result queue's ring (lent: the thread is the queue's only consumer), and
+ * the ring's room is given back once rank 0 has received it; until then
+ * no other result of that pool is taken (a get would give the room back).
+ * Whether the lent result is out (wait: after waiting for it). */
+#define LEND_FROM ((size_t)64 << 10)
+static int lend_done(struct cpool *p, int wait)
+{
+    int done = 1;
+    if (!p->lending)
+        return 1;
+    if (wait)
+        CHECK(MPI_Wait(&p->lend_req, MPI_STATUS_IGNORE), "MPI_Wait");
+    else
+        CHECK(MPI_Test(&p->lend_req, &done, MPI_STATUS_IGNORE), "MPI_Test");
+    if (!done)
+        return 0;
+    p->lending = 0;
+    shmq_give_back(p->rq);
+    return 1;
+}
+
+/* Sends what p's workers put in its result queue to rank 0 (wait: every
+ * result, waiting for a lent one to be received). */
+static int forward_results(struct cpool *p, luamp_buf *buf, int wait)
 {
     int n = 0;
     for (;;) {
-        shmq_wait w = { .claim = -1 };
+        if (!lend_done(p, wait))
+            return n;
+        shmq_wait w = { .claim = -1, .lend_from = LEND_FROM };
         if (shmq_get(p->rq, buf, 0, &w) != SHMQ_OK)
             return n;
+        const char *msg = w.lent ? w.lent : buf->data;
+        size_t mlen = w.lent ? w.lent_len : buf->len;
         struct result_head h = { 0 };
-        if (buf->len >= sizeof h)
-            memcpy(&h, buf->data, sizeof h);
+        if (mlen >= sizeof h)
+            memcpy(&h, msg, sizeof h);
         if (h.jobid != 0)
             unbook(p, h.seq);
         TRACE("result %lld out", (long long)h.seq);
+        if (w.lent) {
+            n++;
+            if (p->terminated || mlen > part_size) {
+                if (!p->terminated)     /* (in parts: sent from a copy) */
+                    send_msg(0, TAG(K_RESULT, p->id), memcpy(alloc_or_abort(mlen), msg, mlen), mlen);
+                shmq_give_back(p->rq);
+                continue;
+            }
+            CHECK(MPI_Isend(msg, (int)mlen, MPI_BYTE, 0, TAG(K_RESULT, p->id), MPI_COMM_WORLD, &p->lend_req),
+                  "MPI_Isend");
+            p->lending = 1;
+            continue;
+        }
         size_t len = buf->len;
         char *data = take_buffer(buf);
         if (!p->terminated)
@@ -962,7 +1008,7 @@ static void *node_thread(void *arg)
         shmq *waitq = NULL;
         for (struct cpool *p = pools, *next; p; p = next) {
             next = p->next;
-            did += forward_results(p, &buf);
+            did += forward_results(p, &buf, 0);
             if (p->gone) {
                 /* its workers exited: everything they put was sent above */
                 if (!p->terminated)
@@ -973,8 +1019,8 @@ static void *node_thread(void *arg)
                 did++;
                 continue;
             }
-            if (p->nbook > 0 && waitq == NULL)
-                waitq = p->rq;
+            if (p->nbook > 0 && waitq == NULL && !p->lending)
+                waitq = p->rq;      /* (not while lent: a get gives the room back) */
         }
         progress_sends();
         if (stop_requested)
@@ -1015,8 +1061,10 @@ static void *node_thread(void *arg)
             pacer_active(&pace);
         }
     }
-    /* (the last results and CLOSED notes go out before MPI_Finalize) */
-    while (progress_sends()) {
+    /* (the last results and CLOSED notes go out before MPI_Finalize; a
+     * send rank 0 never takes, as it left, is given up after 5 s) */
+    double give_up = luamp_now() + 5;
+    while (progress_sends() && luamp_now() < give_up) {
         pthread_mutex_unlock(&mu);
         usleep(100);
         pthread_mutex_lock(&mu);
@@ -1281,7 +1329,7 @@ static int c_node_lost(lua_State *L)
     double timeout = 0;
     struct cpool *p = lock_pool(L);
     if (p) {
-        forward_results(p, &buf);
+        forward_results(p, &buf, 1);
         for (size_t i = 0; i < p->nbook; i++) {
             if (p->book[i].lseq == lseq) {
                 origin = p->book[i].origin;

@@ -248,6 +248,28 @@ do
   t.same(mp1:map(mix, xs, 10), locally(mix, xs), "maxtasksperchild = 1: map as computed locally")
 end
 
+-- big results (64 KiB and more) are sent from where they lie in a node's
+-- result queue, while the next ones wait there: all arrive whole, from
+-- every rank
+do
+  local p <close> = mp.Pool()
+  local function big(i)
+    local rk = os.getenv("OMPI_COMM_WORLD_RANK") or "?"
+    return rk .. ":" .. string.rep(string.char(65 + i % 26), 60000 + i * 9000)
+  end
+  local idx = {}
+  for i = 1, 40 do idx[i] = i end
+  local r = p:map(big, idx, 1)
+  local whole, ranks = true, {}
+  for i = 1, 40 do
+    local rk, body = tostring(r[i]):match("^(%d+):(.*)$")
+    if body ~= string.rep(string.char(65 + i % 26), 60000 + i * 9000) then whole = false end
+    if rk then ranks[rk] = true end
+  end
+  t.ok(whole, "40 results of 69 to 420 KB arrive whole")
+  t.ok(ranks["1"] or ranks["2"], "some of them from another rank")
+end
+
 -- a pool closed and joined ends; its callbacks have run
 do
   local p = mp.Pool()
