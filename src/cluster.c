@@ -255,6 +255,14 @@ static void free_pool(struct cpool *p)
     free(p);
 }
 
+/* Ends the whole job: what this rank cannot do (memory, descriptors). */
+static _Noreturn void die(const char *what)
+{
+    fprintf(stderr, "luamp-mpi: rank %d: %s\n", me, what);
+    MPI_Abort(MPI_COMM_WORLD, 71);
+    abort();
+}
+
 static _Noreturn void fatal(const char *what, int err)
 {
     char msg[MPI_MAX_ERROR_STRING];
@@ -268,6 +276,25 @@ static _Noreturn void fatal(const char *what, int err)
 
 #define CHECK(call, what) do { int rc_ = (call); if (rc_ != MPI_SUCCESS) fatal(what, rc_); } while (0)
 
+/* Replaces fds[0..n-1] by close-on-exec duplicates; -1 (errno set, the
+ * duplicates made so far closed, fds as they were) when one fails. */
+static int dup_fds(int *fds, int n)
+{
+    int d[6];
+    for (int i = 0; i < n; i++) {
+        d[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 3);
+        if (d[i] < 0) {
+            int e = errno;
+            while (i-- > 0)
+                close(d[i]);
+            errno = e;
+            return -1;
+        }
+    }
+    memcpy(fds, d, (size_t)n * sizeof *fds);
+    return 0;
+}
+
 /* ---- sending and receiving ------------------------------------------- */
 
 /* Sends len bytes of data (which it then owns) to rank `to` with `tag`,
@@ -276,8 +303,7 @@ static void send_msg(int to, int tag, char *data, size_t len)
 {
     struct sending *s = calloc(1, sizeof *s);
     if (s == NULL) {
-        fprintf(stderr, "luamp-mpi: rank %d: out of memory sending a message\n", me);
-        MPI_Abort(MPI_COMM_WORLD, 71);
+        die("out of memory sending a message");
     }
     s->data = data;
     if (len <= part_size) {
@@ -289,8 +315,7 @@ static void send_msg(int to, int tag, char *data, size_t len)
         int64_t head[2] = { (int64_t)len, tag };
         struct sending *h = calloc(1, sizeof *h);
         if (h == NULL || (h->data = malloc(sizeof head)) == NULL) {
-            fprintf(stderr, "luamp-mpi: rank %d: out of memory sending a message\n", me);
-            MPI_Abort(MPI_COMM_WORLD, 71);
+            die("out of memory sending a message");
         }
         memcpy(h->data, head, sizeof head);
         split_sent++;
@@ -346,11 +371,8 @@ struct incoming {
 static char *alloc_or_abort(size_t n)
 {
     char *p = malloc(n ? n : 1);
-    if (p == NULL) {
-        fprintf(stderr, "luamp-mpi: rank %d: out of memory receiving %zu bytes\n", me, n);
-        MPI_Abort(MPI_COMM_WORLD, 71);
-        abort();
-    }
+    if (p == NULL)
+        die("out of memory for a message");
     return p;
 }
 
@@ -572,12 +594,7 @@ static char *take_buffer(luamp_buf *b)
         b->len = b->cap = 0;
         return data;
     }
-    data = malloc(b->len ? b->len : 1);
-    if (data == NULL) {
-        fprintf(stderr, "luamp-mpi: rank %d: out of memory sending a message\n", me);
-        MPI_Abort(MPI_COMM_WORLD, 71);
-        abort();
-    }
+    data = alloc_or_abort(b->len);
     memcpy(data, b->data, b->len);
     return data;
 }
@@ -814,8 +831,7 @@ static void tell_lua(int kind, int64_t pool, char *data, size_t len, const int *
 {
     struct note *n = calloc(1, sizeof *n);
     if (n == NULL) {
-        fprintf(stderr, "luamp-mpi: rank %d: out of memory\n", me);
-        MPI_Abort(MPI_COMM_WORLD, 71);
+        die("out of memory");
     }
     n->kind = kind;
     n->pool = pool;
@@ -845,13 +861,8 @@ static void node_open(int64_t id, char *data, size_t len)
         memcpy(&p->nlocal, data, 4);
     shmq_fds(p->tq, fds);
     shmq_fds(p->rq, fds + 3);
-    for (int i = 0; i < 6; i++) {
-        fds[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 3);
-        if (fds[i] < 0) {
-            fprintf(stderr, "luamp-mpi: rank %d: cannot make a pool's queues: %s\n", me, strerror(errno));
-            MPI_Abort(MPI_COMM_WORLD, 71);
-        }
-    }
+    if (dup_fds(fds, 6) != 0)
+        die("cannot share a pool's queues with its supervisor");
     p->next = pools;
     pools = p;
     tell_lua(K_OPEN, id, data, len, fds, 6);
@@ -880,6 +891,29 @@ static int lend_done(struct cpool *p, int wait)
     return 1;
 }
 
+/* A result leaves the node: its task leaves the book. */
+static void result_out(struct cpool *p, const char *msg, size_t len)
+{
+    struct result_head h = { 0 };
+    if (len >= sizeof h)
+        memcpy(&h, msg, sizeof h);
+    if (h.jobid != 0)
+        unbook(p, h.seq);
+    TRACE("result %lld out", (long long)h.seq);
+}
+
+/* Sends the result in buf (taken from p's result queue) to rank 0. */
+static void send_result(struct cpool *p, luamp_buf *buf)
+{
+    result_out(p, buf->data, buf->len);
+    size_t len = buf->len;
+    char *data = take_buffer(buf);
+    if (!p->terminated)
+        send_msg(0, TAG(K_RESULT, p->id), data, len);
+    else
+        free(data);
+}
+
 /* Sends what p's workers put in its result queue to rank 0 (wait: every
  * result, waiting for a lent one to be received). */
 static int forward_results(struct cpool *p, luamp_buf *buf, int wait)
@@ -891,16 +925,11 @@ static int forward_results(struct cpool *p, luamp_buf *buf, int wait)
         shmq_wait w = { .claim = -1, .lend_from = LEND_FROM };
         if (shmq_get(p->rq, buf, 0, &w) != SHMQ_OK)
             return n;
-        const char *msg = w.lent ? w.lent : buf->data;
-        size_t mlen = w.lent ? w.lent_len : buf->len;
-        struct result_head h = { 0 };
-        if (mlen >= sizeof h)
-            memcpy(&h, msg, sizeof h);
-        if (h.jobid != 0)
-            unbook(p, h.seq);
-        TRACE("result %lld out", (long long)h.seq);
+        n++;
         if (w.lent) {
-            n++;
+            const char *msg = w.lent;
+            size_t mlen = w.lent_len;
+            result_out(p, msg, mlen);
             if (p->terminated || mlen > part_size) {
                 if (!p->terminated)     /* (in parts: sent from a copy) */
                     send_msg(0, TAG(K_RESULT, p->id), memcpy(alloc_or_abort(mlen), msg, mlen), mlen);
@@ -912,13 +941,7 @@ static int forward_results(struct cpool *p, luamp_buf *buf, int wait)
             p->lending = 1;
             continue;
         }
-        size_t len = buf->len;
-        char *data = take_buffer(buf);
-        if (!p->terminated)
-            send_msg(0, TAG(K_RESULT, p->id), data, len);
-        else
-            free(data);
-        n++;
+        send_result(p, buf);
     }
 }
 
@@ -950,8 +973,7 @@ static int node_receive(int *stop)
                     size_t cap = p->capbook ? 2 * p->capbook : 16;
                     struct entry *b = realloc(p->book, cap * sizeof *b);
                     if (b == NULL) {
-                        fprintf(stderr, "luamp-mpi: rank %d: out of memory\n", me);
-                        MPI_Abort(MPI_COMM_WORLD, 71);
+                        die("out of memory");
                     }
                     p->book = b;
                     p->capbook = cap;
@@ -1011,10 +1033,7 @@ static void *node_thread(void *arg)
             did += forward_results(p, &buf, 0);
             if (p->gone) {
                 /* its workers exited: everything they put was sent above */
-                if (!p->terminated)
-                    send_msg(0, TAG(K_CLOSED, p->id), NULL, 0);
-                else
-                    send_msg(0, TAG(K_CLOSED, p->id), NULL, 0);
+                send_msg(0, TAG(K_CLOSED, p->id), NULL, 0);
                 free_pool(p);
                 did++;
                 continue;
@@ -1044,20 +1063,8 @@ static void *node_thread(void *arg)
             struct cpool *p = pools;
             while (p && p->rq != waitq)
                 p = p->next;
-            if (p) {
-                struct result_head h = { 0 };
-                if (buf.len >= sizeof h)
-                    memcpy(&h, buf.data, sizeof h);
-                if (h.jobid != 0)
-                    unbook(p, h.seq);
-                TRACE("result %lld out (woken)", (long long)h.seq);
-                size_t len = buf.len;
-                char *data = take_buffer(&buf);
-                if (!p->terminated)
-                    send_msg(0, TAG(K_RESULT, p->id), data, len);
-                else
-                    free(data);
-            }
+            if (p)
+                send_result(p, &buf);
             pacer_active(&pace);
         }
     }
@@ -1083,16 +1090,8 @@ static shmq *view_of(lua_State *L, int idx)
     if (u->q == NULL)
         luaL_argerror(L, idx, "a destroyed queue");
     shmq_fds(u->q, fds);
-    for (int i = 0; i < 3; i++) {
-        fds[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 3);
-        if (fds[i] < 0) {
-            int e = errno;
-            for (int k = 0; k < i; k++)
-                close(fds[k]);
-            errno = e;
-            luamp_sys_error(L, "cannot share a Pool's queue with the cluster");
-        }
-    }
+    if (dup_fds(fds, 3) != 0)
+        luamp_sys_error(L, "cannot share a Pool's queue with the cluster");
     shmq *q = shmq_attach(fds[0], fds[1], fds[2]);
     if (q == NULL)
         luamp_sys_error(L, "cannot share a Pool's queue with the cluster");
@@ -1171,9 +1170,7 @@ static void queue_note(int kind, int rank, int64_t pool, const char *data, size_
 {
     struct note *n = calloc(1, sizeof *n);
     if (n == NULL || (len && (n->data = malloc(len)) == NULL)) {
-        fprintf(stderr, "luamp-mpi: rank %d: out of memory\n", me);
-        MPI_Abort(MPI_COMM_WORLD, 71);
-        abort();
+        die("out of memory");
     }
     if (len)
         memcpy(n->data, data, len);
@@ -1686,8 +1683,7 @@ int luamp_cluster_node(int argc, char **argv)
     int status = 0;
     lua_State *L = luamp_newstate();
     if (L == NULL) {
-        fprintf(stderr, "luamp-mpi: rank %d: cannot create a Lua state\n", me);
-        MPI_Abort(MPI_COMM_WORLD, 71);
+        die("cannot create a Lua state");
     }
     /* SIGTERM (mpirun ending the job) ends the supervisor, which kills
      * its workers; SIGINT (Ctrl-C at mpirun's terminal, which reaches

@@ -1137,14 +1137,10 @@ static int enc_obj(encoder *e)
     /* (a task for a cluster Pool: it may run on another host, where the
      * object's shared memory and descriptors do not exist) */
     if (lua_getfield(L, LUA_REGISTRYINDEX, LUAMP_NO_OBJECTS_KEY) == LUA_TSTRING) {
-        const char *kind = "luamp object";
-        if (lua_getmetatable(L, -3)) {
-            if (lua_getfield(L, -1, "__name") == LUA_TSTRING)
-                kind = lua_tostring(L, -1);
-            lua_pushfstring(L, "a %s cannot cross hosts (%s)", kind, lua_tostring(L, -3));
-        } else {
-            lua_pushfstring(L, "a %s cannot cross hosts (%s)", kind, lua_tostring(L, -1));
-        }
+        const char *why = lua_tostring(L, -1), *kind = "luamp object";
+        if (luaL_getmetafield(L, -3, "__name") == LUA_TSTRING)
+            kind = lua_tostring(L, -1);
+        lua_pushfstring(L, "a %s cannot cross hosts (%s)", kind, why);
         return refuse_top(e);
     }
     lua_pop(L, 1);

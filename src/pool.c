@@ -92,7 +92,10 @@ static int q_on_objects(lua_State *L)
 }
 
 /* q:_cross_hosts(): the queue of a cluster Pool, whose tasks may run on
- * another host: the luamp objects a task refers to are refused. */
+ * another host: the luamp objects a task refers to are refused, saying
+ * why (cluster.lua refuses them in a Pool's function and initializer with
+ * the same words: core.cross_hosts_why). */
+#define CROSS_HOSTS_WHY "the Pool spans the hosts of an MPI job; send what the object holds"
 static int q_cross_hosts(lua_State *L)
 {
     check_queue(L)->cross_hosts = 1;
@@ -206,7 +209,7 @@ static int put_task_msg(lua_State *L, const char *fname, queue *u, int qidx, str
         return luaL_error(L, "not enough memory");
     unsigned long objects = luamp_codec_objects_encoded;
     if (u->cross_hosts) {
-        lua_pushliteral(L, "the Pool spans the hosts of an MPI job; send what the object holds");
+        lua_pushliteral(L, CROSS_HOSTS_WHY);
         lua_setfield(L, LUA_REGISTRYINDEX, LUAMP_NO_OBJECTS_KEY);
     }
     int bad = encode_task(L, idx, root, first, h->count, &u->buf);
@@ -1376,6 +1379,8 @@ void luamp_open_pool(lua_State *L)
     lua_setfield(L, -2, "watch_objects");
     lua_pushcfunction(L, l_counters);
     lua_setfield(L, -2, "counters");
+    lua_pushliteral(L, CROSS_HOSTS_WHY);
+    lua_setfield(L, -2, "cross_hosts_why");
     lua_pushcfunction(L, l_pool_fields);
     lua_setfield(L, -2, "pool_fields");
 }

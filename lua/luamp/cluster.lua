@@ -78,17 +78,22 @@ local function plan(n)
   return out
 end
 
-local NO_OBJECTS = "the Pool spans the hosts of an MPI job; send what the object holds"
+-- core.encode of v, refusing luamp objects as a cluster Pool's tasks do
+-- (pool.c): a Pool's function and initializer may go to other hosts.
+local function encode_across(v, root)
+  local reg, key = debug.getregistry(), core.registry_keys.no_objects
+  reg[key] = core.cross_hosts_why
+  local ok, bytes, why = pcall(core.encode, v, root)
+  reg[key] = nil
+  if not ok then error(bytes, 0) end
+  return bytes, why
+end
 
 -- Tells the ranks of plan to start their workers for a Pool with these
 -- queues; returns its id.  The initializer, its arguments and the
 -- Pool's limits travel encoded: a value that cannot raises "serialize".
 local function open(tq, rq, workers, opts)
-  local reg = debug.getregistry()
-  local key = core.registry_keys.no_objects
-  reg[key] = NO_OBJECTS
-  local body, why = core.encode({ init = opts.init, initargs = opts.initargs, maxtasks = opts.maxtasks }, "Pool")
-  reg[key] = nil
+  local body, why = encode_across({ init = opts.init, initargs = opts.initargs, maxtasks = opts.maxtasks }, "Pool")
   if not body then error(new_error("serialize", why), 0) end
   local header = assert(core.encode({ path = package.path, cpath = package.cpath, preload = opts.preload or {},
                                       log = log.level }))
@@ -281,6 +286,6 @@ return {
   done = function(id) return api.done(id) end,
   release = function(id) api.release(id) end,
   wait_done = wait_done,
-  NO_OBJECTS = NO_OBJECTS,
+  encode_across = encode_across,
   node_main = node_main,
 }

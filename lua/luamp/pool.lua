@@ -219,15 +219,8 @@ end
 local function encode_function(self, f, fname)
   local c = self._fcache[f]
   if c then return c[1], c[2] end
-  local bytes, why
-  if self._cluster_plan then        -- (its upvalues may go to other hosts)
-    local reg = debug.getregistry()
-    reg[core.registry_keys.no_objects] = cluster.NO_OBJECTS
-    bytes, why = core.encode(f, "function")
-    reg[core.registry_keys.no_objects] = nil
-  else
-    bytes, why = core.encode(f, "function")
-  end
+  -- (a cluster Pool's function may go to other hosts, with its upvalues)
+  local bytes, why = (self._cluster_plan and cluster.encode_across or core.encode)(f, "function")
   if not bytes then raise("serialize", why, 4) end
   self._nextfid = self._nextfid + 1
   local fid = self._nextfid
