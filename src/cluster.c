@@ -20,7 +20,11 @@
  * (origin).  The supervisor puts it in its own pool's task queue, a worker
  * runs it and puts the result, naming the task by origin, in the
  * supervisor's result queue, and the supervisor's thread sends it to rank
- * 0 as it lies.  Neither thread decodes a value.
+ * 0 as it lies.  Neither thread decodes a value.  Rank 0's thread sends a
+ * task from a copy it takes out of the queue, not from the ring: the
+ * ring's room would stay taken until the other rank has received it, and
+ * sending from there was measured slower (doc/design.md, "What comes
+ * next").
  *
  * Scheduling.  Rank 0's thread takes a task only for a rank with room:
  * each rank has one task (a chunk) in flight per worker, more when tasks
@@ -610,7 +614,7 @@ static void send_task(struct cpool *p, int r, luamp_buf *t, uint64_t seq)
      * not tell, and a rank given many of its slow tasks would hold them
      * back from idle workers elsewhere.  (A stream of applies, a job each,
      * keeps its estimate.) */
-    if (h.kind != 0 && h.jobid != p->cost_job) {
+    if ((h.kind & 0xff) != 0 && h.jobid != p->cost_job) {   /* (a map-like kind: pool.c's flags masked) */
         p->cost_job = h.jobid;
         for (int k = 1; k < nranks; k++) {
             p->cost[k] = 0;

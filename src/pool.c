@@ -14,7 +14,9 @@
  *
  * The parent decodes results of 64 KiB and more where they lie in the
  * ring (lent: it is their only consumer, LEND_FROM), and a worker holds a
- * task over 64 MiB in the ring while it decodes it (LUAMP_HOLD_FROM).
+ * task in the ring while it decodes it when that costs no more than
+ * copying it out: mostly big strings (TASK_FLAT) or over 64 MiB
+ * (LUAMP_HOLD_FROM).
  *
  * The fast paths read and write the Pool's private Lua fields by name
  * (af_names, job_keys, result_fields): core.pool_fields lists them and
@@ -42,17 +44,18 @@ static queue *check_queue(lua_State *L)
 
 /* How many times this process took each fast path (for tests: a field
  * renamed on the Lua side must not silently send everything down the
- * slow path).  apply_fast and settle_* count in the parent, serve_* in a
- * worker, whose counts start at its parent's at the fork.  One task or
- * one result each. */
+ * slow path).  apply_fast and settle_* count in the parent, serve_* and
+ * held_tasks in a worker, whose counts start at its parent's at the
+ * fork.  One task or one result each. */
 static struct {
     lua_Integer apply_fast, serve_apply, serve_map, settle_apply, settle_map;
+    lua_Integer held_tasks;     /* tasks a worker decoded where they lie (TASK_FLAT) */
 } counters;
 
 /* core.counters() -> {apply_fast = n, serve_apply = n, ...}: internal */
 static int l_counters(lua_State *L)
 {
-    lua_createtable(L, 0, 5);
+    lua_createtable(L, 0, 6);
     lua_pushinteger(L, counters.apply_fast);
     lua_setfield(L, -2, "apply_fast");
     lua_pushinteger(L, counters.serve_apply);
@@ -63,6 +66,8 @@ static int l_counters(lua_State *L)
     lua_setfield(L, -2, "settle_apply");
     lua_pushinteger(L, counters.settle_map);
     lua_setfield(L, -2, "settle_map");
+    lua_pushinteger(L, counters.held_tasks);
+    lua_setfield(L, -2, "held_tasks");
     return 1;
 }
 
@@ -136,6 +141,18 @@ struct task_hdr {
     int64_t origin;
     double timeout;
 };
+
+/* A task's kind (task_kinds) is the low byte of h.kind; the bits above
+ * it are flags.  TASK_FLAT: the message is mostly big strings (spans, of
+ * LUAMP_SPAN_FROM bytes and more), so decoding it is about one copy of
+ * its bytes, no more than copying it out of the ring first would cost:
+ * a worker decodes it where it lies (hold_task) and spares that copy.
+ * (A message of many small values decodes far slower than it copies: it
+ * is copied out, so that the other workers need not wait meanwhile.) */
+#define TASK_KIND_MASK 0xffu
+#define TASK_FLAT 0x100u
+/* Tasks from this size up are looked at for TASK_FLAT. */
+#define FLAT_FROM ((size_t)64 << 10)
 
 struct result_hdr {
     int64_t jobid, start, count, seq, nres;
@@ -223,6 +240,11 @@ static int put_task_msg(lua_State *L, const char *fname, queue *u, int qidx, str
     }
     if (luamp_codec_objects_encoded != objects)
         share_objects(L, qidx, idx, root, first, h->count);
+    size_t total = luamp_buf_size(&u->buf);
+    if (total >= FLAT_FROM && u->buf.spanlen >= total / 4 * 3) {
+        uint32_t kind = h->kind | TASK_FLAT;
+        memcpy(u->buf.data + offsetof(struct task_hdr, kind), &kind, sizeof kind);
+    }
     return put_msg(L, u, "the task", t);
 }
 
@@ -234,6 +256,7 @@ static int read_task(const queue *u, struct task_hdr *h)
     if (u->mlen < sizeof *h)
         return 0;
     memcpy(h, u->msg, sizeof *h);
+    h->kind &= TASK_KIND_MASK;
     return u->mlen - sizeof *h >= h->flen && h->kind <= 2;
 }
 
@@ -497,12 +520,26 @@ static int l_watch_objects(lua_State *L)
  * also reads the objects its parent sends on its object socket
  * (registry LUAMP_FETCH_KEY), so that a parent sending many does not find
  * the socket full while the worker is idle.  The task is u->msg: in
- * u->buf, or, from LUAMP_HOLD_FROM bytes, held in the ring (u->holding; see
- * push_task). */
+ * u->buf, or held in the ring (u->holding; see push_task) when it is a
+ * TASK_FLAT one or has LUAMP_HOLD_FROM bytes. */
+/* shmq_wait's lend_if for a worker's tasks: whether to decode this one
+ * where it lies (see TASK_FLAT). */
+static int hold_task(const char *msg, size_t len)
+{
+    uint32_t kind;
+    if (len >= LUAMP_HOLD_FROM)
+        return 1;
+    if (len < sizeof(struct task_hdr))
+        return 0;
+    memcpy(&kind, msg + offsetof(struct task_hdr, kind), sizeof kind);
+    return (kind & TASK_FLAT) != 0;
+}
+
 static int wait_task(lua_State *L, queue *u, shmq_wait *w)
 {
     int n;
-    w->lend_from = LUAMP_HOLD_FROM;
+    w->lend_from = FLAT_FROM;
+    w->lend_if = hold_task;
     w->hold = 1;
     if (worker_objsock < 0) {
         n = wait_message(L, u, -1, 0, w);
@@ -627,6 +664,7 @@ static int push_task(lua_State *L, queue *u, uint64_t seq, int slot, int fcache)
         lua_pushvalue(L, fcache);
         lua_pushvalue(L, rec);
         u->requeue = 0;
+        counters.held_tasks++;
         int gc = luamp_collector_off(L);
         int st = lua_pcall(L, 5, LUA_MULTRET, 0);
         u->holding = 0;

@@ -18,7 +18,8 @@
  * (lent: it is their only consumer, see pool.c), and any getter of an
  * item or a task over 64 MiB holds it in the ring while it decodes it
  * (LUAMP_HOLD_FROM, queue.h): the copy would go to fresh memory and cost as
- * much as the decoding.  A 300 MiB string now goes through a Queue with
+ * much as the decoding.  (A worker holds a task that is mostly big
+ * strings from 64 KiB: pool.c, TASK_FLAT.)  A 300 MiB string now goes through a Queue with
  * one copy on each side, from the Lua string into the ring and from the
  * ring into the new Lua string.
  */

@@ -1292,7 +1292,8 @@ int shmq_get(shmq *q, luamp_buf *out, double deadline, shmq_wait *w)
     uint64_t need = REC_HDR + (uint64_t)len, off = ring_off(h, h->head);
     if (need >= BIG_RECORD)
         h->big_get = t;     /* (pacing, so t was read) */
-    int lend = w->lend_from && len >= w->lend_from && off + need <= h->cap;
+    int lend = w->lend_from && len >= w->lend_from && off + need <= h->cap
+               && (!w->lend_if || w->lend_if(q->ring + off + REC_HDR, len));
     luamp_buf_reset(out);
     if (lend) {
         w->lent = q->ring + off + REC_HDR;

@@ -46,6 +46,9 @@ typedef struct shmq_wait {
     uint64_t seq;       /* out: the message's sequence number */
     size_t lend_from;   /* 0, or lend messages of this many bytes and more */
     int hold;           /* lend them holding the get lock (see below) */
+    /* with lend_from: lend only the messages this says yes to (it reads
+     * the message where it lies, under the get lock) */
+    int (*lend_if)(const char *msg, size_t len);
     const char *lent;   /* out: the message, lent in place, or NULL */
     size_t lent_len;    /* out: its length */
 } shmq_wait;

@@ -105,4 +105,25 @@ do
   t.is(z.finished, 0, "finished = 0 values")
 end
 
+-- A task that is mostly big strings is decoded where it lies in the task
+-- queue, not copied out first (pool.c, TASK_FLAT): a worker counts those
+-- in held_tasks; a task of as many bytes in small values is copied out.
+do
+  local pool <close> = mp.Pool(1)
+  local function held() return require("luamp")._counters().held_tasks end
+  local big = string.rep("s", 256 << 10)
+  local first = pool:apply(held)
+  local got = pool:map(function(s) return #s end, { big, big .. "x", big .. "yz" }, { chunksize = 1 })
+  t.same({ got[1], got[2], got[3] }, { #big, #big + 1, #big + 2 }, "big string items arrive whole")
+  local after_strings = pool:apply(held)
+  t.is(after_strings - first, 3, "each task of a big string is decoded where it lies (held_tasks counts 3)")
+  local numbers = {}
+  for i = 1, 40000 do numbers[i] = i + 0.5 end
+  local sum = pool:apply(function(t) local s = 0 for i = 1, #t do s = s + t[i] end return s end, { numbers })
+  t.is(sum, 40000 * 40001 / 2 + 20000, "a task of 40,000 numbers arrives whole")
+  t.is(pool:apply(held), after_strings, "and, being small values, is copied out, not held")
+  local mixed = pool:apply(function(a, b) return #a + #b.n end, { big, { n = big } })
+  t.is(mixed, 2 * #big, "big strings among the arguments, nested too, arrive whole")
+end
+
 t.done()

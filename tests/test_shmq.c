@@ -128,6 +128,35 @@ static void test_lending(void)
     luamp_buf_free(&b);
 }
 
+static int starts_with_y(const char *msg, size_t len)
+{
+    return len > 0 && msg[0] == 'Y';
+}
+
+/* lend_if: of the big messages, only those it says yes to are lent. */
+static void test_lend_if(void)
+{
+    static char x[100 << 10];
+    shmq *q = shmq_create(0);
+    luamp_buf b;
+    luamp_buf_init(&b);
+    if (!q)
+        return;
+    fill(x, sizeof x, 'a');
+    x[0] = 'Y';
+    shmq_put(q, x, sizeof x, -1, NULL);
+    x[0] = 'N';
+    shmq_put(q, x, sizeof x, -1, NULL);
+    shmq_wait w = { .claim = -1, .lend_from = 64 << 10, .lend_if = starts_with_y };
+    int first = shmq_get(q, &b, 0, &w) == SHMQ_OK && w.lent != NULL && w.lent[0] == 'Y' && b.len == 0;
+    int r = shmq_get(q, &b, 0, &w);
+    ok(first && r == SHMQ_OK && w.lent == NULL && b.len == sizeof x && b.data[0] == 'N'
+       && memcmp(b.data + 1, x + 1, sizeof x - 1) == 0,
+       "lend_if chooses which big messages are lent; the others are copied out whole");
+    shmq_destroy(q);
+    luamp_buf_free(&b);
+}
+
 /* Big messages held in place by any consumer, the get lock kept
  * (shmq.h, "Holding"). */
 static void test_holding(void)
@@ -742,6 +771,7 @@ int main(void)
        "without a consumer, 32 MiB of puts all go in at once");
     shmq_destroy(q);
     test_lending();
+    test_lend_if();
     test_holding();
     test_shrink();
     test_spans();
