@@ -285,6 +285,9 @@ typedef struct encoder {
      * luamp_encode_values (stack set): stack slots t .. t + count - 1 */
     int slice, stack;
     lua_Integer first, count;
+    /* luamp_encode_no_objects: why luamp objects are refused (NULL: they
+     * are sent) */
+    const char *no_objects;
 } encoder;
 
 static int enc_value(encoder *e, int depth);
@@ -1136,14 +1139,13 @@ static int enc_obj(encoder *e)
 
     /* (a task for a cluster Pool: it may run on another host, where the
      * object's shared memory and descriptors do not exist) */
-    if (lua_getfield(L, LUA_REGISTRYINDEX, LUAMP_NO_OBJECTS_KEY) == LUA_TSTRING) {
-        const char *why = lua_tostring(L, -1), *kind = "luamp object";
-        if (luaL_getmetafield(L, -3, "__name") == LUA_TSTRING)
+    if (e->no_objects != NULL) {
+        const char *kind = "luamp object";
+        if (luaL_getmetafield(L, -2, "__name") == LUA_TSTRING)
             kind = lua_tostring(L, -1);
-        lua_pushfstring(L, "a %s cannot cross hosts (%s)", kind, why);
+        lua_pushfstring(L, "a %s cannot cross hosts (%s)", kind, e->no_objects);
         return refuse_top(e);
     }
-    lua_pop(L, 1);
     lua_pushvalue(L, -2);
     status = lua_pcall(L, 1, 1, 0);
     if (status == LUA_ERRMEM)
@@ -1657,6 +1659,7 @@ static void encoder_init(encoder *e, lua_State *L, const char *root, luamp_buf *
     e->whole = 0;
     e->fast = fast;
     e->names = 0;
+    e->no_objects = NULL;
     seen_init(&e->seen);
 }
 
@@ -1742,11 +1745,12 @@ static int fast_pass(lua_State *L, int idx, const char *root, luamp_buf *out,
 /* The protected pass over the value at idx (an absolute index), or the
  * slice of the table there. */
 static int protected_pass(lua_State *L, int idx, const char *root, luamp_buf *out,
-                          lua_Integer first, lua_Integer count)
+                          lua_Integer first, lua_Integer count, const char *no_objects)
 {
     encoder e;
 
     encoder_init(&e, L, root, out, 0, first, count);
+    e.no_objects = no_objects;
     lua_pushcfunction(L, encode_main);
     lua_pushvalue(L, idx);
     lua_pushlightuserdata(L, &e);
@@ -1762,8 +1766,9 @@ static int protected_pass(lua_State *L, int idx, const char *root, luamp_buf *ou
     return -1;
 }
 
+/* (the fast pass sends no object: it leaves them to the protected one) */
 static int encode(lua_State *L, int idx, const char *root, luamp_buf *out,
-                  lua_Integer first, lua_Integer count)
+                  lua_Integer first, lua_Integer count, const char *no_objects)
 {
     int r;
 
@@ -1771,19 +1776,28 @@ static int encode(lua_State *L, int idx, const char *root, luamp_buf *out,
     luaL_checkstack(L, SLACK, NULL);
     if ((r = fast_pass(L, idx, root, out, first, count, 0)) != -1)
         return r == 0 ? 0 : -1;
-    return protected_pass(L, idx, root, out, first, count);
+    return protected_pass(L, idx, root, out, first, count, no_objects);
 }
 
 int luamp_encode(lua_State *L, int idx, const char *root, luamp_buf *out)
 {
-    return encode(L, idx, root, out, 0, -1);
+    return encode(L, idx, root, out, 0, -1, NULL);
 }
 
 int luamp_encode_slice(lua_State *L, int idx, lua_Integer first, lua_Integer count,
                        const char *root, luamp_buf *out)
 {
     luaL_checktype(L, idx, LUA_TTABLE);
-    return encode(L, idx, root, out, first, count < 0 ? 0 : count);
+    return encode(L, idx, root, out, first, count < 0 ? 0 : count, NULL);
+}
+
+int luamp_encode_no_objects(lua_State *L, int idx, lua_Integer first, lua_Integer count,
+                            const char *root, luamp_buf *out, const char *why)
+{
+    if (first <= 0)
+        return encode(L, idx, root, out, 0, -1, why);
+    luaL_checktype(L, idx, LUA_TTABLE);
+    return encode(L, idx, root, out, first, count < 0 ? 0 : count, why);
 }
 
 int luamp_encode_values(lua_State *L, int first, int n, const char *root, luamp_buf *out)
@@ -1800,7 +1814,7 @@ int luamp_encode_values(lua_State *L, int first, int n, const char *root, luamp_
         lua_pushvalue(L, first + i);
         lua_rawseti(L, -2, i + 1);
     }
-    r = protected_pass(L, top + 1, root, out, 1, n);
+    r = protected_pass(L, top + 1, root, out, 1, n, NULL);
     lua_remove(L, top + 1);   /* (above it: the refusal, if any) */
     return r;
 }
@@ -2750,6 +2764,7 @@ static luamp_buf *state_buffer(lua_State *L)
 int luamp_l_encode(lua_State *L)
 {
     const char *root = luaL_optstring(L, 2, "value");
+    const char *no_objects = luaL_optstring(L, 3, NULL);
     luamp_buf *b;
     size_t start, n;
 
@@ -2758,7 +2773,7 @@ int luamp_l_encode(lua_State *L)
     /* Appending after what is there keeps a nested encode (from a
      * __luamp_ref) from clobbering the outer one. */
     start = b->len;
-    if (luamp_encode(L, 1, root, b) != 0) {
+    if (encode(L, 1, root, b, 0, -1, no_objects) != 0) {
         luaL_pushfail(L);
         lua_insert(L, -2);
         return 2;

@@ -52,7 +52,6 @@ static void push_registry_keys(lua_State *L)
         {"raise", LUAMP_RAISE_KEY},
         {"fetch_objects", LUAMP_FETCH_KEY},
         {"cluster", LUAMP_CLUSTER_KEY},
-        {"no_objects", LUAMP_NO_OBJECTS_KEY},
     };
     lua_createtable(L, 0, sizeof keys / sizeof *keys);
     for (size_t i = 0; i < sizeof keys / sizeof *keys; i++) {

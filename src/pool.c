@@ -225,15 +225,9 @@ static int put_task_msg(lua_State *L, const char *fname, queue *u, int qidx, str
     if (luamp_buf_append(&u->buf, h, sizeof *h) != 0 || luamp_buf_append(&u->buf, f, flen) != 0)
         return luaL_error(L, "not enough memory");
     unsigned long objects = luamp_codec_objects_encoded;
-    if (u->cross_hosts) {
-        lua_pushliteral(L, CROSS_HOSTS_WHY);
-        lua_setfield(L, LUA_REGISTRYINDEX, LUAMP_NO_OBJECTS_KEY);
-    }
-    int bad = encode_task(L, idx, root, first, h->count, &u->buf);
-    if (u->cross_hosts) {
-        lua_pushnil(L);
-        lua_setfield(L, LUA_REGISTRYINDEX, LUAMP_NO_OBJECTS_KEY);
-    }
+    int bad = u->cross_hosts
+        ? luamp_encode_no_objects(L, idx, first, h->count, root, &u->buf, CROSS_HOSTS_WHY)
+        : encode_task(L, idx, root, first, h->count, &u->buf);
     if (bad != 0) {
         luamp_buf_trim(&u->buf);
         return -1;

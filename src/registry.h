@@ -27,9 +27,6 @@
 /* A pool worker's function reading the objects its parent sends
  * (share.lua), called by the decoder when it meets an unknown object. */
 #define LUAMP_FETCH_KEY "luamp.fetch_objects"
-/* While set (a string saying why), the encoder refuses luamp objects:
- * a cluster Pool's tasks, which may run on another host (pool.c). */
-#define LUAMP_NO_OBJECTS_KEY "luamp.no_objects"
 /* luamp-mpi's calls for cluster.lua (cluster.c); absent elsewhere. */
 #define LUAMP_CLUSTER_KEY "luamp.cluster"
 /* The state's default number of Pool processes (host.c, sys.c). */

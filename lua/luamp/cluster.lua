@@ -81,12 +81,7 @@ end
 -- core.encode of v, refusing luamp objects as a cluster Pool's tasks do
 -- (pool.c): a Pool's function and initializer may go to other hosts.
 local function encode_across(v, root)
-  local reg, key = debug.getregistry(), core.registry_keys.no_objects
-  reg[key] = core.cross_hosts_why
-  local ok, bytes, why = pcall(core.encode, v, root)
-  reg[key] = nil
-  if not ok then error(bytes, 0) end
-  return bytes, why
+  return core.encode(v, root, core.cross_hosts_why)
 end
 
 -- Tells the ranks of plan to start their workers for a Pool with these

@@ -186,6 +186,10 @@ do
     "coroutine", "a remote task returning a coroutine fails")
   t.ok(mp.Error.is(e3, "serialize"), "with kind serialize")
   t.is(pool:apply(math.abs, { -7 }), 7, "the pool goes on after every refusal")
+  local lq = mp.Queue()
+  lq:put({ l })
+  local back = lq:get(5)
+  t.ok(back and getmetatable(back[1]) == getmetatable(l), "a Queue of rank 0 still carries a Lock: the refusal is the cluster Pool's alone")
   -- (with the Executor's pool open beside it: rank 0's thread watches
   -- both task queues)
   every_rank("after the refusals")
