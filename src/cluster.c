@@ -121,6 +121,88 @@ static long long split_sent, split_received;   /* messages that went in parts (m
 
 /* ---- books and lists ------------------------------------------------- */
 
+/* A set of task numbers (> 0): open addressing, linear probing, deletion
+ * by shifting back, so that a set that had millions in it stays as fast
+ * as one that had ten.  Grows when half full; abandons the job when it
+ * cannot (die). */
+struct seqset {
+    int64_t *slot;
+    size_t cap, n;
+};
+
+static _Noreturn void die(const char *what);
+
+static size_t seq_home(const struct seqset *s, int64_t v)
+{
+    return (size_t)(((uint64_t)v * 0x9E3779B97F4A7C15u) >> 7) & (s->cap - 1);
+}
+
+static void seq_add(struct seqset *s, int64_t v);
+
+static void seq_grow(struct seqset *s)
+{
+    struct seqset b = { calloc(s->cap ? s->cap * 2 : 64, sizeof(int64_t)), s->cap ? s->cap * 2 : 64, 0 };
+    if (b.slot == NULL)
+        die("out of memory for the book of tasks sent");
+    for (size_t i = 0; i < s->cap; i++)
+        if (s->slot[i] != 0)
+            seq_add(&b, s->slot[i]);
+    free(s->slot);
+    *s = b;
+}
+
+static void seq_add(struct seqset *s, int64_t v)
+{
+    if (2 * (s->n + 1) > s->cap)
+        seq_grow(s);
+    size_t i = seq_home(s, v);
+    while (s->slot[i] != 0 && s->slot[i] != v)
+        i = (i + 1) & (s->cap - 1);
+    if (s->slot[i] == 0) {
+        s->slot[i] = v;
+        s->n++;
+    }
+}
+
+static int seq_has(const struct seqset *s, int64_t v)
+{
+    if (s->n == 0)
+        return 0;
+    for (size_t i = seq_home(s, v); s->slot[i] != 0; i = (i + 1) & (s->cap - 1))
+        if (s->slot[i] == v)
+            return 1;
+    return 0;
+}
+
+static void seq_remove(struct seqset *s, int64_t v)
+{
+    if (s->n == 0)
+        return;
+    size_t i = seq_home(s, v);
+    while (s->slot[i] != v) {
+        if (s->slot[i] == 0)
+            return;
+        i = (i + 1) & (s->cap - 1);
+    }
+    /* (shift back what probed past i, so that no probe stops short) */
+    for (size_t j = (i + 1) & (s->cap - 1); s->slot[j] != 0; j = (j + 1) & (s->cap - 1)) {
+        size_t h = seq_home(s, s->slot[j]);
+        if (((j - h) & (s->cap - 1)) >= ((j - i) & (s->cap - 1))) {
+            s->slot[i] = s->slot[j];
+            i = j;
+        }
+    }
+    s->slot[i] = 0;
+    s->n--;
+}
+
+static void seq_clear(struct seqset *s)
+{
+    free(s->slot);
+    s->slot = NULL;
+    s->cap = s->n = 0;
+}
+
 /* A node's record of a task it put in a local queue. */
 struct entry {
     int64_t origin;
@@ -148,6 +230,7 @@ struct cpool {
     struct entry *book;             /* node: tasks in its queue or running */
     size_t nbook, capbook;
     int ntimed;
+    struct seqset sent;             /* rank 0: tasks sent to a rank, no result back yet */
     struct cpool *next;
 };
 
@@ -256,6 +339,7 @@ static void free_pool(struct cpool *p)
     free(p->workers);
     free(p->cost);
     free(p->book);
+    seq_clear(&p->sent);
     free(p);
 }
 
@@ -628,6 +712,7 @@ static void send_task(struct cpool *p, int r, luamp_buf *t, uint64_t seq)
     send_msg(r, TAG(K_TASK, p->id), take_buffer(t), len);
     TRACE("task %llu to rank %d", (unsigned long long)seq, r);
     p->inflight[r]++;
+    seq_add(&p->sent, (int64_t)seq);
 }
 
 static int root_receive(void)
@@ -649,6 +734,8 @@ static int root_receive(void)
                 memcpy(&h, take_data(&in), sizeof h);
             }
             TRACE("result %lld from rank %d", (long long)h.seq, from);
+            if (h.seq > 0)
+                seq_remove(&p->sent, h.seq);
             if (h.jobid != 0 && p->inflight[from] > 0) {
                 p->inflight[from]--;
                 /* Tasks in flight to a rank: one a worker (a rank never
@@ -1277,6 +1364,17 @@ static int c_done(lua_State *L)
     return 1;
 }
 
+/* sent(id, seq): whether task seq went to another rank and its result
+ * has not come back (Future:running). */
+static int c_sent(lua_State *L)
+{
+    int64_t seq = (int64_t)luaL_checkinteger(L, 2);
+    struct cpool *p = lock_pool(L);
+    lua_pushboolean(L, p != NULL && !p->terminated && seq_has(&p->sent, seq));
+    pthread_mutex_unlock(&mu);
+    return 1;
+}
+
 /* release(id): the Pool ended; the thread lets go of its queues. */
 static int c_release(lua_State *L)
 {
@@ -1395,7 +1493,7 @@ static void install(lua_State *L)
 {
     static const luaL_Reg fns[] = {
         {"info", c_info}, {"open", c_open}, {"terminate", c_terminate}, {"done", c_done},
-        {"release", c_release}, {"node_next", c_node_next}, {"inbox_fd", c_inbox_fd},
+        {"release", c_release}, {"sent", c_sent}, {"node_next", c_node_next}, {"inbox_fd", c_inbox_fd},
         {"node_lost", c_node_lost}, {"node_timeout", c_node_timeout}, {"node_timed", c_node_timed},
         {"node_gone", c_node_gone}, {NULL, NULL}
     };

@@ -279,6 +279,7 @@ return {
   open = open,
   terminate = function(id) api.terminate(id) end,
   done = function(id) return api.done(id) end,
+  sent = function(id, seq) return api.sent(id, seq) end,
   release = function(id) api.release(id) end,
   wait_done = wait_done,
   encode_across = encode_across,

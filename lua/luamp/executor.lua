@@ -22,7 +22,7 @@
 -- be told, and wait on the pools of the futures still out (several
 -- pools: a short slice on each in turn).
 --
--- Uses: errors, checks, current, spawn, pool, results.
+-- Uses: errors, checks, current, spawn, pool, results, cluster.
 
 local core, part = ...
 
@@ -41,6 +41,7 @@ local pool_part = part("pool")
 local Pool, put_apply, start_imap = pool_part.Pool, pool_part.put_apply, pool_part.start_imap
 local check_running, run_callback = pool_part.check_running, pool_part.run_callback
 local ordered_iterator = part("results").ordered_iterator
+local cluster = part("cluster")
 
 local getpid, now = core.getpid, core.now
 local pack, unpack = table.pack, table.unpack
@@ -209,7 +210,10 @@ function Future:done()
   return is_done(self)
 end
 
--- Whether a worker has taken the task and not finished it.
+-- Whether a worker has taken the task and not finished it; under
+-- luamp-mpi, also whether it went to another rank, where it runs or is
+-- next in line (as Python's executor counts a task running once it is in
+-- its call queue).
 function Future:running()
   refresh(self)
   if is_done(self) then return false end
@@ -217,7 +221,7 @@ function Future:running()
   for _, h in ipairs(pool._workers) do
     if pool._tq:claim(pool._slot[h]) == self._seq then return true end
   end
-  return false
+  return pool._cluster ~= nil and cluster.sent(pool._cluster, self._seq)
 end
 
 function Future:cancelled() return self._state == "cancelled" end

@@ -110,20 +110,23 @@ do
   t.is(#started, c.workers, "one a worker")
   t.is(u.keys(ranks), u.keys(u.ranks(nranks)), "on every rank")
   -- running() is true for a task one of rank 0's workers took (its
-  -- claim slot says so); a task sent to another rank reads as not running
-  -- until it finishes (README, "Running on a cluster"), but it has left
-  -- the queue: it cannot be cancelled either way.
-  local running, local_ones, uncancellable = 0, 0, 0
+  -- claim slot says so) and for one sent to another rank (rank 0's
+  -- thread keeps those until their results come back); neither can be
+  -- cancelled.
+  local running, local_ones, remote_running, uncancellable = 0, 0, 0, 0
   for _, i in ipairs(started) do
     local w = u.get(dir .. "/started-b" .. i)
-    if w and w:match("^0:") then
-      local_ones = local_ones + 1
-      if blockers[i]:running() then running = running + 1 end
+    local on_rank0 = w and w:match("^0:") ~= nil
+    if on_rank0 then local_ones = local_ones + 1 end
+    if blockers[i]:running() then
+      running = running + 1
+      if not on_rank0 then remote_running = remote_running + 1 end
     end
     if blockers[i]:cancel() == false then uncancellable = uncancellable + 1 end
   end
   t.ok(local_ones >= 1, "rank 0's own worker took a blocked task")
-  t.is(running, local_ones, "running() is true for every task a worker of rank 0 has taken")
+  t.ok(remote_running >= 1, "running() is true for a task a worker of another rank runs")
+  t.is(running, #started, "running() is true for every task a worker has taken, on whatever rank")
   t.is(uncancellable, #started, "a task a worker of any rank has taken cannot be cancelled")
   local ex = bex
   local later = {}
@@ -154,6 +157,9 @@ do
   for _ in pairs(withdrawn) do nw = nw + 1 end
   t.is(right, #later - nw, "the futures not cancelled run and give their results")
   for i = 1, nb do blockers[i]:result(30) end
+  local still = 0
+  for i = 1, nb do if blockers[i]:running() then still = still + 1 end end
+  t.is(still, 0, "once their results are in, no future reads as running")
   ex:submit(function() end):result(30)
   for i in pairs(withdrawn) do
     if exists(dir .. "/ran-l" .. i) then ran_cancelled[#ran_cancelled + 1] = "l" .. i .. " ran" end
