@@ -118,14 +118,20 @@ int luamp_sys_error(lua_State *L, const char *what)
  * every byte received costs its share of a page fault (half the
  * receiver's time at 1 MiB).  Collected sooner, the memory is reused.
  * The extra work is proportional to the bytes received, as the
- * collector's own pacing is.  A step "as if n KiB were allocated" only
- * adds n KiB to the collector's debt, and between two cycles that debt
+ * collector's own pacing is.  A collector the script stopped stays
+ * stopped (a step runs even then).
+ *
+ * Such a step does nothing between two cycles, when the collector's debt
  * stands at minus the heap's size: a worker forked from a parent holding
- * 96 MiB took in 64 MiB of tasks, all garbage, before a step did any
- * work (tests/pool.lua), and 256 MiB of 1 MiB items went through such
- * workers at 700 MiB/s instead of 1,200.  So a basic step goes first
- * (LUA_GCSTEP 0), which starts the next cycle at once.  A collector the
- * script stopped stays stopped.
+ * 256 MiB piled up 128 MiB of received 1 MiB strings before a cycle
+ * began.  Starting the next cycle at once (a basic step first) fixed
+ * that, but halved map_small's rate (22 -> 16 M/s): a worker that
+ * inherited the script's million items, or a parent holding a million
+ * results, then marked them all over again for every 256 KiB.  A task
+ * of big strings is held while decoded (pool.c, TASK_FLAT), and the
+ * collector's restart after that starts its next step at once, which is
+ * what such streams need; a stream of big messages of small values
+ * still waits for the heap to double.
  */
 #define COLLECT_FROM ((size_t)256 << 10)
 
@@ -141,10 +147,8 @@ void luamp_collect_for(lua_State *L, size_t n)
     if (pending >= COLLECT_FROM) {
         size_t kb = pending >> 10;
         pending = 0;
-        if (!lua_gc(L, LUA_GCISRUNNING))
-            return;     /* (the script stopped the collector: so be it) */
-        lua_gc(L, LUA_GCSTEP, 0);
-        lua_gc(L, LUA_GCSTEP, kb > INT_MAX ? INT_MAX : (int)kb);
+        if (lua_gc(L, LUA_GCISRUNNING))
+            lua_gc(L, LUA_GCSTEP, kb > INT_MAX ? INT_MAX : (int)kb);
     }
 }
 
