@@ -510,12 +510,6 @@ static int l_watch_objects(lua_State *L)
     return 0;
 }
 
-/* wait_message for a worker's next task, forever.  While it waits, it
- * also reads the objects its parent sends on its object socket
- * (registry LUAMP_FETCH_KEY), so that a parent sending many does not find
- * the socket full while the worker is idle.  The task is u->msg: in
- * u->buf, or held in the ring (u->holding; see push_task) when it is a
- * TASK_FLAT one or has LUAMP_HOLD_FROM bytes. */
 /* shmq_wait's lend_if for a worker's tasks: whether to decode this one
  * where it lies (see TASK_FLAT). */
 static int hold_task(const char *msg, size_t len)
@@ -529,6 +523,12 @@ static int hold_task(const char *msg, size_t len)
     return (kind & TASK_FLAT) != 0;
 }
 
+/* wait_message for a worker's next task, forever.  While it waits, it
+ * also reads the objects its parent sends on its object socket
+ * (registry LUAMP_FETCH_KEY), so that a parent sending many does not find
+ * the socket full while the worker is idle.  The task is u->msg: in
+ * u->buf, or held in the ring (u->holding; see push_task) when it is a
+ * TASK_FLAT one or has LUAMP_HOLD_FROM bytes. */
 static int wait_task(lua_State *L, queue *u, shmq_wait *w)
 {
     int n;
