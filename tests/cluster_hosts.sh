@@ -35,6 +35,9 @@ net=10.231.$((id % 250))
 host1=luamp-host-a
 host2=luamp-host-b
 job="$tmp/job"
+# (`ip netns add` makes /run/netns a mount point of its own the first
+# time; one this test made, and left empty, goes with it)
+netns_mounted=$(mountpoint -q /run/netns 2>/dev/null && echo yes)
 cleanup() {
     if [ -f "$job/mark" ]; then
         for p in $(cluster_procs "$(cat "$job/mark")"); do kill -KILL "$p" 2>/dev/null; done
@@ -42,6 +45,9 @@ cleanup() {
     ip netns del "$ns1" 2>/dev/null
     ip netns del "$ns2" 2>/dev/null
     ip link del "$if1" 2>/dev/null
+    if [ -z "$netns_mounted" ] && mountpoint -q /run/netns 2>/dev/null && [ -z "$(ls -A /run/netns 2>/dev/null)" ]; then
+        umount /run/netns 2>/dev/null
+    fi
     rm -rf "$tmp"
 }
 trap cleanup EXIT
