@@ -141,7 +141,8 @@ static void seq_add(struct seqset *s, int64_t v);
 
 static void seq_grow(struct seqset *s)
 {
-    struct seqset b = { calloc(s->cap ? s->cap * 2 : 64, sizeof(int64_t)), s->cap ? s->cap * 2 : 64, 0 };
+    size_t cap = s->cap ? s->cap * 2 : 64;
+    struct seqset b = { calloc(cap, sizeof(int64_t)), cap, 0 };
     if (b.slot == NULL)
         die("out of memory for the book of tasks sent");
     for (size_t i = 0; i < s->cap; i++)

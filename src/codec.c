@@ -285,8 +285,8 @@ typedef struct encoder {
      * luamp_encode_values (stack set): stack slots t .. t + count - 1 */
     int slice, stack;
     lua_Integer first, count;
-    /* luamp_encode_no_objects: why luamp objects are refused (NULL: they
-     * are sent) */
+    /* luamp_encode_items: why luamp objects are refused (NULL: they are
+     * sent) */
     const char *no_objects;
 } encoder;
 
@@ -1791,13 +1791,13 @@ int luamp_encode_slice(lua_State *L, int idx, lua_Integer first, lua_Integer cou
     return encode(L, idx, root, out, first, count < 0 ? 0 : count, NULL);
 }
 
-int luamp_encode_no_objects(lua_State *L, int idx, lua_Integer first, lua_Integer count,
-                            const char *root, luamp_buf *out, const char *why)
+int luamp_encode_items(lua_State *L, int idx, lua_Integer first, lua_Integer count,
+                       const char *root, luamp_buf *out, const char *no_objects)
 {
     if (first <= 0)
-        return encode(L, idx, root, out, 0, -1, why);
+        return encode(L, idx, root, out, 0, -1, no_objects);
     luaL_checktype(L, idx, LUA_TTABLE);
-    return encode(L, idx, root, out, first, count < 0 ? 0 : count, why);
+    return encode(L, idx, root, out, first, count < 0 ? 0 : count, no_objects);
 }
 
 int luamp_encode_values(lua_State *L, int first, int n, const char *root, luamp_buf *out)

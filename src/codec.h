@@ -109,12 +109,14 @@ int luamp_encode_slice(lua_State *L, int idx, lua_Integer first, lua_Integer cou
                        const char *root, luamp_buf *out);
 
 /*
- * luamp_encode (first <= 0) or luamp_encode_slice that refuses every luamp
- * object ("cannot send args[1]: a luamp.Queue cannot cross hosts (why)"):
- * a task for a cluster Pool, which may run on another host.
+ * luamp_encode of the value at idx (first <= 0), or luamp_encode_slice of
+ * its `count` items from `first`; with `no_objects` not NULL, every luamp
+ * object is refused, saying so ("cannot send args[1]: a luamp.Queue
+ * cannot cross hosts (no_objects)"): a task for a cluster Pool, which may
+ * run on another host.
  */
-int luamp_encode_no_objects(lua_State *L, int idx, lua_Integer first, lua_Integer count,
-                            const char *root, luamp_buf *out, const char *why);
+int luamp_encode_items(lua_State *L, int idx, lua_Integer first, lua_Integer count,
+                       const char *root, luamp_buf *out, const char *no_objects);
 
 /*
  * luamp_encode_slice for the n stack values from index `first` (nils

@@ -174,14 +174,6 @@ static int put_msg(lua_State *L, queue *u, const char *what, shmq_ticket *t)
     return -1;
 }
 
-/* Encodes the task's items or arguments: idx, root, first and count as
- * put_task_msg's. */
-static int encode_task(lua_State *L, int idx, const char *root, lua_Integer first, lua_Integer count,
-                       luamp_buf *b)
-{
-    return first > 0 ? luamp_encode_slice(L, idx, first, count, root, b) : luamp_encode(L, idx, root, b);
-}
-
 /* The task just encoded names luamp objects.  A Pool's task queue has a
  * share hook (its user value, q:_on_objects): it is called with {id =
  * object} for them, to send them to the workers that did not inherit
@@ -200,7 +192,7 @@ static void share_objects(lua_State *L, int qidx, int idx, const char *root, lua
     lua_setfield(L, LUA_REGISTRYINDEX, LUAMP_COLLECT_KEY);
     luamp_buf scratch;
     luamp_buf_init(&scratch);
-    if (encode_task(L, idx, root, first, count, &scratch) != 0)
+    if (luamp_encode_items(L, idx, first, count, root, &scratch, NULL) != 0)
         lua_pop(L, 1);      /* (it was encoded once already) */
     luamp_buf_free(&scratch);
     lua_pushvalue(L, -2);
@@ -225,9 +217,7 @@ static int put_task_msg(lua_State *L, const char *fname, queue *u, int qidx, str
     if (luamp_buf_append(&u->buf, h, sizeof *h) != 0 || luamp_buf_append(&u->buf, f, flen) != 0)
         return luaL_error(L, "not enough memory");
     unsigned long objects = luamp_codec_objects_encoded;
-    int bad = u->cross_hosts
-        ? luamp_encode_no_objects(L, idx, first, h->count, root, &u->buf, CROSS_HOSTS_WHY)
-        : encode_task(L, idx, root, first, h->count, &u->buf);
+    int bad = luamp_encode_items(L, idx, first, h->count, root, &u->buf, u->cross_hosts ? CROSS_HOSTS_WHY : NULL);
     if (bad != 0) {
         luamp_buf_trim(&u->buf);
         return -1;
