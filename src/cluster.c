@@ -98,7 +98,8 @@ enum kind {
  * cluster must agree on it: ranks check each other at the start. */
 struct task_head {
     int64_t jobid, fid, start, count;
-    uint32_t flen, kind;
+    uint64_t flen;
+    uint32_t kind;
     int64_t origin;
     double timeout;
 };

@@ -40,12 +40,15 @@
  * so it must see as many messages as it can: the map of names it needs
  * for tables is made before the first one, rather than by the protected
  * pass that the first message with a table once went to.  And the size
- * limit (1 GiB) is checked against the running total before each string
- * is looked at or copied; a refusal for size is final even in the fast
- * pass, as the protected pass would only write the same bytes again,
- * copying the strings the fast pass had pointed at, to come to the same
- * refusal (five 256 MiB strings: 1.7 s and 512 MiB more memory to refuse,
- * now 0.05 s and nothing).
+ * limit (LUAMP_MAX_MESSAGE) is checked against the running total before
+ * each string is looked at or copied; a refusal for size is final even
+ * in the fast pass, as the protected pass would only write the same
+ * bytes again, copying the strings the fast pass had pointed at, to come
+ * to the same refusal (five 256 MiB strings: 1.7 s and 512 MiB more
+ * memory to refuse, now 0.05 s and nothing).  A string of 4 GiB or more,
+ * which MessagePack cannot hold, is refused before it is looked at too,
+ * but by the protected pass, which names its path: only the strings
+ * before it in the message are copied.
  *
  * Decoding is luamp's own reader rather than msgpack-c's unpacker: that one
  * builds a msgpack_object tree in a zone allocated per message and caps
@@ -63,6 +66,7 @@
  * fast pass does not check: a table it finds in the map goes to the
  * protected pass, one it does not find travels by value (doc/format.md).
  */
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -86,7 +90,7 @@ enum ext_type {
 #define STR_(x) #x
 #define STR(x) STR_(x)
 #define TOO_DEEP "nesting deeper than " STR(LUAMP_MAX_DEPTH) " levels"
-#define TOO_BIG "message larger than 1 GiB"
+#define TOO_BIG "message larger than " LUAMP_MAX_MESSAGE_TEXT
 /* The encoder's refusal for size: by this address, the fast pass knows
  * the refusal is final (see fast_pass). */
 static const char too_big[] = TOO_BIG;
@@ -1104,7 +1108,9 @@ static int enc_string(encoder *e)
     int span = e->fast && e->out->span_from && n >= e->out->span_from;
 
     /* before spending time on checking it, and before a byte is copied */
-    if (n > LUAMP_MAX_MESSAGE || written(e) + str_header_size(n) + n > LUAMP_MAX_MESSAGE)
+    if (n > LUAMP_MAX_STRING)
+        return refuse(e, "a string of 4 GiB or more (a MessagePack string holds at most 4 GiB - 1 bytes)");
+    if (written(e) + str_header_size(n) + n > LUAMP_MAX_MESSAGE)
         return refuse_whole(e, too_big);
     if (room(e, span ? 5 : 5 + n))
         return -1;
@@ -1686,7 +1692,7 @@ static int names_build_main(lua_State *L)
  * with a table went to the protected pass, which makes no spans, and so
  * copied its big strings (a first put of a table holding a 300 MiB
  * string copied it twice, the refusal of an oversized one only came
- * after a copy of up to 1 GiB).  Protected, and only advice: when it
+ * after a copy of up to the limit).  Protected, and only advice: when it
  * fails (out of memory), the protected pass makes the map or says why
  * it cannot. */
 static void names_first(lua_State *L)
@@ -2294,6 +2300,9 @@ static int new_table(decoder *d, uint64_t n, int each, int map, int depth)
         return fail(d, TOO_DEEP);
     if (n > left(d) / (size_t)each)
         return fail(d, "truncated message");
+    /* (a message over 2 GiB may hold that many nils; no Lua table does) */
+    if (n > INT_MAX)
+        return fail(d, "a table of %I entries, more than Lua's tables hold", (lua_Integer)n);
     luaL_checkstack(d->L, SLACK, NULL);
     lua_createtable(d->L, map ? 0 : (int)n, map ? (int)n : 0);
     remember_value(d);
@@ -2688,7 +2697,7 @@ static int decode(lua_State *L, const char *data, size_t len, int flags, int t, 
         d.plain = 0;
     }
     if (r == 0 && d.p != d.end)
-        r = fail(&d, "%d trailing bytes after the message", (int)left(&d));
+        r = fail(&d, "%I trailing bytes after the message", (lua_Integer)left(&d));
     ids_release(&d);
     if (r == 0) {
         lua_remove(L, d.ids);

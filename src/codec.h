@@ -21,8 +21,16 @@
 
 /* Deepest nesting of tables (and functions' upvalues) in one message. */
 #define LUAMP_MAX_DEPTH 200
-/* Largest message that is encoded, sent or decoded: 1 GiB. */
-#define LUAMP_MAX_MESSAGE ((size_t)1 << 30)
+/* Largest message that is encoded, sent or decoded: 1 TiB.  Memory is
+ * the real bound; this one keeps every length that is read back (a
+ * pipe's, a queue's, MPI's) far from overflowing and names a size in the
+ * refusal.  (It was 1 GiB, until issue 15 asked for messages over 2 GiB:
+ * MPI counts are ints, Python's pickles go past 4 GiB.) */
+#define LUAMP_MAX_MESSAGE ((size_t)1 << 40)
+#define LUAMP_MAX_MESSAGE_TEXT "1 TiB"
+/* MessagePack's own bound: a string holds at most 4 GiB - 1 bytes (str 32,
+ * bin 32), so a longer one cannot travel, whatever the message's size. */
+#define LUAMP_MAX_STRING ((size_t)UINT32_MAX)
 
 /* A string of a message left where it is, not copied into the buffer:
  * its n bytes at p belong at offset `at` of the buffer's data. */

@@ -8,7 +8,7 @@
  * A Pipe is one memfd, mapped by every process that holds an end: a page
  * of headers and, per direction (two for a duplex Pipe, one otherwise), a
  * ring of 4 MiB mapped twice in a row, so that any run of bytes in the
- * ring is contiguous in memory.  A message is a 4-byte little-endian
+ * ring is contiguous in memory.  A message is an 8-byte little-endian
  * length and the encoded value.  The sender copies it in and publishes it
  * by one store of the ring's tail; the receiver copies it out and frees it
  * by one store of the head.  A message that does not fit the ring (over
@@ -162,10 +162,17 @@ static conn *check_conn(lua_State *L)
     return c;
 }
 
-static inline uint32_t le32(const char *p)
+/* A message's length, before its bytes: 8 bytes, little-endian (messages
+ * may pass 4 GiB, as Python's Connection's do). */
+#define LEN 8
+
+static inline uint64_t get_len(const char *p)
 {
     const unsigned char *u = (const unsigned char *)p;
-    return (uint32_t)u[0] | (uint32_t)u[1] << 8 | (uint32_t)u[2] << 16 | (uint32_t)u[3] << 24;
+    uint64_t n = 0;
+    for (int i = LEN - 1; i >= 0; i--)
+        n = n << 8 | u[i];
+    return n;
 }
 
 /* ---- locks ------------------------------------------------------------ */
@@ -408,21 +415,22 @@ static int c_send(lua_State *L)
         return luaL_error(L, "bad argument #1 to 'send' (nil cannot be sent on a Pipe)");
     dir *d = s->d;
     luamp_buf_reset(&c->buf);
-    if (luamp_buf_reserve(&c->buf, 4) != 0)
+    if (luamp_buf_reserve(&c->buf, LEN) != 0)
         return luaL_error(L, "Pipe:send: out of memory");
-    c->buf.len = 4;
+    c->buf.len = LEN;
     if (luamp_encode(L, 2, "message", &c->buf) != 0) {
         luamp_buf_trim(&c->buf);
         return luamp_raise(L, "serialize", "%s", lua_tostring(L, -1));
     }
-    uint64_t n = luamp_buf_size(&c->buf) - 4;
+    uint64_t n = luamp_buf_size(&c->buf) - LEN;
     if (n > LUAMP_MAX_MESSAGE) {
         luamp_buf_trim(&c->buf);
-        return luaL_error(L, "Pipe:send: a message of %I bytes is over the 1 GiB limit", (lua_Integer)n);
+        return luaL_error(L, "Pipe:send: a message of %I bytes is over the " LUAMP_MAX_MESSAGE_TEXT " limit",
+                          (lua_Integer)n);
     }
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < LEN; i++)
         c->buf.data[i] = (char)(n >> (8 * i));
-    uint64_t total = 4 + n;
+    uint64_t total = LEN + n;
 
     /* Now and then (and first of all), ask whether anyone can still
      * receive: a full ring would tell, but only after 4 MiB. */
@@ -489,7 +497,7 @@ static int c_send(lua_State *L)
 /* ---- recv ------------------------------------------------------------- */
 
 /* The rest of a message over the ring's size, with the receive lock held
- * and its 4-byte length taken; returns with the lock released and the
+ * and its length taken; returns with the lock released and the
  * message in c->in, or a W_ code to raise for. */
 static int recv_stream(conn *c, uint64_t n)
 {
@@ -543,9 +551,9 @@ static int ready(side *s)
     dir *d = s->d;
     uint64_t t = atomic_load_explicit(&d->tail, memory_order_acquire);
     uint64_t h = atomic_load_explicit(&d->head, memory_order_relaxed);
-    if (t <= h || t - h < 4)
+    if (t <= h || t - h < LEN)
         return 0;
-    uint64_t total = 4 + (uint64_t)le32(s->data + h % CAP);
+    uint64_t total = LEN + get_len(s->data + h % CAP);
     return total > CAP || t - h >= total;
 }
 
@@ -566,27 +574,28 @@ static int c_recv(lua_State *L)
         uint64_t t = atomic_load_explicit(&d->tail, memory_order_acquire);
         uint64_t h = atomic_load_explicit(&d->head, memory_order_relaxed);
         uint32_t cut = atomic_load(&d->broken);
-        if (cut && (cut == CUT_BY_RECEIVER || t <= h || t - h < 4 || t - h < 4 + (uint64_t)le32(s->data + h % CAP))) {
+        if (cut && (cut == CUT_BY_RECEIVER || t <= h || t - h < LEN || t - h < LEN + get_len(s->data + h % CAP))) {
             unlock_dir(&d->rx_lock);
             return broken_error(L);
         }
-        if (t > h && t - h >= 4) {
+        if (t > h && t - h >= LEN) {
             const char *p = s->data + h % CAP;
-            uint64_t n = le32(p);
+            uint64_t n = get_len(p);
             if (n > LUAMP_MAX_MESSAGE) {
                 atomic_store(&d->broken, CUT_BY_RECEIVER);
                 unlock_dir(&d->rx_lock);
-                return luaL_error(L, "Pipe:recv: a message of %I bytes is over the 1 GiB limit", (lua_Integer)n);
+                return luaL_error(L, "Pipe:recv: a message of %I bytes is over the " LUAMP_MAX_MESSAGE_TEXT " limit",
+                                  (lua_Integer)n);
             }
             c->in.len = 0;
-            if (4 + n <= CAP && t - h >= 4 + n) {
+            if (LEN + n <= CAP && t - h >= LEN + n) {
                 if (n >= IN_PLACE) {
                     /* Decoded where it lies, saving a copy; protected,
                      * so that nothing raises with the lock held.  Taken
                      * whatever decoding says. */
-                    int st = luamp_decode_protected(L, p + 4, n, 0);
+                    int st = luamp_decode_protected(L, p + LEN, n, 0);
                     atomic_store_explicit(&d->rx_cpu, sched_getcpu(), memory_order_relaxed);
-                    atomic_store(&d->head, h + 4 + n);
+                    atomic_store(&d->head, h + LEN + n);
                     unlock_dir(&d->rx_lock);
                     ring(&d->room, s->fd);
                     if (st != 0)
@@ -598,21 +607,21 @@ static int c_recv(lua_State *L)
                     unlock_dir(&d->rx_lock);
                     return luaL_error(L, "Pipe:recv: out of memory for a message of %I bytes", (lua_Integer)n);
                 }
-                memcpy(c->in.data, p + 4, n);
+                memcpy(c->in.data, p + LEN, n);
                 c->in.len = n;
                 atomic_store_explicit(&d->rx_cpu, sched_getcpu(), memory_order_relaxed);
-                atomic_store(&d->head, h + 4 + n);
+                atomic_store(&d->head, h + LEN + n);
                 unlock_dir(&d->rx_lock);
                 ring(&d->room, s->fd);
                 r = W_READY;
                 break;
             }
-            if (4 + n > CAP) {
+            if (LEN + n > CAP) {
                 if (luamp_buf_prepare(&c->in, n) != 0) {
                     unlock_dir(&d->rx_lock);
                     return luaL_error(L, "Pipe:recv: out of memory for a message of %I bytes", (lua_Integer)n);
                 }
-                atomic_store(&d->head, h + 4);
+                atomic_store(&d->head, h + LEN);
                 r = recv_stream(c, n);
                 if (r == W_CLOSED)
                     return luamp_raise(L, "closed", "Pipe:recv: the other end closed in the middle of a message");

@@ -132,7 +132,7 @@ static int opt_slot(lua_State *L, int idx)
  */
 struct task_hdr {
     int64_t jobid, fid, start, count;
-    uint32_t flen;
+    uint64_t flen;
     uint32_t kind;
     /* A cluster's task (cluster.c): origin, the sequence number rank 0's
      * task queue gave it (0 on one host), is what its result names; and
@@ -158,7 +158,7 @@ struct result_hdr {
     int64_t jobid, start, count, seq, nres;
     double elapsed;
     int64_t pid;
-    uint32_t rlen, elen;
+    uint64_t rlen, elen;
     uint32_t apply;      /* put by put_apply */
 };
 
@@ -170,7 +170,7 @@ static int put_msg(lua_State *L, queue *u, const char *what, shmq_ticket *t)
 {
     if (luamp_queue_put_buf(L, u, -1, t) == SHMQ_OK)
         return 0;
-    lua_pushfstring(L, "cannot send %s: larger than 1 GiB", what);
+    lua_pushfstring(L, "cannot send %s: larger than " LUAMP_MAX_MESSAGE_TEXT, what);
     return -1;
 }
 
@@ -204,15 +204,12 @@ static void share_objects(lua_State *L, int qidx, int idx, const char *root, lua
 /* Builds a task message in u->buf: the header h, the function's bytes
  * (f, flen), then the items (the value at idx, or with `first` its slice
  * first .. first + h->count - 1), and puts it.  Returns 0 with *t, or
- * -1 with a message pushed (the items cannot be encoded); raises, naming
- * fname, when the function is too large. */
-static int put_task_msg(lua_State *L, const char *fname, queue *u, int qidx, struct task_hdr *h,
+ * -1 with a message pushed (the items cannot be encoded). */
+static int put_task_msg(lua_State *L, queue *u, int qidx, struct task_hdr *h,
                         const char *f, size_t flen, int idx, const char *root, lua_Integer first,
                         shmq_ticket *t)
 {
-    if (flen > LUAMP_MAX_MESSAGE)
-        return luaL_error(L, "%s: function too large", fname);
-    h->flen = (uint32_t)flen;
+    h->flen = flen;
     luamp_buf_reset(&u->buf);
     if (luamp_buf_append(&u->buf, h, sizeof *h) != 0 || luamp_buf_append(&u->buf, f, flen) != 0)
         return luaL_error(L, "not enough memory");
@@ -263,7 +260,7 @@ static int q_put_task(lua_State *L)
     lua_Integer first = luaL_optinteger(L, 10, 0);
     h.timeout = luaL_optnumber(L, 11, 0);
     shmq_ticket t;
-    if (put_task_msg(L, "put_task", u, 1, &h, f, flen, 7, root, first, &t) != 0) {
+    if (put_task_msg(L, u, 1, &h, f, flen, 7, root, first, &t) != 0) {
         lua_pushnil(L);
         lua_insert(L, -2);
         return 2;
@@ -317,7 +314,7 @@ static int q_apply_task(lua_State *L)
     h.timeout = luaL_optnumber(L, 9, 0);
     lua_settop(L, 8);
     shmq_ticket t;
-    if (put_task_msg(L, "apply_task", u, 1, &h, f, flen, 8, "args", 0, &t) != 0) {
+    if (put_task_msg(L, u, 1, &h, f, flen, 8, "args", 0, &t) != 0) {
         lua_pushnil(L);
         lua_insert(L, -2);
         return 2;
@@ -400,7 +397,7 @@ static int apply_fast(lua_State *L)
     size_t flen;
     const char *f = lua_tolstring(L, 10, &flen);
     shmq_ticket t;
-    if (put_task_msg(L, "apply_async", u, 12, &h, f, flen, 3, "args", 0, &t) != 0)
+    if (put_task_msg(L, u, 12, &h, f, flen, 3, "args", 0, &t) != 0)
         return luamp_raise(L, "serialize", "%s", lua_tostring(L, -1));
     push_apply_job(L, AF_ID, id, 1, lua_upvalueindex(AF_RESULTMT), 13, t.seq);
     counters.apply_fast++;
@@ -684,7 +681,7 @@ static int q_get_task(lua_State *L)
 /* Appends the value at idx (0, nil or false: nothing) to u->buf; its
  * length in *len.
  * Returns 0, or -1 with the encoder's message pushed. */
-static int encode_part(lua_State *L, queue *u, int idx, const char *root, uint32_t *len)
+static int encode_part(lua_State *L, queue *u, int idx, const char *root, uint64_t *len)
 {
     size_t before = luamp_buf_size(&u->buf);
     *len = 0;
@@ -692,7 +689,7 @@ static int encode_part(lua_State *L, queue *u, int idx, const char *root, uint32
         return 0;
     if (luamp_encode(L, idx, root, &u->buf) != 0)
         return -1;
-    *len = (uint32_t)(luamp_buf_size(&u->buf) - before);
+    *len = luamp_buf_size(&u->buf) - before;
     return 0;
 }
 
@@ -706,12 +703,12 @@ static int put_result_msg(lua_State *L, queue *u, struct result_hdr *h, int ridx
     int bad;
     if (values) {
         bad = luamp_encode_values(L, values, (int)h->nres, "result", &u->buf) != 0;
-        h->rlen = (uint32_t)(luamp_buf_size(&u->buf) - sizeof *h);
+        h->rlen = luamp_buf_size(&u->buf) - sizeof *h;
     } else if (!h->apply && h->count > 0 && ridx && lua_type(L, ridx) == LUA_TTABLE) {
         /* a chunk's results, 1..count (nil ones too): as an array, read
          * by index, whatever holes the table has */
         bad = luamp_encode_slice(L, ridx, 1, h->count, "result", &u->buf) != 0;
-        h->rlen = (uint32_t)(luamp_buf_size(&u->buf) - sizeof *h);
+        h->rlen = luamp_buf_size(&u->buf) - sizeof *h;
     } else {
         bad = encode_part(L, u, ridx, "result", &h->rlen) != 0;
     }
@@ -1210,7 +1207,7 @@ static int q_get_result(lua_State *L)
         struct result_hdr h = { 0 };
         if (u->mlen >= sizeof h)
             memcpy(&h, u->msg, sizeof h);
-        if (u->mlen < sizeof h || (uint64_t)h.rlen + h.elen != u->mlen - sizeof h) {
+        if (u->mlen < sizeof h || h.rlen > u->mlen - sizeof h || h.elen != u->mlen - sizeof h - h.rlen) {
             give_back(L, u);
             luamp_buf_trim(&u->buf);
             return luaL_error(L, "malformed result message");

@@ -195,7 +195,7 @@ static int do_put(lua_State *L, queue *u, double deadline)
     shmq_ticket t;
     int r = luamp_queue_put_buf(L, u, deadline, &t);
     if (r == SHMQ_ERROR)
-        return luamp_raise(L, "serialize", "cannot put an item larger than 1 GiB on a queue");
+        return luamp_raise(L, "serialize", "cannot put an item larger than " LUAMP_MAX_MESSAGE_TEXT " on a queue");
     lua_pushboolean(L, r == SHMQ_OK);
     if (r != SHMQ_OK)
         return 1;

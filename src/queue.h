@@ -46,7 +46,7 @@ int luamp_queue_new(lua_State *L);
 int luamp_queue_attach(lua_State *L);
 
 /* Puts u->buf.  Raises on an interrupt or a system error; returns
- * SHMQ_OK, SHMQ_TIMEOUT, or SHMQ_ERROR for a message over 1 GiB. */
+ * SHMQ_OK, SHMQ_TIMEOUT, or SHMQ_ERROR for a message over LUAMP_MAX_MESSAGE. */
 int luamp_queue_put_buf(lua_State *L, queue *u, double deadline, shmq_ticket *t);
 
 /* Gives back this process's memory and descriptors of the queue. */

@@ -13,7 +13,7 @@
  * put wait for room.
  *
  * Layout: one memfd.  Its first pages hold the header (the locks and the
- * ring's bookkeeping); the rest is a ring of records [u32 length][u64
+ * ring's bookkeeping); the rest is a ring of records [u64 length][u64
  * sequence number][bytes], a record may wrap around the end.  The header
  * is mapped once at a fixed address (the kernel's robust-futex list
  * points into it); the ring is mapped separately because it grows: a put
@@ -157,7 +157,7 @@
 #define SHRINK_ABOVE ((size_t)256 << 20)
 #define BIG_RECORD (SHRINK_ABOVE / 4)
 #define SHRINK_IDLE 1.0
-#define REC_HDR 12     /* u32 length, u64 sequence number */
+#define REC_HDR 16     /* u64 length, u64 sequence number */
 /* In a record's sequence number: withdrawn by shmq_cancel, to be skipped. */
 #define REC_CANCELLED ((uint64_t)1 << 63)
 /* Requeued records whose positions the header keeps (see "Cancelling"). */
@@ -401,7 +401,7 @@ static int remap(shmq *q, pthread_mutex_t *m)
 }
 
 /* The record at ring position pos: its length and sequence number. */
-static void read_rec(shmq *q, uint64_t pos, uint32_t *len, uint64_t *seq);
+static void read_rec(shmq *q, uint64_t pos, uint64_t *len, uint64_t *seq);
 
 /* Under both locks, after a process died holding one: the counters may be
  * off by the item it was moving; the records between head and tail say
@@ -411,7 +411,7 @@ static void recover(shmq *q)
     struct shmq_hdr *h = q->hdr;
     uint64_t live = 0;
     for (uint64_t pos = h->head + h->lent; pos < h->tail;) {
-        uint32_t len;
+        uint64_t len;
         uint64_t seq;
         read_rec(q, pos, &len, &seq);
         live += !(seq & REC_CANCELLED);
@@ -549,12 +549,12 @@ static void ring_read(shmq *q, uint64_t pos, void *p, size_t n)
     memcpy((char *)p + first, q->ring, n - first);
 }
 
-static void read_rec(shmq *q, uint64_t pos, uint32_t *len, uint64_t *seq)
+static void read_rec(shmq *q, uint64_t pos, uint64_t *len, uint64_t *seq)
 {
     unsigned char rec[REC_HDR];
     ring_read(q, pos, rec, REC_HDR);
-    memcpy(len, rec, 4);
-    memcpy(seq, rec + 4, 8);
+    memcpy(len, rec, 8);
+    memcpy(seq, rec + 8, 8);
 }
 
 /* Resizes the ring to `cap` bytes, keeping its records; under both locks.
@@ -1024,10 +1024,10 @@ static int put_src(shmq *q, const struct put_src *src, double deadline, uint64_t
     if (need >= LUAMP_POPULATE_FROM)
         prefault(q, h->tail, need);
     unsigned char rec[REC_HDR];
-    uint32_t len = (uint32_t)n;
+    uint64_t len = n;
     uint64_t s = fixed ? fixed : ++h->next_seq;
-    memcpy(rec, &len, 4);
-    memcpy(rec + 4, &s, 8);
+    memcpy(rec, &len, 8);
+    memcpy(rec + 8, &s, 8);
     ring_write(q, h->tail, rec, REC_HDR);
     if (src->fill) {
         uint64_t off = ring_off(h, h->tail + REC_HDR);
@@ -1120,7 +1120,7 @@ static int skip_cancelled(shmq *q, uint64_t tail)
     struct shmq_hdr *h = q->hdr;
     uint64_t pos = h->head;
     while (pos != tail) {
-        uint32_t len;
+        uint64_t len;
         uint64_t seq;
         read_rec(q, pos, &len, &seq);
         if (!(seq & REC_CANCELLED))
@@ -1138,7 +1138,7 @@ static int skip_cancelled(shmq *q, uint64_t tail)
  * -1 if it is another record. */
 static int withdraw_at(shmq *q, uint64_t pos, uint64_t seq)
 {
-    uint32_t len;
+    uint64_t len;
     uint64_t s;
     read_rec(q, pos, &len, &s);
     if ((s & ~REC_CANCELLED) != seq)
@@ -1146,7 +1146,7 @@ static int withdraw_at(shmq *q, uint64_t pos, uint64_t seq)
     if (s & REC_CANCELLED)
         return 0;
     s |= REC_CANCELLED;
-    ring_write(q, pos + 4, &s, 8);
+    ring_write(q, pos + 8, &s, 8);
     STORE(&q->hdr->nremoved, q->hdr->nremoved + 1);
     return 1;
 }
@@ -1156,7 +1156,7 @@ static int withdraw_at(shmq *q, uint64_t pos, uint64_t seq)
 static int withdraw_walking(shmq *q, uint64_t seq, uint64_t from, uint64_t to)
 {
     for (uint64_t pos = from; pos < to;) {
-        uint32_t len;
+        uint64_t len;
         uint64_t s;
         read_rec(q, pos, &len, &s);
         if ((s & ~REC_CANCELLED) == seq)     /* (a requeued record is out of order) */
@@ -1287,7 +1287,7 @@ int shmq_get(shmq *q, luamp_buf *out, double deadline, shmq_wait *w)
     double t = waited_from != 0 || w->claim >= 0 || pacing ? luamp_now() : 0;
     if (waited_from != 0)
         q->spin = t - waited_from < SHORT_WAIT;
-    uint32_t len;
+    uint64_t len;
     read_rec(q, h->head, &len, &w->seq);
     uint64_t need = REC_HDR + (uint64_t)len, off = ring_off(h, h->head);
     if (need >= BIG_RECORD)

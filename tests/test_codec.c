@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 
 #include <lauxlib.h>
@@ -320,8 +321,23 @@ static void test_decode_errors(void)
               "cannot receive string.xyz: no field 'xyz' in module 'string'") == 0,
        "an unknown field is refused");
     ok(*DECODE_ERROR("\xc7\x09\x02os.getenv", 0) == '\0', "os.getenv resolves");
-    ok(strcmp(decode_error("", LUAMP_MAX_MESSAGE + 1, 0), "message larger than 1 GiB") == 0,
-       "input larger than 1 GiB is refused before it is read");
+    ok(strcmp(decode_error("", LUAMP_MAX_MESSAGE + 1, 0), "message larger than 1 TiB") == 0,
+       "input larger than 1 TiB is refused before it is read");
+    {
+        /* An array of 2^31 entries: a message over 2 GiB may say so, as
+         * its bytes are there (zero pages, never touched); no Lua table
+         * holds that many. */
+        size_t n = 5 + ((size_t)1 << 31);
+        char *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (p != MAP_FAILED) {
+            memcpy(p, "\xdd\x80\0\0\0", 5);
+            ok(strcmp(decode_error(p, n, 0), "a table of 2147483648 entries, more than Lua's tables hold") == 0,
+               "an array of 2^31 entries is refused before a table is made");
+            munmap(p, n);
+        } else {
+            skip("an array of 2^31 entries is refused before a table is made", "no 2 GiB of address space");
+        }
+    }
     ok(lua_gettop(L) == top, "failed decodes leave the stack balanced");
 
     luamp_buf_init(&b);
@@ -532,7 +548,6 @@ static void test_objects(void)
     run("debug.getregistry()['luamp.objects'] = nil; OBJ = nil");
 }
 
-/* 2 x 512 MiB of the same string go over 1 GiB. */
 /* The message b holds: its data with its spans inserted, into out. */
 static void flatten(const luamp_buf *b, luamp_buf *out)
 {
@@ -628,26 +643,29 @@ static void test_spans(void)
     run("BIG = nil; BIG2 = nil");
 }
 
+/* The size limit, 1 TiB, is met by a message made of spans: the same
+ * string of 64 MiB - 16 bytes 16,385 times, in 64 MiB of memory. */
 static void test_size_limit(void)
 {
     luamp_buf b;
 
     luamp_buf_init(&b);
     luamp_buf_append(&b, "keep", 4);
+    b.span_from = 1 << 16;
     /* bytes that are not UTF-8, so that no time goes into checking them */
-    run("HALF = string.rep(string.rep('\\xff', 1 << 20), 1 << 9)");
-    eval("{HALF, HALF}");
-    ok(luamp_encode(L, -1, "args", &b) == -1, "a message over 1 GiB is refused");
-    ok(strcmp(lua_tostring(L, -1), "cannot send args: message larger than 1 GiB") == 0,
+    run("S = string.rep('\\xff', (64 << 20) - 16); T = {} for i = 1, (1 << 14) + 1 do T[i] = S end");
+    eval("T");
+    ok(luamp_encode(L, -1, "args", &b) == -1, "a message over 1 TiB is refused");
+    ok(strcmp(lua_tostring(L, -1), "cannot send args: message larger than 1 TiB") == 0,
        "the size refusal names the root only");
     lua_pop(L, 2);
-    ok(b.len == 4, "a refused large message leaves the buffer as it was");
-    b.span_from = 1 << 16;
-    eval("{HALF, HALF}");
-    ok(luamp_encode(L, -1, "args", &b) == -1 && b.len == 4 && b.nspans == 0,
-       "so does one over 1 GiB in spans");
-    lua_pop(L, 2);
-    run("HALF = nil; collectgarbage()");
+    ok(b.len == 4 && b.nspans == 0 && b.spanlen == 0, "a refused large message leaves the buffer as it was");
+    run("T[#T] = nil");
+    eval("T");
+    ok(luamp_encode(L, -1, "args", &b) == 0 && luamp_buf_size(&b) > ((size_t)1 << 40) - (1 << 20),
+       "one string less, just under 1 TiB, passes (in spans)");
+    lua_pop(L, 1);
+    run("S = nil; T = nil; collectgarbage()");
     luamp_buf_free(&b);
 }
 

@@ -510,29 +510,30 @@ static void test_cancel_payload(void)
     shmq *q = shmq_create(0);
     if (!q)
         return;
-    /* z at 0 and a at 16 are put and taken; a filler leaves the head 8
-     * bytes before the end of the 256 KiB ring, so that d, put into the
-     * empty ring, starts at offset 0 instead of wrapping.  When that set
-     * the positions back to 0, d's bytes 4-15 lay at a's old position:
-     * they look like a's header.  Its bytes 40-51 look like the header
-     * of e, which follows d. */
+    /* z at 0 and a at 20 are put and taken (a record is a 16-byte
+     * header and the bytes); a filler leaves the head 8 bytes before the
+     * end of the 256 KiB ring, so that d, put into the empty ring, starts
+     * at offset 0 instead of wrapping.  When that set the positions back
+     * to 0, d's bytes 4-19 lay at a's old position: they look like a's
+     * header.  Its bytes 40-55 look like the header of e, which follows
+     * d. */
     shmq_ticket z, a, f, d, e;
     int all = shmq_put(q, "zzzz", 4, -1, &z) == SHMQ_OK && shmq_put(q, "aaaa", 4, -1, &a) == SHMQ_OK;
     all &= strcmp(get_str(q, &b, s, sizeof s), "zzzz") == 0 && strcmp(get_str(q, &b, s, sizeof s), "aaaa") == 0;
-    size_t nfill = (256 << 10) - 2 * 16 - 12 - 8;
+    size_t nfill = (256 << 10) - 2 * 20 - 16 - 8;
     all &= put_filled(q, filler, nfill, 'f', &f) && got_filled(q, &b, filler, nfill, 'f');
     unsigned char dbytes[100];
     memset(dbytes, 'd', sizeof dbytes);
-    uint32_t fake_len = 4;
+    uint64_t fake_len = 4;
     uint64_t e_seq = f.seq + 2;
-    memcpy(dbytes + 4, &fake_len, 4);
-    memcpy(dbytes + 8, &a.seq, 8);
-    memcpy(dbytes + 40, &fake_len, 4);
-    memcpy(dbytes + 44, &e_seq, 8);
+    memcpy(dbytes + 4, &fake_len, 8);
+    memcpy(dbytes + 12, &a.seq, 8);
+    memcpy(dbytes + 40, &fake_len, 8);
+    memcpy(dbytes + 48, &e_seq, 8);
     all &= shmq_put(q, dbytes, sizeof dbytes, -1, &d) == SHMQ_OK;
     all &= shmq_put(q, "eeee", 4, -1, &e) == SHMQ_OK && e.seq == e_seq;
-    ok(all && a.pos == 16 && shmq_test_capacity(q) == (256 << 10),
-       "(a was put at position 16, and the ring did not grow)");
+    ok(all && a.pos == 20 && shmq_test_capacity(q) == (256 << 10),
+       "(a was put at position 20, and the ring did not grow)");
     ok(shmq_cancel(q, a.seq, a.pos) == 0 && shmq_cancel(q, a.seq, SHMQ_ANYWHERE) == 0 && shmq_count(q) == 2,
        "bytes of a message that look like a taken message's header are not found, by position or by walking");
     ok(shmq_cancel(q, e.seq, SHMQ_ANYWHERE) == 1 && shmq_count(q) == 1,

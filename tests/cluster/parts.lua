@@ -2,7 +2,8 @@
 -- cluster/parts.lua: messages split into parts.  tests/cluster.sh runs it
 -- under mpirun -n 3 with LUAMP_MPI_PART=700 (bytes), so that tasks and
 -- results of a few bytes to 100 KB cross as a BIG header and parts, as
--- messages over 1 GiB do (MPI counts are ints).
+-- messages over 1 GiB do (MPI counts are ints; tests/cluster/over_2gib.lua
+-- sends real ones).
 --   arg[1]: scratch directory; arg[2]: the ranks of the job (3)
 local t = require "tap"
 local mp = require "luamp"
