@@ -52,7 +52,12 @@
  * Messages.  The tag says what a message is and for which pool
  * (kind | pool << 4); the payload is the queue's message as it is.  MPI
  * counts are ints: a message over LUAMP_MPI_PART bytes (1 GiB; tests set
- * less) goes as a BIG header and parts.
+ * less) goes as a BIG header and parts.  The parts go where a message in
+ * one piece goes, as they come: into the ring of the queue it is put in,
+ * or from the ring of the queue a result is lent from, with no copy of
+ * their own (they once were gathered into a buffer first, and a result
+ * in parts copied out of the ring: 2 GiB more memory and two copies for
+ * a result of 2 GiB).
  */
 #include "cluster.h"
 #include "shmq.h"
@@ -212,6 +217,15 @@ struct entry {
     double timeout;
 };
 
+/* Sends in flight: their requests, and the buffer they free when done
+ * (NULL: not theirs). */
+struct sending {
+    MPI_Request req[8];
+    int nreq;
+    char *data;
+    struct sending *next;
+};
+
 struct cpool {
     int64_t id;
     shmq *tq, *rq;                  /* this thread's own views */
@@ -228,7 +242,7 @@ struct cpool {
     int nremote, nclosed;           /* rank 0: ranks with workers, ranks that said CLOSED */
     int gone;                       /* node: its workers all exited */
     int lending;                    /* node: a result is being sent from its ring */
-    MPI_Request lend_req;
+    struct sending lend;            /* (its sends) */
     struct entry *book;             /* node: tasks in its queue or running */
     size_t nbook, capbook;
     int ntimed;
@@ -247,12 +261,6 @@ struct note {
 };
 
 /* A send in flight: its requests and the buffer they read. */
-struct sending {
-    MPI_Request req[8];
-    int nreq;
-    char *data;
-    struct sending *next;
-};
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_t comm;
@@ -387,8 +395,44 @@ static int dup_fds(int *fds, int n)
 
 /* ---- sending and receiving ------------------------------------------- */
 
+/* Posts the sends of len bytes at data to rank `to` with `tag` into s:
+ * one message, or a BIG header (a record of its own in `sends`) and
+ * parts of at most part_size bytes, sent from this thread alone, back to
+ * back, so that they follow their header from this rank in order.  More
+ * parts than s holds requests wait for the ones before. */
+static void post_sends(int to, int tag, const char *data, size_t len, struct sending *s)
+{
+    s->nreq = 0;
+    if (len <= part_size) {
+        CHECK(MPI_Isend(data, (int)len, MPI_BYTE, to, tag, MPI_COMM_WORLD, &s->req[0]), "MPI_Isend");
+        s->nreq = 1;
+        return;
+    }
+    int64_t head[2] = { (int64_t)len, tag };
+    struct sending *h = calloc(1, sizeof *h);
+    if (h == NULL || (h->data = malloc(sizeof head)) == NULL)
+        die("out of memory sending a message");
+    memcpy(h->data, head, sizeof head);
+    split_sent++;
+    CHECK(MPI_Isend(h->data, (int)sizeof head, MPI_BYTE, to, TAG(K_BIG, 0), MPI_COMM_WORLD, &h->req[0]), "MPI_Isend");
+    h->nreq = 1;
+    h->next = sends;
+    sends = h;
+    for (size_t off = 0; off < len;) {
+        size_t n = len - off < part_size ? len - off : part_size;
+        if (s->nreq == (int)(sizeof s->req / sizeof *s->req)) {
+            CHECK(MPI_Waitall(s->nreq, s->req, MPI_STATUSES_IGNORE), "MPI_Waitall");
+            s->nreq = 0;
+        }
+        CHECK(MPI_Isend(data + off, (int)n, MPI_BYTE, to, TAG(K_PART, 0), MPI_COMM_WORLD, &s->req[s->nreq]),
+              "MPI_Isend");
+        s->nreq++;
+        off += n;
+    }
+}
+
 /* Sends len bytes of data (which it then owns) to rank `to` with `tag`,
- * without waiting; big messages as a BIG header and parts. */
+ * without waiting. */
 static void send_msg(int to, int tag, char *data, size_t len)
 {
     struct sending *s = calloc(1, sizeof *s);
@@ -396,36 +440,7 @@ static void send_msg(int to, int tag, char *data, size_t len)
         die("out of memory sending a message");
     }
     s->data = data;
-    if (len <= part_size) {
-        CHECK(MPI_Isend(data, (int)len, MPI_BYTE, to, tag, MPI_COMM_WORLD, &s->req[0]), "MPI_Isend");
-        s->nreq = 1;
-    } else {
-        /* (sent from this thread alone, back to back: the parts follow
-         * their header from this rank in order) */
-        int64_t head[2] = { (int64_t)len, tag };
-        struct sending *h = calloc(1, sizeof *h);
-        if (h == NULL || (h->data = malloc(sizeof head)) == NULL) {
-            die("out of memory sending a message");
-        }
-        memcpy(h->data, head, sizeof head);
-        split_sent++;
-        CHECK(MPI_Isend(h->data, (int)sizeof head, MPI_BYTE, to, TAG(K_BIG, 0), MPI_COMM_WORLD, &h->req[0]), "MPI_Isend");
-        h->nreq = 1;
-        h->next = sends;
-        sends = h;
-        for (size_t off = 0; off < len;) {
-            size_t n = len - off < part_size ? len - off : part_size;
-            if (s->nreq == (int)(sizeof s->req / sizeof *s->req)) {
-                /* (more parts than one record holds: wait for these) */
-                CHECK(MPI_Waitall(s->nreq, s->req, MPI_STATUSES_IGNORE), "MPI_Waitall");
-                s->nreq = 0;
-            }
-            CHECK(MPI_Isend(data + off, (int)n, MPI_BYTE, to, TAG(K_PART, 0), MPI_COMM_WORLD, &s->req[s->nreq]),
-                  "MPI_Isend");
-            s->nreq++;
-            off += n;
-        }
-    }
+    post_sends(to, tag, data, len, s);
     s->next = sends;
     sends = s;
 }
@@ -449,13 +464,16 @@ static int progress_sends(void)
     return sends != NULL;
 }
 
-/* A message that came: probed (m, not received yet) or, when it came in
- * parts, received whole into data. */
+/* A message that came, probed (m) and not received yet, or, when it
+ * comes in parts, its BIG header received and its parts still to come:
+ * take_data receives it into a buffer of its own (data), put_incoming
+ * straight into a queue's ring. */
 struct incoming {
     MPI_Message m;
     int tag, from;
     size_t len;
     char *data;
+    int parts;          /* its len bytes follow in parts, not received yet */
 };
 
 static char *alloc_or_abort(size_t n)
@@ -479,6 +497,7 @@ static int probe_msg(struct incoming *in)
     in->tag = st.MPI_TAG;
     in->len = (size_t)count;
     in->data = NULL;
+    in->parts = 0;
     if (TAG_KIND(in->tag) != K_BIG)
         return 1;
     int64_t head[2];
@@ -488,27 +507,61 @@ static int probe_msg(struct incoming *in)
     }
     CHECK(MPI_Mrecv(head, (int)sizeof head, MPI_BYTE, &in->m, MPI_STATUS_IGNORE), "MPI_Mrecv");
     split_received++;
-    size_t total = (size_t)head[0];
-    char *buf = alloc_or_abort(total);
-    /* (each part as long as the sender made it: the ranks need not agree
-     * on LUAMP_MPI_PART) */
-    for (size_t off = 0; off < total;) {
+    if (head[0] <= 0 || (uint64_t)head[0] > LUAMP_MAX_MESSAGE) {
+        fprintf(stderr, "luamp-mpi: rank %d: a malformed message from rank %d\n", me, in->from);
+        MPI_Abort(MPI_COMM_WORLD, 72);
+    }
+    in->tag = (int)head[1];
+    in->len = (size_t)head[0];
+    in->parts = 1;
+    return 1;
+}
+
+/* Receives message m into n1 bytes at d1 and n2 at d2 (two pieces when it
+ * goes where a ring's record wraps around the ring's end). */
+static void recv_into(MPI_Message *m, char *d1, size_t n1, char *d2, size_t n2)
+{
+    if (n2 == 0) {
+        CHECK(MPI_Mrecv(d1, (int)n1, MPI_BYTE, m, MPI_STATUS_IGNORE), "MPI_Mrecv");
+        return;
+    }
+    MPI_Aint at[2];
+    int len[2] = { (int)n1, (int)n2 };
+    MPI_Datatype two;
+    CHECK(MPI_Get_address(d1, &at[0]), "MPI_Get_address");
+    CHECK(MPI_Get_address(d2, &at[1]), "MPI_Get_address");
+    CHECK(MPI_Type_create_hindexed(2, len, at, MPI_BYTE, &two), "MPI_Type_create_hindexed");
+    CHECK(MPI_Type_commit(&two), "MPI_Type_commit");
+    CHECK(MPI_Mrecv(MPI_BOTTOM, 1, two, m, MPI_STATUS_IGNORE), "MPI_Mrecv");
+    CHECK(MPI_Type_free(&two), "MPI_Type_free");
+}
+
+/* Receives the parts of a message that came as a BIG header into n1
+ * bytes at d1 and the rest at d2, where it belongs (a ring's record, or a
+ * buffer): no copy of its own.  Each part as long as the sender made it
+ * (the ranks need not agree on LUAMP_MPI_PART). */
+static void recv_parts(struct incoming *in, char *d1, size_t n1, char *d2)
+{
+    for (size_t off = 0; off < in->len;) {
         MPI_Message pm;
         MPI_Status ps;
         int n;
         CHECK(MPI_Mprobe(in->from, TAG(K_PART, 0), MPI_COMM_WORLD, &pm, &ps), "MPI_Mprobe");
         CHECK(MPI_Get_count(&ps, MPI_BYTE, &n), "MPI_Get_count");
-        if (n <= 0 || (size_t)n > total - off) {
+        if (n <= 0 || (size_t)n > in->len - off) {
             fprintf(stderr, "luamp-mpi: rank %d: a malformed message from rank %d\n", me, in->from);
             MPI_Abort(MPI_COMM_WORLD, 72);
         }
-        CHECK(MPI_Mrecv(buf + off, n, MPI_BYTE, &pm, MPI_STATUS_IGNORE), "MPI_Mrecv");
-        off += (size_t)n;
+        size_t end = off + (size_t)n;
+        if (end <= n1)
+            recv_into(&pm, d1 + off, (size_t)n, NULL, 0);
+        else if (off >= n1)
+            recv_into(&pm, d2 + (off - n1), (size_t)n, NULL, 0);
+        else
+            recv_into(&pm, d1 + off, n1 - off, d2, end - n1);
+        off = end;
     }
-    in->tag = (int)head[1];
-    in->data = buf;
-    in->len = total;
-    return 1;
+    in->parts = 0;
 }
 
 /* The message's bytes, received now if they were not (the caller frees
@@ -517,7 +570,10 @@ static char *take_data(struct incoming *in)
 {
     if (in->data == NULL) {
         in->data = alloc_or_abort(in->len);
-        CHECK(MPI_Mrecv(in->data, (int)in->len, MPI_BYTE, &in->m, MPI_STATUS_IGNORE), "MPI_Mrecv");
+        if (in->parts)
+            recv_parts(in, in->data, in->len, NULL);
+        else
+            CHECK(MPI_Mrecv(in->data, (int)in->len, MPI_BYTE, &in->m, MPI_STATUS_IGNORE), "MPI_Mrecv");
     }
     return in->data;
 }
@@ -538,18 +594,10 @@ static void fill_from_mpi(void *ctx, char *d1, size_t n1, char *d2, size_t n2)
     if (in->data) {
         memcpy(d1, in->data, n1);
         memcpy(d2, in->data + n1, n2);
-    } else if (n2 == 0) {
-        CHECK(MPI_Mrecv(d1, (int)n1, MPI_BYTE, &in->m, MPI_STATUS_IGNORE), "MPI_Mrecv");
+    } else if (in->parts) {
+        recv_parts(in, d1, n1, d2);
     } else {
-        MPI_Aint at[2];
-        int len[2] = { (int)n1, (int)n2 };
-        MPI_Datatype two;
-        CHECK(MPI_Get_address(d1, &at[0]), "MPI_Get_address");
-        CHECK(MPI_Get_address(d2, &at[1]), "MPI_Get_address");
-        CHECK(MPI_Type_create_hindexed(2, len, at, MPI_BYTE, &two), "MPI_Type_create_hindexed");
-        CHECK(MPI_Type_commit(&two), "MPI_Type_commit");
-        CHECK(MPI_Mrecv(MPI_BOTTOM, 1, two, &in->m, MPI_STATUS_IGNORE), "MPI_Mrecv");
-        CHECK(MPI_Type_free(&two), "MPI_Type_free");
+        recv_into(&in->m, d1, n1, d2, n2);
     }
     size_t h1 = f->headlen < n1 ? f->headlen : n1;
     memcpy(f->head, d1, h1);
@@ -974,9 +1022,9 @@ static int lend_done(struct cpool *p, int wait)
     if (!p->lending)
         return 1;
     if (wait)
-        CHECK(MPI_Wait(&p->lend_req, MPI_STATUS_IGNORE), "MPI_Wait");
+        CHECK(MPI_Waitall(p->lend.nreq, p->lend.req, MPI_STATUSES_IGNORE), "MPI_Waitall");
     else
-        CHECK(MPI_Test(&p->lend_req, &done, MPI_STATUS_IGNORE), "MPI_Test");
+        CHECK(MPI_Testall(p->lend.nreq, p->lend.req, &done, MPI_STATUSES_IGNORE), "MPI_Testall");
     if (!done)
         return 0;
     p->lending = 0;
@@ -1023,14 +1071,11 @@ static int forward_results(struct cpool *p, luamp_buf *buf, int wait)
             const char *msg = w.lent;
             size_t mlen = w.lent_len;
             result_out(p, msg, mlen);
-            if (p->terminated || mlen > part_size) {
-                if (!p->terminated)     /* (in parts: sent from a copy) */
-                    send_msg(0, TAG(K_RESULT, p->id), memcpy(alloc_or_abort(mlen), msg, mlen), mlen);
+            if (p->terminated) {
                 shmq_give_back(p->rq);
                 continue;
             }
-            CHECK(MPI_Isend(msg, (int)mlen, MPI_BYTE, 0, TAG(K_RESULT, p->id), MPI_COMM_WORLD, &p->lend_req),
-                  "MPI_Isend");
+            post_sends(0, TAG(K_RESULT, p->id), msg, mlen, &p->lend);
             p->lending = 1;
             continue;
         }
@@ -1633,7 +1678,7 @@ int luamp_cluster_start(int *argc, char ***argv)
     max_pool = flag ? (*ub >> 4) : (32767 >> 4);
     getenv_spin_off = getenv("LUAMP_MPI_NO_SPIN") != NULL;
     const char *part = getenv("LUAMP_MPI_PART");
-    if (part && atol(part) > 0)
+    if (part && atol(part) > 0 && atol(part) <= (1L << 30))
         part_size = (size_t)atol(part);
     /* A rank is the supervisor of its share of the host: mpirun's binding
      * of a rank to one core would put all its workers on that core. */

@@ -32,6 +32,20 @@ t.ok(right, "60 tasks of up to 100 KB, split into parts both ways, give the loca
 t.is(u.keys(ranks), u.keys(u.ranks(nranks)), "and ran on every rank")
 local big = string.rep("xyz", 70000)
 t.is(pool:apply(function(s, n) return s:rep(n) end, { big, 3 }), big:rep(3), "an apply of 210 KB returning 630 KB")
+-- One after the other, on one worker (of rank 1): records of 100 KB in
+-- fresh 256 KiB rings, rank 1's task queue and rank 0's result queue, so
+-- that the third and the sixth wrap around the ring's end, and their
+-- parts are received into the ring in two pieces.
+do
+  local one <close> = mp.Pool(1)
+  local right = true
+  for i = 1, 6 do
+    local s = string.rep(string.char(96 + i), 100000 + i) .. "|" .. i
+    local r = one:apply(function(x) return x:reverse() end, {s})
+    if r ~= s:reverse() then right = false end
+  end
+  t.ok(right, "six tasks and results of 100 KB in turn, some wrapping around a ring, come back whole")
+end
 local split = mp.cluster().split
 t.ok(split.sent > 0 and split.received > 0, "rank 0 sent and received messages in parts",
   string.format("sent %d, received %d", split.sent, split.received))
