@@ -165,12 +165,19 @@ struct result_hdr {
 static const char *const task_kinds[] = { "apply", "map", "star", NULL };
 
 /* Puts u->buf, waiting as long as it takes.  Returns 0, or -1 with a
- * message pushed when it is too large; raises on other failures. */
+ * message pushed when it is too large, for the limit or for the memory
+ * the queue could get (so that a worker whose result does not fit fails
+ * that task, as one that cannot be encoded does, and goes on); raises on
+ * other failures. */
 static int put_msg(lua_State *L, queue *u, const char *what, shmq_ticket *t)
 {
+    lua_Integer mib = (lua_Integer)(luamp_buf_size(&u->buf) >> 20);
     if (luamp_queue_put_buf(L, u, -1, t) == SHMQ_OK)
         return 0;
-    lua_pushfstring(L, "cannot send %s: larger than " LUAMP_MAX_MESSAGE_TEXT, what);
+    if (errno == EMSGSIZE)
+        lua_pushfstring(L, "cannot send %s: larger than " LUAMP_MAX_MESSAGE_TEXT, what);
+    else
+        lua_pushfstring(L, "cannot send %s: no memory for a message of %I MiB (%s)", what, mib, strerror(errno));
     return -1;
 }
 

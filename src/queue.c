@@ -184,9 +184,15 @@ int luamp_queue_put_buf(lua_State *L, queue *u, double deadline, shmq_ticket *t)
     luamp_buf_trim(&u->buf);
     if (r == SHMQ_INTERRUPTED)
         luamp_raise_interrupt(L);
-    if (r == SHMQ_ERROR && errno != EMSGSIZE)
+    if (r == SHMQ_ERROR && !luamp_queue_too_big(errno))
         return luamp_sys_error(L, "Queue:put");
     return r;
+}
+
+int luamp_queue_too_big(int err)
+{
+    /* (ENOMEM, ENOSPC: the ring's file could not grow to hold it) */
+    return err == EMSGSIZE || err == ENOMEM || err == ENOSPC;
 }
 
 /* -> true, sequence number | false (still full at the deadline) */
@@ -194,8 +200,10 @@ static int do_put(lua_State *L, queue *u, double deadline)
 {
     shmq_ticket t;
     int r = luamp_queue_put_buf(L, u, deadline, &t);
-    if (r == SHMQ_ERROR)
+    if (r == SHMQ_ERROR && errno == EMSGSIZE)
         return luamp_raise(L, "serialize", "cannot put an item larger than " LUAMP_MAX_MESSAGE_TEXT " on a queue");
+    if (r == SHMQ_ERROR)
+        return luamp_sys_error(L, "Queue:put");
     lua_pushboolean(L, r == SHMQ_OK);
     if (r != SHMQ_OK)
         return 1;

@@ -78,6 +78,32 @@ do
   check_oom(e2, "map (fast path)")
 end
 
+-- A result that the worker has no memory to queue (the result queue's
+-- ring cannot grow to 256 MiB in its address space) fails its task,
+-- naming its size, and the worker goes on.  (It once made the worker
+-- exit: the task was "worker_lost", exit status 70.)
+do
+  local function big_result()
+    local s = string.rep("r", 200 << 20)
+    local vm
+    for line in io.lines("/proc/self/status") do
+      vm = vm or tonumber(line:match("^VmSize:%s+(%d+) kB"))
+    end
+    local pid = require("luamp").current_process().pid
+    require("luamp").run({ "prlimit", "--pid", tostring(pid), "--as=" .. (vm + 64 * 1024) * 1024 }, { check = true })
+    return s
+  end
+  local function pid() return require("luamp").current_process().pid end
+  local before = pool:apply(pid)
+  local ok, e = pcall(pool.apply, pool, big_result)
+  t.ok(not ok and mp.Error.is(e, "serialize"), "a result the worker has no memory to queue fails with kind serialize",
+    tostring(e))
+  t.like(e and e.message, "^cannot send the result: no memory for a message of 200 MiB %(",
+    "the message says so and names the result's size")
+  t.is(pool:apply(pid), before, "the same worker goes on")
+  t.is(pool:apply(function() return ("x"):rep(1000) end), ("x"):rep(1000), "and returns results")
+end
+
 do
   local ex <close> = mp.Executor { max_workers = 1 }
   local fut = ex:submit(starve, true)
