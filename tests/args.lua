@@ -83,7 +83,7 @@ do
 end
 
 -- Objects that live in one process (a Pool, an Executor, a Future, an
--- AsyncResult, a Process) are refused by name, at the user's path, not by
+-- AsyncResult, a Process, a Manager) are refused by name, at the user's path, not by
 -- some private field deep inside them.
 do
   local pool <close> = mp.Pool(1)
@@ -103,6 +103,10 @@ do
   refused(function() pool:apply(f, { fut }) end, "^cannot send args%[1%]: a Future cannot be sent", "a Future argument")
   refused(function() pool:apply(f, { r }) end, "^cannot send args%[1%]: an AsyncResult cannot be sent", "an AsyncResult argument")
   refused(function() mp.Queue():put(mp.Process { target = f }) end, "^cannot send item: a Process cannot be sent", "a Process put on a Queue")
+  local m <close> = mp.Manager()
+  refused(function() pool:apply(f, { m }) end, "^cannot send args%[1%]: a Manager cannot be sent %(send the dicts",
+    "a Manager argument")
+  t.is(pool:apply(function(d) d.k = 1; return d.k end, { m:dict() }), 1, "while a dict it made goes")
   r:get(); fut:result()
 end
 

@@ -27,6 +27,9 @@ local channels = part("channels")
 local Manager = {}
 Manager.__index = Manager
 Manager.__name = "luamp.Manager"
+-- (it holds nothing to send; by value it went as far as a C function in
+-- a method's upvalues, and the refusal named that)
+Manager.__luamp_nosend = "a Manager cannot be sent (send the dicts, lists and objects it made)"
 
 local function open(m, what)
   if m._closed then error(string.format("cannot make a %s: the Manager was shut down", what), 3) end
