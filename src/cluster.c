@@ -39,8 +39,11 @@
  * the book below says which of rank 0's) fails that task only, with a
  * result of jobid -2 naming the kind (worker_lost, task_timeout), host and
  * pid; a task's timeout travels in its header and is enforced where it
- * runs.  A rank that dies ends the MPI job: that is Open MPI's rule, and
- * the README says so.
+ * runs.  A task the node has no memory to queue (its ring cannot grow)
+ * is received a part at a time and dropped, and the supervisor sends its
+ * failure the same way (a note "unqueued" to Lua); it ended the job
+ * before.  A rank that dies ends the MPI job: that is Open MPI's rule,
+ * and the README says so.
  *
  * Waiting.  Open MPI has no descriptor to poll, and its blocking calls
  * spin.  Each rank's thread polls MPI without blocking and, when nothing
@@ -605,17 +608,55 @@ static void fill_from_mpi(void *ctx, char *d1, size_t n1, char *d2, size_t n2)
 }
 
 /* Puts the message in queue q where MPI writes it (no copy of its own),
- * its first headlen bytes (the message holds them) copied to head. */
-static int put_incoming(shmq *q, struct incoming *in, void *head, size_t headlen, shmq_ticket *t)
+ * its first headlen bytes (the message holds them) copied to head.  With
+ * may_fail, a message the queue has no room to grow for (errno ENOMEM,
+ * ENOSPC, EMSGSIZE: its ring could not be mapped or filled) returns
+ * SHMQ_ERROR, still to be received; any other failure ends the job. */
+static int put_incoming(shmq *q, struct incoming *in, void *head, size_t headlen, shmq_ticket *t, int may_fail)
 {
     struct fill_ctx f = { in, head, headlen };
     int r = shmq_put_fill(q, in->len, fill_from_mpi, &f, -1, t);
-    if (r != SHMQ_OK) {
+    if (r != SHMQ_OK && !(may_fail && r == SHMQ_ERROR && (errno == ENOMEM || errno == ENOSPC || errno == EMSGSIZE))) {
         fprintf(stderr, "luamp-mpi: rank %d: cannot queue a message of %zu bytes: %s\n", me, in->len,
                 strerror(errno));
         MPI_Abort(MPI_COMM_WORLD, 71);
     }
     return r;
+}
+
+/* Receives a message that put_incoming could not queue, a part at a time
+ * (parts of at most 1 GiB), keeping only its first headlen bytes, in
+ * head. */
+static void discard_incoming(struct incoming *in, void *head, size_t headlen)
+{
+    size_t kept = 0;
+    if (!in->parts) {
+        take_data(in);
+        kept = headlen < in->len ? headlen : in->len;
+        memcpy(head, in->data, kept);
+        return;
+    }
+    for (size_t off = 0; off < in->len;) {
+        MPI_Message pm;
+        MPI_Status ps;
+        int n;
+        CHECK(MPI_Mprobe(in->from, TAG(K_PART, 0), MPI_COMM_WORLD, &pm, &ps), "MPI_Mprobe");
+        CHECK(MPI_Get_count(&ps, MPI_BYTE, &n), "MPI_Get_count");
+        if (n <= 0 || (size_t)n > in->len - off) {
+            fprintf(stderr, "luamp-mpi: rank %d: a malformed message from rank %d\n", me, in->from);
+            MPI_Abort(MPI_COMM_WORLD, 72);
+        }
+        char *part = alloc_or_abort((size_t)n);
+        recv_into(&pm, part, (size_t)n, NULL, 0);
+        if (kept < headlen) {
+            size_t k = headlen - kept < (size_t)n ? headlen - kept : (size_t)n;
+            memcpy((char *)head + kept, part, k);
+            kept += k;
+        }
+        free(part);
+        off += (size_t)n;
+    }
+    in->parts = 0;
 }
 
 /* ---- waiting ---------------------------------------------------------- */
@@ -778,7 +819,7 @@ static int root_receive(void)
         if (p && TAG_KIND(tag) == K_RESULT) {
             struct result_head h = { 0 };
             if (len >= sizeof h && !p->terminated && !p->released) {
-                put_incoming(p->rq, &in, &h, sizeof h, NULL);    /* (the result, where the Pool reads it) */
+                put_incoming(p->rq, &in, &h, sizeof h, NULL, 0);    /* (the result, where the Pool reads it) */
                 put = 1;
             } else if (len >= sizeof h) {
                 memcpy(&h, take_data(&in), sizeof h);
@@ -1117,8 +1158,23 @@ static int node_receive(int *stop)
                     p->capbook = cap;
                 }
                 /* (the task, where the workers take it) */
-                put_incoming(p->tq, &in, &h, sizeof h, &t);
                 put = 1;
+                if (put_incoming(p->tq, &in, &h, sizeof h, &t, 1) != SHMQ_OK) {
+                    /* This host has no room for it: that task fails,
+                     * not the job (Lua sends its error to rank 0). */
+                    int err = errno;
+                    int64_t *note = malloc(3 * sizeof *note);
+                    if (note == NULL)
+                        die("out of memory");
+                    note[0] = err;
+                    memset(&h, 0, sizeof h);
+                    discard_incoming(&in, &h, sizeof h);
+                    note[1] = h.origin;
+                    note[2] = (int64_t)len;
+                    TRACE("task %lld not queued", (long long)h.origin);
+                    tell_lua(K_TASK, id, (char *)note, 3 * sizeof *note, NULL, 0);
+                    break;
+                }
                 TRACE("task %lld in", (long long)h.origin);
                 p->book[p->nbook++] = (struct entry){ h.origin, t.seq, h.timeout };
                 if (h.timeout > 0) {
@@ -1437,7 +1493,8 @@ static int c_release(lua_State *L)
 static int c_node_next(lua_State *L)
 {
     static const char *const names[] = { [K_OPEN] = "open", [K_CLOSE] = "close",
-                                         [K_TERMINATE] = "terminate", [K_STOP] = "stop" };
+                                         [K_TERMINATE] = "terminate", [K_STOP] = "stop",
+                                         [K_TASK] = "unqueued" };
     pthread_mutex_lock(&mu);
     struct note *n = pop_note(&inbox, &inbox_tail);
     if (inbox == NULL)
@@ -1453,6 +1510,14 @@ static int c_node_next(lua_State *L)
         for (int i = 0; i < 6; i++)
             lua_pushinteger(L, n->fds[i]);
         k += 7;
+    } else if (n->kind == K_TASK) {
+        /* (a task this host could not queue: origin, bytes, why) */
+        int64_t note[3];
+        memcpy(note, n->data, sizeof note);
+        lua_pushinteger(L, note[1]);
+        lua_pushinteger(L, note[2]);
+        lua_pushstring(L, strerror((int)note[0]));
+        k += 3;
     }
     free_note(n);
     return k;

@@ -243,6 +243,11 @@ local function node_main()
         P.terminated = true
         kill_all(P)
         finish_if_gone(P)
+      elseif kind == "unqueued" and P then
+        -- a task this host had no memory to queue (its ring could not
+        -- grow): it fails, as one the caller cannot queue does on one host
+        P.rq:put_result(-2, 0, 0, data, 0, 0, nil, { kind = "serialize", host = host, message = string.format(
+          "cannot queue the task on host %s: no memory for a message of %d MiB (%s)", host, f1 >> 20, f2) })
       elseif kind == "stop" then
         return false
       end

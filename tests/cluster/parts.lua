@@ -46,6 +46,25 @@ do
   end
   t.ok(right, "six tasks and results of 100 KB in turn, some wrapping around a ring, come back whole")
 end
+-- A task the node has no memory to queue fails, and only it: rank 1's
+-- supervisor is held to 24 MiB more address space than it has, so that
+-- its task queue cannot grow to the 32 MiB a 30 MiB task needs.  (The
+-- node then receives the task a part at a time and drops it; it once
+-- ended the whole MPI job.)
+do
+  local one <close> = mp.Pool(1)
+  t.is(one:apply(u.rank), "1", "(the one worker runs on rank 1)")
+  local sup = mp.cluster().ranks[2].pid
+  local vm
+  for line in io.lines("/proc/" .. sup .. "/status") do vm = vm or tonumber(line:match("^VmSize:%s+(%d+) kB")) end
+  mp.run({ "prlimit", "--pid", tostring(sup), "--as=" .. (vm + 24 * 1024) * 1024 }, { check = true })
+  local ok, e = pcall(one.apply, one, function(s) return #s end, { string.rep("m", 30 << 20) })
+  t.ok(not ok and mp.Error.is(e, "serialize"), "a task rank 1 has no memory to queue fails with kind serialize",
+    tostring(e))
+  t.like(e and e.message, "^cannot queue the task on host .+: no memory for a message of 30 MiB %(",
+    "the message names the host and the size")
+  t.is(one:apply(function(s) return #s end, { "small" }), 5, "the job goes on: rank 1 runs the next task")
+end
 local split = mp.cluster().split
 t.ok(split.sent > 0 and split.received > 0, "rank 0 sent and received messages in parts",
   string.format("sent %d, received %d", split.sent, split.received))
