@@ -539,6 +539,21 @@ static void recv_into(MPI_Message *m, char *d1, size_t n1, char *d2, size_t n2)
     CHECK(MPI_Type_free(&two), "MPI_Type_free");
 }
 
+/* Waits for the next part of message in, whose first `off` bytes came:
+ * its length (pm: the part, to receive). */
+static size_t next_part(struct incoming *in, size_t off, MPI_Message *pm)
+{
+    MPI_Status ps;
+    int n;
+    CHECK(MPI_Mprobe(in->from, TAG(K_PART, 0), MPI_COMM_WORLD, pm, &ps), "MPI_Mprobe");
+    CHECK(MPI_Get_count(&ps, MPI_BYTE, &n), "MPI_Get_count");
+    if (n <= 0 || (size_t)n > in->len - off) {
+        fprintf(stderr, "luamp-mpi: rank %d: a malformed message from rank %d\n", me, in->from);
+        MPI_Abort(MPI_COMM_WORLD, 72);
+    }
+    return (size_t)n;
+}
+
 /* Receives the parts of a message that came as a BIG header into n1
  * bytes at d1 and the rest at d2, where it belongs (a ring's record, or a
  * buffer): no copy of its own.  Each part as long as the sender made it
@@ -547,19 +562,12 @@ static void recv_parts(struct incoming *in, char *d1, size_t n1, char *d2)
 {
     for (size_t off = 0; off < in->len;) {
         MPI_Message pm;
-        MPI_Status ps;
-        int n;
-        CHECK(MPI_Mprobe(in->from, TAG(K_PART, 0), MPI_COMM_WORLD, &pm, &ps), "MPI_Mprobe");
-        CHECK(MPI_Get_count(&ps, MPI_BYTE, &n), "MPI_Get_count");
-        if (n <= 0 || (size_t)n > in->len - off) {
-            fprintf(stderr, "luamp-mpi: rank %d: a malformed message from rank %d\n", me, in->from);
-            MPI_Abort(MPI_COMM_WORLD, 72);
-        }
-        size_t end = off + (size_t)n;
+        size_t n = next_part(in, off, &pm);
+        size_t end = off + n;
         if (end <= n1)
-            recv_into(&pm, d1 + off, (size_t)n, NULL, 0);
+            recv_into(&pm, d1 + off, n, NULL, 0);
         else if (off >= n1)
-            recv_into(&pm, d2 + (off - n1), (size_t)n, NULL, 0);
+            recv_into(&pm, d2 + (off - n1), n, NULL, 0);
         else
             recv_into(&pm, d1 + off, n1 - off, d2, end - n1);
         off = end;
@@ -638,23 +646,16 @@ static void discard_incoming(struct incoming *in, void *head, size_t headlen)
     }
     for (size_t off = 0; off < in->len;) {
         MPI_Message pm;
-        MPI_Status ps;
-        int n;
-        CHECK(MPI_Mprobe(in->from, TAG(K_PART, 0), MPI_COMM_WORLD, &pm, &ps), "MPI_Mprobe");
-        CHECK(MPI_Get_count(&ps, MPI_BYTE, &n), "MPI_Get_count");
-        if (n <= 0 || (size_t)n > in->len - off) {
-            fprintf(stderr, "luamp-mpi: rank %d: a malformed message from rank %d\n", me, in->from);
-            MPI_Abort(MPI_COMM_WORLD, 72);
-        }
-        char *part = alloc_or_abort((size_t)n);
-        recv_into(&pm, part, (size_t)n, NULL, 0);
+        size_t n = next_part(in, off, &pm);
+        char *part = alloc_or_abort(n);
+        recv_into(&pm, part, n, NULL, 0);
         if (kept < headlen) {
-            size_t k = headlen - kept < (size_t)n ? headlen - kept : (size_t)n;
+            size_t k = headlen - kept < n ? headlen - kept : n;
             memcpy((char *)head + kept, part, k);
             kept += k;
         }
         free(part);
-        off += (size_t)n;
+        off += n;
     }
     in->parts = 0;
 }
