@@ -263,8 +263,6 @@ struct note {
     struct note *next;
 };
 
-/* A send in flight: its requests and the buffer they read. */
-
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_t comm;
 static int comm_started;
@@ -617,14 +615,14 @@ static void fill_from_mpi(void *ctx, char *d1, size_t n1, char *d2, size_t n2)
 
 /* Puts the message in queue q where MPI writes it (no copy of its own),
  * its first headlen bytes (the message holds them) copied to head.  With
- * may_fail, a message the queue has no room to grow for (errno ENOMEM,
- * ENOSPC, EMSGSIZE: its ring could not be mapped or filled) returns
- * SHMQ_ERROR, still to be received; any other failure ends the job. */
+ * may_fail, a message the queue has no room to grow for (shmq_too_big)
+ * returns SHMQ_ERROR, still to be received; any other failure ends the
+ * job. */
 static int put_incoming(shmq *q, struct incoming *in, void *head, size_t headlen, shmq_ticket *t, int may_fail)
 {
     struct fill_ctx f = { in, head, headlen };
     int r = shmq_put_fill(q, in->len, fill_from_mpi, &f, -1, t);
-    if (r != SHMQ_OK && !(may_fail && r == SHMQ_ERROR && (errno == ENOMEM || errno == ENOSPC || errno == EMSGSIZE))) {
+    if (r != SHMQ_OK && !(may_fail && r == SHMQ_ERROR && shmq_too_big(errno))) {
         fprintf(stderr, "luamp-mpi: rank %d: cannot queue a message of %zu bytes: %s\n", me, in->len,
                 strerror(errno));
         MPI_Abort(MPI_COMM_WORLD, 71);

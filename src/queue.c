@@ -184,15 +184,9 @@ int luamp_queue_put_buf(lua_State *L, queue *u, double deadline, shmq_ticket *t)
     luamp_buf_trim(&u->buf);
     if (r == SHMQ_INTERRUPTED)
         luamp_raise_interrupt(L);
-    if (r == SHMQ_ERROR && !luamp_queue_too_big(errno))
+    if (r == SHMQ_ERROR && !shmq_too_big(errno))
         return luamp_sys_error(L, "Queue:put");
     return r;
-}
-
-int luamp_queue_too_big(int err)
-{
-    /* (ENOMEM, ENOSPC: the ring's file could not grow to hold it) */
-    return err == EMSGSIZE || err == ENOMEM || err == ENOSPC;
 }
 
 /* -> true, sequence number | false (still full at the deadline) */

@@ -47,10 +47,8 @@ int luamp_queue_attach(lua_State *L);
 
 /* Puts u->buf.  Raises on an interrupt or a system error; returns
  * SHMQ_OK, SHMQ_TIMEOUT, or SHMQ_ERROR with errno for a message that is
- * too big: over LUAMP_MAX_MESSAGE, or more than the queue could grow to
- * hold (luamp_queue_too_big says which errno values these are). */
+ * too big (shmq_too_big). */
 int luamp_queue_put_buf(lua_State *L, queue *u, double deadline, shmq_ticket *t);
-int luamp_queue_too_big(int err);
 
 /* Gives back this process's memory and descriptors of the queue. */
 void luamp_queue_free(queue *u);

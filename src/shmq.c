@@ -915,6 +915,11 @@ struct put_src {
 
 /* Puts src as record number `fixed` (0: the next number) and, with
  * clear_slot >= 0, empties that claim slot in the same locked step. */
+int shmq_too_big(int err)
+{
+    return err == EMSGSIZE || err == ENOMEM || err == ENOSPC;
+}
+
 static int put_src(shmq *q, const struct put_src *src, double deadline, uint64_t fixed, int clear_slot,
                    shmq_ticket *t);
 

@@ -74,6 +74,10 @@ int shmq_put_buf(shmq *q, const luamp_buf *m, double deadline, shmq_ticket *t);
 typedef void (*shmq_fill_fn)(void *ctx, char *d1, size_t n1, char *d2, size_t n2);
 int shmq_put_fill(shmq *q, size_t n, shmq_fill_fn fill, void *ctx, double deadline, shmq_ticket *t);
 #define SHMQ_MAX_EXTRA 256
+/* Whether a put's SHMQ_ERROR (its errno) says the message is too big:
+ * over LUAMP_MAX_MESSAGE (EMSGSIZE), or more than the ring could grow to
+ * hold (ENOMEM, ENOSPC).  Nothing was put; the queue goes on. */
+int shmq_too_big(int err);
 int shmq_get(shmq *q, luamp_buf *out, double deadline, shmq_wait *w);
 
 /* Lending: a get asked to (w->lend_from) may hand out a big message where
