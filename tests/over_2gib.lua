@@ -9,24 +9,11 @@
 --           free memory allows, or skips.
 local t = require "tap"
 local mp = require "luamp"
+local refusals = require "refusals"
 
 local MiB = 1 << 20
 local GiB = 1 << 30
 local half = assert(tonumber(arg[1]), "usage: over_2gib.lua MIB")
-
--- The peak of this process's resident memory (KiB), and a way to start
--- it again: so a check sees what one step cost, not the one before.
-local function status(field)
-  local f = assert(io.open("/proc/self/status"))
-  local s = f:read("a")
-  f:close()
-  return tonumber(s:match(field .. ":%s*(%d+) kB"))
-end
-local function reset_peak()
-  local f = assert(io.open("/proc/self/clear_refs", "w"))
-  f:write("5")
-  f:close()
-end
 
 -- BIG: two halves of `half` MiB, each MiB ending in "<>" (string.rep
 -- stops at 2 GiB; a concatenation writes its result once).  A global:
@@ -90,22 +77,15 @@ do
   local q = mp.Queue()
   local a, b = mp.Pipe()
   local pool <close> = mp.Pool(1)
-  for _, case in ipairs{
-    {"a Queue", function() q:put{1, {data = four}} end, "cannot send item%[2%]%.data: a string of 4 GiB or more"},
-    {"a Pipe", function() b:send{four} end, "cannot send message%[1%]: a string of 4 GiB or more"},
-    {"a Pool task", function() pool:apply(function() end, {1, four}) end, "cannot send args%[2%]: a string of 4 GiB or more"},
-  } do
-    reset_peak()
-    local before = status("VmHWM")
-    local e = t.raises(case[2], case[3], "a string of 4 GiB + 1 is refused by " .. case[1] .. ", naming where it was")
-    t.ok(mp.Error.is(e, "serialize"), "as a serialize error: " .. case[1])
-    local grew = (status("VmHWM") - before) // 1024
-    t.ok(grew < 64, "before it is copied: " .. case[1], "the peak grew by " .. grew .. " MiB")
-  end
-  t.is(q:qsize(), 0, "nothing was put")
-  b:send("small")
-  t.is(a:recv(1), "small", "the Pipe still works")
-  t.is(pool:apply(function() return 1 end), 1, "the Pool still works")
+  -- (the messages name where the string was)
+  refusals.check(t, mp, {
+    {"a string of 4 GiB + 1 put on a Queue", function() q:put{1, {data = four}} end,
+      "cannot send item%[2%]%.data: a string of 4 GiB or more"},
+    {"a string of 4 GiB + 1 sent on a Pipe", function() b:send{four} end,
+      "cannot send message%[1%]: a string of 4 GiB or more"},
+    {"a string of 4 GiB + 1 in a Pool task", function() pool:apply(function() end, {1, four}) end,
+      "cannot send args%[2%]: a string of 4 GiB or more"},
+  }, 64, {queue = q, pipe = {a, b}, pool = pool})
 end
 
 t.done()
